@@ -1,0 +1,84 @@
+//! The `etlfs` command line: argument parsing, logging and exit codes.
+//!
+//! Exit codes: 0 clean, 1 error, 2 bad usage or configuration.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use etlfs::run::{self, MountArgs, UsageError};
+
+#[derive(Debug, Parser)]
+#[command(name = "etlfs", version, about = "Make a directory durable: a FUSE overlay that mirrors it to object storage")]
+struct Cli {
+    /// Log format: human-readable lines, or one JSON object per line.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "ETLFS_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Mount over MOUNTPOINT (or serve --local DIR there) and run in the foreground until
+    /// SIGTERM/SIGINT or `umount`.
+    Mount {
+        /// Serve this directory at MOUNTPOINT instead of the directory MOUNTPOINT itself.
+        #[arg(long, value_name = "DIR")]
+        local: Option<PathBuf>,
+        /// Where etlfs keeps its state; default `.etlfs/` inside the served directory (it is
+        /// invisible through the mount).
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Never use FUSE passthrough; serve every read and write through etlfs.
+        #[arg(long)]
+        no_passthrough: bool,
+        /// FUSE session threads.
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        threads: usize,
+        /// The directory to mount over.
+        mountpoint: PathBuf,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // fuser logs an expected double-unmount attempt as a warning at every clean shutdown.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let result = match cli.command {
+        Command::Mount { local, state_dir, no_passthrough, threads, mountpoint } => {
+            run::mount(MountArgs { mountpoint, local, state_dir, passthrough: !no_passthrough, threads })
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            if e.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! The inode table: which files the kernel currently knows, and what we know about each.
+//!
+//! Invariants:
+//! - A node exists exactly while the kernel holds lookup references to it (`lookups > 0`),
+//!   except the root, which lives as long as the mount. `lookup` adds one, `forget` removes
+//!   `n`; at zero the node and its `O_PATH` descriptor are dropped.
+//! - Node ids are stable for the life of the node and are also reported as `st_ino`. For a
+//!   local file on the served directory's device the id *is* its inode number there, so
+//!   `readdir`'s `d_ino` and `stat`'s `st_ino` agree without a lookup. This cannot collide:
+//!   while we hold a node's `O_PATH` descriptor, the underlying inode cannot be freed, so its
+//!   number cannot be reused by another file. Files on other devices (a bind mount inside the
+//!   directory) get synthetic ids above [`SYNTHETIC_BASE`]; so will bucket-only files later.
+//! - `parent` and `name` are the node's last known place in the tree (kept up to date on
+//!   rename and unlink). They give the node's path for the mirror; hard links have one
+//!   "primary" name, the one last looked up.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use super::Ino;
+use crate::local::Stat;
+
+/// The FUSE root node id.
+pub const ROOT: Ino = 1;
+
+/// Ids at and above this value are handed out by us rather than taken from `st_ino`.
+pub const SYNTHETIC_BASE: Ino = 1 << 62;
+
+/// Where a file's bytes are, and whether the bucket has them (see the overlay module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residency {
+    /// Present locally and, as far as we know, unchanged since the bucket last saw it.
+    Local,
+    /// Opened for writing, written or truncated since the bucket last saw it.
+    Dirty,
+}
+
+/// What the kernel knows as one inode.
+#[derive(Debug)]
+pub struct Node {
+    /// `O_PATH` descriptor of the local inode: survives renames of it and of its parents.
+    pub fd: Arc<OwnedFd>,
+    pub is_dir: bool,
+    pub parent: Ino,
+    /// Empty once the last known name was unlinked.
+    pub name: OsString,
+    pub lookups: u64,
+    pub residency: Residency,
+    /// Open handles with write access; the file is "closed" for the mirror when this drops
+    /// back to zero.
+    pub writers: u32,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    nodes: HashMap<Ino, Node>,
+    /// `(dev, ino)` → id for files not on the served directory's device.
+    foreign: HashMap<(u64, u64), Ino>,
+    next_synthetic: Ino,
+}
+
+/// The table itself; all methods take `&self` and lock internally.
+#[derive(Debug)]
+pub struct InodeTable {
+    root_dev: u64,
+    root_ino: u64,
+    inner: RwLock<Table>,
+}
+
+impl InodeTable {
+    pub fn new(root_fd: OwnedFd, root: &Stat) -> Self {
+        let mut nodes = HashMap::new();
+        nodes.insert(
+            ROOT,
+            Node {
+                fd: Arc::new(root_fd),
+                is_dir: true,
+                parent: ROOT,
+                name: OsString::new(),
+                lookups: 1,
+                residency: Residency::Local,
+                writers: 0,
+            },
+        );
+        InodeTable {
+            root_dev: root.dev,
+            root_ino: root.ino,
+            inner: RwLock::new(Table { nodes, foreign: HashMap::new(), next_synthetic: SYNTHETIC_BASE }),
+        }
+    }
+
+    /// The id a local inode has (or would have) in this table, without taking a reference.
+    /// `None` for a foreign inode that was never looked up.
+    pub fn id_of(&self, dev: u64, ino: u64) -> Option<Ino> {
+        if let Some(id) = Self::native_id(self.root_dev, self.root_ino, dev, ino) {
+            return Some(id);
+        }
+        self.read().foreign.get(&(dev, ino)).copied()
+    }
+
+    fn native_id(root_dev: u64, root_ino: u64, dev: u64, ino: u64) -> Option<Ino> {
+        if dev != root_dev {
+            None
+        } else if ino == root_ino {
+            Some(ROOT)
+        } else if ino > ROOT && ino < SYNTHETIC_BASE {
+            Some(ino)
+        } else {
+            None
+        }
+    }
+
+    /// Records a lookup of `name` in `parent` that found the local inode `st` through `fd`.
+    /// Returns the node id; an already known inode keeps its descriptor and gains a reference.
+    pub fn insert_lookup(&self, parent: Ino, name: &OsStr, fd: OwnedFd, st: &Stat) -> Ino {
+        let mut t = self.write();
+        let id = match Self::native_id(self.root_dev, self.root_ino, st.dev, st.ino) {
+            Some(id) => id,
+            None => match t.foreign.get(&(st.dev, st.ino)) {
+                Some(&id) => id,
+                None => {
+                    let id = t.next_synthetic;
+                    t.next_synthetic += 1;
+                    t.foreign.insert((st.dev, st.ino), id);
+                    id
+                }
+            },
+        };
+        match t.nodes.get_mut(&id) {
+            Some(node) => {
+                node.lookups += 1;
+                if id != ROOT {
+                    node.parent = parent;
+                    node.name = name.to_owned();
+                }
+            }
+            None => {
+                t.nodes.insert(
+                    id,
+                    Node {
+                        fd: Arc::new(fd),
+                        is_dir: st.is_dir(),
+                        parent,
+                        name: name.to_owned(),
+                        lookups: 1,
+                        residency: Residency::Local,
+                        writers: 0,
+                    },
+                );
+            }
+        }
+        id
+    }
+
+    /// Drops `n` lookup references; removes the node when none remain.
+    pub fn forget(&self, id: Ino, n: u64) {
+        if id == ROOT {
+            return;
+        }
+        let mut t = self.write();
+        let gone = match t.nodes.get_mut(&id) {
+            Some(node) => {
+                node.lookups = node.lookups.saturating_sub(n);
+                node.lookups == 0
+            }
+            None => false,
+        };
+        if gone {
+            t.nodes.remove(&id);
+            if id >= SYNTHETIC_BASE {
+                t.foreign.retain(|_, v| *v != id);
+            }
+        }
+    }
+
+    /// The descriptor and kind of a node.
+    pub fn fd(&self, id: Ino) -> Option<(Arc<OwnedFd>, bool)> {
+        self.read().nodes.get(&id).map(|n| (Arc::clone(&n.fd), n.is_dir))
+    }
+
+    /// Runs `f` on a node under the write lock.
+    pub fn with_node<R>(&self, id: Ino, f: impl FnOnce(&mut Node) -> R) -> Option<R> {
+        self.write().nodes.get_mut(&id).map(f)
+    }
+
+    /// Moves a node to a new place in the tree after a successful rename.
+    pub fn renamed(&self, id: Ino, new_parent: Ino, new_name: &OsStr) {
+        if let Some(node) = self.write().nodes.get_mut(&id) {
+            node.parent = new_parent;
+            node.name = new_name.to_owned();
+        }
+    }
+
+    /// Forgets the name of a node whose last known name was removed.
+    pub fn unlinked(&self, id: Ino, parent: Ino, name: &OsStr) {
+        if let Some(node) = self.write().nodes.get_mut(&id) {
+            if node.parent == parent && node.name == name {
+                node.name.clear();
+            }
+        }
+    }
+
+    /// The node's path relative to the served directory, or `None` if it (or a parent) has
+    /// no name any more.
+    pub fn path(&self, mut id: Ino) -> Option<PathBuf> {
+        let t = self.read();
+        let mut parts = Vec::new();
+        while id != ROOT {
+            let node = t.nodes.get(&id)?;
+            if node.name.is_empty() {
+                return None;
+            }
+            parts.push(node.name.clone());
+            id = node.parent;
+        }
+        Some(parts.iter().rev().collect())
+    }
+
+    /// Number of nodes the kernel currently knows (root included).
+    pub fn len(&self) -> usize {
+        self.read().nodes.len()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
+        // A panic while holding the lock leaves plain data behind, still consistent enough to
+        // keep serving; poisoning would turn one bug into a dead mount.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -1,0 +1,662 @@
+//! The namespace etlfs serves: the local directory today, local ∪ bucket once restore lands.
+//!
+//! `Overlay` is the filesystem without FUSE: every method is one request, takes plain
+//! arguments and returns plain results (`Entry`, `Attr`, `Opened`, ...) or an
+//! [`OverlayError`] that knows its errno. `fuse.rs` translates kernel requests into these
+//! calls and the results into replies, so the core can be tested without a mount.
+//!
+//! # Residency of a file
+//!
+//! ```text
+//!  Remote ──open──▶ Fetching ──▶ Local ──write/truncate/create──▶ Dirty
+//!                                  ▲                                │ last writer closes
+//!                                  └──────── Uploading ◀── debounce ┘
+//! ```
+//!
+//! Only `Local` and `Dirty` exist so far: every file is on the local disk, and a file turns
+//! `Dirty` when it is opened for writing, created or truncated, and back to `Local` when its
+//! last writer closes. That transition is the point where the mirror (next step) takes a
+//! consistent snapshot; `Remote`/`Fetching` come with lazy restore, `Uploading` with the mirror.
+//!
+//! # Concurrency
+//!
+//! FUSE requests arrive on several session threads. The inode and handle tables are behind
+//! their own locks, held only to copy out an `Arc` of a descriptor; no system call runs with a
+//! table lock held, except bookkeeping that must be atomic with the table update.
+
+mod error;
+mod handle;
+mod inode;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub use error::{OverlayError, Result};
+use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
+pub use inode::{ROOT, Residency};
+use inode::InodeTable;
+
+pub use crate::local::{Creds, TimeSet, XattrReply};
+use crate::local::{self, LocalDir, Stat};
+
+/// A node id as the kernel sees it.
+pub type Ino = u64;
+
+/// The type of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+impl FileKind {
+    fn from_mode(mode: u32) -> FileKind {
+        match mode & libc::S_IFMT {
+            libc::S_IFDIR => FileKind::Dir,
+            libc::S_IFLNK => FileKind::Symlink,
+            libc::S_IFIFO => FileKind::Fifo,
+            libc::S_IFSOCK => FileKind::Socket,
+            libc::S_IFCHR => FileKind::CharDevice,
+            libc::S_IFBLK => FileKind::BlockDevice,
+            _ => FileKind::File,
+        }
+    }
+
+    fn from_std(t: std::fs::FileType) -> FileKind {
+        if t.is_dir() {
+            FileKind::Dir
+        } else if t.is_symlink() {
+            FileKind::Symlink
+        } else if t.is_fifo() {
+            FileKind::Fifo
+        } else if t.is_socket() {
+            FileKind::Socket
+        } else if t.is_char_device() {
+            FileKind::CharDevice
+        } else if t.is_block_device() {
+            FileKind::BlockDevice
+        } else {
+            FileKind::File
+        }
+    }
+}
+
+/// Attributes of a file as the application sees them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Attr {
+    pub ino: Ino,
+    pub size: u64,
+    pub blocks: u64,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+    pub kind: FileKind,
+    pub perm: u16,
+    pub nlink: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u32,
+    pub blksize: u32,
+}
+
+impl Attr {
+    fn from_stat(ino: Ino, st: &Stat) -> Attr {
+        Attr {
+            ino,
+            size: st.size,
+            blocks: st.blocks,
+            atime: st.atime,
+            mtime: st.mtime,
+            ctime: st.ctime,
+            kind: FileKind::from_mode(st.mode),
+            perm: (st.mode & 0o7777) as u16,
+            nlink: u32::try_from(st.nlink).unwrap_or(u32::MAX),
+            uid: st.uid,
+            gid: st.gid,
+            rdev: st.rdev as u32,
+            blksize: st.blksize,
+        }
+    }
+}
+
+/// A name resolved to a node; each `Entry` returned counts as one kernel lookup reference.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub ino: Ino,
+    pub attr: Attr,
+}
+
+/// What `setattr` should change; `None` leaves a field alone.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeSet>,
+    pub mtime: Option<TimeSet>,
+}
+
+/// An open file: the handle number for the kernel and the local file behind it (which
+/// `fuse.rs` registers as the passthrough backing file).
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    pub file: Arc<File>,
+}
+
+/// One directory entry for `readdir`.
+#[derive(Debug, Clone)]
+pub struct DirItem {
+    pub ino: Ino,
+    /// The offset of the *next* entry, which the kernel passes back to continue.
+    pub next_offset: u64,
+    pub kind: FileKind,
+    pub name: OsString,
+}
+
+/// Filesystem statistics, from the local filesystem underneath.
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub bavail: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+    pub frsize: u32,
+}
+
+/// A name in the tree that the mount must not show or let anyone touch.
+#[derive(Debug)]
+struct Hidden {
+    parent: Ino,
+    name: OsString,
+}
+
+/// The filesystem core.
+#[derive(Debug)]
+pub struct Overlay {
+    local: LocalDir,
+    inodes: InodeTable,
+    handles: HandleTable,
+    hidden: Option<Hidden>,
+}
+
+impl Overlay {
+    /// Serves `local`. `hidden` is a path relative to it (the state directory, when it lives
+    /// inside the served directory) that stays invisible through the mount.
+    pub fn new(local: LocalDir, hidden: Option<&Path>) -> std::io::Result<Overlay> {
+        let root_stat = local.root_stat();
+        let inodes = InodeTable::new(local.root_clone()?, &root_stat);
+        let hidden = match hidden {
+            None => None,
+            Some(rel) => {
+                let name = rel.file_name().ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("hidden path {} has no file name", rel.display()),
+                    )
+                })?;
+                let parent = match rel.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => {
+                        let fd = local.open_beneath(p, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+                        let st = local.stat(fd.as_fd())?;
+                        inodes.id_of(st.dev, st.ino).ok_or_else(|| {
+                            std::io::Error::other(format!(
+                                "{} is on another filesystem than the served directory",
+                                p.display()
+                            ))
+                        })?
+                    }
+                    _ => ROOT,
+                };
+                Some(Hidden { parent, name: name.to_owned() })
+            }
+        };
+        Ok(Overlay { local, inodes, handles: HandleTable::default(), hidden })
+    }
+
+    fn is_hidden(&self, parent: Ino, name: &OsStr) -> bool {
+        self.hidden.as_ref().is_some_and(|h| h.parent == parent && h.name == name)
+    }
+
+    /// Refuses any change that names the hidden state directory.
+    fn check_reserved(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        if self.is_hidden(parent, name) {
+            return Err(OverlayError::Reserved(name.to_owned()));
+        }
+        Ok(())
+    }
+
+    fn node_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
+        self.inodes.fd(ino).map(|(fd, _)| fd).ok_or(OverlayError::UnknownInode(ino))
+    }
+
+    fn dir_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
+        match self.inodes.fd(ino) {
+            Some((fd, true)) => Ok(fd),
+            Some((_, false)) => Err(OverlayError::NotADirectory(ino)),
+            None => Err(OverlayError::UnknownInode(ino)),
+        }
+    }
+
+    /// Registers a freshly found local inode and builds its entry.
+    fn entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd, st: Stat) -> Entry {
+        let ino = self.inodes.insert_lookup(parent, name, fd, &st);
+        Entry { ino, attr: Attr::from_stat(ino, &st) }
+    }
+
+    /// The node id a child entry of `parent` has, by a stat of the name (no reference taken).
+    fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<Ino> {
+        let (fd, st) = self.local.lookup(dir.as_fd(), name).ok()?;
+        drop(fd);
+        self.inodes.id_of(st.dev, st.ino)
+    }
+
+    pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
+        if self.is_hidden(parent, name) {
+            return Err(OverlayError::local("lookup")(std::io::Error::from_raw_os_error(
+                libc::ENOENT,
+            )));
+        }
+        let dir = self.dir_fd(parent)?;
+        let (fd, st) = self.local.lookup(dir.as_fd(), name).map_err(OverlayError::local("lookup"))?;
+        Ok(self.entry(parent, name, fd, st))
+    }
+
+    pub fn forget(&self, ino: Ino, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        let fd = self.node_fd(ino)?;
+        let st = self.local.stat(fd.as_fd()).map_err(OverlayError::local("getattr"))?;
+        Ok(Attr::from_stat(ino, &st))
+    }
+
+    pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        let fd = self.node_fd(ino)?;
+        let fd = fd.as_fd();
+        if let Some(mode) = set.mode {
+            self.local.set_mode(fd, mode & 0o7777).map_err(OverlayError::local("chmod"))?;
+        }
+        if set.uid.is_some() || set.gid.is_some() {
+            self.local.set_owner(fd, set.uid, set.gid).map_err(OverlayError::local("chown"))?;
+        }
+        if let Some(size) = set.size {
+            let by_handle = fh.and_then(|fh| self.handles.file(fh)).filter(|(_, w)| *w);
+            match by_handle {
+                Some((file, _)) => file.set_len(size),
+                None => self.local.truncate(fd, size),
+            }
+            .map_err(OverlayError::local("truncate"))?;
+            self.modified(ino);
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let st = self.local.stat(fd).map_err(OverlayError::local("utimens"))?;
+            let (parent_fd, name);
+            let symlink_at = if st.is_symlink() {
+                let (p, n) = self
+                    .inodes
+                    .with_node(ino, |n| (n.parent, n.name.clone()))
+                    .ok_or(OverlayError::UnknownInode(ino))?;
+                parent_fd = self.dir_fd(p)?;
+                name = n;
+                Some((parent_fd.as_fd(), name.as_os_str()))
+            } else {
+                None
+            };
+            self.local
+                .set_times(fd, symlink_at, set.atime, set.mtime)
+                .map_err(OverlayError::local("utimens"))?;
+        }
+        self.getattr(ino)
+    }
+
+    pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
+        let fd = self.node_fd(ino)?;
+        self.local.readlink(fd.as_fd()).map_err(OverlayError::local("readlink"))
+    }
+
+    pub fn mknod(&self, parent: Ino, name: &OsStr, mode: u32, rdev: u32, creds: Creds) -> Result<Entry> {
+        self.check_reserved(parent, name)?;
+        let dir = self.dir_fd(parent)?;
+        let (fd, st) = self
+            .local
+            .mknod(dir.as_fd(), name, mode, u64::from(rdev), creds)
+            .map_err(OverlayError::local("mknod"))?;
+        Ok(self.entry(parent, name, fd, st))
+    }
+
+    pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, creds: Creds) -> Result<Entry> {
+        self.check_reserved(parent, name)?;
+        let dir = self.dir_fd(parent)?;
+        let (fd, st) =
+            self.local.mkdir(dir.as_fd(), name, mode, creds).map_err(OverlayError::local("mkdir"))?;
+        Ok(self.entry(parent, name, fd, st))
+    }
+
+    pub fn symlink(&self, parent: Ino, name: &OsStr, target: &Path, creds: Creds) -> Result<Entry> {
+        self.check_reserved(parent, name)?;
+        let dir = self.dir_fd(parent)?;
+        let (fd, st) = self
+            .local
+            .symlink(dir.as_fd(), name, target.as_os_str(), creds)
+            .map_err(OverlayError::local("symlink"))?;
+        Ok(self.entry(parent, name, fd, st))
+    }
+
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        self.check_reserved(new_parent, new_name)?;
+        let fd = self.node_fd(ino)?;
+        let dir = self.dir_fd(new_parent)?;
+        self.local.link(fd.as_fd(), dir.as_fd(), new_name).map_err(OverlayError::local("link"))?;
+        self.lookup(new_parent, new_name)
+    }
+
+    pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, false)
+    }
+
+    pub fn rmdir(&self, parent: Ino, name: &OsStr) -> Result<()> {
+        self.remove(parent, name, true)
+    }
+
+    fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        self.check_reserved(parent, name)?;
+        let dir_fd = self.dir_fd(parent)?;
+        let child = self.child_id(&dir_fd, name);
+        if dir {
+            self.local.rmdir(dir_fd.as_fd(), name).map_err(OverlayError::local("rmdir"))?;
+        } else {
+            self.local.unlink(dir_fd.as_fd(), name).map_err(OverlayError::local("unlink"))?;
+        }
+        if let Some(id) = child {
+            self.inodes.unlinked(id, parent, name);
+        }
+        Ok(())
+    }
+
+    /// `rename`, with the kernel's `RENAME_NOREPLACE` / `RENAME_EXCHANGE` flags.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> Result<()> {
+        self.check_reserved(parent, name)?;
+        self.check_reserved(new_parent, new_name)?;
+        let old_dir = self.dir_fd(parent)?;
+        let new_dir = self.dir_fd(new_parent)?;
+        let moved = self.child_id(&old_dir, name);
+        let replaced = self.child_id(&new_dir, new_name);
+        self.local
+            .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
+            .map_err(OverlayError::local("rename"))?;
+        if let Some(id) = moved {
+            self.inodes.renamed(id, new_parent, new_name);
+        }
+        if let Some(id) = replaced.filter(|r| Some(*r) != moved) {
+            if flags & libc::RENAME_EXCHANGE != 0 {
+                self.inodes.renamed(id, parent, name);
+            } else {
+                self.inodes.unlinked(id, new_parent, new_name);
+            }
+        }
+        Ok(())
+    }
+
+    fn register_open(&self, ino: Ino, file: File, writable: bool) -> Opened {
+        if writable {
+            self.inodes.with_node(ino, |n| {
+                n.writers += 1;
+                n.residency = Residency::Dirty;
+            });
+        }
+        let file = Arc::new(file);
+        let fh = self.handles.insert_file(FileHandle { ino, file: Arc::clone(&file), writable });
+        Opened { fh, file }
+    }
+
+    pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        let (fd, is_dir) = self.inodes.fd(ino).ok_or(OverlayError::UnknownInode(ino))?;
+        if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
+            return Err(OverlayError::local("open")(std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
+        let file = self.local.reopen(fd.as_fd(), flags).map_err(OverlayError::local("open"))?;
+        Ok(self.register_open(ino, file, is_writable(flags)))
+    }
+
+    pub fn create(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        flags: i32,
+        creds: Creds,
+    ) -> Result<(Entry, Opened)> {
+        self.check_reserved(parent, name)?;
+        let dir = self.dir_fd(parent)?;
+        let (file, fd, st) = self
+            .local
+            .create(dir.as_fd(), name, flags, mode, creds)
+            .map_err(OverlayError::local("create"))?;
+        let entry = self.entry(parent, name, fd, st);
+        // A created file is new content for the mirror even if nobody writes to it, so it
+        // counts as a writer until released whatever the access mode.
+        let opened = self.register_open(entry.ino, file, true);
+        Ok((entry, opened))
+    }
+
+    fn handle_file(&self, fh: u64) -> Result<(Arc<File>, bool)> {
+        self.handles.file(fh).ok_or(OverlayError::UnknownHandle(fh))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>> {
+        let (file, _) = self.handle_file(fh)?;
+        let mut buf = vec![0u8; size as usize];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(OverlayError::local("read")(e)),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    }
+
+    pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        let (file, _) = self.handle_file(fh)?;
+        file.write_all_at(data, offset).map_err(OverlayError::local("write"))?;
+        Ok(data.len() as u32)
+    }
+
+    pub fn release(&self, fh: u64) -> Result<()> {
+        let h = self.handles.remove_file(fh).ok_or(OverlayError::UnknownHandle(fh))?;
+        if h.writable {
+            let last = self
+                .inodes
+                .with_node(h.ino, |n| {
+                    n.writers = n.writers.saturating_sub(1);
+                    n.writers == 0
+                })
+                .unwrap_or(false);
+            if last {
+                self.closed(h.ino);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
+        let (file, _) = self.handle_file(fh)?;
+        if datasync { file.sync_data() } else { file.sync_all() }.map_err(OverlayError::local("fsync"))
+    }
+
+    pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        let (file, _) = self.handle_file(fh)?;
+        local::fallocate(&file, mode, offset, len).map_err(OverlayError::local("fallocate"))?;
+        Ok(())
+    }
+
+    pub fn lseek(&self, fh: u64, offset: i64, whence: i32) -> Result<i64> {
+        let (file, _) = self.handle_file(fh)?;
+        local::lseek(&file, offset, whence).map_err(OverlayError::local("lseek"))
+    }
+
+    /// A change made without an open handle (truncate by path, for now): a writer that opens
+    /// and closes in one step.
+    fn modified(&self, ino: Ino) {
+        let idle = self
+            .inodes
+            .with_node(ino, |n| {
+                n.residency = Residency::Dirty;
+                n.writers == 0
+            })
+            .unwrap_or(false);
+        if idle {
+            self.closed(ino);
+        }
+    }
+
+    /// The last writer of a file went away: this is the consistent point the mirror uploads.
+    fn closed(&self, ino: Ino) {
+        self.inodes.with_node(ino, |n| n.residency = Residency::Local);
+        tracing::trace!(ino, path = ?self.inodes.path(ino), "file closed after a change");
+    }
+
+    pub fn opendir(&self, ino: Ino) -> Result<u64> {
+        let fd = self.dir_fd(ino)?;
+        let file = self
+            .local
+            .reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .map_err(OverlayError::local("opendir"))?;
+        let listing = self.local.read_dir(fd.as_fd()).map_err(OverlayError::local("readdir"))?;
+        let root_dev = self.local.root_stat().dev;
+        let entries = listing
+            .into_iter()
+            .filter(|e| !self.is_hidden(ino, &e.name))
+            .map(|e| DirSnapshotEntry {
+                ino: self.inodes.id_of(root_dev, e.ino).unwrap_or(e.ino),
+                kind: FileKind::from_std(e.file_type),
+                name: e.name,
+            })
+            .collect();
+        Ok(self.handles.insert_dir(DirHandle { entries: Arc::new(entries), file: Arc::new(file) }))
+    }
+
+    /// Entries of an open directory from `offset` on, `.` and `..` first.
+    pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> Result<Vec<DirItem>> {
+        let (entries, _) = self.handles.dir(fh).ok_or(OverlayError::UnknownHandle(fh))?;
+        let parent = self.inodes.with_node(ino, |n| n.parent).ok_or(OverlayError::UnknownInode(ino))?;
+        let dots = [(ino, "."), (parent, "..")].map(|(i, n)| DirItem {
+            ino: i,
+            next_offset: 0,
+            kind: FileKind::Dir,
+            name: n.into(),
+        });
+        let items = dots
+            .into_iter()
+            .chain(entries.iter().map(|e| DirItem {
+                ino: e.ino,
+                next_offset: 0,
+                kind: e.kind,
+                name: e.name.clone(),
+            }))
+            .enumerate()
+            .skip(offset as usize)
+            .map(|(i, mut item)| {
+                item.next_offset = i as u64 + 1;
+                item
+            })
+            .collect();
+        Ok(items)
+    }
+
+    pub fn releasedir(&self, fh: u64) -> Result<()> {
+        self.handles.remove_dir(fh).map(drop).ok_or(OverlayError::UnknownHandle(fh))
+    }
+
+    pub fn fsyncdir(&self, fh: u64) -> Result<()> {
+        let (_, file) = self.handles.dir(fh).ok_or(OverlayError::UnknownHandle(fh))?;
+        file.sync_all().map_err(OverlayError::local("fsyncdir"))
+    }
+
+    pub fn statfs(&self) -> Result<StatFs> {
+        let st = self.local.statfs(self.local.root()).map_err(OverlayError::local("statfs"))?;
+        Ok(StatFs {
+            blocks: st.f_blocks,
+            bfree: st.f_bfree,
+            bavail: st.f_bavail,
+            files: st.f_files,
+            ffree: st.f_ffree,
+            bsize: st.f_bsize as u32,
+            namelen: st.f_namemax as u32,
+            frsize: st.f_frsize as u32,
+        })
+    }
+
+    pub fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> Result<XattrReply> {
+        let fd = self.node_fd(ino)?;
+        self.local.get_xattr(fd.as_fd(), name, size).map_err(OverlayError::local("getxattr"))
+    }
+
+    pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply> {
+        let fd = self.node_fd(ino)?;
+        self.local.list_xattr(fd.as_fd(), size).map_err(OverlayError::local("listxattr"))
+    }
+
+    pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        let fd = self.node_fd(ino)?;
+        self.local.set_xattr(fd.as_fd(), name, value, flags).map_err(OverlayError::local("setxattr"))
+    }
+
+    pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        let fd = self.node_fd(ino)?;
+        self.local.remove_xattr(fd.as_fd(), name).map_err(OverlayError::local("removexattr"))
+    }
+
+    /// The path of a node relative to the served directory (for logs and, later, bucket keys).
+    pub fn path_of(&self, ino: Ino) -> Option<PathBuf> {
+        self.inodes.path(ino)
+    }
+
+    /// The residency of a node, if the kernel knows it.
+    pub fn residency(&self, ino: Ino) -> Option<Residency> {
+        self.inodes.with_node(ino, |n| n.residency)
+    }
+
+    /// Open file and directory handles (for shutdown logs and tests).
+    pub fn open_handles(&self) -> usize {
+        self.handles.len()
+    }
+
+    /// Nodes the kernel currently knows.
+    pub fn known_inodes(&self) -> usize {
+        self.inodes.len()
+    }
+}
+
+fn is_writable(flags: i32) -> bool {
+    flags & libc::O_ACCMODE != libc::O_RDONLY || flags & libc::O_TRUNC != 0
+}
+
+#[cfg(test)]
+mod tests;

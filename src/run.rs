@@ -1,0 +1,283 @@
+//! Wiring for `etlfs mount`: check the inputs, open the directory, mount, serve, shut down.
+//!
+//! Order matters and is the point of this module:
+//! 1. Validate everything that can be validated without side effects, so that a bad
+//!    invocation fails with a clear message and exit code 2 before anything is mounted.
+//! 2. Open the served directory (and create the state directory) *before* mounting: once the
+//!    mount covers the directory, its path leads back into etlfs.
+//! 3. Mount and run the FUSE session on its own threads; the main thread waits for SIGTERM or
+//!    SIGINT, or for the session to end because someone ran `umount`.
+//! 4. On a signal, unmount. If the mount is busy (an application still has a file open or its
+//!    cwd inside), detach it lazily: it disappears from the namespace at once, and etlfs keeps
+//!    serving the open files until the last one is closed, rather than leaving a dead mount.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread;
+
+use anyhow::Context;
+use fuser::{Config, MountOption, SessionACL};
+use tracing::{info, warn};
+
+use crate::fuse::{EtlFs, FuseOptions};
+use crate::local::LocalDir;
+use crate::overlay::Overlay;
+use crate::sys;
+
+/// Name of the default state directory, created inside the served directory.
+pub const DEFAULT_STATE_DIR: &str = ".etlfs";
+
+/// Everything `etlfs mount` needs.
+#[derive(Debug, Clone)]
+pub struct MountArgs {
+    pub mountpoint: PathBuf,
+    pub local: Option<PathBuf>,
+    pub state_dir: Option<PathBuf>,
+    pub passthrough: bool,
+    pub threads: usize,
+}
+
+/// Invocation errors: reported with exit code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum UsageError {
+    #[error("{what} {path}: does not exist")]
+    Missing { what: &'static str, path: PathBuf },
+    #[error("{what} {path}: not a directory")]
+    NotADirectory { what: &'static str, path: PathBuf },
+    #[error("{what} {path}: {source}")]
+    Inaccessible {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("/dev/fuse: {0} (is the fuse module loaded? in a container, pass --device /dev/fuse)")]
+    NoFuseDevice(String),
+    #[error("permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)")]
+    NoPermission(String),
+    #[error("state directory {state}: must not be the served directory itself")]
+    StateIsRoot { state: PathBuf },
+}
+
+fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_dir() => path.canonicalize().map_err(|source| UsageError::Inaccessible {
+            what,
+            path: path.to_owned(),
+            source,
+        }),
+        Ok(_) => Err(UsageError::NotADirectory { what, path: path.to_owned() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Err(UsageError::Missing { what, path: path.to_owned() })
+        }
+        Err(source) => Err(UsageError::Inaccessible { what, path: path.to_owned(), source }),
+    }
+}
+
+fn check_fuse_device() -> Result<(), UsageError> {
+    let dev = Path::new("/dev/fuse");
+    let meta = std::fs::metadata(dev).map_err(|e| UsageError::NoFuseDevice(e.to_string()))?;
+    if !meta.file_type().is_char_device() {
+        return Err(UsageError::NoFuseDevice("not a character device".into()));
+    }
+    match sys::access(c"/dev/fuse", libc::R_OK | libc::W_OK) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            return Err(UsageError::NoPermission(format!("cannot open /dev/fuse: {e}")));
+        }
+        Err(e) => return Err(UsageError::NoFuseDevice(e.to_string())),
+    }
+    if sys::geteuid() != 0 && which("fusermount3").is_none() && which("fusermount").is_none() {
+        return Err(UsageError::NoPermission(
+            "not running as root and no fusermount3 helper is installed".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+/// Validated paths for a mount.
+#[derive(Debug)]
+struct Plan {
+    mountpoint: PathBuf,
+    local: PathBuf,
+    state_dir: PathBuf,
+    /// The state directory relative to `local`, when it lives inside it (and must be hidden).
+    hidden: Option<PathBuf>,
+}
+
+fn plan(args: &MountArgs) -> Result<Plan, UsageError> {
+    let mountpoint = check_dir("mount point", &args.mountpoint)?;
+    let local = match &args.local {
+        Some(l) => check_dir("local directory", l)?,
+        None => mountpoint.clone(),
+    };
+    let state_dir = match &args.state_dir {
+        Some(s) if s.is_absolute() => s.clone(),
+        Some(s) => std::env::current_dir()
+            .map_err(|source| UsageError::Inaccessible { what: "working directory", path: ".".into(), source })?
+            .join(s),
+        None => local.join(DEFAULT_STATE_DIR),
+    };
+    std::fs::create_dir_all(&state_dir).map_err(|source| UsageError::Inaccessible {
+        what: "state directory",
+        path: state_dir.clone(),
+        source,
+    })?;
+    let state_dir = check_dir("state directory", &state_dir)?;
+    if state_dir == local {
+        return Err(UsageError::StateIsRoot { state: state_dir });
+    }
+    let hidden = state_dir.strip_prefix(&local).ok().map(Path::to_path_buf);
+    Ok(Plan { mountpoint, local, state_dir, hidden })
+}
+
+enum Event {
+    Signal(i32),
+    SessionEnded(std::io::Result<()>),
+}
+
+/// Runs `etlfs mount` until a signal or an external unmount. Returns `Err` with a
+/// [`UsageError`] inside for invocation problems (exit code 2).
+pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    let plan = plan(&args)?;
+    check_fuse_device()?;
+
+    sys::set_umask(0);
+    match sys::raise_nofile_limit() {
+        Ok(n) => info!(limit = n, "open file limit"),
+        Err(e) => warn!(error = %e, "could not raise the open file limit"),
+    }
+
+    let local = LocalDir::open(&plan.local).map_err(|source| UsageError::Inaccessible {
+        what: "local directory",
+        path: plan.local.clone(),
+        source,
+    })?;
+    let overlay = Arc::new(
+        Overlay::new(local, plan.hidden.as_deref()).context("setting up the overlay")?,
+    );
+    let fs = EtlFs::new(Arc::clone(&overlay), FuseOptions { passthrough: args.passthrough });
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("etlfs:{}", plan.local.display())),
+        MountOption::Subtype("etlfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(args.threads.max(1));
+    config.clone_fd = true;
+
+    let session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|e| {
+        if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied {
+            anyhow::Error::from(UsageError::NoPermission(format!(
+                "mounting {}: {e}",
+                plan.mountpoint.display()
+            )))
+        } else {
+            anyhow::Error::from(e).context(format!("mounting {}", plan.mountpoint.display()))
+        }
+    })?;
+    info!(
+        mountpoint = %plan.mountpoint.display(),
+        local = %plan.local.display(),
+        state_dir = %plan.state_dir.display(),
+        threads = args.threads,
+        "mounted"
+    );
+
+    let (tx, rx) = mpsc::channel();
+    let session_tx = tx.clone();
+    let session_thread = thread::Builder::new()
+        .name("fuse-session".into())
+        .spawn(move || {
+            let res = session.run();
+            let _ = session_tx.send(Event::SessionEnded(res));
+        })
+        .context("starting the FUSE session")?;
+
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+
+    let ended = loop {
+        match rx.recv() {
+            Ok(Event::Signal(sig)) => {
+                info!(signal = sig, "shutting down: unmounting");
+                unmount(&plan.mountpoint);
+                // The session ends once the kernel lets go of the mount.
+                break wait_session(&rx);
+            }
+            Ok(Event::SessionEnded(res)) => {
+                info!("unmounted from outside");
+                break res;
+            }
+            Err(_) => break Ok(()),
+        }
+    };
+    handle.close();
+    let _ = session_thread.join();
+    ended.context("FUSE session failed")?;
+    info!(open_handles = overlay.open_handles(), "stopped cleanly");
+    Ok(())
+}
+
+fn wait_session(rx: &mpsc::Receiver<Event>) -> std::io::Result<()> {
+    loop {
+        match rx.recv() {
+            Ok(Event::SessionEnded(res)) => return res,
+            Ok(Event::Signal(sig)) => {
+                info!(signal = sig, "still waiting for open files on the detached mount to close")
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+}
+
+/// Unmounts; a busy mount is detached lazily instead of failing.
+fn unmount(mountpoint: &Path) {
+    let Ok(path) = CString::new(mountpoint.as_os_str().as_bytes()) else {
+        return;
+    };
+    match sys::umount(&path, false) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+            warn!(
+                mountpoint = %mountpoint.display(),
+                "mount is busy; detaching it lazily: it is gone from the namespace now and \
+                 etlfs serves the files still open until they are closed"
+            );
+            if let Err(e) = sys::umount(&path, true) {
+                warn!(error = %e, "lazy unmount failed");
+            }
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // Not mounted any more (someone unmounted it first): the session ends by itself.
+        }
+        Err(e) => warn!(error = %e, "unmount failed"),
+    }
+}

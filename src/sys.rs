@@ -1,0 +1,360 @@
+//! Thin, safe wrappers over the Linux system calls etlfs needs and `std` does not offer.
+//!
+//! This is the only module with `unsafe`. Every wrapper takes owned or borrowed file
+//! descriptors and `CStr` names, converts the C return convention into `io::Result`, and says
+//! in a `// SAFETY:` comment why the call is sound. Nothing here knows about FUSE, the bucket
+//! or our inode table: callers in `local.rs` compose these into directory operations.
+//!
+//! Everything is done relative to directory file descriptors (`*at()` calls). etlfs is mounted
+//! *over* the directory it serves, so a path lookup from `/` would re-enter our own mount and
+//! could deadlock; only descriptors opened before the mount reach the disk underneath.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::io;
+use std::mem::MaybeUninit;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+/// `resolve` flags for [`openat2`]: never leave the starting directory, never follow
+/// `/proc/self/fd`-style magic links. Symlinks *inside* the tree are still followed when the
+/// caller does not pass `O_NOFOLLOW` (for the last component).
+pub const RESOLVE_BENEATH: u64 = 0x08;
+/// Refuse any symlink in the path, not only escaping ones.
+pub const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+/// Refuse magic links (`/proc/self/fd/N`).
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+/// Refuse crossing into another mount (e.g. a bind mount under the served directory).
+pub const RESOLVE_NO_XDEV: u64 = 0x01;
+
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn check_ssize(ret: libc::ssize_t) -> io::Result<usize> {
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret as usize) }
+}
+
+/// Converts a file name into a C string, refusing interior NUL bytes (EINVAL).
+pub fn cstr(name: &OsStr) -> io::Result<CString> {
+    CString::new(name.as_bytes()).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// The empty path used with `AT_EMPTY_PATH` to operate on a descriptor itself.
+pub const EMPTY: &CStr = c"";
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `openat2(2)`: open `name` relative to `dir` with the given `resolve` restrictions.
+pub fn openat2(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u32 as u64,
+        mode: if flags & (libc::O_CREAT | libc::O_TMPFILE) != 0 { mode as u64 } else { 0 },
+        resolve,
+    };
+    // SAFETY: `name` is a valid NUL-terminated string, `how` is a properly initialised
+    // `struct open_how` that outlives the call and whose size we pass; `dir` is a live fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// `openat(2)`. Used to re-open an `O_PATH` descriptor through `/proc/self/fd`, which
+/// `openat2(RESOLVE_NO_MAGICLINKS)` would refuse by design.
+pub fn openat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    flags: libc::c_int,
+    mode: libc::mode_t,
+) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor; mode is passed as the
+    // variadic third argument exactly as the C prototype expects.
+    let fd = check(unsafe {
+        libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode as libc::c_uint)
+    })?;
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstatat(2)`; with `name == EMPTY` and `AT_EMPTY_PATH` it stats the descriptor itself
+/// (this works on `O_PATH` descriptors too).
+pub fn fstatat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<libc::stat> {
+    let mut st = MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `st` points to writable memory of the right size, `name` is NUL-terminated.
+    check(unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), st.as_mut_ptr(), flags) })?;
+    // SAFETY: fstatat succeeded, so the kernel filled the whole struct.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `fstatvfs(3)` on any descriptor, `O_PATH` included.
+pub fn fstatvfs(fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+    let mut st = MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `st` points to writable memory of the right size.
+    check(unsafe { libc::fstatvfs(fd.as_raw_fd(), st.as_mut_ptr()) })?;
+    // SAFETY: fstatvfs succeeded, so the struct is initialised.
+    Ok(unsafe { st.assume_init() })
+}
+
+/// `mkdirat(2)`.
+pub fn mkdirat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), mode) }).map(drop)
+}
+
+/// `mknodat(2)`.
+pub fn mknodat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::mode_t,
+    rdev: libc::dev_t,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), name.as_ptr(), mode, rdev) }).map(drop)
+}
+
+/// `symlinkat(2)`.
+pub fn symlinkat(target: &CStr, dir: BorrowedFd<'_>, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::symlinkat(target.as_ptr(), dir.as_raw_fd(), name.as_ptr()) }).map(drop)
+}
+
+/// `linkat(2)`.
+pub fn linkat(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated and both descriptors are live.
+    check(unsafe {
+        libc::linkat(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `unlinkat(2)`; pass `AT_REMOVEDIR` to remove a directory.
+pub fn unlinkat(dir: BorrowedFd<'_>, name: &CStr, flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), flags) }).map(drop)
+}
+
+/// `renameat2(2)` with `RENAME_NOREPLACE` / `RENAME_EXCHANGE` / `RENAME_WHITEOUT` flags.
+pub fn renameat2(
+    old_dir: BorrowedFd<'_>,
+    old_name: &CStr,
+    new_dir: BorrowedFd<'_>,
+    new_name: &CStr,
+    flags: libc::c_uint,
+) -> io::Result<()> {
+    // SAFETY: both names are NUL-terminated and both descriptors are live.
+    check(unsafe {
+        libc::renameat2(
+            old_dir.as_raw_fd(),
+            old_name.as_ptr(),
+            new_dir.as_raw_fd(),
+            new_name.as_ptr(),
+            flags,
+        )
+    })
+    .map(drop)
+}
+
+/// `readlinkat(2)` into a fresh buffer (`PATH_MAX` is enough on Linux).
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: `buf` is writable for `buf.len()` bytes; `name` is NUL-terminated.
+    let n = check_ssize(unsafe {
+        libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })?;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// `fchownat(2)`; `u32::MAX` (-1) leaves an id unchanged.
+pub fn fchownat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, flags) }).map(drop)
+}
+
+/// `fchmodat(2)` (no flags: Linux cannot change a symlink's own mode).
+pub fn fchmodat(dir: BorrowedFd<'_>, name: &CStr, mode: libc::mode_t) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::fchmodat(dir.as_raw_fd(), name.as_ptr(), mode, 0) }).map(drop)
+}
+
+/// `utimensat(2)`; each time is `(seconds, nanoseconds)`, or `UTIME_NOW` / `UTIME_OMIT` in the
+/// nanosecond field.
+pub fn utimensat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    atime: libc::timespec,
+    mtime: libc::timespec,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    let times = [atime, mtime];
+    // SAFETY: `times` is an array of two timespecs as required; `name` is NUL-terminated.
+    check(unsafe { libc::utimensat(dir.as_raw_fd(), name.as_ptr(), times.as_ptr(), flags) })
+        .map(drop)
+}
+
+/// `fallocate(2)`.
+pub fn fallocate(fd: BorrowedFd<'_>, mode: libc::c_int, offset: u64, len: u64) -> io::Result<()> {
+    let (offset, len) = (to_off(offset)?, to_off(len)?);
+    // SAFETY: plain integer arguments on a live descriptor.
+    check(unsafe { libc::fallocate(fd.as_raw_fd(), mode, offset, len) }).map(drop)
+}
+
+/// `lseek(2)`, used for `SEEK_DATA` / `SEEK_HOLE`.
+pub fn lseek(fd: BorrowedFd<'_>, offset: i64, whence: libc::c_int) -> io::Result<i64> {
+    // SAFETY: plain integer arguments on a live descriptor.
+    let ret = unsafe { libc::lseek(fd.as_raw_fd(), offset, whence) };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+fn to_off(v: u64) -> io::Result<libc::off_t> {
+    libc::off_t::try_from(v).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))
+}
+
+/// `getxattr(2)` on a path (we pass `/proc/self/fd/N` for `O_PATH` descriptors, which the
+/// `f*xattr` calls do not accept). With an empty `buf` it returns the size needed.
+pub fn getxattr(path: &CStr, name: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length (a zero length only queries the size).
+    check_ssize(unsafe {
+        libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len())
+    })
+}
+
+/// `setxattr(2)` on a path.
+pub fn setxattr(path: &CStr, name: &CStr, value: &[u8], flags: libc::c_int) -> io::Result<()> {
+    // SAFETY: `value` is readable for its length; both strings are NUL-terminated.
+    check(unsafe {
+        libc::setxattr(path.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), flags)
+    })
+    .map(drop)
+}
+
+/// `listxattr(2)` on a path. With an empty `buf` it returns the size needed.
+pub fn listxattr(path: &CStr, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length.
+    check_ssize(unsafe { libc::listxattr(path.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) })
+}
+
+/// `removexattr(2)` on a path.
+pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
+}
+
+/// Sets this *thread's* filesystem uid and gid, so that files created on behalf of a FUSE
+/// request are owned by the caller and inherit set-gid directories the way the kernel would.
+/// `setfsuid`/`setfsgid` are per-thread in Linux (glibc does not broadcast them), which is what
+/// a multithreaded FUSE session needs. Returns the previous ids for [`restore_fs_ids`].
+pub fn switch_fs_ids(uid: libc::uid_t, gid: libc::gid_t) -> (libc::uid_t, libc::gid_t) {
+    // SAFETY: setfsgid/setfsuid take plain integers and cannot fail in a way that corrupts
+    // memory; they return the previous id. The gid goes first: once the fsuid is no longer
+    // root, changing the fsgid would need CAP_SETGID, which the thread still has here.
+    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as libc::gid_t;
+    // SAFETY: as above.
+    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as libc::uid_t;
+    (old_uid, old_gid)
+}
+
+/// Restores the ids returned by [`switch_fs_ids`].
+pub fn restore_fs_ids((uid, gid): (libc::uid_t, libc::gid_t)) {
+    // SAFETY: see `switch_fs_ids`; the uid goes back first so the thread regains the
+    // capabilities it needs to set the gid.
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
+    // SAFETY: as above.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
+}
+
+/// Sets the process umask, returning the old one. etlfs sets it to 0: the kernel has already
+/// applied the caller's umask to the modes it sends us.
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// Raises the soft limit on open files to the hard limit: we hold one `O_PATH` descriptor per
+/// inode the kernel knows. Returns the new soft limit.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = MaybeUninit::<libc::rlimit>::uninit();
+    // SAFETY: `lim` points to a writable rlimit.
+    check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
+    // SAFETY: getrlimit succeeded, so the struct is initialised.
+    let mut lim = unsafe { lim.assume_init() };
+    lim.rlim_cur = lim.rlim_max;
+    // SAFETY: `lim` is a valid rlimit with soft <= hard.
+    check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    Ok(lim.rlim_cur)
+}
+
+/// The effective uid of this process.
+pub fn geteuid() -> libc::uid_t {
+    // SAFETY: geteuid cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// `umount2(2)`; `detach` asks for a lazy unmount (`MNT_DETACH`).
+pub fn umount(path: &CStr, detach: bool) -> io::Result<()> {
+    let flags = if detach { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::umount2(path.as_ptr(), flags) }).map(drop)
+}
+
+/// `access(2)`-style check of a path for the real uid (used for `/dev/fuse`).
+pub fn access(path: &CStr, mode: libc::c_int) -> io::Result<()> {
+    // SAFETY: `path` is NUL-terminated.
+    check(unsafe { libc::access(path.as_ptr(), mode) }).map(drop)
+}
+
+/// The name under `/proc/self/fd` of a descriptor, for re-opening it with new flags.
+pub fn fd_name(fd: BorrowedFd<'_>) -> CString {
+    CString::new(fd.as_raw_fd().to_string()).expect("digits contain no NUL")
+}
+
+/// The full `/proc/self/fd/N` path of a descriptor, for calls that take only a path.
+pub fn fd_path(fd: BorrowedFd<'_>) -> CString {
+    CString::new(format!("/proc/self/fd/{}", fd.as_raw_fd())).expect("digits contain no NUL")
+}
+
+/// `AT_FDCWD` as a borrowed descriptor, for the few opens done before the mount exists.
+pub fn at_fdcwd() -> BorrowedFd<'static> {
+    // SAFETY: AT_FDCWD is a sentinel the kernel understands in every *at() call; it is never
+    // closed, and `BorrowedFd` only forbids the value -1, which AT_FDCWD (-100) is not.
+    unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
+}
