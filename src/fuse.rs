@@ -22,8 +22,8 @@ use std::time::{Duration, SystemTime};
 use fuser::{
     AccessFlags, BackingId, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags,
     Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr,
-    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLseek,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use tracing::{debug, info, warn};
 
@@ -120,7 +120,10 @@ impl EtlFs {
     fn drop_backing(&self, ino: Ino, fh: u64) {
         let mut cache = self.backing();
         if cache.by_handle.remove(&fh).is_some()
-            && cache.by_inode.get(&ino).is_some_and(|w| w.strong_count() == 0)
+            && cache
+                .by_inode
+                .get(&ino)
+                .is_some_and(|w| w.strong_count() == 0)
         {
             cache.by_inode.remove(&ino);
         }
@@ -166,7 +169,10 @@ fn file_attr(a: &Attr) -> FileAttr {
 }
 
 fn creds(req: &Request) -> Creds {
-    Creds { uid: req.uid(), gid: req.gid() }
+    Creds {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
@@ -257,7 +263,14 @@ impl Filesystem for EtlFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let set = SetAttr { mode, uid, gid, size, atime: time_set(atime), mtime: time_set(mtime) };
+        let set = SetAttr {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+        };
         match self.overlay.setattr(ino.0, fh.map(|f| f.0), set) {
             Ok(a) => reply.attr(&TTL, &file_attr(&a)),
             Err(e) => fail!(reply, "setattr", e),
@@ -324,7 +337,10 @@ impl Filesystem for EtlFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self.overlay.symlink(parent.0, link_name, target, creds(req)) {
+        match self
+            .overlay
+            .symlink(parent.0, link_name, target, creds(req))
+        {
             Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
             Err(e) => fail!(reply, "symlink", e),
         }
@@ -340,7 +356,10 @@ impl Filesystem for EtlFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.overlay.rename(parent.0, name, newparent.0, newname, flags.bits()) {
+        match self
+            .overlay
+            .rename(parent.0, name, newparent.0, newname, flags.bits())
+        {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "rename", e),
         }
@@ -438,7 +457,14 @@ impl Filesystem for EtlFs {
         }
     }
 
-    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.overlay.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "fsync", e),
@@ -465,7 +491,12 @@ impl Filesystem for EtlFs {
             Err(e) => return fail!(reply, "readdir", e),
         };
         for item in items {
-            if reply.add(INodeNo(item.ino), item.next_offset, file_type(item.kind), &item.name) {
+            if reply.add(
+                INodeNo(item.ino),
+                item.next_offset,
+                file_type(item.kind),
+                &item.name,
+            ) {
                 break;
             }
         }
@@ -499,8 +530,14 @@ impl Filesystem for EtlFs {
                     Err(_) => continue,
                 }
             };
-            let full =
-                reply.add(INodeNo(attr.ino), item.next_offset, &item.name, &TTL, &file_attr(&attr), Generation(0));
+            let full = reply.add(
+                INodeNo(attr.ino),
+                item.next_offset,
+                &item.name,
+                &TTL,
+                &file_attr(&attr),
+                Generation(0),
+            );
             if full {
                 if !dot {
                     // Not sent, so the kernel will not count it: undo our reference.
@@ -512,14 +549,28 @@ impl Filesystem for EtlFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         match self.overlay.releasedir(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "releasedir", e),
         }
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         match self.overlay.fsyncdir(fh.0) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "fsyncdir", e),
@@ -528,7 +579,9 @@ impl Filesystem for EtlFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         match self.overlay.statfs() {
-            Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+            Ok(s) => reply.statfs(
+                s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+            ),
             Err(e) => fail!(reply, "statfs", e),
         }
     }
@@ -603,7 +656,13 @@ impl Filesystem for EtlFs {
                 FopenFlags::empty(),
                 &id,
             ),
-            None => reply.created(&TTL, &attr, Generation(0), FileHandle(opened.fh), Self::open_flags()),
+            None => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(opened.fh),
+                Self::open_flags(),
+            ),
         }
     }
 
@@ -639,7 +698,15 @@ impl Filesystem for EtlFs {
         }
     }
 
-    fn lseek(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: i64, whence: i32, reply: ReplyLseek) {
+    fn lseek(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
         match self.overlay.lseek(fh.0, offset, whence) {
             Ok(o) => reply.offset(o),
             Err(e) => fail!(reply, "lseek", e),

@@ -121,7 +121,11 @@ fn as_caller<T>(
         Err(e) if e.raw_os_error() == Some(libc::EACCES) && sys::geteuid() == 0 => {
             let out = op()?;
             let dir_st = Stat::from(sys::fstatat(dir, sys::EMPTY, libc::AT_EMPTY_PATH)?);
-            let gid = if dir_st.mode & libc::S_ISGID != 0 { u32::MAX } else { creds.gid };
+            let gid = if dir_st.mode & libc::S_ISGID != 0 {
+                u32::MAX
+            } else {
+                creds.gid
+            };
             sys::fchownat(dir, name, creds.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
             Ok(out)
         }
@@ -148,10 +152,19 @@ pub enum TimeSet {
 
 fn timespec(t: Option<TimeSet>) -> libc::timespec {
     match t {
-        None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-        Some(TimeSet::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
         Some(TimeSet::At(t)) => match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => libc::timespec { tv_sec: d.as_secs() as i64, tv_nsec: d.subsec_nanos() as i64 },
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
             Err(e) => {
                 let d = e.duration();
                 let (mut sec, mut nsec) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
@@ -159,7 +172,10 @@ fn timespec(t: Option<TimeSet>) -> libc::timespec {
                     sec -= 1;
                     nsec += 1_000_000_000;
                 }
-                libc::timespec { tv_sec: sec, tv_nsec: nsec }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
             }
         },
     }
@@ -189,7 +205,11 @@ impl LocalDir {
         let root = sys::openat(cwd, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0)?;
         let root_stat = Stat::from(sys::fstatat(root.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?);
         let proc_fd = sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
-        Ok(LocalDir { root, proc_fd, root_stat })
+        Ok(LocalDir {
+            root,
+            proc_fd,
+            root_stat,
+        })
     }
 
     /// The `O_PATH` descriptor of the served directory.
@@ -230,7 +250,12 @@ impl LocalDir {
     /// dropped; `O_NOFOLLOW` would refuse the `/proc/self/fd` magic link and is dropped too.
     pub fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
-        Ok(File::from(sys::openat(self.proc_fd.as_fd(), &sys::fd_name(fd), flags, 0)?))
+        Ok(File::from(sys::openat(
+            self.proc_fd.as_fd(),
+            &sys::fd_name(fd),
+            flags,
+            0,
+        )?))
     }
 
     /// Creates and opens a regular file as `creds`. Returns the open file and an `O_PATH`
@@ -254,7 +279,12 @@ impl LocalDir {
                 sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
             )
         })?;
-        let path_fd = sys::openat(self.proc_fd.as_fd(), &sys::fd_name(file.as_fd()), libc::O_PATH, 0)?;
+        let path_fd = sys::openat(
+            self.proc_fd.as_fd(),
+            &sys::fd_name(file.as_fd()),
+            libc::O_PATH,
+            0,
+        )?;
         let st = self.stat(path_fd.as_fd())?;
         Ok((File::from(file), path_fd, st))
     }
@@ -337,7 +367,12 @@ impl LocalDir {
     }
 
     /// `chown` of the inode behind `fd`; `None` leaves an id unchanged.
-    pub fn set_owner(&self, fd: BorrowedFd<'_>, uid: Option<u32>, gid: Option<u32>) -> io::Result<()> {
+    pub fn set_owner(
+        &self,
+        fd: BorrowedFd<'_>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
         sys::fchownat(
             fd,
             sys::EMPTY,
@@ -359,9 +394,13 @@ impl LocalDir {
     ) -> io::Result<()> {
         let (a, m) = (timespec(atime), timespec(mtime));
         match symlink_at {
-            Some((dir, name)) => {
-                sys::utimensat(dir, &single_component(name)?, a, m, libc::AT_SYMLINK_NOFOLLOW)
-            }
+            Some((dir, name)) => sys::utimensat(
+                dir,
+                &single_component(name)?,
+                a,
+                m,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
             None => sys::utimensat(self.proc_fd.as_fd(), &sys::fd_name(fd), a, m, 0),
         }
     }
@@ -394,7 +433,9 @@ impl LocalDir {
     pub fn get_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr, size: u32) -> io::Result<XattrReply> {
         let (path, cname) = (sys::fd_path(fd), sys::cstr(name)?);
         if size == 0 {
-            return Ok(XattrReply::Size(sys::getxattr(&path, &cname, &mut [])? as u32));
+            return Ok(XattrReply::Size(
+                sys::getxattr(&path, &cname, &mut [])? as u32
+            ));
         }
         let mut buf = vec![0u8; size as usize];
         let n = sys::getxattr(&path, &cname, &mut buf)?;
@@ -413,7 +454,13 @@ impl LocalDir {
         Ok(XattrReply::Data(buf))
     }
 
-    pub fn set_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr, value: &[u8], flags: i32) -> io::Result<()> {
+    pub fn set_xattr(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
         sys::setxattr(&sys::fd_path(fd), &sys::cstr(name)?, value, flags)
     }
 

@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand, ValueEnum};
 use etlfs::run::{self, MountArgs, UsageError};
 
 #[derive(Debug, Parser)]
-#[command(name = "etlfs", version, about = "Make a directory durable: a FUSE overlay that mirrors it to object storage")]
+#[command(
+    name = "etlfs",
+    version,
+    about = "Make a directory durable: a FUSE overlay that mirrors it to object storage"
+)]
 struct Cli {
     /// Log format: human-readable lines, or one JSON object per line.
     #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true, env = "ETLFS_LOG_FORMAT")]
@@ -66,9 +70,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     let result = match cli.command {
-        Command::Mount { local, state_dir, no_passthrough, threads, mountpoint } => {
-            run::mount(MountArgs { mountpoint, local, state_dir, passthrough: !no_passthrough, threads })
-        }
+        Command::Mount {
+            local,
+            state_dir,
+            no_passthrough,
+            threads,
+            mountpoint,
+        } => run::mount(MountArgs {
+            mountpoint,
+            local,
+            state_dir,
+            passthrough: !no_passthrough,
+            threads,
+        }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -57,7 +57,9 @@ pub enum UsageError {
     },
     #[error("/dev/fuse: {0} (is the fuse module loaded? in a container, pass --device /dev/fuse)")]
     NoFuseDevice(String),
-    #[error("permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)")]
+    #[error(
+        "permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)"
+    )]
     NoPermission(String),
     #[error("state directory {state}: must not be the served directory itself")]
     StateIsRoot { state: PathBuf },
@@ -65,16 +67,26 @@ pub enum UsageError {
 
 fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
     match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => path.canonicalize().map_err(|source| UsageError::Inaccessible {
+        Ok(m) if m.is_dir() => path
+            .canonicalize()
+            .map_err(|source| UsageError::Inaccessible {
+                what,
+                path: path.to_owned(),
+                source,
+            }),
+        Ok(_) => Err(UsageError::NotADirectory {
+            what,
+            path: path.to_owned(),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError::Missing {
+            what,
+            path: path.to_owned(),
+        }),
+        Err(source) => Err(UsageError::Inaccessible {
             what,
             path: path.to_owned(),
             source,
         }),
-        Ok(_) => Err(UsageError::NotADirectory { what, path: path.to_owned() }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            Err(UsageError::Missing { what, path: path.to_owned() })
-        }
-        Err(source) => Err(UsageError::Inaccessible { what, path: path.to_owned(), source }),
     }
 }
 
@@ -87,7 +99,9 @@ fn check_fuse_device() -> Result<(), UsageError> {
     match sys::access(c"/dev/fuse", libc::R_OK | libc::W_OK) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
-            return Err(UsageError::NoPermission(format!("cannot open /dev/fuse: {e}")));
+            return Err(UsageError::NoPermission(format!(
+                "cannot open /dev/fuse: {e}"
+            )));
         }
         Err(e) => return Err(UsageError::NoFuseDevice(e.to_string())),
     }
@@ -126,7 +140,11 @@ fn plan(args: &MountArgs) -> Result<Plan, UsageError> {
     let state_dir = match &args.state_dir {
         Some(s) if s.is_absolute() => s.clone(),
         Some(s) => std::env::current_dir()
-            .map_err(|source| UsageError::Inaccessible { what: "working directory", path: ".".into(), source })?
+            .map_err(|source| UsageError::Inaccessible {
+                what: "working directory",
+                path: ".".into(),
+                source,
+            })?
             .join(s),
         None => local.join(DEFAULT_STATE_DIR),
     };
@@ -140,7 +158,12 @@ fn plan(args: &MountArgs) -> Result<Plan, UsageError> {
         return Err(UsageError::StateIsRoot { state: state_dir });
     }
     let hidden = state_dir.strip_prefix(&local).ok().map(Path::to_path_buf);
-    Ok(Plan { mountpoint, local, state_dir, hidden })
+    Ok(Plan {
+        mountpoint,
+        local,
+        state_dir,
+        hidden,
+    })
 }
 
 enum Event {
@@ -165,10 +188,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         path: plan.local.clone(),
         source,
     })?;
-    let overlay = Arc::new(
-        Overlay::new(local, plan.hidden.as_deref()).context("setting up the overlay")?,
+    let overlay =
+        Arc::new(Overlay::new(local, plan.hidden.as_deref()).context("setting up the overlay")?);
+    let fs = EtlFs::new(
+        Arc::clone(&overlay),
+        FuseOptions {
+            passthrough: args.passthrough,
+        },
     );
-    let fs = EtlFs::new(Arc::clone(&overlay), FuseOptions { passthrough: args.passthrough });
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -183,7 +210,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     config.clone_fd = true;
 
     let session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|e| {
-        if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied {
+        if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied
+        {
             anyhow::Error::from(UsageError::NoPermission(format!(
                 "mounting {}: {e}",
                 plan.mountpoint.display()
@@ -251,7 +279,10 @@ fn wait_session(rx: &mpsc::Receiver<Event>) -> std::io::Result<()> {
         match rx.recv() {
             Ok(Event::SessionEnded(res)) => return res,
             Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "still waiting for open files on the detached mount to close")
+                info!(
+                    signal = sig,
+                    "still waiting for open files on the detached mount to close"
+                )
             }
             Err(_) => return Ok(()),
         }

@@ -86,7 +86,13 @@ mod tests {
         let e = OverlayError::local("unlink")(io::Error::from_raw_os_error(libc::ENOTEMPTY));
         assert_eq!(e.errno(), libc::ENOTEMPTY);
         assert!(e.is_expected());
-        assert_eq!(e.to_string(), format!("unlink failed: {}", io::Error::from_raw_os_error(libc::ENOTEMPTY)));
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "unlink failed: {}",
+                io::Error::from_raw_os_error(libc::ENOTEMPTY)
+            )
+        );
     }
 
     #[test]
@@ -100,7 +106,10 @@ mod tests {
     fn overlay_errors_map_to_fixed_errnos() {
         assert_eq!(OverlayError::UnknownInode(7).errno(), libc::ESTALE);
         assert_eq!(OverlayError::UnknownHandle(7).errno(), libc::EBADF);
-        assert_eq!(OverlayError::Reserved(".etlfs".into()).errno(), libc::EACCES);
+        assert_eq!(
+            OverlayError::Reserved(".etlfs".into()).errno(),
+            libc::EACCES
+        );
         assert_eq!(OverlayError::NotADirectory(7).errno(), libc::ENOTDIR);
     }
 }

@@ -88,7 +88,11 @@ impl InodeTable {
         InodeTable {
             root_dev: root.dev,
             root_ino: root.ino,
-            inner: RwLock::new(Table { nodes, foreign: HashMap::new(), next_synthetic: SYNTHETIC_BASE }),
+            inner: RwLock::new(Table {
+                nodes,
+                foreign: HashMap::new(),
+                next_synthetic: SYNTHETIC_BASE,
+            }),
         }
     }
 
@@ -178,7 +182,10 @@ impl InodeTable {
 
     /// The descriptor and kind of a node.
     pub fn fd(&self, id: Ino) -> Option<(Arc<OwnedFd>, bool)> {
-        self.read().nodes.get(&id).map(|n| (Arc::clone(&n.fd), n.is_dir))
+        self.read()
+            .nodes
+            .get(&id)
+            .map(|n| (Arc::clone(&n.fd), n.is_dir))
     }
 
     /// Runs `f` on a node under the write lock.

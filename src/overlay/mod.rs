@@ -38,11 +38,11 @@ use std::time::SystemTime;
 
 pub use error::{OverlayError, Result};
 use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
-pub use inode::{ROOT, Residency};
 use inode::InodeTable;
+pub use inode::{ROOT, Residency};
 
-pub use crate::local::{Creds, TimeSet, XattrReply};
 use crate::local::{self, LocalDir, Stat};
+pub use crate::local::{Creds, TimeSet, XattrReply};
 
 /// A node id as the kernel sees it.
 pub type Ino = u64;
@@ -222,14 +222,24 @@ impl Overlay {
                     }
                     _ => ROOT,
                 };
-                Some(Hidden { parent, name: name.to_owned() })
+                Some(Hidden {
+                    parent,
+                    name: name.to_owned(),
+                })
             }
         };
-        Ok(Overlay { local, inodes, handles: HandleTable::default(), hidden })
+        Ok(Overlay {
+            local,
+            inodes,
+            handles: HandleTable::default(),
+            hidden,
+        })
     }
 
     fn is_hidden(&self, parent: Ino, name: &OsStr) -> bool {
-        self.hidden.as_ref().is_some_and(|h| h.parent == parent && h.name == name)
+        self.hidden
+            .as_ref()
+            .is_some_and(|h| h.parent == parent && h.name == name)
     }
 
     /// Refuses any change that names the hidden state directory.
@@ -241,7 +251,10 @@ impl Overlay {
     }
 
     fn node_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
-        self.inodes.fd(ino).map(|(fd, _)| fd).ok_or(OverlayError::UnknownInode(ino))
+        self.inodes
+            .fd(ino)
+            .map(|(fd, _)| fd)
+            .ok_or(OverlayError::UnknownInode(ino))
     }
 
     fn dir_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
@@ -255,7 +268,10 @@ impl Overlay {
     /// Registers a freshly found local inode and builds its entry.
     fn entry(&self, parent: Ino, name: &OsStr, fd: OwnedFd, st: Stat) -> Entry {
         let ino = self.inodes.insert_lookup(parent, name, fd, &st);
-        Entry { ino, attr: Attr::from_stat(ino, &st) }
+        Entry {
+            ino,
+            attr: Attr::from_stat(ino, &st),
+        }
     }
 
     /// The node id a child entry of `parent` has, by a stat of the name (no reference taken).
@@ -267,12 +283,15 @@ impl Overlay {
 
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
         if self.is_hidden(parent, name) {
-            return Err(OverlayError::local("lookup")(std::io::Error::from_raw_os_error(
-                libc::ENOENT,
-            )));
+            return Err(OverlayError::local("lookup")(
+                std::io::Error::from_raw_os_error(libc::ENOENT),
+            ));
         }
         let dir = self.dir_fd(parent)?;
-        let (fd, st) = self.local.lookup(dir.as_fd(), name).map_err(OverlayError::local("lookup"))?;
+        let (fd, st) = self
+            .local
+            .lookup(dir.as_fd(), name)
+            .map_err(OverlayError::local("lookup"))?;
         Ok(self.entry(parent, name, fd, st))
     }
 
@@ -282,7 +301,10 @@ impl Overlay {
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         let fd = self.node_fd(ino)?;
-        let st = self.local.stat(fd.as_fd()).map_err(OverlayError::local("getattr"))?;
+        let st = self
+            .local
+            .stat(fd.as_fd())
+            .map_err(OverlayError::local("getattr"))?;
         Ok(Attr::from_stat(ino, &st))
     }
 
@@ -290,10 +312,14 @@ impl Overlay {
         let fd = self.node_fd(ino)?;
         let fd = fd.as_fd();
         if let Some(mode) = set.mode {
-            self.local.set_mode(fd, mode & 0o7777).map_err(OverlayError::local("chmod"))?;
+            self.local
+                .set_mode(fd, mode & 0o7777)
+                .map_err(OverlayError::local("chmod"))?;
         }
         if set.uid.is_some() || set.gid.is_some() {
-            self.local.set_owner(fd, set.uid, set.gid).map_err(OverlayError::local("chown"))?;
+            self.local
+                .set_owner(fd, set.uid, set.gid)
+                .map_err(OverlayError::local("chown"))?;
         }
         if let Some(size) = set.size {
             let by_handle = fh.and_then(|fh| self.handles.file(fh)).filter(|(_, w)| *w);
@@ -305,7 +331,10 @@ impl Overlay {
             self.modified(ino);
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let st = self.local.stat(fd).map_err(OverlayError::local("utimens"))?;
+            let st = self
+                .local
+                .stat(fd)
+                .map_err(OverlayError::local("utimens"))?;
             let (parent_fd, name);
             let symlink_at = if st.is_symlink() {
                 let (p, n) = self
@@ -327,10 +356,19 @@ impl Overlay {
 
     pub fn readlink(&self, ino: Ino) -> Result<Vec<u8>> {
         let fd = self.node_fd(ino)?;
-        self.local.readlink(fd.as_fd()).map_err(OverlayError::local("readlink"))
+        self.local
+            .readlink(fd.as_fd())
+            .map_err(OverlayError::local("readlink"))
     }
 
-    pub fn mknod(&self, parent: Ino, name: &OsStr, mode: u32, rdev: u32, creds: Creds) -> Result<Entry> {
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        creds: Creds,
+    ) -> Result<Entry> {
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -343,8 +381,10 @@ impl Overlay {
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, creds: Creds) -> Result<Entry> {
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
-        let (fd, st) =
-            self.local.mkdir(dir.as_fd(), name, mode, creds).map_err(OverlayError::local("mkdir"))?;
+        let (fd, st) = self
+            .local
+            .mkdir(dir.as_fd(), name, mode, creds)
+            .map_err(OverlayError::local("mkdir"))?;
         Ok(self.entry(parent, name, fd, st))
     }
 
@@ -362,7 +402,9 @@ impl Overlay {
         self.check_reserved(new_parent, new_name)?;
         let fd = self.node_fd(ino)?;
         let dir = self.dir_fd(new_parent)?;
-        self.local.link(fd.as_fd(), dir.as_fd(), new_name).map_err(OverlayError::local("link"))?;
+        self.local
+            .link(fd.as_fd(), dir.as_fd(), new_name)
+            .map_err(OverlayError::local("link"))?;
         self.lookup(new_parent, new_name)
     }
 
@@ -379,9 +421,13 @@ impl Overlay {
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
         if dir {
-            self.local.rmdir(dir_fd.as_fd(), name).map_err(OverlayError::local("rmdir"))?;
+            self.local
+                .rmdir(dir_fd.as_fd(), name)
+                .map_err(OverlayError::local("rmdir"))?;
         } else {
-            self.local.unlink(dir_fd.as_fd(), name).map_err(OverlayError::local("unlink"))?;
+            self.local
+                .unlink(dir_fd.as_fd(), name)
+                .map_err(OverlayError::local("unlink"))?;
         }
         if let Some(id) = child {
             self.inodes.unlinked(id, parent, name);
@@ -428,16 +474,25 @@ impl Overlay {
             });
         }
         let file = Arc::new(file);
-        let fh = self.handles.insert_file(FileHandle { ino, file: Arc::clone(&file), writable });
+        let fh = self.handles.insert_file(FileHandle {
+            ino,
+            file: Arc::clone(&file),
+            writable,
+        });
         Opened { fh, file }
     }
 
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let (fd, is_dir) = self.inodes.fd(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
-            return Err(OverlayError::local("open")(std::io::Error::from_raw_os_error(libc::EISDIR)));
+            return Err(OverlayError::local("open")(
+                std::io::Error::from_raw_os_error(libc::EISDIR),
+            ));
         }
-        let file = self.local.reopen(fd.as_fd(), flags).map_err(OverlayError::local("open"))?;
+        let file = self
+            .local
+            .reopen(fd.as_fd(), flags)
+            .map_err(OverlayError::local("open"))?;
         Ok(self.register_open(ino, file, is_writable(flags)))
     }
 
@@ -484,12 +539,16 @@ impl Overlay {
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
         let (file, _) = self.handle_file(fh)?;
-        file.write_all_at(data, offset).map_err(OverlayError::local("write"))?;
+        file.write_all_at(data, offset)
+            .map_err(OverlayError::local("write"))?;
         Ok(data.len() as u32)
     }
 
     pub fn release(&self, fh: u64) -> Result<()> {
-        let h = self.handles.remove_file(fh).ok_or(OverlayError::UnknownHandle(fh))?;
+        let h = self
+            .handles
+            .remove_file(fh)
+            .ok_or(OverlayError::UnknownHandle(fh))?;
         if h.writable {
             let last = self
                 .inodes
@@ -507,7 +566,12 @@ impl Overlay {
 
     pub fn fsync(&self, fh: u64, datasync: bool) -> Result<()> {
         let (file, _) = self.handle_file(fh)?;
-        if datasync { file.sync_data() } else { file.sync_all() }.map_err(OverlayError::local("fsync"))
+        if datasync {
+            file.sync_data()
+        } else {
+            file.sync_all()
+        }
+        .map_err(OverlayError::local("fsync"))
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
@@ -538,7 +602,8 @@ impl Overlay {
 
     /// The last writer of a file went away: this is the consistent point the mirror uploads.
     fn closed(&self, ino: Ino) {
-        self.inodes.with_node(ino, |n| n.residency = Residency::Local);
+        self.inodes
+            .with_node(ino, |n| n.residency = Residency::Local);
         tracing::trace!(ino, path = ?self.inodes.path(ino), "file closed after a change");
     }
 
@@ -548,7 +613,10 @@ impl Overlay {
             .local
             .reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
             .map_err(OverlayError::local("opendir"))?;
-        let listing = self.local.read_dir(fd.as_fd()).map_err(OverlayError::local("readdir"))?;
+        let listing = self
+            .local
+            .read_dir(fd.as_fd())
+            .map_err(OverlayError::local("readdir"))?;
         let root_dev = self.local.root_stat().dev;
         let entries = listing
             .into_iter()
@@ -559,13 +627,22 @@ impl Overlay {
                 name: e.name,
             })
             .collect();
-        Ok(self.handles.insert_dir(DirHandle { entries: Arc::new(entries), file: Arc::new(file) }))
+        Ok(self.handles.insert_dir(DirHandle {
+            entries: Arc::new(entries),
+            file: Arc::new(file),
+        }))
     }
 
     /// Entries of an open directory from `offset` on, `.` and `..` first.
     pub fn readdir(&self, ino: Ino, fh: u64, offset: u64) -> Result<Vec<DirItem>> {
-        let (entries, _) = self.handles.dir(fh).ok_or(OverlayError::UnknownHandle(fh))?;
-        let parent = self.inodes.with_node(ino, |n| n.parent).ok_or(OverlayError::UnknownInode(ino))?;
+        let (entries, _) = self
+            .handles
+            .dir(fh)
+            .ok_or(OverlayError::UnknownHandle(fh))?;
+        let parent = self
+            .inodes
+            .with_node(ino, |n| n.parent)
+            .ok_or(OverlayError::UnknownInode(ino))?;
         let dots = [(ino, "."), (parent, "..")].map(|(i, n)| DirItem {
             ino: i,
             next_offset: 0,
@@ -591,16 +668,25 @@ impl Overlay {
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<()> {
-        self.handles.remove_dir(fh).map(drop).ok_or(OverlayError::UnknownHandle(fh))
+        self.handles
+            .remove_dir(fh)
+            .map(drop)
+            .ok_or(OverlayError::UnknownHandle(fh))
     }
 
     pub fn fsyncdir(&self, fh: u64) -> Result<()> {
-        let (_, file) = self.handles.dir(fh).ok_or(OverlayError::UnknownHandle(fh))?;
+        let (_, file) = self
+            .handles
+            .dir(fh)
+            .ok_or(OverlayError::UnknownHandle(fh))?;
         file.sync_all().map_err(OverlayError::local("fsyncdir"))
     }
 
     pub fn statfs(&self) -> Result<StatFs> {
-        let st = self.local.statfs(self.local.root()).map_err(OverlayError::local("statfs"))?;
+        let st = self
+            .local
+            .statfs(self.local.root())
+            .map_err(OverlayError::local("statfs"))?;
         Ok(StatFs {
             blocks: st.f_blocks,
             bfree: st.f_bfree,
@@ -615,22 +701,30 @@ impl Overlay {
 
     pub fn getxattr(&self, ino: Ino, name: &OsStr, size: u32) -> Result<XattrReply> {
         let fd = self.node_fd(ino)?;
-        self.local.get_xattr(fd.as_fd(), name, size).map_err(OverlayError::local("getxattr"))
+        self.local
+            .get_xattr(fd.as_fd(), name, size)
+            .map_err(OverlayError::local("getxattr"))
     }
 
     pub fn listxattr(&self, ino: Ino, size: u32) -> Result<XattrReply> {
         let fd = self.node_fd(ino)?;
-        self.local.list_xattr(fd.as_fd(), size).map_err(OverlayError::local("listxattr"))
+        self.local
+            .list_xattr(fd.as_fd(), size)
+            .map_err(OverlayError::local("listxattr"))
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         let fd = self.node_fd(ino)?;
-        self.local.set_xattr(fd.as_fd(), name, value, flags).map_err(OverlayError::local("setxattr"))
+        self.local
+            .set_xattr(fd.as_fd(), name, value, flags)
+            .map_err(OverlayError::local("setxattr"))
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
         let fd = self.node_fd(ino)?;
-        self.local.remove_xattr(fd.as_fd(), name).map_err(OverlayError::local("removexattr"))
+        self.local
+            .remove_xattr(fd.as_fd(), name)
+            .map_err(OverlayError::local("removexattr"))
     }
 
     /// The path of a node relative to the served directory (for logs and, later, bucket keys).

@@ -1,0 +1,182 @@
+//! Shared fixture for the mount tests: runs the real `etlfs` binary over a temporary
+//! directory and always unmounts, also when a test fails or panics.
+
+#![allow(dead_code)] // each test binary uses a different part of the fixture
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
+
+/// Whether a FUSE mount is at `path` (per /proc/self/mountinfo).
+pub fn is_mounted(path: &Path) -> bool {
+    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let want = path.to_string_lossy();
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        f.len() > 4
+            && f[4] == want
+            && sep.is_some_and(|s| f.get(s + 1).is_some_and(|t| t.starts_with("fuse")))
+    })
+}
+
+/// A running `etlfs mount`.
+pub struct Mounted {
+    _tmp: tempfile::TempDir,
+    /// Where the filesystem is mounted.
+    pub mnt: PathBuf,
+    /// The directory underneath (the same path as `mnt` for an in-place mount).
+    pub local: PathBuf,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+/// How to mount.
+#[derive(Default, Clone)]
+pub struct Opts {
+    /// Serve a separate directory with `--local` instead of mounting in place.
+    pub separate_local: bool,
+    /// Extra command line arguments.
+    pub args: Vec<String>,
+    /// Files to create before mounting: (relative path, contents).
+    pub files: Vec<(String, Vec<u8>)>,
+    /// `RUST_LOG` for the daemon (default: `ETLFS_TEST_LOG` or `info`).
+    pub log_filter: Option<String>,
+}
+
+impl Mounted {
+    /// Mounts in place over a fresh temporary directory.
+    pub fn new() -> Mounted {
+        Mounted::with(Opts::default())
+    }
+
+    pub fn with(opts: Opts) -> Mounted {
+        let tmp = tempfile::Builder::new()
+            .prefix("etlfs")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mnt = tmp.path().join("m");
+        fs::create_dir(&mnt).unwrap();
+        let local = if opts.separate_local {
+            let l = tmp.path().join("l");
+            fs::create_dir(&l).unwrap();
+            l
+        } else {
+            mnt.clone()
+        };
+        for (rel, data) in &opts.files {
+            let p = local.join(rel);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, data).unwrap();
+        }
+        let log = tmp.path().join("etlfs.log");
+        let mut cmd = Command::new(ETLFS);
+        cmd.arg("mount");
+        if opts.separate_local {
+            cmd.arg("--local").arg(&local);
+        }
+        cmd.args(&opts.args).arg(&mnt);
+        let filter = opts
+            .log_filter
+            .clone()
+            .or_else(|| std::env::var("ETLFS_TEST_LOG").ok());
+        cmd.env("RUST_LOG", filter.unwrap_or_else(|| "info".into()));
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap());
+        let child = cmd.spawn().expect("spawn etlfs");
+        let mut m = Mounted {
+            _tmp: tmp,
+            mnt,
+            local,
+            child: Some(child),
+            log,
+        };
+        m.wait_mounted();
+        m
+    }
+
+    fn wait_mounted(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !is_mounted(&self.mnt) {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("etlfs exited before mounting ({st}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etlfs did not mount in time:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Path of `rel` through the mount.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.mnt.join(rel)
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// Sends a signal to the daemon.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.pid() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+    }
+
+    /// Waits up to `timeout` for the daemon to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit; returns the exit status. The temporary
+    /// directories stay until the fixture is dropped, so tests can inspect them.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(rustix::process::Signal::TERM);
+        let st = self
+            .wait_exit(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("etlfs did not stop:\n{}", self.log()));
+        assert!(!is_mounted(&self.mnt), "still mounted after etlfs exited");
+        st
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        if child.try_wait().ok().flatten().is_none() {
+            let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+    }
+}
