@@ -500,3 +500,102 @@ pub fn single_component(name: &OsStr) -> io::Result<std::ffi::CString> {
     }
     sys::cstr(name)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> (tempfile::TempDir, LocalDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("root/sub")).unwrap();
+        std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+        std::fs::write(tmp.path().join("root/sub/inside"), b"inside").unwrap();
+        let local = LocalDir::open(&tmp.path().join("root")).unwrap();
+        (tmp, local)
+    }
+
+    fn errno(r: io::Result<OwnedFd>) -> i32 {
+        r.unwrap_err().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn open_beneath_refuses_every_way_out() {
+        let (tmp, local) = dir();
+        let root = tmp.path().join("root");
+        std::os::unix::fs::symlink("../secret", root.join("rel_out")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), root.join("abs_out")).unwrap();
+        std::os::unix::fs::symlink("sub/inside", root.join("ok_link")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/root/etc/passwd", root.join("magic")).unwrap();
+        for escape in [
+            "../secret",
+            "sub/../../secret",
+            "rel_out",
+            "abs_out",
+            "/etc/passwd",
+            "magic",
+        ] {
+            assert_eq!(
+                errno(local.open_beneath(Path::new(escape), libc::O_RDONLY, 0)),
+                libc::EXDEV,
+                "{escape}"
+            );
+        }
+        // Inside the tree, `..` and relative symlinks are fine.
+        assert!(
+            local
+                .open_beneath(Path::new("sub/../sub/inside"), libc::O_RDONLY, 0)
+                .is_ok()
+        );
+        let fd = local
+            .open_beneath(Path::new("ok_link"), libc::O_RDONLY, 0)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys::fd_path(fd.as_fd()).to_str().unwrap()).unwrap(),
+            "inside"
+        );
+    }
+
+    #[test]
+    fn single_names_never_resolve_symlinks_or_dots() {
+        let (tmp, local) = dir();
+        std::os::unix::fs::symlink("/etc", tmp.path().join("root/etc")).unwrap();
+        let (_, st) = local.lookup(local.root(), OsStr::new("etc")).unwrap();
+        assert!(st.is_symlink(), "lookup must return the symlink itself");
+        for bad in ["..", ".", "sub/inside", ""] {
+            let e = local.lookup(local.root(), OsStr::new(bad)).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_as_caller_owns_the_file() {
+        let (tmp, local) = dir();
+        let root = tmp.path().join("root");
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let creds = Creds {
+            uid: 4321,
+            gid: 8765,
+        };
+        let (_, _, st) = local
+            .create(
+                local.root(),
+                OsStr::new("mine"),
+                libc::O_WRONLY,
+                0o640,
+                creds,
+            )
+            .unwrap();
+        assert_eq!((st.uid, st.gid, st.mode & 0o777), (4321, 8765, 0o640));
+        // The thread's own ids are back to root afterwards.
+        let (_, st) = local
+            .mkdir(
+                local.root(),
+                OsStr::new("d"),
+                0o755,
+                Creds { uid: 0, gid: 0 },
+            )
+            .unwrap();
+        assert_eq!((st.uid, st.gid), (0, 0));
+    }
+}

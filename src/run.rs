@@ -252,20 +252,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         })
         .context("starting the signal thread")?;
 
-    let ended = loop {
-        match rx.recv() {
-            Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "shutting down: unmounting");
-                unmount(&plan.mountpoint);
-                // The session ends once the kernel lets go of the mount.
-                break wait_session(&rx);
-            }
-            Ok(Event::SessionEnded(res)) => {
-                info!("unmounted from outside");
-                break res;
-            }
-            Err(_) => break Ok(()),
+    let ended = match rx.recv() {
+        Ok(Event::Signal(sig)) => {
+            info!(signal = sig, "shutting down: unmounting");
+            unmount(&plan.mountpoint);
+            // The session ends once the kernel lets go of the mount.
+            wait_session(&rx)
         }
+        Ok(Event::SessionEnded(res)) => {
+            info!("unmounted from outside");
+            res
+        }
+        Err(_) => Ok(()),
     };
     handle.close();
     let _ = session_thread.join();

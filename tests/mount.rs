@@ -78,6 +78,8 @@ fn kubecost_write_pattern(mode: Mode) {
             .read(true)
             .write(true)
             .create(true)
+            // Kubecost opens without O_TRUNC and truncates under the lock.
+            .truncate(false)
             .mode(0o600)
             .open(&path)
             .unwrap();

@@ -1,1 +1,210 @@
+//! Core tests: the overlay on a real temporary directory, without FUSE.
 
+use std::ffi::OsStr;
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use super::*;
+
+const ME: Creds = Creds { uid: 0, gid: 0 };
+
+fn overlay() -> (tempfile::TempDir, Overlay) {
+    let tmp = tempfile::tempdir().unwrap();
+    fs::create_dir(tmp.path().join(".etlfs")).unwrap();
+    let local = LocalDir::open(tmp.path()).unwrap();
+    let ov = Overlay::new(local, Some(Path::new(".etlfs"))).unwrap();
+    (tmp, ov)
+}
+
+fn name(s: &str) -> &OsStr {
+    OsStr::new(s)
+}
+
+#[test]
+fn create_write_release_round_trip_and_residency() {
+    let (tmp, ov) = overlay();
+    let (entry, opened) = ov.create(ROOT, name("f"), 0o600, libc::O_RDWR, ME).unwrap();
+    assert_eq!(ov.residency(entry.ino), Some(Residency::Dirty));
+    assert_eq!(ov.write(opened.fh, 0, b"hello").unwrap(), 5);
+    assert_eq!(ov.read(opened.fh, 1, 100).unwrap(), b"ello");
+    ov.release(opened.fh).unwrap();
+    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    assert_eq!(fs::read(tmp.path().join("f")).unwrap(), b"hello");
+    // Reading does not make a file dirty; writing does, until the last writer goes.
+    let r = ov.open(entry.ino, libc::O_RDONLY).unwrap();
+    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    let w1 = ov.open(entry.ino, libc::O_WRONLY).unwrap();
+    let w2 = ov.open(entry.ino, libc::O_RDWR).unwrap();
+    ov.release(w1.fh).unwrap();
+    assert_eq!(
+        ov.residency(entry.ino),
+        Some(Residency::Dirty),
+        "one writer still open"
+    );
+    ov.release(w2.fh).unwrap();
+    ov.release(r.fh).unwrap();
+    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    assert_eq!(ov.open_handles(), 0);
+}
+
+#[test]
+fn node_ids_are_local_inode_numbers() {
+    let (tmp, ov) = overlay();
+    fs::write(tmp.path().join("a"), b"x").unwrap();
+    let e = ov.lookup(ROOT, name("a")).unwrap();
+    assert_eq!(e.ino, fs::metadata(tmp.path().join("a")).unwrap().ino());
+    assert_eq!(e.attr.ino, e.ino);
+    assert_eq!(e.attr.size, 1);
+    assert_eq!(e.attr.kind, FileKind::File);
+}
+
+#[test]
+fn lookups_are_counted_and_forgotten() {
+    let (tmp, ov) = overlay();
+    fs::write(tmp.path().join("a"), b"x").unwrap();
+    let base = ov.known_inodes();
+    let e = ov.lookup(ROOT, name("a")).unwrap();
+    ov.lookup(ROOT, name("a")).unwrap();
+    assert_eq!(ov.known_inodes(), base + 1);
+    ov.forget(e.ino, 1);
+    assert!(ov.getattr(e.ino).is_ok());
+    ov.forget(e.ino, 1);
+    assert_eq!(ov.known_inodes(), base);
+    assert_eq!(ov.getattr(e.ino).unwrap_err().errno(), libc::ESTALE);
+    // The root is never forgotten.
+    ov.forget(ROOT, 100);
+    assert!(ov.getattr(ROOT).is_ok());
+}
+
+#[test]
+fn state_directory_is_hidden_and_protected() {
+    let (tmp, ov) = overlay();
+    fs::write(tmp.path().join("a"), b"x").unwrap();
+    assert_eq!(
+        ov.lookup(ROOT, name(".etlfs")).unwrap_err().errno(),
+        libc::ENOENT
+    );
+    assert_eq!(
+        ov.mkdir(ROOT, name(".etlfs"), 0o755, ME)
+            .unwrap_err()
+            .errno(),
+        libc::EACCES
+    );
+    assert_eq!(
+        ov.unlink(ROOT, name(".etlfs")).unwrap_err().errno(),
+        libc::EACCES
+    );
+    assert_eq!(
+        ov.rmdir(ROOT, name(".etlfs")).unwrap_err().errno(),
+        libc::EACCES
+    );
+    assert_eq!(
+        ov.rename(ROOT, name("a"), ROOT, name(".etlfs"), 0)
+            .unwrap_err()
+            .errno(),
+        libc::EACCES
+    );
+    let fh = ov.opendir(ROOT).unwrap();
+    let names: Vec<_> = ov
+        .readdir(ROOT, fh, 0)
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, vec![".", "..", "a"]);
+    ov.releasedir(fh).unwrap();
+    // Only at the root: a `.etlfs` deeper down is an ordinary name.
+    let d = ov.mkdir(ROOT, name("d"), 0o755, ME).unwrap();
+    ov.mkdir(d.ino, name(".etlfs"), 0o755, ME).unwrap();
+    assert!(tmp.path().join("d/.etlfs").is_dir());
+}
+
+#[test]
+fn readdir_resumes_at_any_offset() {
+    let (tmp, ov) = overlay();
+    for i in 0..10 {
+        fs::write(tmp.path().join(format!("f{i}")), b"").unwrap();
+    }
+    let fh = ov.opendir(ROOT).unwrap();
+    let all = ov.readdir(ROOT, fh, 0).unwrap();
+    assert_eq!(all.len(), 12);
+    for (k, item) in all.iter().enumerate() {
+        assert_eq!(item.next_offset, k as u64 + 1);
+        let rest = ov.readdir(ROOT, fh, item.next_offset).unwrap();
+        assert_eq!(rest.len(), 12 - k - 1);
+        if let Some(first) = rest.first() {
+            assert_eq!(first.name, all[k + 1].name);
+        }
+    }
+    // A snapshot: entries created after opendir do not shift offsets.
+    fs::write(tmp.path().join("late"), b"").unwrap();
+    assert_eq!(ov.readdir(ROOT, fh, 0).unwrap().len(), 12);
+    ov.releasedir(fh).unwrap();
+}
+
+#[test]
+fn rename_and_unlink_keep_paths_current() {
+    let (tmp, ov) = overlay();
+    let d = ov.mkdir(ROOT, name("d"), 0o755, ME).unwrap();
+    let (f, o) = ov
+        .create(d.ino, name("f"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    ov.release(o.fh).unwrap();
+    assert_eq!(ov.path_of(f.ino).unwrap(), Path::new("d/f"));
+    ov.rename(ROOT, name("d"), ROOT, name("e"), 0).unwrap();
+    assert_eq!(ov.path_of(f.ino).unwrap(), Path::new("e/f"));
+    let (g, o) = ov
+        .create(ROOT, name("g"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    ov.release(o.fh).unwrap();
+    ov.rename(d.ino, name("f"), ROOT, name("g"), libc::RENAME_EXCHANGE)
+        .unwrap();
+    assert_eq!(ov.path_of(f.ino).unwrap(), Path::new("g"));
+    assert_eq!(ov.path_of(g.ino).unwrap(), Path::new("e/f"));
+    assert_eq!(
+        ov.rename(ROOT, name("g"), d.ino, name("f"), libc::RENAME_NOREPLACE)
+            .unwrap_err()
+            .errno(),
+        libc::EEXIST
+    );
+    ov.unlink(ROOT, name("g")).unwrap();
+    assert_eq!(ov.path_of(f.ino), None);
+    assert!(!tmp.path().join("g").exists());
+}
+
+#[test]
+fn names_that_could_escape_are_refused() {
+    let (_tmp, ov) = overlay();
+    for bad in ["..", ".", "a/b", "/etc", ""] {
+        assert_eq!(
+            ov.lookup(ROOT, name(bad)).unwrap_err().errno(),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+        assert_eq!(
+            ov.mkdir(ROOT, name(bad), 0o755, ME).unwrap_err().errno(),
+            libc::EINVAL,
+            "{bad:?}"
+        );
+    }
+}
+
+#[test]
+fn unknown_handles_and_inodes_are_errors_not_panics() {
+    let (_tmp, ov) = overlay();
+    assert_eq!(ov.read(999, 0, 10).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(ov.release(999).unwrap_err().errno(), libc::EBADF);
+    assert_eq!(
+        ov.open(12345678, libc::O_RDONLY).unwrap_err().errno(),
+        libc::ESTALE
+    );
+    let (f, o) = ov
+        .create(ROOT, name("f"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    ov.release(o.fh).unwrap();
+    assert_eq!(
+        ov.lookup(f.ino, name("x")).unwrap_err().errno(),
+        libc::ENOTDIR
+    );
+}
