@@ -7,8 +7,12 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod bucket;
+pub mod config;
 pub mod fuse;
+pub mod journal;
 pub mod local;
+pub mod mirror;
 pub mod overlay;
 pub mod run;
 pub mod sys;

@@ -67,6 +67,11 @@ impl From<libc::stat> for Stat {
 }
 
 impl Stat {
+    /// Stats an open file.
+    pub fn from_file(f: &File) -> io::Result<Stat> {
+        Ok(sys::fstatat(f.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?.into())
+    }
+
     pub fn is_dir(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFDIR
     }
@@ -100,6 +105,19 @@ impl Drop for CredsGuard {
     }
 }
 
+thread_local! {
+    static UMASK_CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes sure this (FUSE session) thread creates files with exactly the modes it is given.
+fn thread_umask_zero() -> io::Result<()> {
+    if !UMASK_CLEARED.get() {
+        sys::private_zero_umask()?;
+        UMASK_CLEARED.set(true);
+    }
+    Ok(())
+}
+
 /// Runs a creating operation under the caller's filesystem ids, so that ownership, set-gid
 /// inheritance and quotas come out as if the caller had done it natively.
 ///
@@ -113,6 +131,7 @@ fn as_caller<T>(
     name: &std::ffi::CStr,
     op: impl Fn() -> io::Result<T>,
 ) -> io::Result<T> {
+    thread_umask_zero()?;
     let first = {
         let _ids = CredsGuard::switch(creds);
         op()
@@ -480,6 +499,68 @@ impl LocalDir {
             mode,
             sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
         )
+    }
+}
+
+impl LocalDir {
+    /// Stats a relative path beneath the served directory without following a final symlink.
+    pub fn stat_beneath(&self, rel: &Path) -> io::Result<Stat> {
+        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.stat(fd.as_fd())
+    }
+
+    /// Opens a regular file beneath the served directory for reading.
+    pub fn open_file_beneath(&self, rel: &Path) -> io::Result<File> {
+        Ok(File::from(self.open_beneath(
+            rel,
+            libc::O_RDONLY | libc::O_NOFOLLOW,
+            0,
+        )?))
+    }
+
+    /// Every file and directory below the root (root excluded), skipping `skip` and what is
+    /// below it. Walks with descriptors, never with paths, so it works while the mount covers
+    /// the directory.
+    pub fn walk(&self, skip: Option<&Path>) -> io::Result<Vec<(std::path::PathBuf, Stat)>> {
+        self.walk_from(Path::new(""), skip)
+    }
+
+    /// Like [`LocalDir::walk`], below the directory `start` (relative; `""` is the root).
+    pub fn walk_from(
+        &self,
+        start: &Path,
+        skip: Option<&Path>,
+    ) -> io::Result<Vec<(std::path::PathBuf, Stat)>> {
+        let mut out = Vec::new();
+        let start_fd = if start.as_os_str().is_empty() {
+            self.root.try_clone()?
+        } else {
+            self.open_beneath(
+                start,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?
+        };
+        let mut stack = vec![(start.to_path_buf(), start_fd)];
+        while let Some((rel, fd)) = stack.pop() {
+            for e in self.read_dir(fd.as_fd())? {
+                let child = rel.join(&e.name);
+                if Some(child.as_path()) == skip {
+                    continue;
+                }
+                let (cfd, st) = match self.lookup(fd.as_fd(), &e.name) {
+                    Ok(x) => x,
+                    // Removed while we were walking: nothing to report.
+                    Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(err) => return Err(err),
+                };
+                if st.is_dir() {
+                    stack.push((child.clone(), cfd));
+                }
+                out.push((child, st));
+            }
+        }
+        Ok(out)
     }
 }
 

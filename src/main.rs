@@ -47,6 +47,22 @@ enum Command {
         /// FUSE session threads.
         #[arg(long, default_value_t = 4, value_name = "N")]
         threads: usize,
+        /// Thanos-style object-store.yaml describing the bucket (S3, GCS, AZURE, FILESYSTEM).
+        /// Without it, a FILESYSTEM bucket beside the served directory is used.
+        #[arg(long, env = "ETLFS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Key prefix, joined after the file's own top-level `prefix` (e.g. `etl`).
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// Quiet time after the last close before a file is uploaded; new activity restarts it.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        upload_delay: std::time::Duration,
+        /// Uploads in flight at once.
+        #[arg(long, default_value_t = 8, value_name = "N")]
+        upload_concurrency: usize,
+        /// On SIGTERM, how long to keep uploading pending changes before exiting.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        drain_timeout: std::time::Duration,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -75,6 +91,11 @@ fn main() -> ExitCode {
             state_dir,
             no_passthrough,
             threads,
+            config,
+            prefix,
+            upload_delay,
+            upload_concurrency,
+            drain_timeout,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -82,6 +103,11 @@ fn main() -> ExitCode {
             state_dir,
             passthrough: !no_passthrough,
             threads,
+            config,
+            prefix,
+            upload_delay,
+            upload_concurrency,
+            drain_timeout,
         }),
     };
     match result {

@@ -23,8 +23,11 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
+use crate::bucket::Bucket;
+use crate::config;
 use crate::fuse::{EtlFs, FuseOptions};
 use crate::local::LocalDir;
+use crate::mirror::{ChangeSink, Mirror, MirrorOptions};
 use crate::overlay::Overlay;
 use crate::sys;
 
@@ -39,6 +42,13 @@ pub struct MountArgs {
     pub state_dir: Option<PathBuf>,
     pub passthrough: bool,
     pub threads: usize,
+    /// object-store.yaml; `None` uses the embedded FILESYSTEM default.
+    pub config: Option<PathBuf>,
+    /// Joined after the file's own top-level `prefix`.
+    pub prefix: Option<String>,
+    pub upload_delay: std::time::Duration,
+    pub upload_concurrency: usize,
+    pub drain_timeout: std::time::Duration,
 }
 
 /// Invocation errors: reported with exit code 2.
@@ -63,6 +73,10 @@ pub enum UsageError {
     NoPermission(String),
     #[error("state directory {state}: must not be the served directory itself")]
     StateIsRoot { state: PathBuf },
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{local}: has no parent directory to keep the default bucket in; pass --config")]
+    NoDefaultBucketPlace { local: PathBuf },
 }
 
 fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
@@ -177,19 +191,67 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
     check_fuse_device()?;
 
-    sys::set_umask(0);
     match sys::raise_nofile_limit() {
         Ok(n) => info!(limit = n, "open file limit"),
         Err(e) => warn!(error = %e, "could not raise the open file limit"),
     }
 
-    let local = LocalDir::open(&plan.local).map_err(|source| UsageError::Inaccessible {
-        what: "local directory",
-        path: plan.local.clone(),
-        source,
-    })?;
-    let overlay =
-        Arc::new(Overlay::new(local, plan.hidden.as_deref()).context("setting up the overlay")?);
+    let bucket_cfg = match &args.config {
+        Some(path) => config::load(path).map_err(UsageError::from)?,
+        None => {
+            let dir = default_bucket_dir(&plan.local)?;
+            warn!(
+                bucket = %dir.display(),
+                "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
+                 the loss of this machine, configure object storage for real durability"
+            );
+            config::filesystem(&dir).map_err(UsageError::from)?
+        }
+    };
+    let prefix = [
+        bucket_cfg.prefix.as_str(),
+        args.prefix.as_deref().unwrap_or(""),
+    ]
+    .join("/");
+    let bucket = Bucket::new(
+        Arc::clone(&bucket_cfg.store),
+        &prefix,
+        bucket_cfg.user_metadata,
+        bucket_cfg.extra_metadata.clone(),
+    );
+    info!(bucket = %bucket_cfg.describe, prefix = bucket.prefix(), "bucket");
+
+    let open_local = || {
+        LocalDir::open(&plan.local).map_err(|source| UsageError::Inaccessible {
+            what: "local directory",
+            path: plan.local.clone(),
+            source,
+        })
+    };
+    // Both opened before the mount covers the directory.
+    let (local, mirror_local) = (open_local()?, open_local()?);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("etlfs-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+    let mirror = Mirror::start(
+        bucket,
+        mirror_local,
+        &plan.state_dir,
+        plan.hidden.clone(),
+        MirrorOptions {
+            upload_delay: args.upload_delay,
+            concurrency: args.upload_concurrency.max(1),
+        },
+        rt.handle(),
+    )
+    .with_context(|| format!("opening the journal in {}", plan.state_dir.display()))?;
+    let sink: Arc<dyn ChangeSink> = Arc::clone(&mirror) as Arc<dyn ChangeSink>;
+    let overlay = Arc::new(
+        Overlay::new(local, plan.hidden.as_deref(), sink).context("setting up the overlay")?,
+    );
     let fs = EtlFs::new(
         Arc::clone(&overlay),
         FuseOptions {
@@ -208,6 +270,24 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
+
+    // Signal handlers go in before the mount exists: a SIGTERM that arrives right after the
+    // mount must unmount it, not kill us and leave a dead mount behind.
+    let (tx, rx) = mpsc::channel();
+    let session_tx = tx.clone();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
 
     let session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied
@@ -228,8 +308,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         "mounted"
     );
 
-    let (tx, rx) = mpsc::channel();
-    let session_tx = tx.clone();
     let session_thread = thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
@@ -237,20 +315,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             let _ = session_tx.send(Event::SessionEnded(res));
         })
         .context("starting the FUSE session")?;
-
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .context("installing signal handlers")?;
-    let handle = signals.handle();
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(Event::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("starting the signal thread")?;
 
     let ended = match rx.recv() {
         Ok(Event::Signal(sig)) => {
@@ -267,9 +331,34 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     };
     handle.close();
     let _ = session_thread.join();
+    // Nothing can change any more: upload what is pending, within the deadline. What is left
+    // stays in the journal and is found by the reconcile at the next start.
+    let pending = crate::mirror::Stats::get(&mirror.stats().pending);
+    info!(pending, timeout = ?args.drain_timeout, "draining pending uploads");
+    if rt.block_on(mirror.drain(args.drain_timeout)) {
+        info!("all changes are in the bucket");
+    } else {
+        warn!(
+            pending = crate::mirror::Stats::get(&mirror.stats().pending),
+            "drain timed out; the rest is uploaded at the next start"
+        );
+    }
     ended.context("FUSE session failed")?;
     info!(open_handles = overlay.open_handles(), "stopped cleanly");
     Ok(())
+}
+
+/// Where the embedded default bucket lives: beside the served directory, never inside it.
+fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
+    let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
+        return Err(UsageError::NoDefaultBucketPlace {
+            local: local.to_owned(),
+        });
+    };
+    let mut dir_name = std::ffi::OsString::from(".");
+    dir_name.push(name);
+    dir_name.push(".etlfs-bucket");
+    Ok(parent.join(dir_name))
 }
 
 fn wait_session(rx: &mpsc::Receiver<Event>) -> std::io::Result<()> {

@@ -339,11 +339,20 @@ pub fn restore_fs_ids((uid, gid): (libc::uid_t, libc::gid_t)) {
     unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
 }
 
-/// Sets the process umask, returning the old one. etlfs sets it to 0: the kernel has already
-/// applied the caller's umask to the modes it sends us.
-pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
-    // SAFETY: umask cannot fail.
-    unsafe { libc::umask(mask) }
+/// Gives the calling thread its own umask of 0, leaving the rest of the process alone.
+///
+/// The kernel has already applied the *caller's* umask to the modes a FUSE request carries, so
+/// files created on its behalf must not be masked again by ours. The umask lives in the
+/// filesystem context shared by all threads, so the thread first takes a private copy of it
+/// (`unshare(CLONE_FS)`); the runtime's other threads (journal, records, bucket files) keep the
+/// normal umask.
+pub fn private_zero_umask() -> io::Result<()> {
+    // SAFETY: unshare(CLONE_FS) only detaches this thread's cwd/root/umask from the other
+    // threads; it takes no pointers.
+    check(unsafe { libc::unshare(libc::CLONE_FS) })?;
+    // SAFETY: umask cannot fail and takes a plain integer.
+    unsafe { libc::umask(0) };
+    Ok(())
 }
 
 /// Raises the soft limit on open files to the hard limit: we hold one `O_PATH` descriptor per

@@ -893,5 +893,7 @@ fn renames_racing_with_creates_stay_inside() {
         .map(|n| n.into_string().unwrap())
         .collect();
     beside.sort();
-    assert_eq!(beside, vec!["etlfs.log", "l", "m"]);
+    // The served directory, the mount point, the daemon's log and the default bucket beside
+    // the served directory: nothing else.
+    assert_eq!(beside, vec![".l.etlfs-bucket", "etlfs.log", "l", "m"]);
 }

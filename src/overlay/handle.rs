@@ -73,6 +73,14 @@ impl HandleTable {
         }
     }
 
+    /// The inode a file handle was opened on.
+    pub fn file_ino(&self, fh: u64) -> Option<Ino> {
+        match self.lock().get(&fh) {
+            Some(Handle::File(h)) => Some(h.ino),
+            _ => None,
+        }
+    }
+
     pub fn dir(&self, fh: u64) -> Option<(Arc<Vec<DirSnapshotEntry>>, Arc<File>)> {
         match self.lock().get(&fh) {
             Some(Handle::Dir(h)) => Some((Arc::clone(&h.entries), Arc::clone(&h.file))),

@@ -43,6 +43,7 @@ pub use inode::{ROOT, Residency};
 
 use crate::local::{self, LocalDir, Stat};
 pub use crate::local::{Creds, TimeSet, XattrReply};
+use crate::mirror::{ChangeSink, Intent};
 
 /// A node id as the kernel sees it.
 pub type Ino = u64;
@@ -192,12 +193,18 @@ pub struct Overlay {
     inodes: InodeTable,
     handles: HandleTable,
     hidden: Option<Hidden>,
+    /// Where changes are reported (the mirror).
+    sink: Arc<dyn ChangeSink>,
 }
 
 impl Overlay {
     /// Serves `local`. `hidden` is a path relative to it (the state directory, when it lives
     /// inside the served directory) that stays invisible through the mount.
-    pub fn new(local: LocalDir, hidden: Option<&Path>) -> std::io::Result<Overlay> {
+    pub fn new(
+        local: LocalDir,
+        hidden: Option<&Path>,
+        sink: Arc<dyn ChangeSink>,
+    ) -> std::io::Result<Overlay> {
         let root_stat = local.root_stat();
         let inodes = InodeTable::new(local.root_clone()?, &root_stat);
         let hidden = match hidden {
@@ -233,6 +240,7 @@ impl Overlay {
             inodes,
             handles: HandleTable::default(),
             hidden,
+            sink,
         })
     }
 
@@ -274,11 +282,47 @@ impl Overlay {
         }
     }
 
-    /// The node id a child entry of `parent` has, by a stat of the name (no reference taken).
-    fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<Ino> {
+    /// The node id a child entry of `parent` has (by a stat of the name, no reference taken)
+    /// and whether it is a directory.
+    fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<(Ino, bool)> {
         let (fd, st) = self.local.lookup(dir.as_fd(), name).ok()?;
         drop(fd);
-        self.inodes.id_of(st.dev, st.ino)
+        Some((self.inodes.id_of(st.dev, st.ino)?, st.is_dir()))
+    }
+
+    /// The relative path of `name` in `parent`, if the parent still has a place in the tree.
+    fn child_path(&self, parent: Ino, name: &OsStr) -> Option<PathBuf> {
+        Some(self.inodes.path(parent)?.join(name))
+    }
+
+    /// Reports a change of a node to the mirror.
+    fn changed(&self, ino: Ino, urgent: bool) {
+        if let Some(path) = self.inodes.path(ino) {
+            self.sink.changed(&path, urgent);
+        }
+    }
+
+    /// Runs a removal or rename with its intent durably journaled first: a crash can then
+    /// neither resurrect what was removed nor lose a move. The intent is cancelled when the
+    /// local operation fails.
+    fn journaled<T>(&self, intents: Vec<Intent>, op: impl FnOnce() -> Result<T>) -> Result<T> {
+        let mut tokens = Vec::with_capacity(intents.len());
+        for intent in intents {
+            match self.sink.intent(intent) {
+                Ok(t) => tokens.push(t),
+                Err(e) => {
+                    for t in tokens {
+                        self.sink.finish(t, false);
+                    }
+                    return Err(OverlayError::local("journal")(e));
+                }
+            }
+        }
+        let res = op();
+        for t in tokens {
+            self.sink.finish(t, res.is_ok());
+        }
+        res
     }
 
     pub fn lookup(&self, parent: Ino, name: &OsStr) -> Result<Entry> {
@@ -351,6 +395,11 @@ impl Overlay {
                 .set_times(fd, symlink_at, set.atime, set.mtime)
                 .map_err(OverlayError::local("utimens"))?;
         }
+        if set.mode.is_some() || set.atime.is_some() || set.mtime.is_some() {
+            // Mode and mtime travel with the object; a file still being written is uploaded
+            // after its last close anyway.
+            self.changed(ino, false);
+        }
         self.getattr(ino)
     }
 
@@ -385,7 +434,9 @@ impl Overlay {
             .local
             .mkdir(dir.as_fd(), name, mode, creds)
             .map_err(OverlayError::local("mkdir"))?;
-        Ok(self.entry(parent, name, fd, st))
+        let entry = self.entry(parent, name, fd, st);
+        self.changed(entry.ino, false);
+        Ok(entry)
     }
 
     pub fn symlink(&self, parent: Ino, name: &OsStr, target: &Path, creds: Creds) -> Result<Entry> {
@@ -405,7 +456,11 @@ impl Overlay {
         self.local
             .link(fd.as_fd(), dir.as_fd(), new_name)
             .map_err(OverlayError::local("link"))?;
-        self.lookup(new_parent, new_name)
+        let entry = self.lookup(new_parent, new_name)?;
+        if let Some(path) = self.child_path(new_parent, new_name) {
+            self.sink.changed(&path, false);
+        }
+        Ok(entry)
     }
 
     pub fn unlink(&self, parent: Ino, name: &OsStr) -> Result<()> {
@@ -420,16 +475,22 @@ impl Overlay {
         self.check_reserved(parent, name)?;
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
-        if dir {
-            self.local
-                .rmdir(dir_fd.as_fd(), name)
-                .map_err(OverlayError::local("rmdir"))?;
-        } else {
-            self.local
-                .unlink(dir_fd.as_fd(), name)
-                .map_err(OverlayError::local("unlink"))?;
-        }
-        if let Some(id) = child {
+        let intents = match (child, self.child_path(parent, name)) {
+            (Some(_), Some(path)) => vec![Intent::Remove { path, dir }],
+            _ => vec![],
+        };
+        self.journaled(intents, || {
+            if dir {
+                self.local
+                    .rmdir(dir_fd.as_fd(), name)
+                    .map_err(OverlayError::local("rmdir"))
+            } else {
+                self.local
+                    .unlink(dir_fd.as_fd(), name)
+                    .map_err(OverlayError::local("unlink"))
+            }
+        })?;
+        if let Some((id, _)) = child {
             self.inodes.unlinked(id, parent, name);
         }
         Ok(())
@@ -450,9 +511,33 @@ impl Overlay {
         let new_dir = self.dir_fd(new_parent)?;
         let moved = self.child_id(&old_dir, name);
         let replaced = self.child_id(&new_dir, new_name);
-        self.local
-            .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
-            .map_err(OverlayError::local("rename"))?;
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        let mut intents = Vec::new();
+        if let (Some((_, is_dir)), Some(from), Some(to)) = (
+            moved,
+            self.child_path(parent, name),
+            self.child_path(new_parent, new_name),
+        ) {
+            if exchange {
+                let other_dir = replaced.is_some_and(|(_, d)| d);
+                intents.push(Intent::Rename {
+                    from: to.clone(),
+                    to: from.clone(),
+                    dir: other_dir,
+                });
+            }
+            intents.push(Intent::Rename {
+                from,
+                to,
+                dir: is_dir,
+            });
+        }
+        self.journaled(intents, || {
+            self.local
+                .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
+                .map_err(OverlayError::local("rename"))
+        })?;
+        let (moved, replaced) = (moved.map(|(i, _)| i), replaced.map(|(i, _)| i));
         if let Some(id) = moved {
             self.inodes.renamed(id, new_parent, new_name);
         }
@@ -472,6 +557,7 @@ impl Overlay {
                 n.writers += 1;
                 n.residency = Residency::Dirty;
             });
+            self.sink.writer_opened(ino);
         }
         let file = Arc::new(file);
         let fh = self.handles.insert_file(FileHandle {
@@ -557,6 +643,8 @@ impl Overlay {
                     n.writers == 0
                 })
                 .unwrap_or(false);
+            let path = if last { self.inodes.path(h.ino) } else { None };
+            self.sink.writer_closed(h.ino, path.as_deref());
             if last {
                 self.closed(h.ino);
             }
@@ -571,7 +659,12 @@ impl Overlay {
         } else {
             file.sync_all()
         }
-        .map_err(OverlayError::local("fsync"))
+        .map_err(OverlayError::local("fsync"))?;
+        // An fsync is the application saying "this state is complete": upload it now.
+        if let Some(ino) = self.handles.file_ino(fh) {
+            self.changed(ino, true);
+        }
+        Ok(())
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
@@ -596,6 +689,7 @@ impl Overlay {
             })
             .unwrap_or(false);
         if idle {
+            self.changed(ino, false);
             self.closed(ino);
         }
     }

@@ -13,7 +13,12 @@ fn overlay() -> (tempfile::TempDir, Overlay) {
     let tmp = tempfile::tempdir().unwrap();
     fs::create_dir(tmp.path().join(".etlfs")).unwrap();
     let local = LocalDir::open(tmp.path()).unwrap();
-    let ov = Overlay::new(local, Some(Path::new(".etlfs"))).unwrap();
+    let ov = Overlay::new(
+        local,
+        Some(Path::new(".etlfs")),
+        Arc::new(crate::mirror::NullSink),
+    )
+    .unwrap();
     (tmp, ov)
 }
 

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# The test command for etlfs. CI runs it (via .ci/run) on a fresh Debian 12 machine as root;
+# run it the same way locally: `bash scripts/test.sh`.
+#
+# 1. Checks the machine (root, /dev/fuse) and installs what the tests need if it is missing.
+# 2. Starts the servers tests talk to (none yet), and stops them again on exit.
+# 3. Runs `cargo fmt --check` and `cargo clippy`, then the whole test suite with
+#    cargo-nextest (or `cargo test` where nextest is not installed). A failing format or
+#    lint check does not stop the tests from running, but makes the script fail; the last
+#    thing printed is always the test runner's own summary.
+#
+# Extra arguments go to the test runner, e.g. `bash scripts/test.sh -E 'binary(pjdfstest)'`.
+
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Prerequisites
+# ---------------------------------------------------------------------------------------------
+
+PJDFSTEST_VERSION=0.2.2
+
+# The FUSE tests mount etlfs for real, which needs root and the FUSE device (and pjdfstest
+# needs root to switch users and create device nodes).
+check_fuse() {
+    [[ $(id -u) == 0 ]] || die "the tests must run as root: they mount FUSE file systems"
+    [[ -c /dev/fuse ]] || die "/dev/fuse is missing: load the module (modprobe fuse), or run \
+the container with --device /dev/fuse --cap-add SYS_ADMIN"
+    # pjdfstest needs a second file system for its cross-device (EXDEV) cases.
+    [[ -d /dev/shm ]] || die "/dev/shm is missing (the pjdfstest tests use it as a second file system)"
+}
+
+APT_UPDATED=false
+# apt_install PACKAGE...: installs Debian packages, running `apt-get update` once first.
+apt_install() {
+    if ! $APT_UPDATED; then
+        apt-get update -qq
+        APT_UPDATED=true
+    fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
+}
+
+# ensure_cmd COMMAND PACKAGE...: installs the packages unless COMMAND is already there.
+ensure_cmd() {
+    local cmd=$1
+    shift
+    command -v "$cmd" >/dev/null && return
+    log "installing $* (for $cmd)"
+    apt_install "$@"
+}
+
+# ensure_component SUBCOMMAND COMPONENT: adds a rustup component unless `cargo SUBCOMMAND` works.
+ensure_component() {
+    cargo "$1" --version >/dev/null 2>&1 && return
+    command -v rustup >/dev/null || die "cargo $1 is missing and rustup is not installed"
+    log "installing the $2 component"
+    rustup component add "$2"
+}
+
+# The Rust toolchain itself (with rustfmt and clippy) must already be installed via rustup.
+ensure_rust() {
+    export CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}
+    # rustup puts cargo in ~/.cargo/bin, which a non-login shell may not have on its PATH.
+    [[ :$PATH: == *":$CARGO_HOME/bin:"* ]] || PATH=$CARGO_HOME/bin:$PATH
+    command -v cargo >/dev/null || die "cargo not found: install Rust with rustup (https://rustup.rs)"
+    ensure_cmd cc gcc libc6-dev # the linker that rustc uses
+    ensure_component fmt rustfmt
+    ensure_component clippy clippy
+    ensure_cmd umount mount # the test fixture's last-resort `umount -l`
+}
+
+# The third-party POSIX test suite (tests/pjdfstest.rs). Honours a preset $PJDFSTEST;
+# otherwise installs the pinned version into ~/.cargo/bin unless it is already there.
+ensure_pjdfstest() {
+    if [[ -n ${PJDFSTEST:-} ]]; then
+        [[ -x $PJDFSTEST ]] || die "PJDFSTEST=$PJDFSTEST is not an executable"
+        return
+    fi
+    export PJDFSTEST=$CARGO_HOME/bin/pjdfstest
+    if [[ $("$PJDFSTEST" --version 2>/dev/null) != "pjdfstest $PJDFSTEST_VERSION" ]]; then
+        log "installing pjdfstest $PJDFSTEST_VERSION"
+        cargo install pjdfstest --locked --version "$PJDFSTEST_VERSION" --root "$CARGO_HOME"
+    fi
+}
+
+check_fuse
+ensure_rust
+ensure_pjdfstest
+
+# ---------------------------------------------------------------------------------------------
+# Servers for the tests
+# ---------------------------------------------------------------------------------------------
+# Local stand-ins for remote services (e.g. ensure_moto / ensure_azurite to come). Rules:
+# - listen on 127.0.0.1 only, never on all interfaces;
+# - wait until the server answers before going on;
+# - add the PID to SERVER_PIDS, and export the endpoint for the tests in an environment
+#   variable.
+# They are stopped when this script exits, however it exits.
+
+SERVER_PIDS=()
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+stop_servers() {
+    local pid
+    for pid in "${SERVER_PIDS[@]}"; do
+        kill "$pid" 2>/dev/null || true
+    done
+    for pid in "${SERVER_PIDS[@]}"; do
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap stop_servers EXIT
+# Without these, bash dies on SIGINT/SIGTERM without running the EXIT trap.
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# (no servers yet)
+
+# ---------------------------------------------------------------------------------------------
+# Checks and tests
+# ---------------------------------------------------------------------------------------------
+
+failed_checks=()
+
+# run_check NAME COMMAND...: runs a check; a failure is remembered, not fatal.
+run_check() {
+    local name=$1
+    shift
+    log "$name"
+    if ! "$@"; then
+        log "$name: FAILED (going on with the tests; the script will fail)"
+        failed_checks+=("$name")
+    fi
+}
+
+run_check "cargo fmt --check" cargo fmt --check
+run_check "cargo clippy" cargo clippy --all-targets --locked -- -D warnings
+
+# nextest runs each test in its own process, as many at once as there are CPUs. The mount
+# tests mostly wait for I/O, but the default is fast enough (a pjdfstest test takes a few
+# seconds) and keeps timing-sensitive tests away from an overloaded machine.
+if cargo nextest --version >/dev/null 2>&1; then
+    runner=(cargo nextest run --locked --no-fail-fast)
+else
+    log "cargo-nextest not found, using cargo test"
+    runner=(cargo test --locked --no-fail-fast)
+fi
+if ((${#failed_checks[@]})); then
+    log "failed so far: ${failed_checks[*]}"
+fi
+log "${runner[*]}${*:+ $*}"
+rc=0
+"${runner[@]}" "$@" || rc=$?
+
+# Nothing may be printed from here on (stop_servers is silent), so that the test runner's
+# summary is the last thing in the log.
+if ((rc == 0 && ${#failed_checks[@]})); then
+    rc=1
+fi
+exit "$rc"

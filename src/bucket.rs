@@ -1,0 +1,627 @@
+//! The one door to `object_store`: keys, metadata and the few operations etlfs needs.
+//!
+//! Bucket layout (plain objects, usable without etlfs):
+//! - key = `<prefix>/<path relative to the served directory>`; the body is the file's exact
+//!   bytes, so `aws s3 cp` & co. restore a file by hand;
+//! - every directory has a zero-byte marker object `<dir>/.etlfs-dir`, so empty directories
+//!   come back too;
+//! - user metadata `etlfs_mtime` (Unix nanoseconds), `etlfs_mode` (octal) and `etlfs_sha256`
+//!   (hex) travel with each object. Underscores, not dashes: Azure metadata names must be C#
+//!   identifiers. The FILESYSTEM backend stores no metadata, so there it is kept in a small JSON
+//!   object under the reserved key prefix `<prefix>/.etlfs/meta/`.
+//!
+//! Keys are built with `Path::parse`, which keeps them verbatim (what Kubecost and `aws s3`
+//! write and read); a relative path that cannot be a key (not UTF-8, empty or dot segments) is
+//! refused with a [`BucketError::BadKey`] that names it. `object_store` already retries each
+//! request with backoff; callers (the mirror) retry whole operations on top of that.
+
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as Key;
+use object_store::{
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions,
+    PutOptions, PutPayload, WriteMultipart,
+};
+
+/// Name of the per-directory marker object.
+pub const DIR_MARKER: &str = ".etlfs-dir";
+/// S3, GCS and Azure all cap keys at 1024 bytes.
+const MAX_KEY_LEN: usize = 1024;
+/// Top-level key segment reserved for etlfs' own objects (never a user path).
+pub const RESERVED: &str = ".etlfs";
+
+/// Errors of bucket operations.
+#[derive(Debug, thiserror::Error)]
+pub enum BucketError {
+    #[error("{path:?} cannot be stored as a bucket key: {reason}")]
+    BadKey { path: PathBuf, reason: &'static str },
+    #[error("object {key} not found")]
+    NotFound { key: String },
+    #[error("{op} {key}: {source}")]
+    Store {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
+    #[error("metadata of {key}: {reason}")]
+    BadMetadata { key: String, reason: String },
+}
+
+impl BucketError {
+    /// Errors that retrying cannot fix for this path: it cannot be a key, or the backend
+    /// cannot store a name that long (a FILESYSTEM bucket keeps keys as file names).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            BucketError::BadKey { .. } => true,
+            BucketError::Store { source, .. } => {
+                let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+                while let Some(e) = cur {
+                    if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                        if io.raw_os_error() == Some(libc::ENAMETOOLONG) {
+                            return true;
+                        }
+                    }
+                    cur = e.source();
+                }
+                false
+            }
+            BucketError::NotFound { .. } | BucketError::BadMetadata { .. } => false,
+        }
+    }
+
+    fn store<'a>(
+        op: &'static str,
+        key: &'a Key,
+    ) -> impl FnOnce(object_store::Error) -> BucketError + 'a {
+        move |source| match source {
+            object_store::Error::NotFound { .. } => BucketError::NotFound {
+                key: key.to_string(),
+            },
+            source => BucketError::Store {
+                op,
+                key: key.to_string(),
+                source,
+            },
+        }
+    }
+}
+
+pub type Result<T, E = BucketError> = std::result::Result<T, E>;
+
+/// What a restore needs to recreate a file exactly.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileMeta {
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i128,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub mode: u32,
+    /// Lowercase hex SHA-256 of the body.
+    pub sha256: String,
+}
+
+impl FileMeta {
+    pub fn mtime(&self) -> SystemTime {
+        if self.mtime_ns >= 0 {
+            UNIX_EPOCH + Duration::from_nanos(self.mtime_ns as u64)
+        } else {
+            UNIX_EPOCH - Duration::from_nanos(self.mtime_ns.unsigned_abs() as u64)
+        }
+    }
+}
+
+/// One object as a listing sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Path relative to the served directory (for a marker: the directory itself).
+    pub rel: PathBuf,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    pub is_dir_marker: bool,
+}
+
+/// The bucket, with its key prefix.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    store: Arc<dyn ObjectStore>,
+    /// `""` or a prefix without leading/trailing `/`.
+    prefix: String,
+    user_metadata: bool,
+    extra_metadata: Vec<(String, String)>,
+}
+
+/// Files up to this size are read into memory and sent with one PUT (atomic everywhere);
+/// larger ones are streamed with a multipart upload, which is atomic at completion.
+pub const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
+/// Multipart chunk size: above S3's 5 MiB minimum, small enough to keep memory flat.
+pub const PART_SIZE: usize = 8 * 1024 * 1024;
+
+impl Bucket {
+    /// `prefix` is joined from the config's top-level prefix and `--prefix`; surrounding and
+    /// doubled slashes are dropped.
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        prefix: &str,
+        user_metadata: bool,
+        extra_metadata: Vec<(String, String)>,
+    ) -> Bucket {
+        let prefix = prefix
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join("/");
+        Bucket {
+            store,
+            prefix,
+            user_metadata,
+            extra_metadata,
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn join(&self, rel: &str) -> String {
+        if self.prefix.is_empty() {
+            rel.to_owned()
+        } else {
+            format!("{}/{rel}", self.prefix)
+        }
+    }
+
+    /// The key of a relative path. Refuses anything that could not come back as the same path.
+    pub fn key(&self, rel: &Path) -> Result<Key> {
+        let bad = |reason| BucketError::BadKey {
+            path: rel.to_owned(),
+            reason,
+        };
+        let mut parts = Vec::new();
+        for c in rel.components() {
+            match c {
+                Component::Normal(s) => {
+                    parts.push(s.to_str().ok_or_else(|| bad("not valid UTF-8"))?)
+                }
+                Component::CurDir | Component::ParentDir => return Err(bad("contains . or ..")),
+                Component::RootDir | Component::Prefix(_) => return Err(bad("absolute path")),
+            }
+        }
+        if parts.is_empty() {
+            return Err(bad("empty path"));
+        }
+        if parts[0] == RESERVED {
+            return Err(bad("the top-level name .etlfs is reserved for etlfs"));
+        }
+        if parts.iter().any(|p| p.contains('\0')) {
+            return Err(bad("contains NUL"));
+        }
+        let key =
+            Key::parse(self.join(&parts.join("/"))).map_err(|_| bad("not a valid object key"))?;
+        if key.as_ref().len() > MAX_KEY_LEN {
+            return Err(bad(
+                "the key would be longer than the 1024 bytes object stores allow",
+            ));
+        }
+        Ok(key)
+    }
+
+    fn marker_key(&self, dir: &Path) -> Result<Key> {
+        let k = self.key(dir)?;
+        Ok(Key::parse(format!("{k}/{DIR_MARKER}")).expect("a valid key plus a valid segment"))
+    }
+
+    fn meta_key(&self, rel: &Path) -> Result<Key> {
+        let k = self.key(rel)?;
+        let rel_key = k
+            .as_ref()
+            .strip_prefix(&format!("{}/", self.prefix))
+            .unwrap_or(k.as_ref());
+        Ok(Key::parse(self.join(&format!("{RESERVED}/meta/{rel_key}"))).expect("valid segments"))
+    }
+
+    /// The relative path of a key under our prefix, or `None` for keys that are not user
+    /// files (reserved objects, keys outside the prefix). Markers map to their directory.
+    pub fn rel_of(&self, key: &Key) -> Option<(PathBuf, bool)> {
+        let s = key.as_ref();
+        let rel = if self.prefix.is_empty() {
+            s
+        } else {
+            s.strip_prefix(&self.prefix)?.strip_prefix('/')?
+        };
+        if rel.is_empty() || rel == RESERVED || rel.starts_with(&format!("{RESERVED}/")) {
+            return None;
+        }
+        match rel.strip_suffix(DIR_MARKER) {
+            Some("") => None,
+            Some(dir) if dir.ends_with('/') => Some((PathBuf::from(&dir[..dir.len() - 1]), true)),
+            _ => Some((PathBuf::from(rel), false)),
+        }
+    }
+
+    fn attributes(&self, meta: &FileMeta) -> Attributes {
+        let mut attrs = Attributes::new();
+        if !self.user_metadata {
+            return attrs;
+        }
+        for (k, v) in &self.extra_metadata {
+            attrs.insert(
+                Attribute::Metadata(k.clone().into()),
+                AttributeValue::from(v.clone()),
+            );
+        }
+        attrs.insert(
+            Attribute::Metadata("etlfs_mtime".into()),
+            meta.mtime_ns.to_string().into(),
+        );
+        attrs.insert(
+            Attribute::Metadata("etlfs_mode".into()),
+            format!("{:o}", meta.mode).into(),
+        );
+        attrs.insert(
+            Attribute::Metadata("etlfs_sha256".into()),
+            meta.sha256.clone().into(),
+        );
+        attrs
+    }
+
+    /// Where the FILESYSTEM backend keeps the metadata that cannot ride on the object.
+    async fn put_sidecar(&self, rel: &Path, meta: &FileMeta) -> Result<()> {
+        if self.user_metadata {
+            return Ok(());
+        }
+        let key = self.meta_key(rel)?;
+        let body = serde_json::to_vec(meta).expect("FileMeta serializes");
+        self.store
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(BucketError::store("put", &key))?;
+        Ok(())
+    }
+
+    /// Uploads a whole small file in one atomic PUT.
+    pub async fn put_bytes(&self, rel: &Path, body: Bytes, meta: &FileMeta) -> Result<()> {
+        let key = self.key(rel)?;
+        let opts = PutOptions {
+            attributes: self.attributes(meta),
+            ..Default::default()
+        };
+        self.store
+            .put_opts(&key, PutPayload::from(body), opts)
+            .await
+            .map_err(BucketError::store("put", &key))?;
+        self.put_sidecar(rel, meta).await
+    }
+
+    /// Starts a streamed (multipart) upload; nothing is visible until [`Upload::finish`].
+    pub async fn start_upload(&self, rel: &Path, meta: &FileMeta) -> Result<Upload> {
+        let key = self.key(rel)?;
+        let opts = PutMultipartOptions {
+            attributes: self.attributes(meta),
+            ..Default::default()
+        };
+        let inner = self
+            .store
+            .put_multipart_opts(&key, opts)
+            .await
+            .map_err(BucketError::store("start upload", &key))?;
+        Ok(Upload {
+            writer: WriteMultipart::new_with_chunk_size(inner, PART_SIZE),
+            key,
+            rel: rel.to_owned(),
+            meta: meta.clone(),
+        })
+    }
+
+    /// Deletes a file's object (and its sidecar metadata). A missing object is not an error.
+    pub async fn delete(&self, rel: &Path) -> Result<()> {
+        let key = self.key(rel)?;
+        self.delete_key(&key).await?;
+        if !self.user_metadata {
+            self.delete_key(&self.meta_key(rel)?).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete_key(&self, key: &Key) -> Result<()> {
+        match self.store.delete(key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BucketError::store("delete", key)(e)),
+        }
+    }
+
+    /// Server-side copy of a file's object (and sidecar) to another path.
+    pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        let (fk, tk) = (self.key(from)?, self.key(to)?);
+        self.store
+            .copy(&fk, &tk)
+            .await
+            .map_err(BucketError::store("copy", &fk))?;
+        if !self.user_metadata {
+            let (fm, tm) = (self.meta_key(from)?, self.meta_key(to)?);
+            self.store
+                .copy(&fm, &tm)
+                .await
+                .map_err(BucketError::store("copy", &fm))?;
+        }
+        Ok(())
+    }
+
+    /// Creates the marker object of a directory.
+    pub async fn put_dir_marker(&self, dir: &Path) -> Result<()> {
+        let key = self.marker_key(dir)?;
+        self.store
+            .put(&key, PutPayload::new())
+            .await
+            .map_err(BucketError::store("put", &key))?;
+        Ok(())
+    }
+
+    pub async fn delete_dir_marker(&self, dir: &Path) -> Result<()> {
+        self.delete_key(&self.marker_key(dir)?).await
+    }
+
+    /// Every user object below `dir` (the whole bucket prefix for `None`), markers included,
+    /// paginated by `object_store`. Keys that are not user paths are skipped.
+    pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
+        let prefix = match dir {
+            Some(d) => Some(self.key(d)?),
+            None if self.prefix.is_empty() => None,
+            None => Some(Key::parse(&self.prefix).expect("normalized prefix")),
+        };
+        let shown = prefix.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let metas: Vec<_> = self
+            .store
+            .list(prefix.as_ref())
+            .try_collect()
+            .await
+            .map_err(|source| BucketError::Store {
+                op: "list",
+                key: shown,
+                source,
+            })?;
+        Ok(metas
+            .into_iter()
+            .filter_map(|m| {
+                let (rel, is_dir_marker) = self.rel_of(&m.location)?;
+                let lm = m.last_modified;
+                let last_modified = UNIX_EPOCH
+                    + Duration::new(lm.timestamp().max(0) as u64, lm.timestamp_subsec_nanos());
+                Some(ObjectInfo {
+                    rel,
+                    size: m.size,
+                    last_modified,
+                    is_dir_marker,
+                })
+            })
+            .collect())
+    }
+
+    /// The object's bytes.
+    pub async fn get(&self, rel: &Path) -> Result<Bytes> {
+        let key = self.key(rel)?;
+        let res = self
+            .store
+            .get(&key)
+            .await
+            .map_err(BucketError::store("get", &key))?;
+        res.bytes().await.map_err(BucketError::store("get", &key))
+    }
+
+    /// The etlfs metadata of an object, if it carries any.
+    pub async fn meta(&self, rel: &Path) -> Result<Option<FileMeta>> {
+        if !self.user_metadata {
+            let key = self.meta_key(rel)?;
+            return match self.store.get(&key).await {
+                Ok(r) => {
+                    let body = r.bytes().await.map_err(BucketError::store("get", &key))?;
+                    serde_json::from_slice(&body)
+                        .map(Some)
+                        .map_err(|e| BucketError::BadMetadata {
+                            key: key.to_string(),
+                            reason: e.to_string(),
+                        })
+                }
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(BucketError::store("get", &key)(e)),
+            };
+        }
+        let key = self.key(rel)?;
+        let opts = object_store::GetOptions {
+            head: true,
+            ..Default::default()
+        };
+        let res = self
+            .store
+            .get_opts(&key, opts)
+            .await
+            .map_err(BucketError::store("head", &key))?;
+        let get = |name: &'static str| {
+            res.attributes
+                .get(&Attribute::Metadata(name.into()))
+                .map(|v| v.as_ref().to_owned())
+        };
+        let (Some(mtime), Some(mode), Some(sha256)) =
+            (get("etlfs_mtime"), get("etlfs_mode"), get("etlfs_sha256"))
+        else {
+            return Ok(None);
+        };
+        let bad = |reason: String| BucketError::BadMetadata {
+            key: key.to_string(),
+            reason,
+        };
+        Ok(Some(FileMeta {
+            mtime_ns: mtime
+                .parse()
+                .map_err(|e| bad(format!("etlfs_mtime {mtime:?}: {e}")))?,
+            mode: u32::from_str_radix(&mode, 8)
+                .map_err(|e| bad(format!("etlfs_mode {mode:?}: {e}")))?,
+            sha256,
+        }))
+    }
+}
+
+/// A streamed upload in progress. Dropping it without `finish` leaves nothing visible; call
+/// [`Upload::abort`] to also free the parts on the server.
+pub struct Upload {
+    writer: WriteMultipart,
+    key: Key,
+    rel: PathBuf,
+    meta: FileMeta,
+}
+
+impl std::fmt::Debug for Upload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upload").field("key", &self.key).finish()
+    }
+}
+
+impl Upload {
+    /// Queues bytes; waits when too many parts are in flight, to keep memory bounded.
+    pub async fn write(&mut self, buf: &[u8]) -> Result<()> {
+        self.writer
+            .wait_for_capacity(4)
+            .await
+            .map_err(BucketError::store("upload", &self.key))?;
+        self.writer.write(buf);
+        Ok(())
+    }
+
+    /// Completes the upload: the object appears atomically.
+    pub async fn finish(self, bucket: &Bucket) -> Result<()> {
+        self.writer
+            .finish()
+            .await
+            .map_err(BucketError::store("complete upload", &self.key))?;
+        bucket.put_sidecar(&self.rel, &self.meta).await
+    }
+
+    pub async fn abort(self) -> Result<()> {
+        self.writer
+            .abort()
+            .await
+            .map_err(BucketError::store("abort upload", &self.key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+
+    fn bucket(prefix: &str, user_metadata: bool) -> Bucket {
+        Bucket::new(Arc::new(InMemory::new()), prefix, user_metadata, vec![])
+    }
+
+    #[test]
+    fn keys_are_prefix_plus_relative_path_verbatim() {
+        let b = bucket("/etl//", true);
+        assert_eq!(
+            b.key(Path::new("bingen/allocations/1d/1704110400-1704196800"))
+                .unwrap()
+                .as_ref(),
+            "etl/bingen/allocations/1d/1704110400-1704196800"
+        );
+        assert_eq!(
+            b.key(Path::new("a b/c[1]~*.x")).unwrap().as_ref(),
+            "etl/a b/c[1]~*.x"
+        );
+        assert_eq!(bucket("", true).key(Path::new("x")).unwrap().as_ref(), "x");
+    }
+
+    #[test]
+    fn keys_that_could_not_map_back_are_refused() {
+        let b = bucket("p", true);
+        use std::os::unix::ffi::OsStrExt;
+        for bad in ["", "../x", "a/../b", "/abs", ".etlfs/x", ".etlfs"] {
+            let e = b.key(Path::new(bad)).unwrap_err();
+            assert!(matches!(e, BucketError::BadKey { .. }), "{bad:?}: {e}");
+            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+        }
+        let not_utf8 = Path::new(std::ffi::OsStr::from_bytes(b"a\xff"));
+        assert!(b.key(not_utf8).unwrap_err().to_string().contains("UTF-8"));
+        // `.etlfs` deeper down is an ordinary name.
+        assert!(b.key(Path::new("d/.etlfs")).is_ok());
+    }
+
+    #[test]
+    fn rel_of_inverts_key_and_skips_foreign_keys() {
+        let b = bucket("etl", true);
+        let k = b.key(Path::new("a/b")).unwrap();
+        assert_eq!(b.rel_of(&k), Some((PathBuf::from("a/b"), false)));
+        assert_eq!(
+            b.rel_of(&b.marker_key(Path::new("a")).unwrap()),
+            Some((PathBuf::from("a"), true))
+        );
+        assert_eq!(b.rel_of(&Key::parse("other/x").unwrap()), None);
+        assert_eq!(b.rel_of(&Key::parse("etlx/x").unwrap()), None);
+        assert_eq!(b.rel_of(&Key::parse("etl/.etlfs/meta/x").unwrap()), None);
+    }
+
+    #[tokio::test]
+    async fn put_list_meta_copy_delete_round_trip() {
+        for user_metadata in [true, false] {
+            let b = bucket("etl", user_metadata);
+            let meta = FileMeta {
+                mtime_ns: 1_700_000_000_123_456_789,
+                mode: 0o600,
+                sha256: "ab".repeat(32),
+            };
+            b.put_bytes(Path::new("d/f"), Bytes::from_static(b"hello"), &meta)
+                .await
+                .unwrap();
+            b.put_dir_marker(Path::new("d")).await.unwrap();
+            let mut listed = b.list(None).await.unwrap();
+            listed.sort_by(|x, y| x.rel.cmp(&y.rel));
+            assert_eq!(listed.len(), 2, "{listed:?}");
+            assert_eq!(
+                (listed[0].rel.as_path(), listed[0].is_dir_marker),
+                (Path::new("d"), true)
+            );
+            assert_eq!(
+                (listed[1].rel.as_path(), listed[1].size),
+                (Path::new("d/f"), 5)
+            );
+            assert_eq!(b.meta(Path::new("d/f")).await.unwrap(), Some(meta.clone()));
+            b.copy(Path::new("d/f"), Path::new("e")).await.unwrap();
+            assert_eq!(
+                b.get(Path::new("e")).await.unwrap(),
+                Bytes::from_static(b"hello")
+            );
+            assert_eq!(b.meta(Path::new("e")).await.unwrap(), Some(meta.clone()));
+            b.delete(Path::new("d/f")).await.unwrap();
+            b.delete(Path::new("d/f")).await.unwrap();
+            assert!(matches!(
+                b.get(Path::new("d/f")).await,
+                Err(BucketError::NotFound { .. })
+            ));
+            // Gone: no metadata (sidecar mode) or the object itself is not found.
+            assert!(matches!(
+                b.meta(Path::new("d/f")).await,
+                Ok(None) | Err(BucketError::NotFound { .. })
+            ));
+        }
+    }
+
+    #[tokio::test]
+    async fn multipart_is_invisible_until_finished() {
+        let b = bucket("", true);
+        let meta = FileMeta {
+            mtime_ns: 0,
+            mode: 0o644,
+            sha256: String::new(),
+        };
+        let mut up = b.start_upload(Path::new("big"), &meta).await.unwrap();
+        up.write(&vec![7u8; PART_SIZE + 10]).await.unwrap();
+        assert!(b.list(None).await.unwrap().is_empty());
+        up.finish(&b).await.unwrap();
+        assert_eq!(b.get(Path::new("big")).await.unwrap().len(), PART_SIZE + 10);
+        let mut up = b.start_upload(Path::new("aborted"), &meta).await.unwrap();
+        up.write(b"x").await.unwrap();
+        up.abort().await.unwrap();
+        assert_eq!(b.list(None).await.unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! A crash-safe log of removals and renames that the bucket has not seen yet.
+//!
+//! Deleting an object is the one bucket operation that destroys data, so etlfs only deletes
+//! what the application removed, and it must not forget a removal across a crash — otherwise a
+//! deleted file would come back from the bucket after a lost volume. Each `unlink`, `rmdir` and
+//! `rename` is therefore appended here and `fdatasync`ed *before* the local operation runs and
+//! the application gets its answer. When the mirror has carried the intent out, a `done` line
+//! follows (not synced: losing it only means doing an idempotent delete again).
+//!
+//! Format: one JSON object per line, `{"seq":N,"intent":{...}}` or `{"done":N}`. A torn last
+//! line (a crash in the middle of an append) is ignored on replay. When no intent is pending
+//! the file is truncated, so it stays small.
+//!
+//! New and changed *files* need no journal entry: at every start the mirror rescans the
+//! directory against its upload records and the bucket (see `mirror/`).
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+/// What the application did that the bucket must follow.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Intent {
+    /// `unlink` (`dir: false`) or `rmdir` (`dir: true`) of a path.
+    Remove { path: PathBuf, dir: bool },
+    /// `rename` of a file or a directory (everything below it moves).
+    Rename {
+        from: PathBuf,
+        to: PathBuf,
+        dir: bool,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Line {
+    Intent { seq: u64, intent: Intent },
+    Done { done: u64 },
+}
+
+#[derive(Debug)]
+struct Inner {
+    file: File,
+    next_seq: u64,
+    pending: BTreeMap<u64, Intent>,
+}
+
+/// The journal file in the state directory.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+}
+
+/// File name inside the state directory.
+pub const FILE_NAME: &str = "journal.jsonl";
+
+impl Journal {
+    /// Opens (or creates) the journal and returns the intents that were not done, in order.
+    pub fn open(state_dir: &Path) -> io::Result<(Journal, Vec<(u64, Intent)>)> {
+        let path = state_dir.join(FILE_NAME);
+        let mut pending = BTreeMap::new();
+        let mut max_seq = 0;
+        if let Ok(f) = File::open(&path) {
+            for line in BufReader::new(f).lines() {
+                let line = line?;
+                match serde_json::from_str::<Line>(&line) {
+                    Ok(Line::Intent { seq, intent }) => {
+                        max_seq = max_seq.max(seq);
+                        pending.insert(seq, intent);
+                    }
+                    Ok(Line::Done { done }) => {
+                        pending.remove(&done);
+                    }
+                    // Only the last line can be torn; anything else unparsable is skipped
+                    // rather than losing the intents after it.
+                    Err(e) => {
+                        tracing::warn!(file = %path.display(), error = %e, "skipping a damaged journal line")
+                    }
+                }
+            }
+        }
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let replay: Vec<_> = pending.iter().map(|(s, i)| (*s, i.clone())).collect();
+        let journal = Journal {
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                next_seq: max_seq + 1,
+                pending,
+            }),
+        };
+        Ok((journal, replay))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Appends an intent durably (written and `fdatasync`ed) and returns its sequence number.
+    pub fn append(&self, intent: Intent) -> io::Result<u64> {
+        let mut inner = self.lock();
+        let seq = inner.next_seq;
+        let mut line = serde_json::to_vec(&Line::Intent {
+            seq,
+            intent: intent.clone(),
+        })
+        .map_err(io::Error::other)?;
+        line.push(b'\n');
+        inner.file.write_all(&line)?;
+        inner.file.sync_data()?;
+        inner.next_seq += 1;
+        inner.pending.insert(seq, intent);
+        Ok(seq)
+    }
+
+    /// Marks an intent as carried out (or cancelled because the local operation failed).
+    pub fn done(&self, seq: u64) -> io::Result<()> {
+        let mut inner = self.lock();
+        if inner.pending.remove(&seq).is_none() {
+            return Ok(());
+        }
+        if inner.pending.is_empty() {
+            // Nothing pending: start afresh instead of growing forever.
+            inner.file.set_len(0)?;
+            return Ok(());
+        }
+        let mut line = serde_json::to_vec(&Line::Done { done: seq }).map_err(io::Error::other)?;
+        line.push(b'\n');
+        inner.file.write_all(&line)
+    }
+
+    /// Intents not yet done.
+    pub fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Size of the journal file in bytes.
+    pub fn size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rm(p: &str) -> Intent {
+        Intent::Remove {
+            path: p.into(),
+            dir: false,
+        }
+    }
+
+    #[test]
+    fn pending_intents_survive_a_reopen_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, replay) = Journal::open(dir.path()).unwrap();
+        assert!(replay.is_empty());
+        let a = j.append(rm("a")).unwrap();
+        let b = j
+            .append(Intent::Rename {
+                from: "x".into(),
+                to: "y".into(),
+                dir: true,
+            })
+            .unwrap();
+        let c = j.append(rm("c")).unwrap();
+        j.done(b).unwrap();
+        drop(j);
+        let (j, replay) = Journal::open(dir.path()).unwrap();
+        assert_eq!(replay, vec![(a, rm("a")), (c, rm("c"))]);
+        // sequence numbers keep growing after a reopen
+        assert!(j.append(rm("d")).unwrap() > c);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        j.append(rm("a")).unwrap();
+        drop(j);
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(FILE_NAME))
+            .unwrap();
+        f.write_all(br#"{"seq":2,"intent":{"op":"remo"#).unwrap();
+        drop(f);
+        let (_, replay) = Journal::open(dir.path()).unwrap();
+        assert_eq!(replay.len(), 1);
+    }
+
+    #[test]
+    fn the_file_is_emptied_when_nothing_is_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = Journal::open(dir.path()).unwrap();
+        let a = j.append(rm("a")).unwrap();
+        assert!(j.size() > 0);
+        j.done(a).unwrap();
+        assert_eq!(j.size(), 0);
+        assert_eq!(j.pending(), 0);
+        let (_, replay) = Journal::open(dir.path()).unwrap();
+        assert!(replay.is_empty());
+    }
+}

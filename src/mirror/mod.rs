@@ -1,0 +1,290 @@
+//! Write-back: every change made through the mount reaches the bucket on its own.
+//!
+//! The overlay reports what happens (a writer opened or closed a file, a path changed, a
+//! removal or rename is about to happen) through [`ChangeSink`]; this module turns that into
+//! bucket operations on a tokio runtime, so a FUSE reply never waits for the network.
+//!
+//! # What gets uploaded, and when
+//!
+//! A path becomes *due* when its last writer closes it (or on `fsync`, or a truncate, chmod or
+//! utimens without an open handle). New activity on the path restarts its `--upload-delay`,
+//! so the same file rewritten many times a second is uploaded once. When a path is due, a sync
+//! task looks at the local file *now* and makes the bucket match it:
+//!
+//! - a file still open for writing is skipped (its last close makes it due again), so the
+//!   bucket never sees Kubecost's intermediate state between `ftruncate(0)` and the `write`;
+//! - the upload is a consistent snapshot: the file's identity (inode, size, mtime, ctime) is
+//!   taken before reading and checked again after the last byte is read and before the object
+//!   is committed (single PUT, or multipart completion); if it moved, nothing is committed and
+//!   the path is retried;
+//! - a successful upload is recorded (`records.rs`) with that identity and the checksum.
+//!
+//! # Removals and renames
+//!
+//! Deleting objects is only ever done on behalf of an [`Intent`] the application caused, and
+//! the intent is in the durable journal before the local operation runs. An intent is carried
+//! out alone (no sync task runs at the same time) and only removes objects whose path is
+//! absent locally at that moment; a path that was re-created meanwhile is uploaded instead.
+//! A renamed file whose record still matches is copied server-side rather than uploaded again.
+//!
+//! # Failures
+//!
+//! Every failed operation is logged, counted and retried with exponential backoff (100 ms up to
+//! 30 s), forever: a bucket outage never fails an application write; the backlog drains when the
+//! bucket returns. Paths that can never be keys (not UTF-8, `.etlfs` at the top) are reported
+//! once and skipped.
+//!
+//! # Start and stop
+//!
+//! At start the journal is replayed and the whole directory is reconciled against the records
+//! and a bucket listing: whatever the bucket lacks or holds stale is uploaded (this is also the
+//! retroactive backup of data that existed before etlfs was first mounted). Objects without a
+//! local file are never deleted by the reconcile. [`Mirror::drain`] uploads everything pending
+//! at once, up to a deadline; what is left stays for the next start.
+
+mod records;
+mod worker;
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::bucket::Bucket;
+pub use crate::journal::Intent;
+use crate::journal::Journal;
+use crate::local::LocalDir;
+pub use records::{Identity, Record, Records};
+
+/// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
+pub trait ChangeSink: Send + Sync + std::fmt::Debug {
+    /// A handle with write access to the local inode `ino` was opened.
+    fn writer_opened(&self, ino: u64);
+    /// The last write handle of `ino` was released; `path` is its current name, if any.
+    fn writer_closed(&self, ino: u64, path: Option<&Path>);
+    /// `path` changed without a write handle (truncate, chmod, utimens, mkdir, link), or was
+    /// fsynced (`urgent`: upload now, even if it is still open).
+    fn changed(&self, path: &Path, urgent: bool);
+    /// Records an intent durably, before the local operation. Returns a token for
+    /// [`ChangeSink::finish`].
+    fn intent(&self, intent: Intent) -> io::Result<u64>;
+    /// The local operation for the intent ran: `ok` queues it for the bucket, otherwise it is
+    /// cancelled.
+    fn finish(&self, token: u64, ok: bool);
+}
+
+/// A sink that ignores everything (a mount without a bucket, and core tests).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl ChangeSink for NullSink {
+    fn writer_opened(&self, _: u64) {}
+    fn writer_closed(&self, _: u64, _: Option<&Path>) {}
+    fn changed(&self, _: &Path, _: bool) {}
+    fn intent(&self, _: Intent) -> io::Result<u64> {
+        Ok(0)
+    }
+    fn finish(&self, _: u64, _: bool) {}
+}
+
+/// Settings of the mirror.
+#[derive(Debug, Clone, Copy)]
+pub struct MirrorOptions {
+    /// Quiet time after the last change before a path is uploaded.
+    pub upload_delay: Duration,
+    /// Uploads in flight at once.
+    pub concurrency: usize,
+}
+
+/// Counters for logs, tests and (later) `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub uploads: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    pub upload_failures: AtomicU64,
+    pub deletes: AtomicU64,
+    pub delete_failures: AtomicU64,
+    pub copies: AtomicU64,
+    pub skipped_paths: AtomicU64,
+    /// Paths due or in flight, plus intents not yet carried out.
+    pub pending: AtomicU64,
+    /// 1 once the start-up reconcile has finished.
+    pub reconciled: AtomicU64,
+}
+
+impl Stats {
+    pub fn get(c: &AtomicU64) -> u64 {
+        c.load(Ordering::Relaxed)
+    }
+}
+
+pub(crate) enum Msg {
+    Touch { path: PathBuf, urgent: bool },
+    Intent { seq: u64, intent: Intent },
+    Drain { reply: oneshot::Sender<()> },
+}
+
+/// State shared by the sink (FUSE threads) and the worker tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub bucket: Bucket,
+    pub local: LocalDir,
+    pub records: Records,
+    pub journal: Journal,
+    /// Open write handles per local inode.
+    pub busy: Mutex<HashMap<u64, u32>>,
+    /// The state directory, relative to the served one, when it lives inside it.
+    pub skip: Option<PathBuf>,
+    pub stats: Stats,
+    pub opts: MirrorOptions,
+}
+
+impl Shared {
+    pub fn is_busy(&self, ino: u64) -> bool {
+        self.busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&ino)
+            .is_some_and(|n| *n > 0)
+    }
+}
+
+/// The write-back engine.
+#[derive(Debug)]
+pub struct Mirror {
+    shared: Arc<Shared>,
+    tx: mpsc::UnboundedSender<Msg>,
+    /// Intents written to the journal whose local operation has not finished yet.
+    staged: Mutex<HashMap<u64, Intent>>,
+}
+
+impl Mirror {
+    /// Opens the journal and records in `state_dir` and starts the worker on `rt`. `local` must
+    /// be a descriptor of the served directory opened before the mount.
+    pub fn start(
+        bucket: Bucket,
+        local: LocalDir,
+        state_dir: &Path,
+        skip: Option<PathBuf>,
+        opts: MirrorOptions,
+        rt: &tokio::runtime::Handle,
+    ) -> io::Result<Arc<Mirror>> {
+        let (journal, replay) = Journal::open(state_dir)?;
+        let records = Records::load(state_dir)?;
+        if !replay.is_empty() {
+            tracing::info!(
+                intents = replay.len(),
+                "replaying removals and renames from the journal"
+            );
+        }
+        let shared = Arc::new(Shared {
+            bucket,
+            local,
+            records,
+            journal,
+            busy: Mutex::new(HashMap::new()),
+            skip,
+            stats: Stats::default(),
+            opts,
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
+        Ok(Arc::new(Mirror {
+            shared,
+            tx,
+            staged: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Uploads everything pending now and waits until nothing is left or `timeout` passes.
+    /// Returns whether everything was drained.
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let (reply, done) = oneshot::channel();
+        if self.tx.send(Msg::Drain { reply }).is_err() {
+            return false;
+        }
+        let drained = matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())));
+        if let Err(e) = self.shared.records.save() {
+            tracing::warn!(error = %e, "could not save the upload records");
+        }
+        drained
+    }
+
+    fn send(&self, msg: Msg) {
+        // The worker only stops when the mirror is dropped; a send error means shutdown.
+        let _ = self.tx.send(msg);
+    }
+}
+
+impl ChangeSink for Mirror {
+    fn writer_opened(&self, ino: u64) {
+        *self
+            .shared
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(ino)
+            .or_insert(0) += 1;
+    }
+
+    fn writer_closed(&self, ino: u64, path: Option<&Path>) {
+        {
+            let mut busy = self.shared.busy.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = busy.get_mut(&ino) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    busy.remove(&ino);
+                }
+            }
+        }
+        if let Some(path) = path {
+            self.send(Msg::Touch {
+                path: path.to_owned(),
+                urgent: false,
+            });
+        }
+    }
+
+    fn changed(&self, path: &Path, urgent: bool) {
+        self.send(Msg::Touch {
+            path: path.to_owned(),
+            urgent,
+        });
+    }
+
+    fn intent(&self, intent: Intent) -> io::Result<u64> {
+        let seq = self.shared.journal.append(intent.clone())?;
+        self.staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(seq, intent);
+        Ok(seq)
+    }
+
+    fn finish(&self, token: u64, ok: bool) {
+        let Some(intent) = self
+            .staged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token)
+        else {
+            return;
+        };
+        if ok {
+            self.send(Msg::Intent { seq: token, intent });
+        } else if let Err(e) = self.shared.journal.done(token) {
+            tracing::warn!(error = %e, "could not cancel a journal intent; it is replayed harmlessly at next start");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

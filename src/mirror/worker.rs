@@ -1,0 +1,730 @@
+//! The mirror's event loop and its tasks: debounce, dispatch, sync, intents, retries.
+//!
+//! One loop owns all scheduling state (which paths are due when, which are in flight, which
+//! intents wait), so none of it needs a lock. Work runs in spawned tasks that report back.
+//! Intents run alone: the loop starts one only when no sync task is in flight and starts no
+//! sync task while it runs, which makes "delete only what is absent locally" race-free.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::records::{Identity, Record};
+use super::{Msg, Shared};
+use crate::bucket::{BucketError, FileMeta, SINGLE_PUT_MAX};
+use crate::journal::Intent;
+use crate::local::Stat;
+
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the upload records are written while there is activity.
+const SAVE_EVERY: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+enum SyncError {
+    #[error(transparent)]
+    Bucket(#[from] BucketError),
+    #[error("reading {path:?}: {source}")]
+    Local {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl SyncError {
+    /// Errors retrying cannot fix: the path can never be a key there.
+    fn is_permanent(&self) -> bool {
+        matches!(self, SyncError::Bucket(e) if e.is_permanent())
+    }
+}
+
+/// When to log a repeated failure of the same operation at `warn`: the first few times, then
+/// rarely, so an outage does not flood the log; the rest goes to `debug`.
+fn worth_a_warning(attempt: u32) -> bool {
+    attempt <= 3 || attempt % 50 == 0
+}
+
+/// A path waiting to be synced.
+#[derive(Debug, Clone, Copy)]
+struct Due {
+    at: Instant,
+    /// Upload even if a writer has the file open (fsync).
+    urgent: bool,
+    /// Waiting out a failure backoff: a drain does not skip this wait.
+    backoff: bool,
+}
+
+enum Job {
+    Sync(PathBuf),
+    Intent(u64),
+    Reconcile,
+}
+
+enum Outcome {
+    Done,
+    /// Try again after this delay (the file was busy or changed while being read).
+    Later(Duration),
+    /// Paths to make due now.
+    Touch(Vec<PathBuf>),
+}
+
+type TaskResult = (Job, Result<Outcome, SyncError>);
+
+pub(crate) struct Worker {
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    due: HashMap<PathBuf, Due>,
+    intents: BTreeMap<u64, Intent>,
+    inflight: HashSet<PathBuf>,
+    intent_running: bool,
+    /// After a failed intent, the next attempt waits until then.
+    intent_retry_at: Instant,
+    reconciled: bool,
+    reconcile_running: bool,
+    reconcile_at: Instant,
+    attempts: HashMap<String, u32>,
+    tasks: JoinSet<TaskResult>,
+    drains: Vec<oneshot::Sender<()>>,
+    last_save: Instant,
+}
+
+impl Worker {
+    pub fn new(
+        shared: Arc<Shared>,
+        rx: mpsc::UnboundedReceiver<Msg>,
+        replay: Vec<(u64, Intent)>,
+    ) -> Worker {
+        Worker {
+            shared,
+            rx,
+            due: HashMap::new(),
+            intents: replay.into_iter().collect(),
+            inflight: HashSet::new(),
+            intent_running: false,
+            intent_retry_at: Instant::now(),
+            reconciled: false,
+            reconcile_running: false,
+            reconcile_at: Instant::now(),
+            attempts: HashMap::new(),
+            tasks: JoinSet::new(),
+            drains: Vec::new(),
+            last_save: Instant::now(),
+        }
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            self.dispatch();
+            self.update_pending();
+            if self.is_idle() {
+                for d in self.drains.drain(..) {
+                    let _ = d.send(());
+                }
+            }
+            if self.last_save.elapsed() > SAVE_EVERY {
+                self.save();
+            }
+            let wake = self.next_wake();
+            tokio::select! {
+                msg = self.rx.recv() => match msg {
+                    Some(m) => self.handle(m),
+                    None => break,
+                },
+                Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => match res {
+                    Ok((job, outcome)) => self.complete(job, outcome),
+                    Err(e) => warn!(error = %e, "mirror task panicked"),
+                },
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+        self.save();
+    }
+
+    fn save(&mut self) {
+        self.last_save = Instant::now();
+        if let Err(e) = self.shared.records.save() {
+            warn!(error = %e, "could not save the upload records");
+        }
+    }
+
+    fn draining(&self) -> bool {
+        !self.drains.is_empty()
+    }
+
+    fn is_idle(&self) -> bool {
+        self.reconciled && self.due.is_empty() && self.intents.is_empty() && self.tasks.is_empty()
+    }
+
+    fn update_pending(&self) {
+        let n = self.due.len() + self.inflight.len() + self.intents.len();
+        self.shared.stats.pending.store(n as u64, Ordering::Relaxed);
+    }
+
+    fn next_wake(&self) -> Instant {
+        let mut wake = Instant::now() + SAVE_EVERY;
+        if !self.reconciled && !self.reconcile_running {
+            wake = wake.min(self.reconcile_at);
+        }
+        if !self.intents.is_empty() && !self.intent_running {
+            wake = wake.min(self.intent_retry_at);
+        }
+        let draining = self.draining();
+        for (path, due) in &self.due {
+            if !self.inflight.contains(path) {
+                wake = wake.min(if draining && !due.backoff {
+                    Instant::now()
+                } else {
+                    due.at
+                });
+            }
+        }
+        wake
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Touch { path, urgent } => {
+                let delay = if urgent {
+                    Duration::ZERO
+                } else {
+                    self.shared.opts.upload_delay
+                };
+                let at = Instant::now() + delay;
+                let entry = self.due.entry(path).or_insert(Due {
+                    at,
+                    urgent,
+                    backoff: false,
+                });
+                // New activity restarts the quiet period (and ends a backoff wait: the file
+                // changed, so try it afresh); urgency sticks until the upload.
+                entry.at = if urgent {
+                    at.min(entry.at)
+                } else {
+                    at.max(entry.at)
+                };
+                if entry.backoff {
+                    entry.at = at;
+                    entry.backoff = false;
+                }
+                entry.urgent |= urgent;
+            }
+            Msg::Intent { seq, intent } => {
+                self.intents.insert(seq, intent);
+            }
+            Msg::Drain { reply } => self.drains.push(reply),
+        }
+    }
+
+    fn dispatch(&mut self) {
+        if !self.reconciled && !self.reconcile_running && Instant::now() >= self.reconcile_at {
+            self.reconcile_running = true;
+            let shared = Arc::clone(&self.shared);
+            self.tasks
+                .spawn(async move { (Job::Reconcile, reconcile(&shared).await) });
+        }
+        if self.intent_running {
+            return;
+        }
+        if let Some((&seq, intent)) = self.intents.iter().next() {
+            let syncs_in_flight = !self.inflight.is_empty();
+            if !syncs_in_flight && Instant::now() >= self.intent_retry_at {
+                self.intent_running = true;
+                let (shared, intent) = (Arc::clone(&self.shared), intent.clone());
+                self.tasks
+                    .spawn(async move { (Job::Intent(seq), run_intent(&shared, &intent).await) });
+            }
+            // Intents go first: no new sync starts while one waits.
+            return;
+        }
+        let now = Instant::now();
+        let draining = self.draining();
+        let mut ready: Vec<(PathBuf, bool)> = self
+            .due
+            .iter()
+            .filter(|(p, d)| {
+                (d.at <= now || (draining && !d.backoff)) && !self.inflight.contains(*p)
+            })
+            .map(|(p, d)| (p.clone(), d.urgent))
+            .collect();
+        ready.sort();
+        for (path, urgent) in ready {
+            if self.inflight.len() >= self.shared.opts.concurrency {
+                break;
+            }
+            self.due.remove(&path);
+            self.inflight.insert(path.clone());
+            let shared = Arc::clone(&self.shared);
+            self.tasks.spawn(async move {
+                let out = sync(&shared, &path, urgent).await;
+                (Job::Sync(path), out)
+            });
+        }
+    }
+
+    /// The wait before the next attempt of a failing operation, and which attempt failed.
+    fn backoff(&mut self, key: String) -> (Duration, u32) {
+        let n = self.attempts.entry(key).or_insert(0);
+        *n += 1;
+        let d = BACKOFF_START.saturating_mul(1 << (*n - 1).min(16));
+        (d.min(BACKOFF_MAX), *n)
+    }
+
+    fn make_due_now(&mut self, paths: Vec<PathBuf>) {
+        let at = Instant::now();
+        for p in paths {
+            self.due.entry(p).or_insert(Due {
+                at,
+                urgent: false,
+                backoff: false,
+            });
+        }
+    }
+
+    fn complete(&mut self, job: Job, outcome: Result<Outcome, SyncError>) {
+        match job {
+            Job::Reconcile => {
+                self.reconcile_running = false;
+                match outcome {
+                    Ok(Outcome::Touch(paths)) => {
+                        self.reconciled = true;
+                        self.shared.stats.reconciled.store(1, Ordering::Relaxed);
+                        self.attempts.remove("reconcile");
+                        info!(
+                            to_upload = paths.len(),
+                            "reconciled the directory with the bucket"
+                        );
+                        self.make_due_now(paths);
+                    }
+                    Ok(_) => self.reconciled = true,
+                    Err(e) => {
+                        let (d, _) = self.backoff("reconcile".into());
+                        warn!(error = %e, retry_in = ?d, "could not reconcile with the bucket");
+                        self.reconcile_at = Instant::now() + d;
+                    }
+                }
+            }
+            Job::Intent(seq) => {
+                self.intent_running = false;
+                let key = format!("intent:{seq}");
+                match outcome {
+                    Ok(out) => {
+                        self.attempts.remove(&key);
+                        let intent = self.intents.remove(&seq);
+                        if let Err(e) = self.shared.journal.done(seq) {
+                            warn!(error = %e, "could not mark a journal intent done");
+                        }
+                        debug!(?intent, "intent carried out");
+                        if let Outcome::Touch(paths) = out {
+                            self.make_due_now(paths);
+                        }
+                    }
+                    Err(e) if e.is_permanent() => {
+                        self.shared
+                            .stats
+                            .skipped_paths
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "skipping an intent that can never reach the bucket");
+                        self.intents.remove(&seq);
+                        let _ = self.shared.journal.done(seq);
+                    }
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .delete_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        let (d, n) = self.backoff(key);
+                        if worth_a_warning(n) {
+                            warn!(error = %e, attempt = n, retry_in = ?d, "bucket delete/rename failed; will retry");
+                        } else {
+                            debug!(error = %e, attempt = n, retry_in = ?d, "bucket delete/rename failed; will retry");
+                        }
+                        // It stays first in line; the next attempt waits for the backoff.
+                        self.intent_retry_at = Instant::now() + d;
+                    }
+                }
+            }
+            Job::Sync(path) => {
+                self.inflight.remove(&path);
+                let key = path.to_string_lossy().into_owned();
+                match outcome {
+                    Ok(Outcome::Done) | Ok(Outcome::Touch(_)) => {
+                        self.attempts.remove(&key);
+                    }
+                    Ok(Outcome::Later(d)) => {
+                        let at = Instant::now() + d;
+                        let e = self.due.entry(path).or_insert(Due {
+                            at,
+                            urgent: false,
+                            backoff: true,
+                        });
+                        e.at = e.at.max(at);
+                    }
+                    Err(e) if e.is_permanent() => {
+                        self.shared
+                            .stats
+                            .skipped_paths
+                            .fetch_add(1, Ordering::Relaxed);
+                        warn!(error = %e, "this path cannot be mirrored; skipping it");
+                    }
+                    Err(e) => {
+                        self.shared
+                            .stats
+                            .upload_failures
+                            .fetch_add(1, Ordering::Relaxed);
+                        let (d, n) = self.backoff(key);
+                        if worth_a_warning(n) {
+                            warn!(path = %path.display(), error = %e, attempt = n, retry_in = ?d, "upload failed; will retry");
+                        } else {
+                            debug!(path = %path.display(), error = %e, attempt = n, retry_in = ?d, "upload failed; will retry");
+                        }
+                        let at = Instant::now() + d;
+                        let e = self.due.entry(path).or_insert(Due {
+                            at,
+                            urgent: false,
+                            backoff: true,
+                        });
+                        e.at = e.at.max(at);
+                        e.backoff = true;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn ns(t: std::time::SystemTime) -> i128 {
+    match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
+    move |source| SyncError::Local {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn is_gone(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Makes the bucket hold the current local state of `path` (file or directory).
+async fn sync(shared: &Shared, path: &Path, urgent: bool) -> Result<Outcome, SyncError> {
+    let st = match shared.local.stat_beneath(path) {
+        Ok(st) => st,
+        // Removed since: the removal's intent takes care of the bucket.
+        Err(e) if is_gone(&e) => return Ok(Outcome::Done),
+        Err(e)
+            if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ELOOP) =>
+        {
+            debug!(path = %path.display(), "not mirrored: reached through a symlink");
+            return Ok(Outcome::Done);
+        }
+        Err(e) => return Err(local_err(path)(e)),
+    };
+    if st.is_dir() {
+        if shared.records.get(path).is_some_and(|r| r.dir) {
+            return Ok(Outcome::Done);
+        }
+        shared.bucket.put_dir_marker(path).await?;
+        shared.records.set(
+            path,
+            Record {
+                id: Identity::of(&st),
+                sha256: String::new(),
+                dir: true,
+            },
+        );
+        return Ok(Outcome::Done);
+    }
+    if !st.is_file() {
+        return Ok(Outcome::Done); // symlinks, fifos, sockets and devices are not mirrored
+    }
+    let id = Identity::of(&st);
+    if shared
+        .records
+        .get(path)
+        .is_some_and(|r| r.id == id && !r.dir)
+    {
+        return Ok(Outcome::Done);
+    }
+    if shared.is_busy(st.ino) && !urgent {
+        // Its last close makes it due again.
+        return Ok(Outcome::Done);
+    }
+    upload(shared, path, &st, urgent).await
+}
+
+/// Reads the file in a blocking task: all of it (small files) or one chunk.
+async fn read_all(file: Arc<std::fs::File>, path: &Path) -> Result<Vec<u8>, SyncError> {
+    tokio::task::spawn_blocking(move || {
+        let mut buf = Vec::new();
+        (&*file).read_to_end(&mut buf).map(|_| buf)
+    })
+    .await
+    .expect("read task does not panic")
+    .map_err(local_err(path))
+}
+
+async fn read_chunk(
+    file: Arc<std::fs::File>,
+    offset: u64,
+    len: usize,
+    path: &Path,
+) -> Result<Vec<u8>, SyncError> {
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        let mut filled = 0;
+        while filled < len {
+            match file.read_at(&mut buf[filled..], offset + filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(buf)
+    })
+    .await
+    .expect("read task does not panic")
+    .map_err(local_err(path))
+}
+
+/// Uploads a consistent snapshot of a closed file, or nothing.
+async fn upload(
+    shared: &Shared,
+    path: &Path,
+    st: &Stat,
+    urgent: bool,
+) -> Result<Outcome, SyncError> {
+    let retry = Outcome::Later(shared.opts.upload_delay.max(Duration::from_millis(50)));
+    let file = match shared.local.open_file_beneath(path) {
+        Ok(f) => Arc::new(f),
+        Err(e) if is_gone(&e) => return Ok(Outcome::Done),
+        Err(e) => return Err(local_err(path)(e)),
+    };
+    let id = Identity::of(st);
+    let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
+        let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
+        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
+    };
+    if !unchanged(&file)? {
+        return Ok(retry);
+    }
+    let meta_of = |sha256: String| FileMeta {
+        mtime_ns: ns(st.mtime),
+        mode: st.mode & 0o7777,
+        sha256,
+    };
+    let sha256 = if st.size <= SINGLE_PUT_MAX {
+        let data = read_all(Arc::clone(&file), path).await?;
+        if !unchanged(&file)? || data.len() as u64 != st.size {
+            return Ok(retry);
+        }
+        let sha = hex::encode(Sha256::digest(&data));
+        shared
+            .bucket
+            .put_bytes(path, data.into(), &meta_of(sha.clone()))
+            .await?;
+        sha
+    } else {
+        // Pass 1 computes the checksum the object's metadata carries; pass 2 streams the
+        // bytes, and the upload is only completed if they hash the same and the file's
+        // identity never moved.
+        let chunk = crate::bucket::PART_SIZE;
+        let mut hasher = Sha256::new();
+        let mut off = 0;
+        while off < st.size {
+            let buf = read_chunk(Arc::clone(&file), off, chunk, path).await?;
+            if buf.is_empty() {
+                return Ok(retry);
+            }
+            hasher.update(&buf);
+            off += buf.len() as u64;
+        }
+        let sha = hex::encode(hasher.finalize());
+        if !unchanged(&file)? {
+            return Ok(retry);
+        }
+        let mut up = shared
+            .bucket
+            .start_upload(path, &meta_of(sha.clone()))
+            .await?;
+        let mut hasher = Sha256::new();
+        let mut off = 0;
+        while off < st.size {
+            let buf = match read_chunk(Arc::clone(&file), off, chunk, path).await {
+                Ok(b) if !b.is_empty() => b,
+                Ok(_) => {
+                    let _ = up.abort().await;
+                    return Ok(retry);
+                }
+                Err(e) => {
+                    let _ = up.abort().await;
+                    return Err(e);
+                }
+            };
+            hasher.update(&buf);
+            off += buf.len() as u64;
+            if let Err(e) = up.write(&buf).await {
+                let _ = up.abort().await;
+                return Err(e.into());
+            }
+        }
+        if hex::encode(hasher.finalize()) != sha || !unchanged(&file)? {
+            let _ = up.abort().await;
+            return Ok(retry);
+        }
+        up.finish(&shared.bucket).await?;
+        sha
+    };
+    shared.records.set(
+        path,
+        Record {
+            id,
+            sha256: sha256.clone(),
+            dir: false,
+        },
+    );
+    shared.stats.uploads.fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .upload_bytes
+        .fetch_add(st.size, Ordering::Relaxed);
+    debug!(path = %path.display(), bytes = st.size, "uploaded");
+    Ok(Outcome::Done)
+}
+
+fn exists_locally(shared: &Shared, path: &Path) -> bool {
+    !matches!(shared.local.stat_beneath(path), Err(e) if is_gone(&e))
+}
+
+/// Deletes the object of a removed file, unless the path exists again.
+async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
+    if exists_locally(shared, path) {
+        return Ok(());
+    }
+    shared.bucket.delete(path).await?;
+    shared.records.remove(path);
+    shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Deletes every object at or below a removed directory whose local path is absent.
+async fn remove_tree(shared: &Shared, dir: &Path) -> Result<(), SyncError> {
+    for obj in shared.bucket.list(Some(dir)).await? {
+        if exists_locally(shared, &obj.rel) {
+            continue;
+        }
+        if obj.is_dir_marker {
+            shared.bucket.delete_dir_marker(&obj.rel).await?;
+        } else {
+            shared.bucket.delete(&obj.rel).await?;
+        }
+        shared.records.remove(&obj.rel);
+        shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
+    }
+    if !exists_locally(shared, dir) {
+        shared.records.remove_tree(dir);
+    }
+    Ok(())
+}
+
+async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncError> {
+    match intent {
+        Intent::Remove { path, dir: false } => {
+            remove_file(shared, path).await.map(|_| Outcome::Done)
+        }
+        Intent::Remove { path, dir: true } => {
+            remove_tree(shared, path).await.map(|_| Outcome::Done)
+        }
+        Intent::Rename {
+            from,
+            to,
+            dir: false,
+        } => {
+            // A file whose bytes the bucket already has under the old name is copied there.
+            if let (Some(rec), Ok(st)) = (shared.records.get(from), shared.local.stat_beneath(to)) {
+                let now = Identity::of(&st);
+                let same = !rec.dir
+                    && rec.id.ino == now.ino
+                    && rec.id.size == now.size
+                    && rec.id.mtime_ns == now.mtime_ns;
+                if same && st.is_file() && shared.bucket.copy(from, to).await.is_ok() {
+                    shared.records.set(to, Record { id: now, ..rec });
+                    shared.stats.copies.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            remove_file(shared, from).await?;
+            Ok(Outcome::Touch(vec![to.clone()]))
+        }
+        Intent::Rename {
+            from,
+            to,
+            dir: true,
+        } => {
+            remove_tree(shared, from).await?;
+            let mut paths = vec![to.clone()];
+            match shared.local.walk_from(to, shared.skip.as_deref()) {
+                Ok(entries) => paths.extend(entries.into_iter().map(|(p, _)| p)),
+                Err(e) if is_gone(&e) => {}
+                Err(e) => return Err(local_err(to)(e)),
+            }
+            Ok(Outcome::Touch(paths))
+        }
+    }
+}
+
+/// Start-up reconcile: which local files and directories the bucket lacks or holds stale.
+async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
+    let listing = shared.bucket.list(None).await?;
+    let in_bucket: HashMap<&Path, (u64, bool)> = listing
+        .iter()
+        .map(|o| (o.rel.as_path(), (o.size, o.is_dir_marker)))
+        .collect();
+    let local = shared
+        .local
+        .walk(shared.skip.as_deref())
+        .map_err(local_err(Path::new(".")))?;
+    let mut seen = HashSet::new();
+    let mut touch = Vec::new();
+    for (path, st) in &local {
+        if !(st.is_file() || st.is_dir()) {
+            continue;
+        }
+        seen.insert(path.as_path());
+        let rec = shared.records.get(path);
+        let fresh = match (&rec, in_bucket.get(path.as_path())) {
+            (Some(r), Some((_, true))) if st.is_dir() => r.dir,
+            (Some(r), Some((size, false))) if st.is_file() => {
+                !r.dir && r.id == Identity::of(st) && *size == st.size
+            }
+            _ => false,
+        };
+        if !fresh {
+            // Forget a record the bucket no longer backs, so the sync uploads again.
+            shared.records.remove(path);
+            touch.push(path.clone());
+        }
+    }
+    for p in shared.records.paths() {
+        if !seen.contains(p.as_path()) && !in_bucket.contains_key(p.as_path()) {
+            shared.records.remove(&p);
+        }
+    }
+    Ok(Outcome::Touch(touch))
+}
