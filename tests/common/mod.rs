@@ -153,7 +153,7 @@ impl Mounted {
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(rustix::process::Signal::TERM);
         let st = self
-            .wait_exit(Duration::from_secs(30))
+            .wait_exit(Duration::from_secs(60))
             .unwrap_or_else(|| panic!("etlfs did not stop:\n{}", self.log()));
         assert!(!is_mounted(&self.mnt), "still mounted after etlfs exited");
         st
