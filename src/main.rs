@@ -70,8 +70,11 @@ enum Command {
 
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        // fuser logs an expected double-unmount attempt as a warning at every clean shutdown.
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fuser=error"));
+        // fuser logs an expected double-unmount attempt as a warning at every clean shutdown;
+        // object_store logs every internal retry at info, which floods the log in an outage.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,fuser=error,object_store=warn")
+        });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

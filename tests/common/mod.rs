@@ -32,6 +32,8 @@ pub struct Mounted {
     pub local: PathBuf,
     child: Option<Child>,
     log: PathBuf,
+    args: Vec<std::ffi::OsString>,
+    filter: String,
 }
 
 /// How to mount.
@@ -73,30 +75,62 @@ impl Mounted {
             fs::write(p, data).unwrap();
         }
         let log = tmp.path().join("etlfs.log");
-        let mut cmd = Command::new(ETLFS);
-        cmd.arg("mount");
+        let mut args: Vec<std::ffi::OsString> = vec!["mount".into()];
         if opts.separate_local {
-            cmd.arg("--local").arg(&local);
+            args.push("--local".into());
+            args.push(local.clone().into());
         }
-        cmd.args(&opts.args).arg(&mnt);
+        args.extend(opts.args.iter().map(Into::into));
+        args.push(mnt.clone().into());
         let filter = opts
             .log_filter
             .clone()
-            .or_else(|| std::env::var("ETLFS_TEST_LOG").ok());
-        cmd.env("RUST_LOG", filter.unwrap_or_else(|| "info".into()));
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap());
-        let child = cmd.spawn().expect("spawn etlfs");
+            .or_else(|| std::env::var("ETLFS_TEST_LOG").ok())
+            .unwrap_or_else(|| "info".into());
         let mut m = Mounted {
             _tmp: tmp,
             mnt,
             local,
-            child: Some(child),
+            child: None,
             log,
+            args,
+            filter,
         };
+        m.spawn();
         m.wait_mounted();
         m
+    }
+
+    fn spawn(&mut self) {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(ETLFS)
+            .args(&self.args)
+            .env("RUST_LOG", &self.filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etlfs");
+        self.child = Some(child);
+    }
+
+    /// Starts the daemon again with the same arguments over the same directories, after it
+    /// died (a crash test): clears the dead mount first.
+    pub fn respawn(&mut self) {
+        let child = self.child.as_mut().unwrap();
+        assert!(
+            child.try_wait().unwrap().is_some(),
+            "respawn needs the old daemon gone"
+        );
+        if is_mounted(&self.mnt) {
+            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        }
+        self.spawn();
+        self.wait_mounted();
     }
 
     fn wait_mounted(&mut self) {
