@@ -5,7 +5,6 @@
 
 mod common;
 #[path = "common/servers.rs"]
-#[allow(dead_code)]
 mod servers;
 
 use std::collections::BTreeMap;
