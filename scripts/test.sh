@@ -3,7 +3,8 @@
 # run it the same way locally: `bash scripts/test.sh`.
 #
 # 1. Checks the machine (root, /dev/fuse) and installs what the tests need if it is missing.
-# 2. Starts the servers tests talk to (none yet), and stops them again on exit.
+# 2. Starts the object-storage servers the tests talk to (scripts/servers.sh), and stops them
+#    again on exit.
 # 3. Runs `cargo fmt --check` and `cargo clippy`, then the whole test suite with
 #    cargo-nextest (or `cargo test` where nextest is not installed). A failing format or
 #    lint check does not stop the tests from running, but makes the script fail; the last
@@ -97,31 +98,29 @@ ensure_pjdfstest
 # ---------------------------------------------------------------------------------------------
 # Servers for the tests
 # ---------------------------------------------------------------------------------------------
-# Local stand-ins for remote services (e.g. ensure_moto / ensure_azurite to come). Rules:
+# Local stand-ins for the object stores (scripts/servers.sh): moto (S3), Azurite (Azure Blob)
+# and fake-gcs-server behind scripts/gcs_adapter.py (GCS). Rules:
 # - listen on 127.0.0.1 only, never on all interfaces;
-# - wait until the server answers before going on;
-# - add the PID to SERVER_PIDS, and export the endpoint for the tests in an environment
-#   variable.
+# - wait until each server answers before going on;
+# - export the endpoints for the tests (ETLFS_TEST_*; tests/common/servers.rs reads them).
 # They are stopped when this script exits, however it exits.
 
-SERVER_PIDS=()
+# shellcheck source=scripts/servers.sh
+source scripts/servers.sh
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 stop_servers() {
-    local pid
-    for pid in "${SERVER_PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${SERVER_PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
+    servers_stop >/dev/null 2>&1 || true
 }
 trap stop_servers EXIT
 # Without these, bash dies on SIGINT/SIGTERM without running the EXIT trap.
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# (no servers yet)
+log "installing the test servers (moto, Azurite, fake-gcs-server) if missing"
+servers_install
+log "starting the test servers on 127.0.0.1"
+servers_start
 
 # ---------------------------------------------------------------------------------------------
 # Checks and tests
