@@ -15,12 +15,14 @@
 //! directory against its upload records and the bucket (see `mirror/`).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
+
+use crate::state::StateDir;
 
 /// What the application did that the bucket must follow.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,7 +55,6 @@ struct Inner {
 /// The journal file in the state directory.
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
     inner: Mutex<Inner>,
 }
 
@@ -62,14 +63,18 @@ pub const FILE_NAME: &str = "journal.jsonl";
 
 impl Journal {
     /// Opens (or creates) the journal and returns the intents that were not done, in order.
-    pub fn open(state_dir: &Path) -> io::Result<(Journal, Vec<(u64, Intent)>)> {
-        let path = state_dir.join(FILE_NAME);
+    pub fn open(state: &StateDir) -> io::Result<(Journal, Vec<(u64, Intent)>)> {
+        let path = state.path().join(FILE_NAME);
         let mut pending = BTreeMap::new();
         let mut max_seq = 0;
-        if let Ok(f) = File::open(&path) {
-            for line in BufReader::new(f).lines() {
-                let line = line?;
-                match serde_json::from_str::<Line>(&line) {
+        let existing = match state.read(FILE_NAME) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        {
+            for line in existing.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+                match serde_json::from_slice::<Line>(line) {
                     Ok(Line::Intent { seq, intent }) => {
                         max_seq = max_seq.max(seq);
                         pending.insert(seq, intent);
@@ -85,10 +90,9 @@ impl Journal {
                 }
             }
         }
-        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        let file = state.open_append(FILE_NAME)?;
         let replay: Vec<_> = pending.iter().map(|(s, i)| (*s, i.clone())).collect();
         let journal = Journal {
-            path,
             inner: Mutex::new(Inner {
                 file,
                 next_seq: max_seq + 1,
@@ -142,7 +146,7 @@ impl Journal {
 
     /// Size of the journal file in bytes.
     pub fn size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        self.lock().file.metadata().map(|m| m.len()).unwrap_or(0)
     }
 }
 
@@ -160,7 +164,7 @@ mod tests {
     #[test]
     fn pending_intents_survive_a_reopen_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, replay) = Journal::open(dir.path()).unwrap();
+        let (j, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert!(replay.is_empty());
         let a = j.append(rm("a")).unwrap();
         let b = j
@@ -173,7 +177,7 @@ mod tests {
         let c = j.append(rm("c")).unwrap();
         j.done(b).unwrap();
         drop(j);
-        let (j, replay) = Journal::open(dir.path()).unwrap();
+        let (j, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert_eq!(replay, vec![(a, rm("a")), (c, rm("c"))]);
         // sequence numbers keep growing after a reopen
         assert!(j.append(rm("d")).unwrap() > c);
@@ -182,29 +186,29 @@ mod tests {
     #[test]
     fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (j, _) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         j.append(rm("a")).unwrap();
         drop(j);
-        let mut f = OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join(FILE_NAME))
             .unwrap();
         f.write_all(br#"{"seq":2,"intent":{"op":"remo"#).unwrap();
         drop(f);
-        let (_, replay) = Journal::open(dir.path()).unwrap();
+        let (_, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert_eq!(replay.len(), 1);
     }
 
     #[test]
     fn the_file_is_emptied_when_nothing_is_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path()).unwrap();
+        let (j, _) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         let a = j.append(rm("a")).unwrap();
         assert!(j.size() > 0);
         j.done(a).unwrap();
         assert_eq!(j.size(), 0);
         assert_eq!(j.pending(), 0);
-        let (_, replay) = Journal::open(dir.path()).unwrap();
+        let (_, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert!(replay.is_empty());
     }
 }

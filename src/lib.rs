@@ -10,9 +10,11 @@
 pub mod bucket;
 pub mod config;
 pub mod fuse;
+pub mod index;
 pub mod journal;
 pub mod local;
 pub mod mirror;
 pub mod overlay;
 pub mod run;
+pub mod state;
 pub mod sys;

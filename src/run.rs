@@ -29,6 +29,7 @@ use crate::fuse::{EtlFs, FuseOptions};
 use crate::local::LocalDir;
 use crate::mirror::{ChangeSink, Mirror, MirrorOptions};
 use crate::overlay::Overlay;
+use crate::state::StateDir;
 use crate::sys;
 
 /// Name of the default state directory, created inside the served directory.
@@ -236,10 +237,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
+    let state =
+        Arc::new(
+            StateDir::open(&plan.state_dir).map_err(|source| UsageError::Inaccessible {
+                what: "state directory",
+                path: plan.state_dir.clone(),
+                source,
+            })?,
+        );
     let mirror = Mirror::start(
         bucket,
         mirror_local,
-        &plan.state_dir,
+        Arc::clone(&state),
         plan.hidden.clone(),
         MirrorOptions {
             upload_delay: args.upload_delay,

@@ -432,3 +432,37 @@ fn sigkill_mid_write_storm_loses_nothing_closed() {
     }
     assert!(m.stop().success());
 }
+
+/// The upload records survive a clean stop (the state directory is inside the mounted one, so
+/// they are written through a descriptor opened before the mount): a restart uploads nothing
+/// that is already in the bucket.
+#[test]
+fn restart_after_a_clean_stop_uploads_nothing_again() {
+    let t = target("filesystem");
+    let files = (0..5)
+        .map(|i| (format!("d/f{i}"), vec![i as u8; 1000]))
+        .collect();
+    let (mut m, _cfg) = mount(&t, &[], files);
+    let rt = rt();
+    wait_for(&rt, t.store().as_ref(), None, 30, |s| s.len() == 6);
+    assert!(m.stop().success());
+    assert!(
+        m.local.join(".etlfs/uploads.json").is_file(),
+        "records not saved:\n{}",
+        m.log()
+    );
+    m.respawn();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !m
+        .log()
+        .contains("reconciled the directory with the bucket to_upload=0")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restart re-uploaded files:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(m.stop().success());
+}

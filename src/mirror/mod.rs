@@ -58,6 +58,7 @@ use crate::bucket::Bucket;
 pub use crate::journal::Intent;
 use crate::journal::Journal;
 use crate::local::LocalDir;
+use crate::state::StateDir;
 pub use records::{Identity, Record, Records};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
@@ -168,13 +169,13 @@ impl Mirror {
     pub fn start(
         bucket: Bucket,
         local: LocalDir,
-        state_dir: &Path,
+        state: Arc<StateDir>,
         skip: Option<PathBuf>,
         opts: MirrorOptions,
         rt: &tokio::runtime::Handle,
     ) -> io::Result<Arc<Mirror>> {
-        let (journal, replay) = Journal::open(state_dir)?;
-        let records = Records::load(state_dir)?;
+        let (journal, replay) = Journal::open(&state)?;
+        let records = Records::load(state)?;
         if !replay.is_empty() {
             tracing::info!(
                 intents = replay.len(),

@@ -12,12 +12,13 @@
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::local::Stat;
+use crate::state::StateDir;
 
 /// The local file an upload was taken from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,15 +63,15 @@ pub const FILE_NAME: &str = "uploads.json";
 /// The record table.
 #[derive(Debug)]
 pub struct Records {
-    path: PathBuf,
+    state: Arc<StateDir>,
     map: Mutex<HashMap<PathBuf, Record>>,
     dirty: AtomicBool,
 }
 
 impl Records {
-    pub fn load(state_dir: &Path) -> io::Result<Records> {
-        let path = state_dir.join(FILE_NAME);
-        let map = match std::fs::read(&path) {
+    pub fn load(state: Arc<StateDir>) -> io::Result<Records> {
+        let path = state.path().join(FILE_NAME);
+        let map = match state.read(FILE_NAME) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 // A damaged record file costs re-uploads, never data: start over.
                 tracing::warn!(file = %path.display(), error = %e, "upload records unreadable; every file will be checked against the bucket");
@@ -80,7 +81,7 @@ impl Records {
             Err(e) => return Err(e),
         };
         Ok(Records {
-            path,
+            state,
             map: Mutex::new(map),
             dirty: AtomicBool::new(false),
         })
@@ -134,8 +135,7 @@ impl Records {
             return Ok(());
         }
         let bytes = serde_json::to_vec(&*self.lock()).map_err(io::Error::other)?;
-        let tmp = self.path.with_extension("json.tmp");
-        let res = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, &self.path));
+        let res = self.state.write_atomic(FILE_NAME, &bytes);
         if res.is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
@@ -164,23 +164,32 @@ mod tests {
     #[test]
     fn records_persist_and_prune() {
         let dir = tempfile::tempdir().unwrap();
-        let r = Records::load(dir.path()).unwrap();
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
         r.set(Path::new("a/b"), rec(1));
         r.set(Path::new("a/c"), rec(2));
         r.set(Path::new("d"), rec(3));
         r.save().unwrap();
-        let r = Records::load(dir.path()).unwrap();
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
         assert_eq!(r.get(Path::new("a/b")), Some(rec(1)));
         r.remove_tree(Path::new("a"));
         assert_eq!(r.paths(), vec![PathBuf::from("d")]);
         r.save().unwrap();
-        assert_eq!(Records::load(dir.path()).unwrap().len(), 1);
+        assert_eq!(
+            Records::load(Arc::new(StateDir::open(dir.path()).unwrap()))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn a_damaged_file_means_start_over() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(FILE_NAME), b"{not json").unwrap();
-        assert!(Records::load(dir.path()).unwrap().is_empty());
+        assert!(
+            Records::load(Arc::new(StateDir::open(dir.path()).unwrap()))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -49,7 +49,7 @@ impl Env {
         let mirror = Mirror::start(
             bucket,
             LocalDir::open(&root).unwrap(),
-            &root.join(".etlfs"),
+            Arc::new(crate::state::StateDir::open(&root.join(".etlfs")).unwrap()),
             Some(".etlfs".into()),
             opts,
             rt.handle(),
@@ -237,7 +237,8 @@ fn restart_uploads_preexisting_and_replays_removals() {
     // Simulate a crash after the unlink was journaled and done locally, before the bucket saw
     // it: append the intent by hand and remove the file underneath.
     let state = tmp.path().join("d/.etlfs");
-    let (j, _) = crate::journal::Journal::open(&state).unwrap();
+    let (j, _) =
+        crate::journal::Journal::open(&crate::state::StateDir::open(&state).unwrap()).unwrap();
     j.append(Intent::Remove {
         path: "gone".into(),
         dir: false,

@@ -1,0 +1,157 @@
+//! The state directory (journal, upload records, download temporaries), reached by descriptor.
+//!
+//! By default the state directory lives inside the served directory, which etlfs then mounts
+//! over: after the mount its path leads into etlfs itself, where it is hidden. So it is opened
+//! once, before the mount, and every file in it is reached relative to that descriptor.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::sys;
+
+/// The state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    fd: OwnedFd,
+    path: PathBuf,
+    dev: u64,
+    next_tmp: AtomicU64,
+}
+
+fn name(n: &str) -> CString {
+    CString::new(n).expect("state file names contain no NUL")
+}
+
+impl StateDir {
+    /// Opens an existing directory. Call before mounting over it.
+    pub fn open(path: &Path) -> io::Result<StateDir> {
+        let fd = sys::openat(
+            sys::at_fdcwd(),
+            &sys::cstr(path.as_os_str())?,
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        let dev = sys::fstatat(fd.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?.st_dev;
+        Ok(StateDir {
+            fd,
+            path: path.to_owned(),
+            dev,
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    /// The path, for messages only.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// The device the directory is on (files fetched here are renamed into the served tree,
+    /// which only works on the same filesystem).
+    pub fn dev(&self) -> u64 {
+        self.dev
+    }
+
+    /// Reads a whole file; `NotFound` if it does not exist.
+    pub fn read(&self, file: &str) -> io::Result<Vec<u8>> {
+        let mut f = File::from(sys::openat(self.fd(), &name(file), libc::O_RDONLY, 0)?);
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// Opens (creating) a file for appending.
+    pub fn open_append(&self, file: &str) -> io::Result<File> {
+        Ok(File::from(sys::openat(
+            self.fd(),
+            &name(file),
+            libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT,
+            0o600,
+        )?))
+    }
+
+    /// Replaces a file atomically (temp file + rename): a crash leaves the old or the new one.
+    pub fn write_atomic(&self, file: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = name(&format!("{file}.tmp"));
+        let mut f = File::from(sys::openat(
+            self.fd(),
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o600,
+        )?);
+        f.write_all(bytes)?;
+        drop(f);
+        sys::renameat2(self.fd(), &tmp, self.fd(), &name(file), 0)
+    }
+
+    /// Creates a new, uniquely named temporary file for a download. Returns it and its name.
+    pub fn create_temp(&self, mode: u32) -> io::Result<(File, CString)> {
+        loop {
+            let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+            let tmp = name(&format!("fetch-{}-{n}.tmp", std::process::id()));
+            match sys::openat(
+                self.fd(),
+                &tmp,
+                libc::O_RDWR | libc::O_CREAT | libc::O_EXCL,
+                mode,
+            ) {
+                Ok(fd) => return Ok((File::from(fd), tmp)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Removes a file (a temporary that is not needed any more).
+    pub fn remove(&self, file: &CString) -> io::Result<()> {
+        sys::unlinkat(self.fd(), file, 0)
+    }
+
+    /// Removes leftover download temporaries of earlier runs.
+    pub fn clean_temps(&self) {
+        let Ok(entries) = std::fs::read_dir(Path::new(
+            sys::fd_path(self.fd()).to_str().unwrap_or_default(),
+        )) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let n = e.file_name();
+            let s = n.to_string_lossy();
+            if s.starts_with("fetch-") && s.ends_with(".tmp") {
+                let _ = sys::unlinkat(self.fd(), &name(&s), 0);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_are_reached_through_the_descriptor() {
+        let tmp = tempfile::tempdir().unwrap();
+        let st = StateDir::open(tmp.path()).unwrap();
+        st.write_atomic("a.json", b"one").unwrap();
+        st.write_atomic("a.json", b"two").unwrap();
+        assert_eq!(st.read("a.json").unwrap(), b"two");
+        let mut f = st.open_append("log").unwrap();
+        f.write_all(b"x").unwrap();
+        assert_eq!(st.read("log").unwrap(), b"x");
+        let (_, t) = st.create_temp(0o600).unwrap();
+        assert!(tmp.path().join(t.to_str().unwrap()).exists());
+        st.clean_temps();
+        assert!(!tmp.path().join(t.to_str().unwrap()).exists());
+        assert_eq!(
+            st.read("missing").unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
+    }
+}
