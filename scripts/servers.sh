@@ -44,6 +44,11 @@
 #             outage of the shared endpoint hits every test running at the time.
 #     remove PORT      stops a private front for good.
 #
+# moto quirk: its WSGI server drops request headers whose name contains "_", so stock
+# moto_server silently loses user metadata such as x-amz-meta-etlfs_sha256 (real S3 keeps it).
+# moto runs here through a small launcher (RUN_DIR/bin/moto_server.py) that carries those
+# names through; tests/servers.rs checks the metadata round trip on every server.
+#
 # Settings (environment): ETLFS_TEST_CACHE (default ~/.cache/etlfs-test), ETLFS_TEST_PYTHON
 # (the python3 used to make the venv), TMPDIR (where the run directory goes),
 # ETLFS_TEST_KEEP_SERVERS_DIR=1 (servers_stop keeps the run directory and its logs).
@@ -303,7 +308,26 @@ _servers_spawn() {
         _servers_err "$name did not start (see $dir/logs/$name.log)"
         return 1
     }
-    cat "$pidfile" >>"$dir/pids.all"
+    _servers_locked "$dir" _servers_append_pid "$dir" "$(<"$pidfile")"
+}
+
+# _servers_locked DIR COMMAND...: runs COMMAND holding the lock of DIR/pids.all (ctl scripts
+# of tests running in parallel change it at the same time).
+_servers_locked() {
+    local dir=$1 rc=0
+    shift
+    {
+        flock -x 9 || return 1
+        "$@" || rc=$?
+    } 9>>"$dir/pids.lock"
+    return "$rc"
+}
+
+_servers_append_pid() { printf '%s\n' "$2" >>"$1/pids.all"; }
+
+_servers_forget_pid() {
+    grep -vx -- "$2" "$1/pids.all" >"$1/pids.all.new" || true
+    mv "$1/pids.all.new" "$1/pids.all"
 }
 
 # _servers_wait NAME URL [SECONDS]: waits until URL answers with any HTTP status while the
@@ -474,11 +498,8 @@ servers_stop_one() {
     pid=$(_servers_front_pid "$dir" "$front")
     [[ -n $pid ]] && _servers_kill "$pid"
     rm -f "$dir/pids/$front"
-    if [[ -n $pid ]]; then
-        # Forget the PID, so that servers_stop cannot hit a later process that reuses it.
-        grep -vx -- "$pid" "$dir/pids.all" >"$dir/pids.all.new" || true
-        mv "$dir/pids.all.new" "$dir/pids.all"
-    fi
+    # Forget the PID, so that servers_stop cannot hit a later process that reuses it.
+    [[ -z $pid ]] || _servers_locked "$dir" _servers_forget_pid "$dir" "$pid"
 }
 
 # servers_start_one NAME [PORT]: ends an outage: starts the front again on the same port (and
