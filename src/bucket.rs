@@ -102,6 +102,9 @@ pub struct FileMeta {
     pub mode: u32,
     /// Lowercase hex SHA-256 of the body.
     pub sha256: String,
+    /// Owner (uid, gid), so a restored file is readable by the application that wrote it.
+    #[serde(default)]
+    pub owner: Option<(u32, u32)>,
 }
 
 impl FileMeta {
@@ -265,6 +268,16 @@ impl Bucket {
             Attribute::Metadata("etlfs_sha256".into()),
             meta.sha256.clone().into(),
         );
+        if let Some((uid, gid)) = meta.owner {
+            attrs.insert(
+                Attribute::Metadata("etlfs_uid".into()),
+                uid.to_string().into(),
+            );
+            attrs.insert(
+                Attribute::Metadata("etlfs_gid".into()),
+                gid.to_string().into(),
+            );
+        }
         attrs
     }
 
@@ -411,6 +424,30 @@ impl Bucket {
         res.bytes().await.map_err(BucketError::store("get", &key))
     }
 
+    /// The object's bytes as a stream of chunks (large objects never sit in memory whole).
+    pub async fn get_stream(
+        &self,
+        rel: &Path,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
+        let key = self.key(rel)?;
+        let res = self
+            .store
+            .get(&key)
+            .await
+            .map_err(BucketError::store("get", &key))?;
+        let shown = key.to_string();
+        Ok(Box::pin(futures::StreamExt::map(
+            res.into_stream(),
+            move |r| {
+                r.map_err(|source| BucketError::Store {
+                    op: "get",
+                    key: shown.clone(),
+                    source,
+                })
+            },
+        )))
+    }
+
     /// The etlfs metadata of an object, if it carries any.
     pub async fn meta(&self, rel: &Path) -> Result<Option<FileMeta>> {
         if !self.user_metadata {
@@ -460,6 +497,10 @@ impl Bucket {
             mode: u32::from_str_radix(&mode, 8)
                 .map_err(|e| bad(format!("etlfs_mode {mode:?}: {e}")))?,
             sha256,
+            owner: match (get("etlfs_uid"), get("etlfs_gid")) {
+                (Some(u), Some(g)) => u.parse().ok().zip(g.parse().ok()),
+                _ => None,
+            },
         }))
     }
 }
@@ -569,6 +610,7 @@ mod tests {
                 mtime_ns: 1_700_000_000_123_456_789,
                 mode: 0o600,
                 sha256: "ab".repeat(32),
+                owner: Some((1001, 1002)),
             };
             b.put_bytes(Path::new("d/f"), Bytes::from_static(b"hello"), &meta)
                 .await
@@ -613,6 +655,7 @@ mod tests {
             mtime_ns: 0,
             mode: 0o644,
             sha256: String::new(),
+            owner: None,
         };
         let mut up = b.start_upload(Path::new("big"), &meta).await.unwrap();
         up.write(&vec![7u8; PART_SIZE + 10]).await.unwrap();

@@ -35,6 +35,8 @@ pub struct RemoteFile {
     pub mode: u32,
     /// Hex SHA-256 to verify a download against, when the object carries one.
     pub sha256: Option<String>,
+    /// Owner (uid, gid) recorded at upload; `None`: the parent directory's owner.
+    pub owner: Option<(u32, u32)>,
     /// Where the bytes are in the bucket: the path itself, or the old name of a file renamed
     /// while only in the bucket, until the mirror has moved the object.
     pub source: PathBuf,
@@ -150,17 +152,18 @@ impl Index {
                 inner.link(d, true);
             }
             for (obj, meta) in metas {
-                let (mtime, mode, sha256) = match meta {
+                let (mtime, mode, sha256, owner) = match meta {
                     Ok(Some(m)) => (
                         m.mtime(),
                         m.mode & 0o7777,
-                        Some(m.sha256).filter(|s| !s.is_empty()),
+                        Some(m.sha256.clone()).filter(|s| !s.is_empty()),
+                        m.owner,
                     ),
-                    Ok(None) => (obj.last_modified, 0o644, None),
+                    Ok(None) => (obj.last_modified, 0o644, None, None),
                     Err(BucketError::NotFound { .. }) => continue, // deleted while we listed
                     Err(e) => {
                         tracing::warn!(path = %obj.rel.display(), error = %e, "unreadable object metadata; serving the object with defaults");
-                        (obj.last_modified, 0o644, None)
+                        (obj.last_modified, 0o644, None, None)
                     }
                 };
                 inner.link(&obj.rel, false);
@@ -172,6 +175,7 @@ impl Index {
                         mtime,
                         mode,
                         sha256,
+                        owner,
                         source: rel,
                     },
                 );
@@ -333,6 +337,7 @@ mod tests {
             mtime_ns: 1_700_000_000_000_000_000,
             mode: 0o600,
             sha256: "ab".repeat(32),
+            owner: None,
         };
         b.put_bytes(Path::new("bingen/1d/x"), Bytes::from_static(b"xyz"), &meta)
             .await
@@ -395,6 +400,7 @@ mod tests {
             mtime: SystemTime::UNIX_EPOCH,
             mode: 0o644,
             sha256: None,
+            owner: None,
             source: PathBuf::from(p),
         };
         idx.insert(Path::new("d/a"), f("d/a"));

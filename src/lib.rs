@@ -9,6 +9,7 @@
 
 pub mod bucket;
 pub mod config;
+pub mod fetch;
 pub mod fuse;
 pub mod index;
 pub mod journal;

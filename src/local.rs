@@ -509,6 +509,35 @@ impl LocalDir {
         self.stat(fd.as_fd())
     }
 
+    /// Creates a directory (parents must exist) with mode 0755 owned like the root, unless
+    /// something is there already.
+    pub fn mkdir_beneath(&self, rel: &Path) -> io::Result<()> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Ok(());
+        };
+        let parent_fd = if parent.as_os_str().is_empty() {
+            self.root.try_clone()?
+        } else {
+            self.open_beneath(
+                parent,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?
+        };
+        let cname = single_component(name)?;
+        match sys::mkdirat(parent_fd.as_fd(), &cname, 0o755) {
+            Ok(()) => sys::fchownat(
+                parent_fd.as_fd(),
+                &cname,
+                self.root_stat.uid,
+                self.root_stat.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a regular file beneath the served directory for reading.
     pub fn open_file_beneath(&self, rel: &Path) -> io::Result<File> {
         Ok(File::from(self.open_beneath(

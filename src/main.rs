@@ -63,6 +63,10 @@ enum Command {
         /// On SIGTERM, how long to keep uploading pending changes before exiting.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         drain_timeout: std::time::Duration,
+        /// After mounting, download every file that is only in the bucket, in the background
+        /// (application opens go first), so a new node recovers fully without waiting for reads.
+        #[arg(long)]
+        prefetch: bool,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -99,6 +103,7 @@ fn main() -> ExitCode {
             upload_delay,
             upload_concurrency,
             drain_timeout,
+            prefetch,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -111,6 +116,7 @@ fn main() -> ExitCode {
             upload_delay,
             upload_concurrency,
             drain_timeout,
+            prefetch,
         }),
     };
     match result {

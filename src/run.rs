@@ -25,12 +25,17 @@ use tracing::{info, warn};
 
 use crate::bucket::Bucket;
 use crate::config;
+use crate::fetch::Fetcher;
 use crate::fuse::{EtlFs, FuseOptions};
+use crate::index::Index;
 use crate::local::LocalDir;
 use crate::mirror::{ChangeSink, Mirror, MirrorOptions};
-use crate::overlay::Overlay;
+use crate::overlay::{Overlay, Remote};
 use crate::state::StateDir;
 use crate::sys;
+
+/// Downloads of bucket-only files in flight at once.
+const FETCH_CONCURRENCY: usize = 8;
 
 /// Name of the default state directory, created inside the served directory.
 pub const DEFAULT_STATE_DIR: &str = ".etlfs";
@@ -50,6 +55,8 @@ pub struct MountArgs {
     pub upload_delay: std::time::Duration,
     pub upload_concurrency: usize,
     pub drain_timeout: std::time::Duration,
+    /// Download every bucket-only file in the background after mounting.
+    pub prefetch: bool,
 }
 
 /// Invocation errors: reported with exit code 2.
@@ -76,6 +83,10 @@ pub enum UsageError {
     StateIsRoot { state: PathBuf },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
+    #[error(
+        "state directory {state}: must be on the same filesystem as the served directory (downloads are renamed into place)"
+    )]
+    StateOnOtherFilesystem { state: PathBuf },
     #[error("{local}: has no parent directory to keep the default bucket in; pass --config")]
     NoDefaultBucketPlace { local: PathBuf },
 }
@@ -222,6 +233,25 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
     info!(bucket = %bucket_cfg.describe, prefix = bucket.prefix(), "bucket");
 
+    // Signal handlers go in first: a SIGTERM while the bucket listing loads must stop us, and
+    // one that arrives right after the mount must unmount it, not kill us and leave a dead
+    // mount behind.
+    let (tx, rx) = mpsc::channel();
+    let session_tx = tx.clone();
+    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
+        .context("installing signal handlers")?;
+    let handle = signals.handle();
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                if tx.send(Event::Signal(sig)).is_err() {
+                    break;
+                }
+            }
+        })
+        .context("starting the signal thread")?;
+
     let open_local = || {
         LocalDir::open(&plan.local).map_err(|source| UsageError::Inaccessible {
             what: "local directory",
@@ -229,14 +259,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             source,
         })
     };
-    // Both opened before the mount covers the directory.
-    let (local, mirror_local) = (open_local()?, open_local()?);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("etlfs-io")
-        .enable_all()
-        .build()
-        .context("starting the I/O runtime")?;
+    // All opened before the mount covers the directory.
+    let (local, mirror_local, fetch_local) = (open_local()?, open_local()?, open_local()?);
     let state =
         Arc::new(
             StateDir::open(&plan.state_dir).map_err(|source| UsageError::Inaccessible {
@@ -245,8 +269,36 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 source,
             })?,
         );
+    if state.dev() != local.root_stat().dev {
+        return Err(UsageError::StateOnOtherFilesystem {
+            state: plan.state_dir.clone(),
+        }
+        .into());
+    }
+    state.clean_temps();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("etlfs-io")
+        .enable_all()
+        .build()
+        .context("starting the I/O runtime")?;
+
+    // The mount is only useful once it can show what the bucket holds: an application that
+    // found an empty directory might rebuild its data and overwrite good backups. So wait for
+    // the listing, retrying, until it loads or we are told to stop.
+    let Some(index) = load_index(&rt, &bucket, &rx)? else {
+        return Ok(());
+    };
+    let index = Arc::new(index);
+    prepare_local_tree(&local, &index, plan.hidden.as_deref());
+    info!(
+        bucket_only_files = index.len(),
+        refused_keys = index.refused(),
+        "bucket listing loaded"
+    );
+
     let mirror = Mirror::start(
-        bucket,
+        bucket.clone(),
         mirror_local,
         Arc::clone(&state),
         plan.hidden.clone(),
@@ -254,13 +306,31 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             upload_delay: args.upload_delay,
             concurrency: args.upload_concurrency.max(1),
         },
+        Some(Arc::clone(&index)),
         rt.handle(),
     )
     .with_context(|| format!("opening the journal in {}", plan.state_dir.display()))?;
     let sink: Arc<dyn ChangeSink> = Arc::clone(&mirror) as Arc<dyn ChangeSink>;
-    let overlay = Arc::new(
-        Overlay::new(local, plan.hidden.as_deref(), sink).context("setting up the overlay")?,
+    let fetcher = Fetcher::new(
+        bucket,
+        fetch_local,
+        state,
+        Arc::clone(&index),
+        Arc::clone(&sink),
+        FETCH_CONCURRENCY,
     );
+    let overlay = Arc::new(
+        Overlay::new(local, plan.hidden.as_deref(), sink)
+            .context("setting up the overlay")?
+            .with_remote(Remote {
+                index: Arc::clone(&index),
+                fetcher: Arc::clone(&fetcher),
+                rt: rt.handle().clone(),
+            }),
+    );
+    if args.prefetch {
+        rt.spawn(prefetch(Arc::clone(&fetcher), Arc::clone(&index)));
+    }
     let fs = EtlFs::new(
         Arc::clone(&overlay),
         FuseOptions {
@@ -279,24 +349,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
-
-    // Signal handlers go in before the mount exists: a SIGTERM that arrives right after the
-    // mount must unmount it, not kill us and leave a dead mount behind.
-    let (tx, rx) = mpsc::channel();
-    let session_tx = tx.clone();
-    let mut signals = signal_hook::iterator::Signals::new([libc::SIGTERM, libc::SIGINT])
-        .context("installing signal handlers")?;
-    let handle = signals.handle();
-    thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for sig in signals.forever() {
-                if tx.send(Event::Signal(sig)).is_err() {
-                    break;
-                }
-            }
-        })
-        .context("starting the signal thread")?;
 
     let session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|e| {
         if e.raw_os_error() == Some(libc::EPERM) || e.kind() == std::io::ErrorKind::PermissionDenied
@@ -407,4 +459,71 @@ fn unmount(mountpoint: &Path) {
         }
         Err(e) => warn!(error = %e, "unmount failed"),
     }
+}
+
+/// Loads the bucket index, retrying with backoff while the bucket is unreachable. `None` if a
+/// signal asked us to stop first.
+fn load_index(
+    rt: &tokio::runtime::Runtime,
+    bucket: &Bucket,
+    signals: &mpsc::Receiver<Event>,
+) -> anyhow::Result<Option<Index>> {
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        match rt.block_on(Index::load(bucket)) {
+            Ok(index) => return Ok(Some(index)),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+            }
+        }
+        match signals.recv_timeout(wait) {
+            Ok(Event::Signal(sig)) => {
+                info!(signal = sig, "stopping before the mount");
+                return Ok(None);
+            }
+            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Before the mount: every directory the bucket implies exists locally (so only files can be
+/// bucket-only), and files that are local are not bucket-only.
+fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) {
+    for dir in index.dirs() {
+        if hidden.is_some_and(|h| dir.starts_with(h)) {
+            continue;
+        }
+        if let Err(e) = local.mkdir_beneath(&dir) {
+            warn!(dir = %dir.display(), error = %e, "cannot create a directory the bucket has");
+        }
+    }
+    match local.walk(hidden) {
+        Ok(entries) => {
+            for (path, st) in entries {
+                if !st.is_dir() {
+                    index.remove(&path);
+                }
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot scan the local directory"),
+    }
+}
+
+/// `--prefetch`: downloads every bucket-only file, one at a time, so that application opens
+/// (which may run several downloads at once) always go first.
+async fn prefetch(fetcher: Arc<Fetcher>, index: Arc<Index>) {
+    let files = index.files();
+    info!(
+        files = files.len(),
+        "prefetching bucket-only files in the background"
+    );
+    let mut failed = 0;
+    for (path, _) in files {
+        if fetcher.fetch(&path).await.is_err() {
+            failed += 1;
+        }
+    }
+    info!(failed, "prefetch finished");
 }

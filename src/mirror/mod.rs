@@ -76,6 +76,9 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     /// The local operation for the intent ran: `ok` queues it for the bucket, otherwise it is
     /// cancelled.
     fn finish(&self, token: u64, ok: bool);
+    /// `path` was just downloaded from the bucket as `st` with checksum `sha256`: the bucket
+    /// already holds this version.
+    fn fetched(&self, path: &Path, st: &crate::local::Stat, sha256: &str);
 }
 
 /// A sink that ignores everything (a mount without a bucket, and core tests).
@@ -90,6 +93,7 @@ impl ChangeSink for NullSink {
         Ok(0)
     }
     fn finish(&self, _: u64, _: bool) {}
+    fn fetched(&self, _: &Path, _: &crate::local::Stat, _: &str) {}
 }
 
 /// Settings of the mirror.
@@ -142,6 +146,8 @@ pub(crate) struct Shared {
     pub skip: Option<PathBuf>,
     pub stats: Stats,
     pub opts: MirrorOptions,
+    /// Bucket-only files, whose objects move when they are renamed.
+    pub index: Option<Arc<crate::index::Index>>,
 }
 
 impl Shared {
@@ -172,6 +178,7 @@ impl Mirror {
         state: Arc<StateDir>,
         skip: Option<PathBuf>,
         opts: MirrorOptions,
+        index: Option<Arc<crate::index::Index>>,
         rt: &tokio::runtime::Handle,
     ) -> io::Result<Arc<Mirror>> {
         let (journal, replay) = Journal::open(&state)?;
@@ -191,6 +198,7 @@ impl Mirror {
             skip,
             stats: Stats::default(),
             opts,
+            index,
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
@@ -284,6 +292,15 @@ impl ChangeSink for Mirror {
         } else if let Err(e) = self.shared.journal.done(token) {
             tracing::warn!(error = %e, "could not cancel a journal intent; it is replayed harmlessly at next start");
         }
+    }
+
+    fn fetched(&self, path: &Path, st: &crate::local::Stat, sha256: &str) {
+        let rec = Record {
+            id: Identity::of(st),
+            sha256: sha256.to_owned(),
+            dir: false,
+        };
+        self.shared.records.set(path, rec);
     }
 }
 

@@ -52,6 +52,7 @@ impl Env {
             Arc::new(crate::state::StateDir::open(&root.join(".etlfs")).unwrap()),
             Some(".etlfs".into()),
             opts,
+            None,
             rt.handle(),
         )
         .unwrap();
@@ -276,6 +277,7 @@ fn objects_without_a_local_file_are_never_deleted_by_the_reconcile() {
                 mtime_ns: 0,
                 mode: 0o644,
                 sha256: String::new(),
+                owner: None,
             },
         ))
         .unwrap();

@@ -529,6 +529,7 @@ async fn upload(
         mtime_ns: ns(st.mtime),
         mode: st.mode & 0o7777,
         sha256,
+        owner: Some((st.uid, st.gid)),
     };
     let sha256 = if st.size <= SINGLE_PUT_MAX {
         let data = read_all(Arc::clone(&file), path).await?;
@@ -624,11 +625,23 @@ async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
     Ok(())
 }
 
-/// Deletes every object at or below a removed directory whose local path is absent.
-async fn remove_tree(shared: &Shared, dir: &Path) -> Result<(), SyncError> {
+/// Deletes every object at or below a removed directory whose local path is absent. For a
+/// renamed directory (`moved_to`), a file that is only in the bucket is first copied to its
+/// new key, so it moves with the directory.
+async fn remove_tree(
+    shared: &Shared,
+    dir: &Path,
+    moved_to: Option<&Path>,
+) -> Result<(), SyncError> {
     for obj in shared.bucket.list(Some(dir)).await? {
         if exists_locally(shared, &obj.rel) {
             continue;
+        }
+        if let (Some(to), false) = (moved_to, obj.is_dir_marker) {
+            let dest = to.join(obj.rel.strip_prefix(dir).expect("listed below dir"));
+            if !exists_locally(shared, &dest) {
+                move_object(shared, &obj.rel, &dest).await?;
+            }
         }
         if obj.is_dir_marker {
             shared.bucket.delete_dir_marker(&obj.rel).await?;
@@ -644,13 +657,27 @@ async fn remove_tree(shared: &Shared, dir: &Path) -> Result<(), SyncError> {
     Ok(())
 }
 
+/// Copies a bucket-only file's object to its new key (the old one is deleted by the caller).
+/// A source already gone means an earlier attempt finished the move.
+async fn move_object(shared: &Shared, from: &Path, to: &Path) -> Result<(), SyncError> {
+    match shared.bucket.copy(from, to).await {
+        Ok(()) => shared.stats.copies.fetch_add(1, Ordering::Relaxed),
+        Err(BucketError::NotFound { .. }) => 0,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(index) = &shared.index {
+        index.moved(to);
+    }
+    Ok(())
+}
+
 async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncError> {
     match intent {
         Intent::Remove { path, dir: false } => {
             remove_file(shared, path).await.map(|_| Outcome::Done)
         }
         Intent::Remove { path, dir: true } => {
-            remove_tree(shared, path).await.map(|_| Outcome::Done)
+            remove_tree(shared, path, None).await.map(|_| Outcome::Done)
         }
         Intent::Rename {
             from,
@@ -669,6 +696,10 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
                     shared.stats.copies.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            if !exists_locally(shared, from) && !exists_locally(shared, to) {
+                // A file that is only in the bucket was renamed.
+                move_object(shared, from, to).await?;
+            }
             remove_file(shared, from).await?;
             Ok(Outcome::Touch(vec![to.clone()]))
         }
@@ -677,7 +708,7 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
             to,
             dir: true,
         } => {
-            remove_tree(shared, from).await?;
+            remove_tree(shared, from, Some(to)).await?;
             let mut paths = vec![to.clone()];
             match shared.local.walk_from(to, shared.skip.as_deref()) {
                 Ok(entries) => paths.extend(entries.into_iter().map(|(p, _)| p)),

@@ -31,6 +31,9 @@ pub enum OverlayError {
     /// A directory operation on something that is not a directory.
     #[error("inode {0} is not a directory")]
     NotADirectory(Ino),
+    /// A bucket-only file could not be downloaded (or the download was corrupt).
+    #[error(transparent)]
+    Fetch(std::sync::Arc<crate::fetch::FetchError>),
 }
 
 impl OverlayError {
@@ -47,6 +50,7 @@ impl OverlayError {
             OverlayError::UnknownHandle(_) => libc::EBADF,
             OverlayError::Reserved(_) => libc::EACCES,
             OverlayError::NotADirectory(_) => libc::ENOTDIR,
+            OverlayError::Fetch(_) => libc::EIO,
         }
     }
 

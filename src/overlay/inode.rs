@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use super::Ino;
@@ -32,6 +32,8 @@ pub const SYNTHETIC_BASE: Ino = 1 << 62;
 /// Where a file's bytes are, and whether the bucket has them (see the overlay module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residency {
+    /// Only in the bucket; opening it fetches it.
+    Remote,
     /// Present locally and, as far as we know, unchanged since the bucket last saw it.
     Local,
     /// Opened for writing, written or truncated since the bucket last saw it.
@@ -42,7 +44,8 @@ pub enum Residency {
 #[derive(Debug)]
 pub struct Node {
     /// `O_PATH` descriptor of the local inode: survives renames of it and of its parents.
-    pub fd: Arc<OwnedFd>,
+    /// `None` while the file is only in the bucket.
+    pub fd: Option<Arc<OwnedFd>>,
     pub is_dir: bool,
     pub parent: Ino,
     /// Empty once the last known name was unlinked.
@@ -57,7 +60,8 @@ pub struct Node {
 #[derive(Debug, Default)]
 struct Table {
     nodes: HashMap<Ino, Node>,
-    /// `(dev, ino)` → id for files not on the served directory's device.
+    /// `(dev, ino)` → id for files not on the served directory's device, and for files
+    /// fetched from the bucket while the kernel knew them by a synthetic id.
     foreign: HashMap<(u64, u64), Ino>,
     next_synthetic: Ino,
 }
@@ -76,7 +80,7 @@ impl InodeTable {
         nodes.insert(
             ROOT,
             Node {
-                fd: Arc::new(root_fd),
+                fd: Some(Arc::new(root_fd)),
                 is_dir: true,
                 parent: ROOT,
                 name: OsString::new(),
@@ -99,10 +103,10 @@ impl InodeTable {
     /// The id a local inode has (or would have) in this table, without taking a reference.
     /// `None` for a foreign inode that was never looked up.
     pub fn id_of(&self, dev: u64, ino: u64) -> Option<Ino> {
-        if let Some(id) = Self::native_id(self.root_dev, self.root_ino, dev, ino) {
+        if let Some(&id) = self.read().foreign.get(&(dev, ino)) {
             return Some(id);
         }
-        self.read().foreign.get(&(dev, ino)).copied()
+        Self::native_id(self.root_dev, self.root_ino, dev, ino)
     }
 
     fn native_id(root_dev: u64, root_ino: u64, dev: u64, ino: u64) -> Option<Ino> {
@@ -121,10 +125,10 @@ impl InodeTable {
     /// Returns the node id; an already known inode keeps its descriptor and gains a reference.
     pub fn insert_lookup(&self, parent: Ino, name: &OsStr, fd: OwnedFd, st: &Stat) -> Ino {
         let mut t = self.write();
-        let id = match Self::native_id(self.root_dev, self.root_ino, st.dev, st.ino) {
-            Some(id) => id,
-            None => match t.foreign.get(&(st.dev, st.ino)) {
-                Some(&id) => id,
+        let id = match t.foreign.get(&(st.dev, st.ino)) {
+            Some(&id) => id,
+            None => match Self::native_id(self.root_dev, self.root_ino, st.dev, st.ino) {
+                Some(id) => id,
                 None => {
                     let id = t.next_synthetic;
                     t.next_synthetic += 1;
@@ -145,7 +149,7 @@ impl InodeTable {
                 t.nodes.insert(
                     id,
                     Node {
-                        fd: Arc::new(fd),
+                        fd: Some(Arc::new(fd)),
                         is_dir: st.is_dir(),
                         parent,
                         name: name.to_owned(),
@@ -157,6 +161,65 @@ impl InodeTable {
             }
         }
         id
+    }
+
+    /// Records a lookup that found `name` in `parent` only in the bucket. The id is derived from
+    /// the path (so `readdir` can report the same number without a lookup) and lives in the
+    /// synthetic range; on the rare collision the next free id is taken.
+    pub fn insert_remote(&self, parent: Ino, name: &OsStr, path: &Path) -> Ino {
+        let mut t = self.write();
+        let mut id = remote_id(path);
+        loop {
+            match t.nodes.get_mut(&id) {
+                Some(n) if n.fd.is_none() && n.parent == parent && n.name == name => {
+                    n.lookups += 1;
+                    return id;
+                }
+                Some(_) => id = SYNTHETIC_BASE + (id - SYNTHETIC_BASE + 1) % (1 << 61),
+                None => break,
+            }
+        }
+        t.nodes.insert(
+            id,
+            Node {
+                fd: None,
+                is_dir: false,
+                parent,
+                name: name.to_owned(),
+                lookups: 1,
+                residency: Residency::Remote,
+                writers: 0,
+            },
+        );
+        id
+    }
+
+    /// The node of a bucket-only entry, if the kernel knows it.
+    pub fn find_remote(&self, parent: Ino, name: &OsStr, path: &Path) -> Option<Ino> {
+        let t = self.read();
+        let mut id = remote_id(path);
+        loop {
+            let n = t.nodes.get(&id)?;
+            if n.parent == parent && n.name == name {
+                return Some(id);
+            }
+            id = SYNTHETIC_BASE + (id - SYNTHETIC_BASE + 1) % (1 << 61);
+        }
+    }
+
+    /// A bucket-only node's file is local now: give the node its descriptor, and make the
+    /// local inode map to this id while the node lives.
+    pub fn attach(&self, id: Ino, fd: OwnedFd, st: &Stat) -> Option<Arc<OwnedFd>> {
+        let mut t = self.write();
+        let node = t.nodes.get_mut(&id)?;
+        if let Some(fd) = &node.fd {
+            return Some(Arc::clone(fd));
+        }
+        let fd = Arc::new(fd);
+        node.fd = Some(Arc::clone(&fd));
+        node.residency = Residency::Local;
+        t.foreign.insert((st.dev, st.ino), id);
+        Some(fd)
     }
 
     /// Drops `n` lookup references; removes the node when none remain.
@@ -180,12 +243,9 @@ impl InodeTable {
         }
     }
 
-    /// The descriptor and kind of a node.
-    pub fn fd(&self, id: Ino) -> Option<(Arc<OwnedFd>, bool)> {
-        self.read()
-            .nodes
-            .get(&id)
-            .map(|n| (Arc::clone(&n.fd), n.is_dir))
+    /// The descriptor (`None` while bucket-only) and kind of a node; `None` if unknown.
+    pub fn fd(&self, id: Ino) -> Option<(Option<Arc<OwnedFd>>, bool)> {
+        self.read().nodes.get(&id).map(|n| (n.fd.clone(), n.is_dir))
     }
 
     /// Runs `f` on a node under the write lock.
@@ -240,4 +300,18 @@ impl InodeTable {
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// A stable id for a bucket-only path (SipHash with fixed keys, in the synthetic range).
+fn remote_id(path: &Path) -> Ino {
+    use std::hash::{Hash, Hasher};
+    #[allow(deprecated)] // SipHasher with fixed keys: stable across runs, which is the point
+    let mut h = std::hash::SipHasher::new();
+    path.hash(&mut h);
+    SYNTHETIC_BASE + h.finish() % (1 << 61)
+}
+
+/// The id `readdir` reports for a bucket-only entry (the one a lookup will give it).
+pub fn remote_dir_entry_id(path: &Path) -> Ino {
+    remote_id(path)
 }

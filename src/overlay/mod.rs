@@ -41,6 +41,8 @@ use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
 use inode::InodeTable;
 pub use inode::{ROOT, Residency};
 
+use crate::fetch::Fetcher;
+use crate::index::{Index, RemoteFile};
 use crate::local::{self, LocalDir, Stat};
 pub use crate::local::{Creds, TimeSet, XattrReply};
 use crate::mirror::{ChangeSink, Intent};
@@ -195,6 +197,17 @@ pub struct Overlay {
     hidden: Option<Hidden>,
     /// Where changes are reported (the mirror).
     sink: Arc<dyn ChangeSink>,
+    /// Bucket-only files: absent without a bucket (and in core tests).
+    remote: Option<Remote>,
+}
+
+/// What the overlay needs to show and fetch files that are only in the bucket.
+#[derive(Debug)]
+pub struct Remote {
+    pub index: Arc<Index>,
+    pub fetcher: Arc<Fetcher>,
+    /// The runtime downloads run on; FUSE threads wait on it with `block_on`.
+    pub rt: tokio::runtime::Handle,
 }
 
 impl Overlay {
@@ -241,7 +254,102 @@ impl Overlay {
             handles: HandleTable::default(),
             hidden,
             sink,
+            remote: None,
         })
+    }
+
+    /// Serves files that are only in the bucket, too.
+    pub fn with_remote(mut self, remote: Remote) -> Overlay {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// The bucket-only file at `path`, if there is one.
+    fn remote_file(&self, path: &Path) -> Option<RemoteFile> {
+        self.remote.as_ref()?.index.file(path)
+    }
+
+    fn remote_attr(&self, ino: Ino, f: &RemoteFile) -> Attr {
+        let root = self.local.root_stat();
+        let (uid, gid) = f.owner.unwrap_or((root.uid, root.gid));
+        Attr {
+            ino,
+            size: f.size,
+            blocks: f.size.div_ceil(512),
+            atime: f.mtime,
+            mtime: f.mtime,
+            ctime: f.mtime,
+            kind: FileKind::File,
+            perm: (f.mode & 0o7777) as u16,
+            nlink: 1,
+            uid,
+            gid,
+            rdev: 0,
+            blksize: 4096,
+        }
+    }
+
+    /// Gives a bucket-only node the local file that now exists at `path`.
+    fn attach_local(&self, ino: Ino, path: &Path) -> Result<Arc<OwnedFd>> {
+        let fd = self
+            .local
+            .open_beneath(path, libc::O_PATH | libc::O_NOFOLLOW, 0)
+            .map_err(OverlayError::local("open"))?;
+        let st = self
+            .local
+            .stat(fd.as_fd())
+            .map_err(OverlayError::local("open"))?;
+        if let Some(r) = &self.remote {
+            r.index.remove(path);
+        }
+        self.inodes
+            .attach(ino, fd, &st)
+            .ok_or(OverlayError::UnknownInode(ino))
+    }
+
+    /// Makes a bucket-only node local by downloading it (or finds it already downloaded).
+    fn hydrate(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
+        let path = self
+            .inodes
+            .path(ino)
+            .ok_or(OverlayError::UnknownInode(ino))?;
+        let remote = self
+            .remote
+            .as_ref()
+            .ok_or(OverlayError::UnknownInode(ino))?;
+        if self.local.stat_beneath(&path).is_err() {
+            remote
+                .rt
+                .block_on(remote.fetcher.fetch(&path))
+                .map_err(OverlayError::Fetch)?;
+        }
+        self.attach_local(ino, &path)
+    }
+
+    /// Makes a bucket-only node local as an empty file, without downloading it: it is about to
+    /// be truncated anyway (`O_TRUNC`, `truncate(0)`).
+    fn materialize_empty(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
+        let path = self
+            .inodes
+            .path(ino)
+            .ok_or(OverlayError::UnknownInode(ino))?;
+        let Some(f) = self.remote_file(&path) else {
+            return self.hydrate(ino);
+        };
+        match self.local.open_beneath(
+            &path,
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
+            f.mode & 0o7777,
+        ) {
+            Ok(file) => {
+                let root = self.local.root_stat();
+                let (uid, gid) = f.owner.unwrap_or((root.uid, root.gid));
+                let _ = self.local.set_owner(file.as_fd(), Some(uid), Some(gid));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(OverlayError::local("create")(e)),
+        }
+        self.attach_local(ino, &path)
     }
 
     fn is_hidden(&self, parent: Ino, name: &OsStr) -> bool {
@@ -258,17 +366,19 @@ impl Overlay {
         Ok(())
     }
 
+    /// The local descriptor of a node; a bucket-only file is downloaded first.
     fn node_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
-        self.inodes
-            .fd(ino)
-            .map(|(fd, _)| fd)
-            .ok_or(OverlayError::UnknownInode(ino))
+        match self.inodes.fd(ino) {
+            Some((Some(fd), _)) => Ok(fd),
+            Some((None, _)) => self.hydrate(ino),
+            None => Err(OverlayError::UnknownInode(ino)),
+        }
     }
 
     fn dir_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
         match self.inodes.fd(ino) {
-            Some((fd, true)) => Ok(fd),
-            Some((_, false)) => Err(OverlayError::NotADirectory(ino)),
+            Some((Some(fd), true)) => Ok(fd),
+            Some((_, false)) | Some((None, true)) => Err(OverlayError::NotADirectory(ino)),
             None => Err(OverlayError::UnknownInode(ino)),
         }
     }
@@ -332,11 +442,26 @@ impl Overlay {
             ));
         }
         let dir = self.dir_fd(parent)?;
-        let (fd, st) = self
-            .local
-            .lookup(dir.as_fd(), name)
-            .map_err(OverlayError::local("lookup"))?;
-        Ok(self.entry(parent, name, fd, st))
+        match self.local.lookup(dir.as_fd(), name) {
+            Ok((fd, st)) => Ok(self.entry(parent, name, fd, st)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                let path = self.child_path(parent, name);
+                match path
+                    .as_deref()
+                    .and_then(|p| self.remote_file(p).map(|f| (p, f)))
+                {
+                    Some((p, f)) => {
+                        let ino = self.inodes.insert_remote(parent, name, p);
+                        Ok(Entry {
+                            ino,
+                            attr: self.remote_attr(ino, &f),
+                        })
+                    }
+                    None => Err(OverlayError::local("lookup")(e)),
+                }
+            }
+            Err(e) => Err(OverlayError::local("lookup")(e)),
+        }
     }
 
     pub fn forget(&self, ino: Ino, n: u64) {
@@ -344,6 +469,16 @@ impl Overlay {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
+        if let Some((None, _)) = self.inodes.fd(ino) {
+            // Bucket-only: the index knows size, mtime and mode without a download.
+            let path = self
+                .inodes
+                .path(ino)
+                .ok_or(OverlayError::UnknownInode(ino))?;
+            if let Some(f) = self.remote_file(&path) {
+                return Ok(self.remote_attr(ino, &f));
+            }
+        }
         let fd = self.node_fd(ino)?;
         let st = self
             .local
@@ -353,7 +488,10 @@ impl Overlay {
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
-        let fd = self.node_fd(ino)?;
+        let fd = match self.inodes.fd(ino) {
+            Some((None, _)) if set.size == Some(0) => self.materialize_empty(ino)?,
+            _ => self.node_fd(ino)?,
+        };
         let fd = fd.as_fd();
         if let Some(mode) = set.mode {
             self.local
@@ -395,7 +533,12 @@ impl Overlay {
                 .set_times(fd, symlink_at, set.atime, set.mtime)
                 .map_err(OverlayError::local("utimens"))?;
         }
-        if set.mode.is_some() || set.atime.is_some() || set.mtime.is_some() {
+        if set.mode.is_some()
+            || set.uid.is_some()
+            || set.gid.is_some()
+            || set.atime.is_some()
+            || set.mtime.is_some()
+        {
             // Mode and mtime travel with the object; a file still being written is uploaded
             // after its last close anyway.
             self.changed(ino, false);
@@ -475,7 +618,21 @@ impl Overlay {
         self.check_reserved(parent, name)?;
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
-        let intents = match (child, self.child_path(parent, name)) {
+        let path = self.child_path(parent, name);
+        if let (None, Some(p), false) = (child, &path, dir) {
+            if self.remote_file(p).is_some() {
+                return self.remove_remote(parent, name, p);
+            }
+        }
+        if let (true, Some(p), Some(r)) = (dir, &path, &self.remote) {
+            if r.index.has_children(p) {
+                // Files only in the bucket are in it, as far as the application can see.
+                return Err(OverlayError::local("rmdir")(
+                    std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
+                ));
+            }
+        }
+        let intents = match (child, path.clone()) {
             (Some(_), Some(path)) => vec![Intent::Remove { path, dir }],
             _ => vec![],
         };
@@ -496,6 +653,22 @@ impl Overlay {
         Ok(())
     }
 
+    /// Unlink of a file that is only in the bucket: nothing to do locally, no download.
+    fn remove_remote(&self, parent: Ino, name: &OsStr, path: &Path) -> Result<()> {
+        let intent = Intent::Remove {
+            path: path.to_owned(),
+            dir: false,
+        };
+        self.journaled(vec![intent], || Ok(()))?;
+        if let Some(r) = &self.remote {
+            r.index.remove(path);
+        }
+        if let Some(id) = self.inodes.find_remote(parent, name, path) {
+            self.inodes.unlinked(id, parent, name);
+        }
+        Ok(())
+    }
+
     /// `rename`, with the kernel's `RENAME_NOREPLACE` / `RENAME_EXCHANGE` flags.
     pub fn rename(
         &self,
@@ -509,15 +682,42 @@ impl Overlay {
         self.check_reserved(new_parent, new_name)?;
         let old_dir = self.dir_fd(parent)?;
         let new_dir = self.dir_fd(new_parent)?;
-        let moved = self.child_id(&old_dir, name);
-        let replaced = self.child_id(&new_dir, new_name);
-        let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        let mut intents = Vec::new();
-        if let (Some((_, is_dir)), Some(from), Some(to)) = (
-            moved,
+        let (from_path, to_path) = (
             self.child_path(parent, name),
             self.child_path(new_parent, new_name),
-        ) {
+        );
+        let mut moved = self.child_id(&old_dir, name);
+        let mut replaced = self.child_id(&new_dir, new_name);
+        let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
+            let from_remote = moved.is_none() && remote.index.file(from).is_some();
+            let to_remote = replaced.is_none() && remote.index.file(to).is_some();
+            if flags & libc::RENAME_NOREPLACE != 0 && to_remote {
+                return Err(OverlayError::local("rename")(
+                    std::io::Error::from_raw_os_error(libc::EEXIST),
+                ));
+            }
+            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) {
+                return self.rename_remote(
+                    parent, name, new_parent, new_name, from, to, &new_dir, replaced,
+                );
+            }
+            // The rare cases (exchange, no-replace, over a directory) work on local files.
+            for (needed, path) in [(from_remote, from), (to_remote && exchange, to)] {
+                if needed {
+                    remote
+                        .rt
+                        .block_on(remote.fetcher.fetch(path))
+                        .map_err(OverlayError::Fetch)?;
+                }
+            }
+            moved = self.child_id(&old_dir, name);
+            replaced = self.child_id(&new_dir, new_name);
+        }
+        let mut intents = Vec::new();
+        if let (Some((_, is_dir)), Some(from), Some(to)) =
+            (moved, from_path.clone(), to_path.clone())
+        {
             if exchange {
                 let other_dir = replaced.is_some_and(|(_, d)| d);
                 intents.push(Intent::Rename {
@@ -537,16 +737,65 @@ impl Overlay {
                 .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
                 .map_err(OverlayError::local("rename"))
         })?;
+        if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
+            if moved.is_some_and(|(_, d)| d) && !exchange {
+                // Bucket-only files below a renamed directory move with it.
+                remote.index.rename(from, to);
+            } else {
+                // A local file now stands where a bucket-only one may have been.
+                remote.index.remove(to);
+            }
+        }
         let (moved, replaced) = (moved.map(|(i, _)| i), replaced.map(|(i, _)| i));
         if let Some(id) = moved {
             self.inodes.renamed(id, new_parent, new_name);
         }
         if let Some(id) = replaced.filter(|r| Some(*r) != moved) {
-            if flags & libc::RENAME_EXCHANGE != 0 {
+            if exchange {
                 self.inodes.renamed(id, parent, name);
             } else {
                 self.inodes.unlinked(id, new_parent, new_name);
             }
+        }
+        Ok(())
+    }
+
+    /// Rename of a file that is only in the bucket: no download. The journal intent makes the
+    /// mirror copy the object to its new key and delete the old one; until then the index
+    /// serves the new name from the old key.
+    #[allow(clippy::too_many_arguments)]
+    fn rename_remote(
+        &self,
+        parent: Ino,
+        name: &OsStr,
+        new_parent: Ino,
+        new_name: &OsStr,
+        from: &Path,
+        to: &Path,
+        new_dir: &OwnedFd,
+        replaced: Option<(Ino, bool)>,
+    ) -> Result<()> {
+        let intent = Intent::Rename {
+            from: from.to_owned(),
+            to: to.to_owned(),
+            dir: false,
+        };
+        self.journaled(vec![intent], || match replaced {
+            // The local file being replaced goes, as a rename over it would make it go.
+            Some(_) => self
+                .local
+                .unlink(new_dir.as_fd(), new_name)
+                .map_err(OverlayError::local("rename")),
+            None => Ok(()),
+        })?;
+        if let Some(r) = &self.remote {
+            r.index.rename(from, to);
+        }
+        if let Some((id, _)) = replaced {
+            self.inodes.unlinked(id, new_parent, new_name);
+        }
+        if let Some(id) = self.inodes.find_remote(parent, name, from) {
+            self.inodes.renamed(id, new_parent, new_name);
         }
         Ok(())
     }
@@ -575,6 +824,12 @@ impl Overlay {
                 std::io::Error::from_raw_os_error(libc::EISDIR),
             ));
         }
+        let fd = match fd {
+            Some(fd) => fd,
+            // Bucket-only: O_TRUNC needs no download, anything else fetches the file first.
+            None if flags & libc::O_TRUNC != 0 => self.materialize_empty(ino)?,
+            None => self.hydrate(ino)?,
+        };
         let file = self
             .local
             .reopen(fd.as_fd(), flags)
@@ -712,7 +967,7 @@ impl Overlay {
             .read_dir(fd.as_fd())
             .map_err(OverlayError::local("readdir"))?;
         let root_dev = self.local.root_stat().dev;
-        let entries = listing
+        let mut entries: Vec<DirSnapshotEntry> = listing
             .into_iter()
             .filter(|e| !self.is_hidden(ino, &e.name))
             .map(|e| DirSnapshotEntry {
@@ -721,6 +976,26 @@ impl Overlay {
                 name: e.name,
             })
             .collect();
+        // The union: what is only in the bucket shows beside what is local.
+        if let (Some(r), Some(dir)) = (&self.remote, self.inodes.path(ino)) {
+            let local: std::collections::HashSet<OsString> =
+                entries.iter().map(|e| e.name.clone()).collect();
+            for (name, is_dir) in r.index.children(&dir) {
+                if local.contains(&name) || self.is_hidden(ino, &name) {
+                    continue;
+                }
+                let path = dir.join(&name);
+                entries.push(DirSnapshotEntry {
+                    ino: inode::remote_dir_entry_id(&path),
+                    kind: if is_dir {
+                        FileKind::Dir
+                    } else {
+                        FileKind::File
+                    },
+                    name,
+                });
+            }
+        }
         Ok(self.handles.insert_dir(DirHandle {
             entries: Arc::new(entries),
             file: Arc::new(file),

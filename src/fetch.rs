@@ -1,0 +1,339 @@
+//! Lazy restore: bring a bucket-only file to the local disk, whole and verified, or not at all.
+//!
+//! A download goes to a temporary file in the state directory (same filesystem), is checked
+//! against the object's size and SHA-256, gets its mode, owner and mtime, is fsynced, and is
+//! then renamed into place with `RENAME_NOREPLACE` — so the application never sees a partial or
+//! corrupt file, and a local file that appeared meanwhile always wins. A failed or corrupt
+//! download is an error (the application gets `EIO`) and leaves nothing behind; the next open
+//! tries again.
+//!
+//! One download per path however many openers wait (single flight: the waiters share one
+//! future), at most `concurrency` downloads at once, and bodies are streamed to disk in chunks,
+//! never held whole in memory. The first read of a large file waits for the whole download: the
+//! checksum can only be verified at the end, and serving bytes before that could show the
+//! application data that later turns out corrupt.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
+
+use crate::bucket::{Bucket, BucketError};
+use crate::index::{Index, RemoteFile};
+use crate::local::{LocalDir, Stat};
+use crate::mirror::ChangeSink;
+use crate::state::StateDir;
+use crate::sys;
+
+/// Why a file could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("{0:?} is not in the bucket index")]
+    NotInBucket(PathBuf),
+    #[error("downloading {path:?}: {source}")]
+    Bucket {
+        path: PathBuf,
+        #[source]
+        source: Box<BucketError>,
+    },
+    #[error("{path:?}: downloaded {got} bytes, the bucket listed {want}")]
+    WrongSize { path: PathBuf, got: u64, want: u64 },
+    #[error("{path:?}: checksum mismatch (object is corrupt): expected {want}, got {got}")]
+    Corrupt {
+        path: PathBuf,
+        want: String,
+        got: String,
+    },
+    #[error("{op} for {path:?}: {source}")]
+    Local {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Flight = Shared<BoxFuture<'static, Result<(), Arc<FetchError>>>>;
+
+/// Counters for logs, tests and `/metrics`.
+#[derive(Debug, Default)]
+pub struct FetchStats {
+    pub fetches: AtomicU64,
+    pub failures: AtomicU64,
+    pub bytes: AtomicU64,
+}
+
+/// The downloader.
+pub struct Fetcher {
+    bucket: Bucket,
+    local: LocalDir,
+    state: Arc<StateDir>,
+    index: Arc<Index>,
+    sink: Arc<dyn ChangeSink>,
+    flights: Mutex<HashMap<PathBuf, Flight>>,
+    permits: Arc<Semaphore>,
+    pub stats: FetchStats,
+}
+
+impl std::fmt::Debug for Fetcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetcher")
+            .field("bucket", &self.bucket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetcher {
+    /// `local` must be a descriptor of the served directory opened before the mount.
+    pub fn new(
+        bucket: Bucket,
+        local: LocalDir,
+        state: Arc<StateDir>,
+        index: Arc<Index>,
+        sink: Arc<dyn ChangeSink>,
+        concurrency: usize,
+    ) -> Arc<Fetcher> {
+        Arc::new(Fetcher {
+            bucket,
+            local,
+            state,
+            index,
+            sink,
+            flights: Mutex::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            stats: FetchStats::default(),
+        })
+    }
+
+    /// Makes `path` local: downloads it unless it is local already. Concurrent calls for the
+    /// same path share one download.
+    pub async fn fetch(self: &Arc<Self>, path: &Path) -> Result<(), Arc<FetchError>> {
+        let flight = {
+            let mut flights = self.flights.lock().unwrap_or_else(|e| e.into_inner());
+            match flights.get(path) {
+                Some(f) => f.clone(),
+                None => {
+                    let (me, p) = (Arc::clone(self), path.to_path_buf());
+                    let f = async move {
+                        let res = me.download(&p).await.map_err(Arc::new);
+                        me.flights
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&p);
+                        res
+                    }
+                    .boxed()
+                    .shared();
+                    flights.insert(path.to_path_buf(), f.clone());
+                    f
+                }
+            }
+        };
+        flight.await
+    }
+
+    async fn download(&self, path: &Path) -> Result<(), FetchError> {
+        let Some(remote) = self.index.file(path) else {
+            // Made local (or removed) since the caller looked: nothing to do.
+            return if self.local.stat_beneath(path).is_ok() {
+                Ok(())
+            } else {
+                Err(FetchError::NotInBucket(path.to_owned()))
+            };
+        };
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the semaphore is never closed");
+        if self.local.stat_beneath(path).is_ok() {
+            self.index.remove(path);
+            return Ok(());
+        }
+        let res = self.download_to_place(path, &remote).await;
+        match &res {
+            Ok(bytes) => {
+                self.stats.fetches.fetch_add(1, Ordering::Relaxed);
+                self.stats.bytes.fetch_add(*bytes, Ordering::Relaxed);
+                tracing::debug!(path = %path.display(), bytes, "fetched from the bucket");
+            }
+            Err(e) => {
+                self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "fetch failed; the next open tries again");
+            }
+        }
+        res.map(drop)
+    }
+
+    async fn download_to_place(&self, path: &Path, remote: &RemoteFile) -> Result<u64, FetchError> {
+        let local_err = |op: &'static str| {
+            move |source| FetchError::Local {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let (file, tmp) = self
+            .state
+            .create_temp(0o600)
+            .map_err(local_err("creating a temporary file"))?;
+        let res = self.write_verified(path, remote, file).await;
+        let (file, sha) = match res {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = self.state.remove(&tmp);
+                return Err(e);
+            }
+        };
+        let placed = self.place(path, remote, &file, &tmp);
+        if placed.is_err() {
+            let _ = self.state.remove(&tmp);
+        }
+        let st = placed?;
+        self.index.remove(path);
+        if let Some(st) = st {
+            // The bucket holds exactly this version: the mirror must not upload it again.
+            self.sink.fetched(path, &st, &sha);
+        }
+        Ok(remote.size)
+    }
+
+    /// Streams the object into `file`, checking size and checksum. Returns the file and the hex
+    /// SHA-256 of what was written.
+    async fn write_verified(
+        &self,
+        path: &Path,
+        remote: &RemoteFile,
+        file: std::fs::File,
+    ) -> Result<(std::fs::File, String), FetchError> {
+        let bucket_err = |source: BucketError| FetchError::Bucket {
+            path: path.to_owned(),
+            source: Box::new(source),
+        };
+        let local_err = |op: &'static str| {
+            move |source| FetchError::Local {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let mut stream = self
+            .bucket
+            .get_stream(&remote.source)
+            .await
+            .map_err(bucket_err)?;
+        let mut out = tokio::fs::File::from_std(file);
+        let mut hasher = Sha256::new();
+        let mut got = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(bucket_err)?;
+            hasher.update(&chunk);
+            got += chunk.len() as u64;
+            out.write_all(&chunk)
+                .await
+                .map_err(local_err("writing the download"))?;
+        }
+        out.flush()
+            .await
+            .map_err(local_err("writing the download"))?;
+        if got != remote.size {
+            return Err(FetchError::WrongSize {
+                path: path.to_owned(),
+                got,
+                want: remote.size,
+            });
+        }
+        let sha = hex::encode(hasher.finalize());
+        if let Some(want) = &remote.sha256 {
+            if *want != sha {
+                return Err(FetchError::Corrupt {
+                    path: path.to_owned(),
+                    want: want.clone(),
+                    got: sha,
+                });
+            }
+        }
+        Ok((out.into_std().await, sha))
+    }
+
+    /// Gives the finished download its attributes and renames it into place. Returns the new
+    /// file's stat, or `None` if a local file appeared meanwhile (it wins).
+    fn place(
+        &self,
+        path: &Path,
+        remote: &RemoteFile,
+        file: &std::fs::File,
+        tmp: &std::ffi::CString,
+    ) -> Result<Option<Stat>, FetchError> {
+        let local_err = |op: &'static str| {
+            move |source| FetchError::Local {
+                op,
+                path: path.to_owned(),
+                source,
+            }
+        };
+        let parent = path.parent().unwrap_or(Path::new(""));
+        let parent_fd = if parent.as_os_str().is_empty() {
+            self.local.root_clone()
+        } else {
+            self.local.open_beneath(
+                parent,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )
+        }
+        .map_err(local_err("opening the parent directory"))?;
+        let (uid, gid) = match remote.owner {
+            Some(o) => o,
+            None => {
+                let st = self
+                    .local
+                    .stat(parent_fd.as_fd())
+                    .map_err(local_err("stat of the parent"))?;
+                (st.uid, st.gid)
+            }
+        };
+        sys::fchownat(file.as_fd(), sys::EMPTY, uid, gid, libc::AT_EMPTY_PATH)
+            .map_err(local_err("chown"))?;
+        file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(remote.mode))
+            .map_err(local_err("chmod"))?;
+        file.set_times(
+            std::fs::FileTimes::new()
+                .set_modified(remote.mtime)
+                .set_accessed(remote.mtime),
+        )
+        .map_err(local_err("setting the mtime"))?;
+        file.sync_all().map_err(local_err("fsync"))?;
+        let name =
+            sys::cstr(path.file_name().unwrap_or_default()).map_err(local_err("file name"))?;
+        match sys::renameat2(
+            self.state.fd(),
+            tmp,
+            parent_fd.as_fd(),
+            &name,
+            libc::RENAME_NOREPLACE,
+        ) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let _ = self.state.remove(tmp);
+                return Ok(None);
+            }
+            Err(e) => return Err(local_err("renaming the download into place")(e)),
+        }
+        // The rename is durable once the directory is synced.
+        let dir = self
+            .local
+            .reopen(parent_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY);
+        if let Ok(d) = dir {
+            let _ = d.sync_all();
+        }
+        Ok(Some(Stat::from_file(file).map_err(local_err("stat"))?))
+    }
+}
