@@ -538,6 +538,23 @@ impl LocalDir {
         }
     }
 
+    /// Removes a file given by its relative path (eviction; not an application unlink).
+    pub fn unlink_beneath(&self, rel: &Path) -> io::Result<()> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let parent_fd = if parent.as_os_str().is_empty() {
+            self.root.try_clone()?
+        } else {
+            self.open_beneath(
+                parent,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?
+        };
+        sys::unlinkat(parent_fd.as_fd(), &single_component(name)?, 0)
+    }
+
     /// Opens a regular file beneath the served directory for reading.
     pub fn open_file_beneath(&self, rel: &Path) -> io::Result<File> {
         Ok(File::from(self.open_beneath(

@@ -67,9 +67,38 @@ enum Command {
         /// (application opens go first), so a new node recovers fully without waiting for reads.
         #[arg(long)]
         prefetch: bool,
+        /// Bound local file bytes (e.g. `20GiB`, `500MB`, or plain bytes): least recently used
+        /// files that are already in the bucket are evicted and fetched again when opened.
+        #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+        max_local_bytes: Option<u64>,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
+}
+
+/// Parses `1234`, `500KB`, `20MiB`, `1.5GiB`, `2T` (decimal KB/MB/GB/TB, binary KiB/MiB/...).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 500MiB, 20GB)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "ki" | "kib" => 1024.0,
+        "mi" | "mib" => 1024.0 * 1024.0,
+        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+    };
+    Ok((n * mult) as u64)
 }
 
 fn init_logging(format: LogFormat) {
@@ -104,6 +133,7 @@ fn main() -> ExitCode {
             upload_concurrency,
             drain_timeout,
             prefetch,
+            max_local_bytes,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -117,6 +147,7 @@ fn main() -> ExitCode {
             upload_concurrency,
             drain_timeout,
             prefetch,
+            max_local_bytes,
         }),
     };
     match result {

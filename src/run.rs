@@ -57,6 +57,8 @@ pub struct MountArgs {
     pub drain_timeout: std::time::Duration,
     /// Download every bucket-only file in the background after mounting.
     pub prefetch: bool,
+    /// Bound on local file bytes; least recently used clean files are evicted to the bucket.
+    pub max_local_bytes: Option<u64>,
 }
 
 /// Invocation errors: reported with exit code 2.
@@ -290,7 +292,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let index = Arc::new(index);
-    prepare_local_tree(&local, &index, plan.hidden.as_deref());
+    let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
     info!(
         bucket_only_files = index.len(),
         refused_keys = index.refused(),
@@ -319,15 +321,21 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         Arc::clone(&sink),
         FETCH_CONCURRENCY,
     );
-    let overlay = Arc::new(
-        Overlay::new(local, plan.hidden.as_deref(), sink)
-            .context("setting up the overlay")?
-            .with_remote(Remote {
-                index: Arc::clone(&index),
-                fetcher: Arc::clone(&fetcher),
-                rt: rt.handle().clone(),
-            }),
-    );
+    let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
+        .context("setting up the overlay")?
+        .with_remote(Remote {
+            index: Arc::clone(&index),
+            fetcher: Arc::clone(&fetcher),
+            rt: rt.handle().clone(),
+        });
+    if let Some(max) = args.max_local_bytes {
+        info!(
+            max_local_bytes = max,
+            "local disk bounded: clean files are evicted to the bucket"
+        );
+        overlay = overlay.with_cache(max, local_files);
+    }
+    let overlay = Arc::new(overlay);
     if args.prefetch {
         rt.spawn(prefetch(Arc::clone(&fetcher), Arc::clone(&index)));
     }
@@ -489,8 +497,13 @@ fn load_index(
 }
 
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
-/// bucket-only), and files that are local are not bucket-only.
-fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) {
+/// bucket-only), and files that are local are not bucket-only. Returns the local files and
+/// their sizes.
+fn prepare_local_tree(
+    local: &LocalDir,
+    index: &Index,
+    hidden: Option<&Path>,
+) -> Vec<(PathBuf, u64)> {
     for dir in index.dirs() {
         if hidden.is_some_and(|h| dir.starts_with(h)) {
             continue;
@@ -499,16 +512,21 @@ fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) {
             warn!(dir = %dir.display(), error = %e, "cannot create a directory the bucket has");
         }
     }
+    let mut files = Vec::new();
     match local.walk(hidden) {
         Ok(entries) => {
             for (path, st) in entries {
                 if !st.is_dir() {
                     index.remove(&path);
                 }
+                if st.is_file() {
+                    files.push((path, st.size));
+                }
             }
         }
         Err(e) => warn!(error = %e, "cannot scan the local directory"),
     }
+    files
 }
 
 /// `--prefetch`: downloads every bucket-only file, one at a time, so that application opens

@@ -79,6 +79,9 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     /// `path` was just downloaded from the bucket as `st` with checksum `sha256`: the bucket
     /// already holds this version.
     fn fetched(&self, path: &Path, st: &crate::local::Stat, sha256: &str);
+    /// The checksum of `path` if the bucket holds exactly the local version `st` (the file is
+    /// clean and may be evicted), `None` otherwise.
+    fn in_bucket(&self, path: &Path, st: &crate::local::Stat) -> Option<String>;
 }
 
 /// A sink that ignores everything (a mount without a bucket, and core tests).
@@ -94,6 +97,9 @@ impl ChangeSink for NullSink {
     }
     fn finish(&self, _: u64, _: bool) {}
     fn fetched(&self, _: &Path, _: &crate::local::Stat, _: &str) {}
+    fn in_bucket(&self, _: &Path, _: &crate::local::Stat) -> Option<String> {
+        None
+    }
 }
 
 /// Settings of the mirror.
@@ -301,6 +307,12 @@ impl ChangeSink for Mirror {
             dir: false,
         };
         self.shared.records.set(path, rec);
+    }
+
+    fn in_bucket(&self, path: &Path, st: &crate::local::Stat) -> Option<String> {
+        let rec = self.shared.records.get(path)?;
+        (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino))
+            .then_some(rec.sha256)
     }
 }
 

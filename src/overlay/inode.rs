@@ -55,6 +55,8 @@ pub struct Node {
     /// Open handles with write access; the file is "closed" for the mirror when this drops
     /// back to zero.
     pub writers: u32,
+    /// Open handles of any kind; a file with open handles is never evicted.
+    pub openers: u32,
 }
 
 #[derive(Debug, Default)]
@@ -87,6 +89,7 @@ impl InodeTable {
                 lookups: 1,
                 residency: Residency::Local,
                 writers: 0,
+                openers: 0,
             },
         );
         InodeTable {
@@ -156,6 +159,7 @@ impl InodeTable {
                         lookups: 1,
                         residency: Residency::Local,
                         writers: 0,
+                        openers: 0,
                     },
                 );
             }
@@ -189,6 +193,7 @@ impl InodeTable {
                 lookups: 1,
                 residency: Residency::Remote,
                 writers: 0,
+                openers: 0,
             },
         );
         id
@@ -220,6 +225,37 @@ impl InodeTable {
         node.residency = Residency::Local;
         t.foreign.insert((st.dev, st.ino), id);
         Some(fd)
+    }
+
+    /// Before a local file is evicted to the bucket: the node of that inode (if the kernel knows
+    /// it) forgets its descriptor and becomes bucket-only, unless the file is open. Returns
+    /// whether the eviction may go ahead.
+    pub fn detach_if_idle(&self, dev: u64, ino: u64) -> bool {
+        let mut t = self.write();
+        let id = match t.foreign.get(&(dev, ino)) {
+            Some(&id) => Some(id),
+            None => Self::native_id(self.root_dev, self.root_ino, dev, ino),
+        };
+        let Some(id) = id else { return true };
+        match t.nodes.get_mut(&id) {
+            Some(n) if n.openers > 0 || n.is_dir => false,
+            Some(n) => {
+                n.fd = None;
+                n.residency = Residency::Remote;
+                t.foreign.remove(&(dev, ino));
+                true
+            }
+            None => true,
+        }
+    }
+
+    /// Forgets the descriptor of a node whose local file was evicted behind its back (found
+    /// unlinked at open): it is bucket-only again.
+    pub fn make_remote(&self, id: Ino) {
+        if let Some(n) = self.write().nodes.get_mut(&id) {
+            n.fd = None;
+            n.residency = Residency::Remote;
+        }
     }
 
     /// Drops `n` lookup references; removes the node when none remain.

@@ -24,6 +24,7 @@
 //! their own locks, held only to copy out an `Arc` of a descriptor; no system call runs with a
 //! table lock held, except bookkeeping that must be atomic with the table update.
 
+mod cache;
 mod error;
 mod handle;
 mod inode;
@@ -33,8 +34,10 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
+
+use cache::LocalCache;
 
 pub use error::{OverlayError, Result};
 use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
@@ -199,6 +202,11 @@ pub struct Overlay {
     sink: Arc<dyn ChangeSink>,
     /// Bucket-only files: absent without a bucket (and in core tests).
     remote: Option<Remote>,
+    /// `--max-local-bytes`: local files as an LRU cache of the bucket.
+    cache: Option<LocalCache>,
+    /// Opens hold it shared, an eviction exclusively: a file is never evicted while an open
+    /// of it is under way.
+    evict_lock: RwLock<()>,
 }
 
 /// What the overlay needs to show and fetch files that are only in the bucket.
@@ -255,6 +263,8 @@ impl Overlay {
             hidden,
             sink,
             remote: None,
+            cache: None,
+            evict_lock: RwLock::new(()),
         })
     }
 
@@ -262,6 +272,76 @@ impl Overlay {
     pub fn with_remote(mut self, remote: Remote) -> Overlay {
         self.remote = Some(remote);
         self
+    }
+
+    /// Bounds the local disk to `max` bytes of files (needs a remote). `existing` are the local
+    /// files at start with their sizes.
+    pub fn with_cache(mut self, max: u64, existing: Vec<(PathBuf, u64)>) -> Overlay {
+        self.cache = Some(LocalCache::new(max, existing));
+        self
+    }
+
+    /// Records a use of a local file for the LRU, and evicts if the disk is over its bound.
+    fn used(&self, ino: Ino) {
+        let Some(cache) = &self.cache else { return };
+        let (Some(path), Some((Some(fd), false))) = (self.inodes.path(ino), self.inodes.fd(ino))
+        else {
+            return;
+        };
+        if let Ok(st) = self.local.stat(fd.as_fd()) {
+            cache.touch(&path, st.size);
+        }
+        if cache.over_limit() {
+            self.evict();
+        }
+    }
+
+    /// Evicts least recently used clean, closed files until the disk is within its bound.
+    fn evict(&self) {
+        let (Some(cache), Some(remote)) = (&self.cache, &self.remote) else {
+            return;
+        };
+        for path in cache.candidates() {
+            if !cache.over_limit() {
+                break;
+            }
+            let _exclusive = self.evict_lock.write().unwrap_or_else(|e| e.into_inner());
+            let st = match self.local.stat_beneath(&path) {
+                Ok(st) if st.is_file() => st,
+                _ => {
+                    cache.remove(&path);
+                    continue;
+                }
+            };
+            // Only what the bucket holds exactly, and nothing open.
+            let Some(sha256) = self.sink.in_bucket(&path, &st) else {
+                continue;
+            };
+            if !self.inodes.detach_if_idle(st.dev, st.ino) {
+                continue;
+            }
+            remote.index.insert(
+                &path,
+                RemoteFile {
+                    size: st.size,
+                    mtime: st.mtime,
+                    mode: st.mode & 0o7777,
+                    sha256: Some(sha256),
+                    owner: Some((st.uid, st.gid)),
+                    source: path.clone(),
+                },
+            );
+            match self.local.unlink_beneath(&path) {
+                Ok(()) => {
+                    cache.remove(&path);
+                    tracing::debug!(path = %path.display(), bytes = st.size, "evicted to the bucket");
+                }
+                Err(e) => {
+                    remote.index.remove(&path);
+                    tracing::warn!(path = %path.display(), error = %e, "eviction failed");
+                }
+            }
+        }
     }
 
     /// The bucket-only file at `path`, if there is one.
@@ -650,6 +730,9 @@ impl Overlay {
         if let Some((id, _)) = child {
             self.inodes.unlinked(id, parent, name);
         }
+        if let (Some(cache), Some(p)) = (&self.cache, &path) {
+            cache.remove(p);
+        }
         Ok(())
     }
 
@@ -737,6 +820,15 @@ impl Overlay {
                 .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
                 .map_err(OverlayError::local("rename"))
         })?;
+        if let (Some(from), Some(to), Some(cache)) = (&from_path, &to_path, &self.cache) {
+            if exchange {
+                cache.remove(from);
+                cache.remove(to);
+            } else {
+                cache.remove(to);
+                cache.rename(from, to);
+            }
+        }
         if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
             if moved.is_some_and(|(_, d)| d) && !exchange {
                 // Bucket-only files below a renamed directory move with it.
@@ -808,6 +900,7 @@ impl Overlay {
             });
             self.sink.writer_opened(ino);
         }
+        self.inodes.with_node(ino, |n| n.openers += 1);
         let file = Arc::new(file);
         let fh = self.handles.insert_file(FileHandle {
             ino,
@@ -818,6 +911,15 @@ impl Overlay {
     }
 
     pub fn open(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        let opened = {
+            let _shared = self.evict_lock.read().unwrap_or_else(|e| e.into_inner());
+            self.open_locked(ino, flags)?
+        };
+        self.used(ino);
+        Ok(opened)
+    }
+
+    fn open_locked(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let (fd, is_dir) = self.inodes.fd(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(OverlayError::local("open")(
@@ -825,6 +927,18 @@ impl Overlay {
             ));
         }
         let fd = match fd {
+            // A descriptor looked up just before its file was evicted points at the deleted
+            // inode: the file is bucket-only again.
+            Some(fd)
+                if self.cache.is_some()
+                    && self
+                        .local
+                        .stat(fd.as_fd())
+                        .is_ok_and(|st| st.nlink == 0 && !is_dir) =>
+            {
+                self.inodes.make_remote(ino);
+                self.hydrate(ino)?
+            }
             Some(fd) => fd,
             // Bucket-only: O_TRUNC needs no download, anything else fetches the file first.
             None if flags & libc::O_TRUNC != 0 => self.materialize_empty(ino)?,
@@ -904,6 +1018,9 @@ impl Overlay {
                 self.closed(h.ino);
             }
         }
+        self.inodes
+            .with_node(h.ino, |n| n.openers = n.openers.saturating_sub(1));
+        self.used(h.ino);
         Ok(())
     }
 
