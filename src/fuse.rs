@@ -436,8 +436,10 @@ impl Filesystem for EtlFs {
         reply: ReplyEmpty,
     ) {
         // Data is written to the local file as it arrives, and locks are kept by the kernel
-        // (we do not take over POSIX or flock locking), so there is nothing to flush.
-        reply.ok();
+        // (we do not take over POSIX or flock locking), so there is nothing to flush. ENOSYS
+        // tells the kernel so once and for all: it stops sending FLUSH, saving a round trip
+        // on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn release(

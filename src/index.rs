@@ -272,7 +272,7 @@ impl Index {
         for (p, f) in moved {
             inner.files.remove(&p);
             inner.unlink(&p);
-            let new = to.join(p.strip_prefix(from).expect("filtered on the prefix"));
+            let new = moved_path(&p, from, to);
             inner.link(&new, false);
             inner.files.insert(new, f);
         }
@@ -285,7 +285,7 @@ impl Index {
             .collect();
         for d in dirs {
             if let Some(c) = inner.children.remove(&d) {
-                let new = to.join(d.strip_prefix(from).expect("filtered on the prefix"));
+                let new = moved_path(&d, from, to);
                 inner.children.entry(new).or_default().extend(c);
             }
         }
@@ -305,6 +305,14 @@ impl Index {
 
     pub fn is_empty(&self) -> bool {
         self.read().files.is_empty()
+    }
+}
+
+/// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
+fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
+    match p.strip_prefix(from) {
+        Ok(rest) if !rest.as_os_str().is_empty() => to.join(rest),
+        _ => to.to_path_buf(),
     }
 }
 

@@ -70,7 +70,7 @@ impl LocalCache {
             .collect();
         for (p, size) in moved {
             inner.lru.pop(&p);
-            let new = to.join(p.strip_prefix(from).expect("filtered on the prefix"));
+            let new = moved_path(&p, from, to);
             inner.lru.put(new, size);
         }
     }
@@ -94,6 +94,14 @@ impl LocalCache {
     }
 }
 
+/// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
+fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
+    match p.strip_prefix(from) {
+        Ok(rest) if !rest.as_os_str().is_empty() => to.join(rest),
+        _ => to.to_path_buf(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,7 +120,9 @@ mod tests {
         );
         c.rename(Path::new("c"), Path::new("d/c"));
         c.remove(Path::new("b"));
-        assert_eq!(c.candidates(), vec![PathBuf::from("d/c"), "a".into()]);
+        // A rename counts as a use.
+        assert_eq!(c.candidates(), vec![PathBuf::from("a"), "d/c".into()]);
+        assert_eq!(c.candidates()[1].as_os_str(), "d/c");
         assert_eq!(c.total(), 60);
     }
 }
