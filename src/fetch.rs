@@ -279,17 +279,10 @@ impl Fetcher {
                 source,
             }
         };
-        let parent = path.parent().unwrap_or(Path::new(""));
-        let parent_fd = if parent.as_os_str().is_empty() {
-            self.local.root_clone()
-        } else {
-            self.local.open_beneath(
-                parent,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )
-        }
-        .map_err(local_err("opening the parent directory"))?;
+        let (parent_fd, file_name) = self
+            .local
+            .open_parent(path)
+            .map_err(local_err("opening the parent directory"))?;
         let (uid, gid) = match remote.owner {
             Some(o) => o,
             None => {
@@ -311,8 +304,7 @@ impl Fetcher {
         )
         .map_err(local_err("setting the mtime"))?;
         file.sync_all().map_err(local_err("fsync"))?;
-        let name =
-            sys::cstr(path.file_name().unwrap_or_default()).map_err(local_err("file name"))?;
+        let name = sys::cstr(file_name).map_err(local_err("file name"))?;
         match sys::renameat2(
             self.state.fd(),
             tmp,

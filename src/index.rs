@@ -309,7 +309,7 @@ impl Index {
 }
 
 /// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
-fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
+pub fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
     match p.strip_prefix(from) {
         Ok(rest) if !rest.as_os_str().is_empty() => to.join(rest),
         _ => to.to_path_buf(),

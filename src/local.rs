@@ -509,13 +509,13 @@ impl LocalDir {
         self.stat(fd.as_fd())
     }
 
-    /// Creates a directory (parents must exist) with mode 0755 owned like the root, unless
-    /// something is there already.
-    pub fn mkdir_beneath(&self, rel: &Path) -> io::Result<()> {
+    /// The parent directory of a relative path (opened strictly beneath the root) and the
+    /// path's last component.
+    pub fn open_parent<'p>(&self, rel: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Ok(());
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
         };
-        let parent_fd = if parent.as_os_str().is_empty() {
+        let fd = if parent.as_os_str().is_empty() {
             self.root.try_clone()?
         } else {
             self.open_beneath(
@@ -524,6 +524,13 @@ impl LocalDir {
                 0,
             )?
         };
+        Ok((fd, name))
+    }
+
+    /// Creates a directory (parents must exist) with mode 0755 owned like the root, unless
+    /// something is there already.
+    pub fn mkdir_beneath(&self, rel: &Path) -> io::Result<()> {
+        let (parent_fd, name) = self.open_parent(rel)?;
         let cname = single_component(name)?;
         match sys::mkdirat(parent_fd.as_fd(), &cname, 0o755) {
             Ok(()) => sys::fchownat(
@@ -540,18 +547,7 @@ impl LocalDir {
 
     /// Removes a file given by its relative path (eviction; not an application unlink).
     pub fn unlink_beneath(&self, rel: &Path) -> io::Result<()> {
-        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        };
-        let parent_fd = if parent.as_os_str().is_empty() {
-            self.root.try_clone()?
-        } else {
-            self.open_beneath(
-                parent,
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
-                0,
-            )?
-        };
+        let (parent_fd, name) = self.open_parent(rel)?;
         sys::unlinkat(parent_fd.as_fd(), &single_component(name)?, 0)
     }
 

@@ -54,6 +54,16 @@ fn worth_a_warning(attempt: u32) -> bool {
     attempt <= 3 || attempt % 50 == 0
 }
 
+/// Logs a failed attempt that will be retried: at `warn` while it is news, then at `debug`.
+fn report_retry(what: &str, path: Option<&Path>, e: &SyncError, attempt: u32, retry_in: Duration) {
+    let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+    if worth_a_warning(attempt) {
+        warn!(path, error = %e, attempt, ?retry_in, "{what}");
+    } else {
+        debug!(path, error = %e, attempt, ?retry_in, "{what}");
+    }
+}
+
 /// A path waiting to be synced.
 #[derive(Debug, Clone, Copy)]
 struct Due {
@@ -343,11 +353,7 @@ impl Worker {
                             .delete_failures
                             .fetch_add(1, Ordering::Relaxed);
                         let (d, n) = self.backoff(key);
-                        if worth_a_warning(n) {
-                            warn!(error = %e, attempt = n, retry_in = ?d, "bucket delete/rename failed; will retry");
-                        } else {
-                            debug!(error = %e, attempt = n, retry_in = ?d, "bucket delete/rename failed; will retry");
-                        }
+                        report_retry("bucket delete/rename failed; will retry", None, &e, n, d);
                         // It stays first in line; the next attempt waits for the backoff.
                         self.intent_retry_at = Instant::now() + d;
                     }
@@ -382,11 +388,7 @@ impl Worker {
                             .upload_failures
                             .fetch_add(1, Ordering::Relaxed);
                         let (d, n) = self.backoff(key);
-                        if worth_a_warning(n) {
-                            warn!(path = %path.display(), error = %e, attempt = n, retry_in = ?d, "upload failed; will retry");
-                        } else {
-                            debug!(path = %path.display(), error = %e, attempt = n, retry_in = ?d, "upload failed; will retry");
-                        }
+                        report_retry("upload failed; will retry", Some(&path), &e, n, d);
                         let at = Instant::now() + d;
                         let e = self.due.entry(path).or_insert(Due {
                             at,

@@ -12,6 +12,8 @@ use std::sync::Mutex;
 
 use lru::LruCache;
 
+use crate::index::moved_path;
+
 /// Sizes of local files in least-recently-used order.
 #[derive(Debug)]
 pub struct LocalCache {
@@ -91,14 +93,6 @@ impl LocalCache {
             .rev()
             .map(|(p, _)| p.clone())
             .collect()
-    }
-}
-
-/// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
-fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
-    match p.strip_prefix(from) {
-        Ok(rest) if !rest.as_os_str().is_empty() => to.join(rest),
-        _ => to.to_path_buf(),
     }
 }
 
