@@ -74,6 +74,25 @@ impl BucketError {
         }
     }
 
+    /// A listing that failed because the bucket holds a key `object_store` cannot represent
+    /// (an empty, `.` or `..` segment): no retry can fix it, only removing that object.
+    pub fn is_unlistable_key(&self) -> bool {
+        let BucketError::Store { source, .. } = self else {
+            return false;
+        };
+        if matches!(source, object_store::Error::InvalidPath { .. }) {
+            return true;
+        }
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
+        while let Some(e) = cur {
+            if e.downcast_ref::<object_store::path::Error>().is_some() {
+                return true;
+            }
+            cur = e.source();
+        }
+        false
+    }
+
     fn store<'a>(
         op: &'static str,
         key: &'a Key,

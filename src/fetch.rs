@@ -198,8 +198,9 @@ impl Fetcher {
         }
         let st = placed?;
         self.index.remove(path);
-        if let Some(st) = st {
-            // The bucket holds exactly this version: the mirror must not upload it again.
+        // The bucket holds exactly this version under this name (unless it was fetched from the
+        // old key of a rename the mirror has not carried out yet): no need to upload it again.
+        if let (Some(st), true) = (st, remote.source == path) {
             self.sink.fetched(path, &st, &sha);
         }
         Ok(remote.size)
@@ -224,11 +225,13 @@ impl Fetcher {
                 source,
             }
         };
-        let mut stream = self
-            .bucket
-            .get_stream(&remote.source)
-            .await
-            .map_err(bucket_err)?;
+        let mut stream = match self.bucket.get_stream(&remote.source).await {
+            // Renamed while bucket-only, and the mirror has moved the object meanwhile.
+            Err(BucketError::NotFound { .. }) if remote.source != path => {
+                self.bucket.get_stream(path).await.map_err(bucket_err)?
+            }
+            other => other.map_err(bucket_err)?,
+        };
         let mut out = tokio::fs::File::from_std(file);
         let mut hasher = Sha256::new();
         let mut got = 0u64;

@@ -196,6 +196,9 @@ impl Filesystem for EtlFs {
             InitFlags::FUSE_DO_READDIRPLUS,
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_CACHE_SYMLINKS,
+            // O_TRUNC arrives with the open instead of as a separate truncate, so opening a
+            // bucket-only file with O_TRUNC needs no download.
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ];
         for flag in wanted {
             if config.capabilities().contains(flag) {

@@ -56,8 +56,12 @@ fn valid_rel(rel: &Path) -> bool {
     rel.components().all(|c| matches!(c, Component::Normal(_)))
         && !s
             .split(|b| *b == b'/')
-            .any(|seg| seg == b"." || seg == b"..")
+            .any(|seg| seg == b"." || seg == b".." || seg.len() > NAME_MAX)
 }
+
+/// The longest file name Linux filesystems take; a longer key segment could be listed but
+/// never opened.
+const NAME_MAX: usize = 255;
 
 #[derive(Debug, Default)]
 struct Inner {
@@ -335,6 +339,8 @@ mod tests {
         for bad in ["", "/a", "a/", "a//b", "a/../b", "..", "./a", "a/."] {
             assert!(!valid_rel(Path::new(bad)), "{bad:?}");
         }
+        assert!(valid_rel(Path::new(&"n".repeat(255))));
+        assert!(!valid_rel(Path::new(&format!("d/{}", "n".repeat(256)))));
     }
 
     #[tokio::test]

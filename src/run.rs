@@ -480,6 +480,15 @@ fn load_index(
     loop {
         match rt.block_on(Index::load(bucket)) {
             Ok(index) => return Ok(Some(index)),
+            Err(e) if e.is_unlistable_key() => {
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?wait,
+                    "the bucket holds an object whose key cannot be listed (an empty, `.` or `..` \
+                     path segment); remove or rename that object. The mount waits rather than \
+                     show an incomplete directory"
+                );
+            }
             Err(e) => {
                 warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
             }

@@ -742,7 +742,18 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         seen.insert(path.as_path());
         let rec = shared.records.get(path);
         let fresh = match (&rec, in_bucket.get(path.as_path())) {
-            (Some(r), Some((_, true))) if st.is_dir() => r.dir,
+            // A directory needs nothing but its marker in the bucket.
+            (_, Some((_, true))) if st.is_dir() => {
+                if rec.is_none() {
+                    let dir = Record {
+                        id: Identity::of(st),
+                        sha256: String::new(),
+                        dir: true,
+                    };
+                    shared.records.set(path, dir);
+                }
+                true
+            }
             (Some(r), Some((size, false))) if st.is_file() => {
                 !r.dir && r.id == Identity::of(st) && *size == st.size
             }
