@@ -6,25 +6,26 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
+#[path = "common/bucket.rs"]
+mod bucket;
 mod common;
 #[path = "common/servers.rs"]
 mod servers;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bucket::{Target, kubecost_read, kubecost_write, rt, snapshot, target, wait_for};
 use common::{Mounted, Opts};
-use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use rustix::fs::FlockOperation;
 use sha2::{Digest, Sha256};
 
 /// The daemon's log filter in every test: fetches are logged at debug level.
@@ -35,50 +36,6 @@ const FETCHED: &str = "fetched from the bucket";
 // ---------------------------------------------------------------------------------------------
 // Helpers (copied from tests/mirror.rs where they are the same)
 // ---------------------------------------------------------------------------------------------
-
-/// Where the bucket is, for one test.
-enum Target {
-    Cloud(servers::Server),
-    Filesystem(tempfile::TempDir),
-}
-
-impl Target {
-    fn store(&self) -> Arc<dyn ObjectStore> {
-        match self {
-            Target::Cloud(s) => s.store(),
-            Target::Filesystem(d) => {
-                Arc::new(object_store::local::LocalFileSystem::new_with_prefix(d.path()).unwrap())
-            }
-        }
-    }
-
-    fn yaml(&self) -> String {
-        match self {
-            Target::Cloud(s) => s.yaml(),
-            Target::Filesystem(d) => format!(
-                "type: FILESYSTEM\nconfig:\n  directory: {}\n",
-                d.path().display()
-            ),
-        }
-    }
-
-    fn server(&self) -> &servers::Server {
-        match self {
-            Target::Cloud(s) => s,
-            Target::Filesystem(_) => panic!("not a server"),
-        }
-    }
-}
-
-fn target(kind: &str) -> Target {
-    match kind {
-        "s3" => Target::Cloud(servers::s3()),
-        "azure" => Target::Cloud(servers::azure()),
-        "gcs" => Target::Cloud(servers::gcs()),
-        "filesystem" => Target::Filesystem(tempfile::tempdir().unwrap()),
-        other => panic!("unknown target {other}"),
-    }
-}
 
 /// A mount of etlfs on `t` with a 100 ms upload delay, fetches logged. `separate_local`: the
 /// directory underneath is `m.local`, visible to the test while mounted.
@@ -99,86 +56,6 @@ fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile
         ..Opts::default()
     });
     (m, cfg)
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// Every object's key → bytes (markers included, etlfs' reserved objects excluded).
-fn snapshot(
-    rt: &tokio::runtime::Runtime,
-    store: &dyn ObjectStore,
-    prefix: Option<&str>,
-) -> BTreeMap<String, Vec<u8>> {
-    rt.block_on(async {
-        let p = prefix.map(|p| Key::parse(p).unwrap());
-        let metas: Vec<_> = store.list(p.as_ref()).try_collect().await.unwrap();
-        let mut out = BTreeMap::new();
-        for m in metas {
-            let k = m.location.to_string();
-            if k.starts_with(".etlfs/") || k.contains("/.etlfs/") {
-                continue;
-            }
-            let Ok(got) = store.get(&m.location).await else {
-                continue;
-            };
-            let Ok(body) = got.bytes().await else {
-                continue;
-            };
-            out.insert(k, body.to_vec());
-        }
-        out
-    })
-}
-
-/// Polls the bucket until `want` holds or the deadline passes; returns the last snapshot.
-fn wait_for(
-    rt: &tokio::runtime::Runtime,
-    store: &dyn ObjectStore,
-    prefix: Option<&str>,
-    secs: u64,
-    want: impl Fn(&BTreeMap<String, Vec<u8>>) -> bool,
-) -> BTreeMap<String, Vec<u8>> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        let snap = snapshot(rt, store, prefix);
-        if want(&snap) || Instant::now() > deadline {
-            return snap;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// Kubecost's write: open(O_RDWR|O_CREAT, 0600), flock(LOCK_EX), ftruncate(0), write, unlock,
-/// close.
-fn kubecost_write(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)?;
-    rustix::fs::flock(&f, FlockOperation::LockExclusive)?;
-    f.set_len(0)?;
-    f.seek(SeekFrom::Start(0))?;
-    f.write_all(data)?;
-    rustix::fs::flock(&f, FlockOperation::Unlock)?;
-    Ok(())
-}
-
-/// Kubecost's read: open(O_RDONLY), flock(LOCK_SH), read the whole file, unlock, close.
-fn kubecost_read(path: &Path) -> std::io::Result<Vec<u8>> {
-    let mut f = OpenOptions::new().read(true).open(path)?;
-    rustix::fs::flock(&f, FlockOperation::LockShared)?;
-    let mut out = Vec::new();
-    f.read_to_end(&mut out)?;
-    rustix::fs::flock(&f, FlockOperation::Unlock)?;
-    Ok(out)
 }
 
 /// Deterministic, incompressible test bytes.
