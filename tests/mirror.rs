@@ -11,7 +11,6 @@ mod servers;
 
 use std::collections::BTreeMap;
 use std::fs::{self};
-use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,22 +24,13 @@ fn mount(
     extra: &[&str],
     files: Vec<(String, Vec<u8>)>,
 ) -> (Mounted, tempfile::NamedTempFile) {
-    let mut cfg = tempfile::NamedTempFile::new().unwrap();
-    cfg.write_all(t.yaml().as_bytes()).unwrap();
-    let mut args: Vec<String> = vec![
-        "--config".into(),
-        cfg.path().display().to_string(),
-        "--upload-delay".into(),
-        "200ms".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let m = Mounted::with(Opts {
-        args,
+    let opts = Opts {
+        args: extra.iter().map(|s| s.to_string()).collect(),
         files,
         log_filter: Some("info,object_store=warn,etlfs::mirror=debug".into()),
         ..Opts::default()
-    });
-    (m, cfg)
+    };
+    bucket::mount_on(t, "200ms", opts)
 }
 
 fn version(name: &str, round: u32) -> Vec<u8> {
@@ -153,7 +143,9 @@ fn rename_and_delete_follow(kind: &str) {
     }
     let rt = rt();
     let snap = wait_for(&rt, store.as_ref(), None, 30, |s| {
-        s.contains_key("dir/sub/d") && s.contains_key("b")
+        ["a", "b", "dir/c", "dir/sub/d"]
+            .iter()
+            .all(|k| s.contains_key(*k))
     });
     assert!(
         snap.contains_key("a") && snap.contains_key("dir/c"),

@@ -34,28 +34,19 @@ const LOG: &str = "info,object_store=warn,etlfs::fetch=debug";
 const FETCHED: &str = "fetched from the bucket";
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (copied from tests/mirror.rs where they are the same)
+// Helpers (the shared ones are in tests/common/bucket.rs)
 // ---------------------------------------------------------------------------------------------
 
 /// A mount of etlfs on `t` with a 100 ms upload delay, fetches logged. `separate_local`: the
 /// directory underneath is `m.local`, visible to the test while mounted.
 fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile::NamedTempFile) {
-    let mut cfg = tempfile::NamedTempFile::new().unwrap();
-    cfg.write_all(t.yaml().as_bytes()).unwrap();
-    let mut args: Vec<String> = vec![
-        "--config".into(),
-        cfg.path().display().to_string(),
-        "--upload-delay".into(),
-        "100ms".into(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let m = Mounted::with(Opts {
-        args,
+    let opts = Opts {
+        args: extra.iter().map(|s| s.to_string()).collect(),
         separate_local,
         log_filter: Some(LOG.into()),
         ..Opts::default()
-    });
-    (m, cfg)
+    };
+    bucket::mount_on(t, "100ms", opts)
 }
 
 /// Deterministic, incompressible test bytes.

@@ -71,6 +71,25 @@ pub fn config_file(t: &Target) -> tempfile::NamedTempFile {
     cfg
 }
 
+/// Mounts etlfs on the bucket of `t` with `--config` and `--upload-delay delay`, plus `opts`
+/// (its `args` come after those). Returns the mount and its config file.
+pub fn mount_on(
+    t: &Target,
+    delay: &str,
+    mut opts: crate::common::Opts,
+) -> (crate::common::Mounted, tempfile::NamedTempFile) {
+    let cfg = config_file(t);
+    let mut args: Vec<String> = vec![
+        "--config".into(),
+        cfg.path().display().to_string(),
+        "--upload-delay".into(),
+        delay.into(),
+    ];
+    args.append(&mut opts.args);
+    opts.args = args;
+    (crate::common::Mounted::with(opts), cfg)
+}
+
 pub fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
