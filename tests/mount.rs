@@ -897,3 +897,37 @@ fn renames_racing_with_creates_stay_inside() {
     // the served directory: nothing else.
     assert_eq!(beside, vec![".l.etlfs-bucket", "etlfs.log", "l", "m"]);
 }
+
+#[test]
+fn a_bad_bucket_config_is_a_usage_error_naming_file_and_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("d");
+    fs::create_dir(&dir).unwrap();
+    let cfg = tmp.path().join("object-store.yaml");
+    fs::write(
+        &cfg,
+        "type: S3\nconfig:\n  bucket: b\n  endpoint: 127.0.0.1:9\n  secret_kye: x\n",
+    )
+    .unwrap();
+    let out = run_etlfs(&[
+        "mount",
+        "--config",
+        cfg.to_str().unwrap(),
+        dir.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("object-store.yaml") && err.contains("secret_kye"),
+        "{err}"
+    );
+    assert!(!is_mounted(&dir));
+    let out = run_etlfs(&[
+        "mount",
+        "--config",
+        "/nonexistent/os.yaml",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/os.yaml"));
+}
