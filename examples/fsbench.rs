@@ -13,16 +13,31 @@
 //!                                              open(O_RDWR|O_CREAT, 0600), flock(LOCK_EX),
 //!                                              ftruncate(0), lseek(0), one write of SIZE bytes,
 //!                                              flock(LOCK_UN), close
+//! fsbench readall  DIR N SIZE                  list DIR (exactly N entries), then read each file
+//!                                              whole as Kubecost does: open, flock(LOCK_SH),
+//!                                              read to the end, close; checks every byte
+//! fsbench kcupload DIR N SIZE ENDPOINT BUCKET PREFIX TIMEOUT_S
+//!                                              one Kubecost pass over DIR/k00000..k{N-1}, then
+//!                                              lists the S3 bucket every 100 ms until all N keys
+//!                                              PREFIX/k00000.. are there with SIZE bytes; prints
+//!                                              the seconds from the last close to the listing
+//!                                              that showed them all (an upper bound: the
+//!                                              listing's own time is included)
 //! ```
+//!
+//! `kcupload` lists with an unsigned ListObjectsV2 request (`GET /BUCKET?list-type=2`, plain
+//! HTTP/1.0 over TCP, path style), which the test server (moto) accepts; ENDPOINT is
+//! `http://HOST:PORT`.
 //!
 //! Build with `cargo build --release --example fsbench`.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 
@@ -32,7 +47,9 @@ const USAGE: &str = "usage: fsbench seqwrite FILE SIZE_MIB [BLOCK_KIB]
        fsbench seqread FILE [BLOCK_KIB]
        fsbench create DIR N SIZE
        fsbench stat DIR N
-       fsbench kubecost DIR N SIZE CYCLES";
+       fsbench kubecost DIR N SIZE CYCLES
+       fsbench readall DIR N SIZE
+       fsbench kcupload DIR N SIZE ENDPOINT BUCKET PREFIX TIMEOUT_S";
 
 fn num(args: &[String], i: usize, what: &str) -> Result<usize> {
     let s = args
@@ -52,6 +69,12 @@ fn opt_num(args: &[String], i: usize, what: &str, default: usize) -> Result<usiz
 fn path(args: &[String], i: usize, what: &str) -> Result<PathBuf> {
     args.get(i)
         .map(PathBuf::from)
+        .ok_or_else(|| format!("missing {what}\n{USAGE}"))
+}
+
+fn text<'a>(args: &'a [String], i: usize, what: &str) -> Result<&'a str> {
+    args.get(i)
+        .map(String::as_str)
         .ok_or_else(|| format!("missing {what}\n{USAGE}"))
 }
 
@@ -149,6 +172,13 @@ fn stat(dir: &Path, n: usize) -> Result<f64> {
 }
 
 fn kubecost(dir: &Path, n: usize, size: usize, cycles: usize) -> Result<f64> {
+    let (start, end) = kubecost_pass(dir, n, size, cycles)?;
+    Ok((end - start).as_secs_f64())
+}
+
+/// The Kubecost write pattern, CYCLES passes over DIR/k00000..; returns the instants right
+/// before the first open and right after the last close (the sizes are checked afterwards).
+fn kubecost_pass(dir: &Path, n: usize, size: usize, cycles: usize) -> Result<(Instant, Instant)> {
     ctx(fs::create_dir_all(dir), "mkdir", dir)?;
     let files = names(dir, "k", n);
     let data = pattern(size);
@@ -182,14 +212,174 @@ fn kubecost(dir: &Path, n: usize, size: usize, cycles: usize) -> Result<f64> {
             drop(f);
         }
     }
-    let secs = start.elapsed().as_secs_f64();
+    let end = Instant::now();
     for p in &files {
         let len = ctx(fs::metadata(p), "stat", p)?.len();
         if len != size as u64 {
             return Err(format!("{}: size {len}, expected {size}", p.display()));
         }
     }
-    Ok(secs)
+    Ok((start, end))
+}
+
+fn readall(dir: &Path, n: usize, size: usize) -> Result<f64> {
+    let expect = pattern(size);
+    let mut buf = Vec::with_capacity(size + 1);
+    let start = Instant::now();
+    let mut files = Vec::with_capacity(n);
+    for e in ctx(fs::read_dir(dir), "readdir", dir)? {
+        files.push(ctx(e, "readdir", dir)?.path());
+    }
+    if files.len() != n {
+        return Err(format!(
+            "{}: {} entries, expected {n}",
+            dir.display(),
+            files.len()
+        ));
+    }
+    files.sort();
+    for p in &files {
+        let mut f = ctx(File::open(p), "open", p)?;
+        ctx(
+            flock(&f, FlockOperation::LockShared).map_err(Into::into),
+            "flock(LOCK_SH)",
+            p,
+        )?;
+        buf.clear();
+        ctx(f.read_to_end(&mut buf), "read", p)?;
+        drop(f);
+        if buf != expect {
+            return Err(format!(
+                "{}: {} bytes that are not the {size} written",
+                p.display(),
+                buf.len()
+            ));
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// `GET PATH_AND_QUERY` on ENDPOINT (`http://host:port`) with HTTP/1.0 (so no chunked body);
+/// the body of a 200 answer.
+fn http_get(endpoint: &str, path_and_query: &str) -> Result<String> {
+    let host = endpoint
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("ENDPOINT must be http://HOST:PORT, not {endpoint}"))?
+        .trim_end_matches('/');
+    let err = |e: std::io::Error| format!("GET {endpoint}{path_and_query}: {e}");
+    let mut s = TcpStream::connect(host).map_err(err)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(err)?;
+    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(err)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).map_err(err)?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("GET {endpoint}{path_and_query}: no HTTP answer"))?;
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!(
+            "GET {endpoint}{path_and_query}: {status}: {}",
+            body.chars().take(300).collect::<String>()
+        ));
+    }
+    Ok(body.to_string())
+}
+
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The text between `<tag>` and `</tag>` in each occurrence within `xml`.
+fn xml_all<'a>(xml: &'a str, tag: &str) -> Vec<&'a str> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(i) = rest.find(&open) {
+        rest = &rest[i + open.len()..];
+        let Some(j) = rest.find(&close) else { break };
+        out.push(&rest[..j]);
+        rest = &rest[j + close.len()..];
+    }
+    out
+}
+
+/// Every (key, size) under `prefix` in the bucket (ListObjectsV2, following continuations).
+fn list_bucket(endpoint: &str, bucket: &str, prefix: &str) -> Result<Vec<(String, u64)>> {
+    let mut out = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut q = format!(
+            "/{}?list-type=2&max-keys=1000&prefix={}",
+            percent_encode(bucket),
+            percent_encode(prefix)
+        );
+        if let Some(t) = &token {
+            q.push_str(&format!("&continuation-token={}", percent_encode(t)));
+        }
+        let body = http_get(endpoint, &q)?;
+        for c in xml_all(&body, "Contents") {
+            let key = xml_all(c, "Key").first().copied().unwrap_or("");
+            let size = xml_all(c, "Size").first().and_then(|s| s.parse().ok());
+            out.push((key.replace("&amp;", "&"), size.unwrap_or(u64::MAX)));
+        }
+        let truncated = xml_all(&body, "IsTruncated").first() == Some(&"true");
+        match xml_all(&body, "NextContinuationToken").first() {
+            Some(t) if truncated => token = Some(t.replace("&amp;", "&")),
+            _ => return Ok(out),
+        }
+    }
+}
+
+fn kcupload(
+    dir: &Path,
+    n: usize,
+    size: usize,
+    bucket: (&str, &str, &str),
+    timeout: usize,
+) -> Result<f64> {
+    let (endpoint, name, prefix) = bucket;
+    let prefix = prefix.trim_matches('/');
+    let want: std::collections::HashSet<String> = (0..n)
+        .map(|i| {
+            if prefix.is_empty() {
+                format!("k{i:05}")
+            } else {
+                format!("{prefix}/k{i:05}")
+            }
+        })
+        .collect();
+    let list_prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let (_, last_close) = kubecost_pass(dir, n, size, 1)?;
+    let deadline = last_close + Duration::from_secs(timeout as u64);
+    loop {
+        let have = list_bucket(endpoint, name, &list_prefix)?
+            .into_iter()
+            .filter(|(k, s)| *s == size as u64 && want.contains(k))
+            .count();
+        let now = Instant::now();
+        if have == n {
+            return Ok((now - last_close).as_secs_f64());
+        }
+        if now > deadline {
+            return Err(format!(
+                "only {have} of {n} files in {endpoint}/{name}/{list_prefix} {timeout} s after the last close"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn run(args: &[String]) -> Result<f64> {
@@ -214,6 +404,22 @@ fn run(args: &[String]) -> Result<f64> {
             num(args, 2, "N")?,
             num(args, 3, "SIZE")?,
             num(args, 4, "CYCLES")?,
+        ),
+        Some("readall") => readall(
+            &path(args, 1, "DIR")?,
+            num(args, 2, "N")?,
+            num(args, 3, "SIZE")?,
+        ),
+        Some("kcupload") => kcupload(
+            &path(args, 1, "DIR")?,
+            num(args, 2, "N")?,
+            num(args, 3, "SIZE")?,
+            (
+                text(args, 4, "ENDPOINT")?,
+                text(args, 5, "BUCKET")?,
+                text(args, 6, "PREFIX")?,
+            ),
+            num(args, 7, "TIMEOUT_S")?,
         ),
         _ => Err(USAGE.to_string()),
     }
