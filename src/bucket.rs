@@ -74,6 +74,12 @@ impl BucketError {
         }
     }
 
+    /// The bucket did not answer, or refused the request (as opposed to a path that can never
+    /// be a key, or an object that is simply absent): what counts towards `degraded`.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, BucketError::Store { .. }) && !self.is_permanent()
+    }
+
     /// A listing that failed because the bucket holds a key `object_store` cannot represent
     /// (an empty, `.` or `..` segment): no retry can fix it, only removing that object.
     pub fn is_unlistable_key(&self) -> bool {
@@ -154,6 +160,8 @@ pub struct Bucket {
     prefix: String,
     user_metadata: bool,
     extra_metadata: Vec<(String, String)>,
+    /// Shared by every clone: the mirror and the fetcher report their outcomes here.
+    health: Arc<crate::counters::Health>,
 }
 
 /// Files up to this size are read into memory and sent with one PUT (atomic everywhere);
@@ -181,7 +189,13 @@ impl Bucket {
             prefix,
             user_metadata,
             extra_metadata,
+            health: Arc::default(),
         }
+    }
+
+    /// Whether the bucket answers, as the operations made through this bucket saw it.
+    pub fn health(&self) -> &Arc<crate::counters::Health> {
+        &self.health
     }
 
     pub fn prefix(&self) -> &str {

@@ -67,7 +67,8 @@ struct BackingCache {
 #[derive(Debug)]
 pub struct EtlFs {
     overlay: Arc<Overlay>,
-    passthrough: AtomicBool,
+    /// Shared with `/metrics`, which shows whether passthrough is (still) on.
+    passthrough: Arc<AtomicBool>,
     backing: Mutex<BackingCache>,
 }
 
@@ -75,9 +76,15 @@ impl EtlFs {
     pub fn new(overlay: Arc<Overlay>, opts: FuseOptions) -> Self {
         EtlFs {
             overlay,
-            passthrough: AtomicBool::new(opts.passthrough),
+            passthrough: Arc::new(AtomicBool::new(opts.passthrough)),
             backing: Mutex::new(BackingCache::default()),
         }
+    }
+
+    /// Whether FUSE passthrough is on: the requested mode until the kernel's INIT, then the
+    /// mode in use (it turns off for good if the kernel refuses a backing file).
+    pub fn passthrough_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.passthrough)
     }
 
     fn backing(&self) -> std::sync::MutexGuard<'_, BackingCache> {
@@ -205,7 +212,7 @@ impl Filesystem for EtlFs {
                 let _ = config.add_capabilities(flag);
             }
         }
-        let mut passthrough = *self.passthrough.get_mut();
+        let mut passthrough = self.passthrough.load(Ordering::Relaxed);
         if passthrough {
             let kernel_has_it = config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH);
             // Depth 2 lets the directory underneath sit on a stacked filesystem itself
@@ -217,7 +224,7 @@ impl Filesystem for EtlFs {
                 info!(abi = %config.kernel_abi(), "kernel offers no FUSE passthrough");
             }
         }
-        *self.passthrough.get_mut() = passthrough;
+        self.passthrough.store(passthrough, Ordering::Relaxed);
         info!(
             mode = if passthrough { "passthrough" } else { "daemon" },
             "I/O mode: {}",

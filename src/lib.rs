@@ -9,13 +9,16 @@
 
 pub mod bucket;
 pub mod config;
+pub mod counters;
 pub mod fetch;
 pub mod fuse;
 pub mod index;
 pub mod journal;
 pub mod local;
 pub mod mirror;
+pub mod oneshot;
 pub mod overlay;
 pub mod run;
 pub mod state;
+pub mod status;
 pub mod sys;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use etlfs::oneshot;
 use etlfs::run::{self, MountArgs, UsageError};
 
 #[derive(Debug, Parser)]
@@ -29,6 +30,8 @@ enum LogFormat {
     Json,
 }
 
+// Parsed once at start: the size of the biggest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Mount over MOUNTPOINT (or serve --local DIR there) and run in the foreground until
@@ -71,9 +74,76 @@ enum Command {
         /// files that are already in the bucket are evicted and fetched again when opened.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
         max_local_bytes: Option<u64>,
+        /// Address of the status server: /metrics (Prometheus), /status (JSON), /healthz,
+        /// /readyz. Port 0 picks a free port (the startup log names it).
+        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::status::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: String,
+        /// /status says `degraded` once bucket operations have failed, with no success in
+        /// between, for this long.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        degraded_after: std::time::Duration,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
+    /// Print a running mount's status; exit 0 only when it is ready (usable as a probe).
+    Status {
+        /// Address of the mount's status server (its `mount --listen`).
+        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::status::DEFAULT_LISTEN, value_name = "ADDR")]
+        listen: String,
+    },
+    /// One shot, no mount: upload every file of DIR that the bucket lacks or holds stale.
+    Backup {
+        #[command(flatten)]
+        target: OneshotArgs,
+    },
+    /// One shot, no mount: download every file DIR lacks; a local file that is not older than
+    /// the bucket's is kept unless --force.
+    Restore {
+        /// Also replace local files that are newer than the bucket's (when they differ from it).
+        #[arg(long)]
+        force: bool,
+        #[command(flatten)]
+        target: OneshotArgs,
+    },
+    /// One shot, no mount: compare DIR and the bucket by checksum, print every difference on
+    /// stdout, exit 1 if there is any.
+    Verify {
+        #[command(flatten)]
+        target: OneshotArgs,
+    },
+}
+
+/// What `backup`, `restore` and `verify` share: the bucket, named as for `mount`, and DIR.
+#[derive(Debug, clap::Args)]
+struct OneshotArgs {
+    /// Thanos-style object-store.yaml describing the bucket (S3, GCS, AZURE, FILESYSTEM).
+    /// Without it, the FILESYSTEM bucket `mount` uses by default, beside DIR.
+    #[arg(long, env = "ETLFS_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Key prefix, joined after the file's own top-level `prefix` (e.g. `etl`).
+    #[arg(long, value_name = "P")]
+    prefix: Option<String>,
+    /// The directory (what `mount` serves); its `.etlfs/` state directory is not data.
+    dir: PathBuf,
+}
+
+impl From<OneshotArgs> for oneshot::Target {
+    fn from(a: OneshotArgs) -> Self {
+        oneshot::Target {
+            dir: a.dir,
+            config: a.config,
+            prefix: a.prefix,
+        }
+    }
+}
+
+/// A one-shot command's outcome for the exit code: a bad directory or configuration stays the
+/// [`UsageError`] that exit code 2 is read from.
+fn oneshot_result(res: Result<(), oneshot::OneshotError>) -> anyhow::Result<()> {
+    res.map_err(|e| match e {
+        oneshot::OneshotError::Usage(u) => u.into(),
+        e => e.into(),
+    })
 }
 
 /// Parses `1234`, `500KB`, `20MiB`, `1.5GiB`, `2T` (decimal KB/MB/GB/TB, binary KiB/MiB/...).
@@ -108,14 +178,22 @@ fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("info,fuser=error,object_store=warn")
         });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal());
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = match format {
+        LogFormat::Human => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    // The same filter for both: /status shows exactly the warnings the log holds.
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(etlfs::status::recent::layer())
+        .init();
 }
 
 fn main() -> ExitCode {
@@ -134,6 +212,8 @@ fn main() -> ExitCode {
             drain_timeout,
             prefetch,
             max_local_bytes,
+            listen,
+            degraded_after,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -148,7 +228,15 @@ fn main() -> ExitCode {
             drain_timeout,
             prefetch,
             max_local_bytes,
+            listen,
+            degraded_after,
         }),
+        Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
+        Command::Backup { target } => oneshot_result(oneshot::backup(&target.into())),
+        Command::Restore { force, target } => {
+            oneshot_result(oneshot::restore(&target.into(), force))
+        }
+        Command::Verify { target } => oneshot_result(oneshot::verify(&target.into())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -59,6 +59,10 @@ pub struct MountArgs {
     pub prefetch: bool,
     /// Bound on local file bytes; least recently used clean files are evicted to the bucket.
     pub max_local_bytes: Option<u64>,
+    /// Address of the status server (`/metrics`, `/status`, `/healthz`, `/readyz`).
+    pub listen: String,
+    /// How long bucket operations must keep failing before `/status` says `degraded`.
+    pub degraded_after: std::time::Duration,
 }
 
 /// Invocation errors: reported with exit code 2.
@@ -91,9 +95,12 @@ pub enum UsageError {
     StateOnOtherFilesystem { state: PathBuf },
     #[error("{local}: has no parent directory to keep the default bucket in; pass --config")]
     NoDefaultBucketPlace { local: PathBuf },
+    #[error(transparent)]
+    Listen(#[from] crate::status::StatusError),
 }
 
-fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
+/// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
+pub fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => path
             .canonicalize()
@@ -204,36 +211,15 @@ enum Event {
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let plan = plan(&args)?;
     check_fuse_device()?;
+    // Bound now, served once the runtime exists: an address in use fails before any mount.
+    let listener = crate::status::bind(&args.listen).map_err(UsageError::from)?;
 
     match sys::raise_nofile_limit() {
         Ok(n) => info!(limit = n, "open file limit"),
         Err(e) => warn!(error = %e, "could not raise the open file limit"),
     }
 
-    let bucket_cfg = match &args.config {
-        Some(path) => config::load(path).map_err(UsageError::from)?,
-        None => {
-            let dir = default_bucket_dir(&plan.local)?;
-            warn!(
-                bucket = %dir.display(),
-                "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
-                 the loss of this machine, configure object storage for real durability"
-            );
-            config::filesystem(&dir).map_err(UsageError::from)?
-        }
-    };
-    let prefix = [
-        bucket_cfg.prefix.as_str(),
-        args.prefix.as_deref().unwrap_or(""),
-    ]
-    .join("/");
-    let bucket = Bucket::new(
-        Arc::clone(&bucket_cfg.store),
-        &prefix,
-        bucket_cfg.user_metadata,
-        bucket_cfg.extra_metadata.clone(),
-    );
-    info!(bucket = %bucket_cfg.describe, prefix = bucket.prefix(), "bucket");
+    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?;
 
     // Signal handlers go in first: a SIGTERM while the bucket listing loads must stop us, and
     // one that arrives right after the mount must unmount it, not kill us and leave a dead
@@ -263,6 +249,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     };
     // All opened before the mount covers the directory.
     let (local, mirror_local, fetch_local) = (open_local()?, open_local()?, open_local()?);
+    let walk_local = open_local()?;
     let state =
         Arc::new(
             StateDir::open(&plan.state_dir).map_err(|source| UsageError::Inaccessible {
@@ -284,6 +271,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
+    // Probes answer `starting` while the bucket listing loads, which can take long.
+    let status = crate::status::Status::new(
+        plan.mountpoint.display().to_string(),
+        args.degraded_after,
+        Arc::clone(bucket.health()),
+    );
+    crate::status::serve(listener, Arc::clone(&status), rt.handle()).map_err(UsageError::from)?;
 
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
@@ -293,6 +287,17 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     };
     let index = Arc::new(index);
     let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
+    let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
+        local_files.iter().map(|(_, size)| size).sum(),
+    ));
+    if args.max_local_bytes.is_none() {
+        // With --max-local-bytes the overlay keeps a live count; otherwise a periodic walk.
+        rt.spawn(count_local_bytes(
+            walk_local,
+            plan.hidden.clone(),
+            Arc::clone(&walked_local_bytes),
+        ));
+    }
     info!(
         bucket_only_files = index.len(),
         refused_keys = index.refused(),
@@ -345,6 +350,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             passthrough: args.passthrough,
         },
     );
+    status.attach(crate::status::Sources {
+        mirror: Arc::clone(&mirror),
+        fetcher: Arc::clone(&fetcher),
+        index: Arc::clone(&index),
+        overlay: Arc::clone(&overlay),
+        passthrough: fs.passthrough_flag(),
+        walked_local_bytes,
+    });
 
     let mut config = Config::default();
     config.mount_options = vec![
@@ -376,6 +389,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         threads = args.threads,
         "mounted"
     );
+    status.set_ready();
 
     let session_thread = thread::Builder::new()
         .name("fuse-session".into())
@@ -388,6 +402,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let ended = match rx.recv() {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "shutting down: unmounting");
+            status.set_draining();
             unmount(&plan.mountpoint);
             // The session ends once the kernel lets go of the mount.
             wait_session(&rx)
@@ -398,6 +413,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         }
         Err(_) => Ok(()),
     };
+    status.set_draining();
     handle.close();
     let _ = session_thread.join();
     // Nothing can change any more: upload what is pending, within the deadline. What is left
@@ -417,8 +433,40 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The bucket named by `--config` and `--prefix`, for `mount` and the one-shot commands alike:
+/// the object-store.yaml, or without one the embedded FILESYSTEM default beside `local` (with a
+/// warning: it does not survive the loss of the machine). The key prefix is the file's own
+/// `prefix` joined with `--prefix`. Logs the one line that describes the bucket.
+pub fn open_bucket(
+    config: Option<&Path>,
+    prefix: Option<&str>,
+    local: &Path,
+) -> Result<Bucket, UsageError> {
+    let bucket_cfg = match config {
+        Some(path) => config::load(path)?,
+        None => {
+            let dir = default_bucket_dir(local)?;
+            warn!(
+                bucket = %dir.display(),
+                "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
+                 the loss of this machine, configure object storage for real durability"
+            );
+            config::filesystem(&dir)?
+        }
+    };
+    let prefix = [bucket_cfg.prefix.as_str(), prefix.unwrap_or("")].join("/");
+    let bucket = Bucket::new(
+        Arc::clone(&bucket_cfg.store),
+        &prefix,
+        bucket_cfg.user_metadata,
+        bucket_cfg.extra_metadata.clone(),
+    );
+    info!(bucket = %bucket_cfg.describe, prefix = bucket.prefix(), "bucket");
+    Ok(bucket)
+}
+
 /// Where the embedded default bucket lives: beside the served directory, never inside it.
-fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
+pub fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
     let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
         return Err(UsageError::NoDefaultBucketPlace {
             local: local.to_owned(),
@@ -479,7 +527,14 @@ fn load_index(
     let mut wait = std::time::Duration::from_millis(500);
     loop {
         match rt.block_on(Index::load(bucket)) {
-            Ok(index) => return Ok(Some(index)),
+            Ok(index) => {
+                bucket.health().success();
+                return Ok(Some(index));
+            }
+            Err(e) if e.is_outage() && !e.is_unlistable_key() => {
+                bucket.health().failure();
+                warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+            }
             Err(e) if e.is_unlistable_key() => {
                 tracing::error!(
                     error = %e,
@@ -536,6 +591,33 @@ fn prepare_local_tree(
         Err(e) => warn!(error = %e, "cannot scan the local directory"),
     }
     files
+}
+
+/// How often the local file bytes are counted when `--max-local-bytes` does not keep count.
+const COUNT_LOCAL_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Keeps `total` at the bytes of the local regular files, by a walk every
+/// [`COUNT_LOCAL_EVERY`] (off the FUSE threads; a walk of Kubecost's few hundred files is
+/// cheap, and the figure is for dashboards, not decisions).
+async fn count_local_bytes(
+    local: LocalDir,
+    hidden: Option<PathBuf>,
+    total: Arc<std::sync::atomic::AtomicU64>,
+) {
+    let local = Arc::new(local);
+    loop {
+        tokio::time::sleep(COUNT_LOCAL_EVERY).await;
+        let (local, hidden) = (Arc::clone(&local), hidden.clone());
+        let walked = tokio::task::spawn_blocking(move || local.walk(hidden.as_deref())).await;
+        if let Ok(Ok(entries)) = walked {
+            let bytes = entries
+                .iter()
+                .filter(|(_, st)| st.is_file())
+                .map(|(_, st)| st.size)
+                .sum();
+            total.store(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
 }
 
 /// `--prefetch`: downloads every bucket-only file, one at a time, so that application opens

@@ -37,3 +37,44 @@ fn every_mount_flag_is_documented() {
         "flags missing from doc/CONFIGURATION.md: {missing:?}"
     );
 }
+
+/// The section of doc/CONFIGURATION.md whose `## Command line` heading names `etlfs CMD`.
+fn command_section(doc: &str, cmd: &str) -> String {
+    let name = format!("`etlfs {cmd}`");
+    let start = doc
+        .match_indices("\n## Command line")
+        .map(|(i, _)| i + 1)
+        .find(|&i| doc[i..].lines().next().unwrap().contains(&name))
+        .unwrap_or_else(|| panic!("no `## Command line` section for {name}"));
+    let end = doc[start + 3..]
+        .find("\n## ")
+        .map_or(doc.len(), |e| start + 3 + e);
+    doc[start..end].to_string()
+}
+
+#[test]
+fn every_oneshot_flag_is_documented_in_its_section() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/CONFIGURATION.md"))
+        .unwrap();
+    for cmd in ["backup", "restore", "verify"] {
+        let section = command_section(&doc, cmd);
+        let flags = flags_of(&[cmd]);
+        assert!(
+            flags.contains(&"--config".to_string()) && flags.contains(&"--prefix".to_string()),
+            "expected the {cmd} flags, got {flags:?}"
+        );
+        let missing: Vec<&String> = flags
+            .iter()
+            .filter(|f| !section.contains(&format!("`{f}")))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{cmd} flags missing from its section of doc/CONFIGURATION.md: {missing:?}"
+        );
+        assert!(
+            section.contains(&format!("etlfs {cmd} ")),
+            "the synopsis of {cmd} is missing"
+        );
+    }
+    assert!(flags_of(&["restore"]).contains(&"--force".to_string()));
+}

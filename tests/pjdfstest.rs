@@ -124,6 +124,17 @@ fn compare(etlfs_args: &[&str]) {
         ..Opts::default()
     });
     let mounted = run_pjdfstest(&bin, &m.mnt, &mode);
+    // A few pjdfstest cases race with the machine's load (`open::etxtbsy` opens a binary for
+    // writing right after starting it, before exec may have happened). A case that fails
+    // through the mount is run once more on its own; only a second failure counts.
+    let failed_once: Vec<&str> = native
+        .results
+        .iter()
+        .filter(|(name, o)| **o == Outcome::Passed && mounted.outcome(name) == Outcome::Failed)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let retried = (!failed_once.is_empty())
+        .then(|| run_pjdfstest_only(&bin, &m.mnt, &format!("{mode}, retry"), &failed_once));
     let status = m.stop();
     let log = last_lines(&m.log(), 60);
 
@@ -146,6 +157,13 @@ fn compare(etlfs_args: &[&str]) {
         }
         let got = mounted.outcome(name);
         if got == Outcome::Passed {
+            continue;
+        }
+        if retried
+            .as_ref()
+            .is_some_and(|r| r.outcome(name) == Outcome::Passed)
+        {
+            println!("flaky: {name} failed through {mode}, passed when run again alone");
             continue;
         }
         match ALLOWED.iter().find(|(n, _)| n == name) {
@@ -220,6 +238,11 @@ fn pjdfstest_binary() -> PathBuf {
 
 /// Runs the whole suite in `dir` and parses its output.
 fn run_pjdfstest(bin: &Path, dir: &Path, what: &str) -> Run {
+    run_pjdfstest_only(bin, dir, what, &[])
+}
+
+/// Runs pjdfstest on `dir`, only the tests whose names contain one of `patterns` (all if empty).
+fn run_pjdfstest_only(bin: &Path, dir: &Path, what: &str, patterns: &[&str]) -> Run {
     // The secondary file system must be an empty directory on another file system (for the
     // EXDEV cases of rename and link): a fresh one on the /dev/shm tmpfs for every run.
     let secondary = tempfile::Builder::new()
@@ -249,6 +272,7 @@ fn run_pjdfstest(bin: &Path, dir: &Path, what: &str) -> Run {
         .arg(secondary.path())
         .arg("-p")
         .arg(dir)
+        .args(patterns)
         .current_dir("/")
         .env("RUST_BACKTRACE", "0")
         .env("NO_COLOR", "1")

@@ -1007,6 +1007,7 @@ fn hostile_bucket_keys_never_escape() {
     fs::write(&cfg, t.yaml()).unwrap();
     let log = tmp.path().join("etlfs.log");
     let child = Command::new(common::ETLFS)
+        .env("ETLFS_LISTEN", "127.0.0.1:0")
         .args(["mount", "--prefix", "etl", "--config"])
         .arg(&cfg)
         .arg("--local")

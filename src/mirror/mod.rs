@@ -60,6 +60,7 @@ use crate::journal::Journal;
 use crate::local::LocalDir;
 use crate::state::StateDir;
 pub use records::{Identity, Record, Records};
+pub use worker::{Snapshot, SyncError, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
@@ -111,7 +112,7 @@ pub struct MirrorOptions {
     pub concurrency: usize,
 }
 
-/// Counters for logs, tests and (later) `/metrics`.
+/// Counters for logs, tests, `/metrics` and `/status` (read there, written only here).
 #[derive(Debug, Default)]
 pub struct Stats {
     pub uploads: AtomicU64,
@@ -125,6 +126,16 @@ pub struct Stats {
     pub pending: AtomicU64,
     /// 1 once the start-up reconcile has finished.
     pub reconciled: AtomicU64,
+    /// Size of the pending files, as of their last change.
+    pub pending_bytes: AtomicU64,
+    /// Unix ms of the oldest change not yet in the bucket; 0 when nothing is pending.
+    pub oldest_pending_ms: AtomicU64,
+    /// Failed operations scheduled again after a backoff.
+    pub retries: AtomicU64,
+    /// Unix ms of the last successful upload; 0 = none since start.
+    pub last_upload_ms: AtomicU64,
+    /// Duration of each successful upload, from opening the file to the committed object.
+    pub upload_latency: crate::counters::Latency,
 }
 
 impl Stats {
@@ -217,6 +228,16 @@ impl Mirror {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// Removals and renames journaled but not yet carried out in the bucket.
+    pub fn journal_pending(&self) -> usize {
+        self.shared.journal.pending()
+    }
+
+    /// Size of the journal file in bytes.
+    pub fn journal_size(&self) -> u64 {
+        self.shared.journal.size()
     }
 
     /// Uploads everything pending now and waits until nothing is left or `timeout` passes.

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use super::records::{Identity, Record};
 use super::{Msg, Shared};
-use crate::bucket::{BucketError, FileMeta, SINGLE_PUT_MAX};
+use crate::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
 use crate::journal::Intent;
 use crate::local::Stat;
 
@@ -29,8 +29,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the upload records are written while there is activity.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
 
+/// Why a bucket operation of the mirror (or an upload of `etlfs backup`) failed.
 #[derive(Debug, thiserror::Error)]
-enum SyncError {
+pub enum SyncError {
     #[error(transparent)]
     Bucket(#[from] BucketError),
     #[error("reading {path:?}: {source}")]
@@ -106,7 +107,18 @@ pub(crate) struct Worker {
     tasks: JoinSet<TaskResult>,
     drains: Vec<oneshot::Sender<()>>,
     last_save: Instant,
+    /// Per pending path: (size at its last change, Unix ms it became pending), for the pending
+    /// bytes and the age of the oldest pending change on `/metrics`.
+    pending_meta: HashMap<PathBuf, (u64, u64)>,
+    pending_bytes: u64,
+    /// Unix ms each waiting intent arrived.
+    intent_since: HashMap<u64, u64>,
+    /// The oldest change is a scan of `pending_meta`: done at most this often.
+    last_oldest: Instant,
 }
+
+/// How often the age of the oldest pending change is recomputed (it is a scan).
+const OLDEST_EVERY: Duration = Duration::from_millis(250);
 
 impl Worker {
     pub fn new(
@@ -114,6 +126,8 @@ impl Worker {
         rx: mpsc::UnboundedReceiver<Msg>,
         replay: Vec<(u64, Intent)>,
     ) -> Worker {
+        let now = crate::counters::now_ms();
+        let intent_since = replay.iter().map(|(seq, _)| (*seq, now)).collect();
         Worker {
             shared,
             rx,
@@ -129,6 +143,10 @@ impl Worker {
             tasks: JoinSet::new(),
             drains: Vec::new(),
             last_save: Instant::now(),
+            pending_meta: HashMap::new(),
+            pending_bytes: 0,
+            intent_since,
+            last_oldest: Instant::now() - OLDEST_EVERY,
         }
     }
 
@@ -175,9 +193,53 @@ impl Worker {
         self.reconciled && self.due.is_empty() && self.intents.is_empty() && self.tasks.is_empty()
     }
 
-    fn update_pending(&self) {
+    fn update_pending(&mut self) {
+        let stats = &self.shared.stats;
         let n = self.due.len() + self.inflight.len() + self.intents.len();
-        self.shared.stats.pending.store(n as u64, Ordering::Relaxed);
+        stats.pending.store(n as u64, Ordering::Relaxed);
+        stats
+            .pending_bytes
+            .store(self.pending_bytes, Ordering::Relaxed);
+        let shown = stats.oldest_pending_ms.load(Ordering::Relaxed);
+        if n == 0 {
+            stats.oldest_pending_ms.store(0, Ordering::Relaxed);
+        } else if shown == 0 || self.last_oldest.elapsed() >= OLDEST_EVERY {
+            self.last_oldest = Instant::now();
+            let oldest = self
+                .pending_meta
+                .values()
+                .map(|(_, since)| *since)
+                .chain(self.intent_since.values().copied())
+                .min()
+                .unwrap_or_else(crate::counters::now_ms);
+            stats.oldest_pending_ms.store(oldest, Ordering::Relaxed);
+        }
+    }
+
+    /// `path` has a change the bucket lacks: remember its size and since when (the first
+    /// change counts: the age is how long the bucket has been behind).
+    fn note_pending(&mut self, path: &Path) {
+        if self.pending_meta.contains_key(path) {
+            return;
+        }
+        let size = match self.shared.local.stat_beneath(path) {
+            Ok(st) if st.is_file() => st.size,
+            _ => 0,
+        };
+        self.pending_bytes += size;
+        self.pending_meta
+            .insert(path.to_owned(), (size, crate::counters::now_ms()));
+    }
+
+    /// `path` is in the bucket (or will never be): it no longer counts as pending, unless it
+    /// changed again meanwhile.
+    fn forget_pending(&mut self, path: &Path) {
+        if self.due.contains_key(path) {
+            return;
+        }
+        if let Some((size, _)) = self.pending_meta.remove(path) {
+            self.pending_bytes = self.pending_bytes.saturating_sub(size);
+        }
     }
 
     fn next_wake(&self) -> Instant {
@@ -204,6 +266,7 @@ impl Worker {
     fn handle(&mut self, msg: Msg) {
         match msg {
             Msg::Touch { path, urgent } => {
+                self.note_pending(&path);
                 let delay = if urgent {
                     Duration::ZERO
                 } else {
@@ -229,6 +292,7 @@ impl Worker {
                 entry.urgent |= urgent;
             }
             Msg::Intent { seq, intent } => {
+                self.intent_since.insert(seq, crate::counters::now_ms());
                 self.intents.insert(seq, intent);
             }
             Msg::Drain { reply } => self.drains.push(reply),
@@ -283,6 +347,7 @@ impl Worker {
 
     /// The wait before the next attempt of a failing operation, and which attempt failed.
     fn backoff(&mut self, key: String) -> (Duration, u32) {
+        self.shared.stats.retries.fetch_add(1, Ordering::Relaxed);
         let n = self.attempts.entry(key).or_insert(0);
         *n += 1;
         let d = BACKOFF_START.saturating_mul(1 << (*n - 1).min(16));
@@ -292,6 +357,7 @@ impl Worker {
     fn make_due_now(&mut self, paths: Vec<PathBuf>) {
         let at = Instant::now();
         for p in paths {
+            self.note_pending(&p);
             self.due.entry(p).or_insert(Due {
                 at,
                 urgent: false,
@@ -300,10 +366,20 @@ impl Worker {
         }
     }
 
+    /// A failure the bucket caused counts towards `degraded` on `/status`.
+    fn report_outage(&self, e: &SyncError) {
+        if matches!(e, SyncError::Bucket(b) if b.is_outage()) {
+            self.shared.bucket.health().failure();
+        }
+    }
+
     fn complete(&mut self, job: Job, outcome: Result<Outcome, SyncError>) {
         match job {
             Job::Reconcile => {
                 self.reconcile_running = false;
+                if let Err(e) = &outcome {
+                    self.report_outage(e);
+                }
                 match outcome {
                     Ok(Outcome::Touch(paths)) => {
                         self.reconciled = true;
@@ -326,6 +402,11 @@ impl Worker {
             Job::Intent(seq) => {
                 self.intent_running = false;
                 let key = format!("intent:{seq}");
+                if let Err(e) = &outcome {
+                    self.report_outage(e);
+                } else {
+                    self.intent_since.remove(&seq);
+                }
                 match outcome {
                     Ok(out) => {
                         self.attempts.remove(&key);
@@ -344,6 +425,7 @@ impl Worker {
                             .skipped_paths
                             .fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "skipping an intent that can never reach the bucket");
+                        self.intent_since.remove(&seq);
                         self.intents.remove(&seq);
                         let _ = self.shared.journal.done(seq);
                     }
@@ -362,9 +444,13 @@ impl Worker {
             Job::Sync(path) => {
                 self.inflight.remove(&path);
                 let key = path.to_string_lossy().into_owned();
+                if let Err(e) = &outcome {
+                    self.report_outage(e);
+                }
                 match outcome {
                     Ok(Outcome::Done) | Ok(Outcome::Touch(_)) => {
                         self.attempts.remove(&key);
+                        self.forget_pending(&path);
                     }
                     Ok(Outcome::Later(d)) => {
                         let at = Instant::now() + d;
@@ -381,6 +467,7 @@ impl Worker {
                             .skipped_paths
                             .fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "this path cannot be mirrored; skipping it");
+                        self.forget_pending(&path);
                     }
                     Err(e) => {
                         self.shared
@@ -441,6 +528,7 @@ async fn sync(shared: &Shared, path: &Path, urgent: bool) -> Result<Outcome, Syn
             return Ok(Outcome::Done);
         }
         shared.bucket.put_dir_marker(path).await?;
+        shared.bucket.health().success();
         shared.records.set(
             path,
             Record {
@@ -506,26 +594,30 @@ async fn read_chunk(
     .map_err(local_err(path))
 }
 
-/// Uploads a consistent snapshot of a closed file, or nothing.
-async fn upload(
-    shared: &Shared,
+/// How [`upload_snapshot`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Snapshot {
+    /// The object now holds the file as its `Stat` described it; this is its hex SHA-256.
+    Uploaded(String),
+    /// The file moved under us (or `still` said no): nothing was committed.
+    Moved,
+}
+
+/// Uploads one consistent snapshot of an open regular file described by `st`, with the
+/// etlfs metadata (mtime, mode, checksum, owner) every reader of the bucket relies on — or
+/// nothing. `still(file)` says whether the snapshot is still good (the mirror: same identity
+/// and no writer; `etlfs backup`: same identity); it is asked before reading, after the last
+/// byte is read and right before the object is committed. Shared by the mirror and
+/// `etlfs backup`, so both write objects the other (and a restore) reads the same way.
+pub async fn upload_snapshot(
+    bucket: &Bucket,
+    file: &Arc<std::fs::File>,
     path: &Path,
     st: &Stat,
-    urgent: bool,
-) -> Result<Outcome, SyncError> {
-    let retry = Outcome::Later(shared.opts.upload_delay.max(Duration::from_millis(50)));
-    let file = match shared.local.open_file_beneath(path) {
-        Ok(f) => Arc::new(f),
-        Err(e) if is_gone(&e) => return Ok(Outcome::Done),
-        Err(e) => return Err(local_err(path)(e)),
-    };
-    let id = Identity::of(st);
-    let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
-        let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
-        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
-    };
-    if !unchanged(&file)? {
-        return Ok(retry);
+    still: impl Fn(&std::fs::File) -> Result<bool, SyncError>,
+) -> Result<Snapshot, SyncError> {
+    if !still(file)? {
+        return Ok(Snapshot::Moved);
     }
     let meta_of = |sha256: String| FileMeta {
         mtime_ns: ns(st.mtime),
@@ -534,13 +626,12 @@ async fn upload(
         owner: Some((st.uid, st.gid)),
     };
     let sha256 = if st.size <= SINGLE_PUT_MAX {
-        let data = read_all(Arc::clone(&file), path).await?;
-        if !unchanged(&file)? || data.len() as u64 != st.size {
-            return Ok(retry);
+        let data = read_all(Arc::clone(file), path).await?;
+        if !still(file)? || data.len() as u64 != st.size {
+            return Ok(Snapshot::Moved);
         }
         let sha = hex::encode(Sha256::digest(&data));
-        shared
-            .bucket
+        bucket
             .put_bytes(path, data.into(), &meta_of(sha.clone()))
             .await?;
         sha
@@ -552,29 +643,26 @@ async fn upload(
         let mut hasher = Sha256::new();
         let mut off = 0;
         while off < st.size {
-            let buf = read_chunk(Arc::clone(&file), off, chunk, path).await?;
+            let buf = read_chunk(Arc::clone(file), off, chunk, path).await?;
             if buf.is_empty() {
-                return Ok(retry);
+                return Ok(Snapshot::Moved);
             }
             hasher.update(&buf);
             off += buf.len() as u64;
         }
         let sha = hex::encode(hasher.finalize());
-        if !unchanged(&file)? {
-            return Ok(retry);
+        if !still(file)? {
+            return Ok(Snapshot::Moved);
         }
-        let mut up = shared
-            .bucket
-            .start_upload(path, &meta_of(sha.clone()))
-            .await?;
+        let mut up = bucket.start_upload(path, &meta_of(sha.clone())).await?;
         let mut hasher = Sha256::new();
         let mut off = 0;
         while off < st.size {
-            let buf = match read_chunk(Arc::clone(&file), off, chunk, path).await {
+            let buf = match read_chunk(Arc::clone(file), off, chunk, path).await {
                 Ok(b) if !b.is_empty() => b,
                 Ok(_) => {
                     let _ = up.abort().await;
-                    return Ok(retry);
+                    return Ok(Snapshot::Moved);
                 }
                 Err(e) => {
                     let _ = up.abort().await;
@@ -588,12 +676,38 @@ async fn upload(
                 return Err(e.into());
             }
         }
-        if hex::encode(hasher.finalize()) != sha || !unchanged(&file)? {
+        if hex::encode(hasher.finalize()) != sha || !still(file)? {
             let _ = up.abort().await;
-            return Ok(retry);
+            return Ok(Snapshot::Moved);
         }
-        up.finish(&shared.bucket).await?;
+        up.finish(bucket).await?;
         sha
+    };
+    Ok(Snapshot::Uploaded(sha256))
+}
+
+/// Uploads a consistent snapshot of a closed file, or nothing.
+async fn upload(
+    shared: &Shared,
+    path: &Path,
+    st: &Stat,
+    urgent: bool,
+) -> Result<Outcome, SyncError> {
+    let started = std::time::Instant::now();
+    let retry = Outcome::Later(shared.opts.upload_delay.max(Duration::from_millis(50)));
+    let file = match shared.local.open_file_beneath(path) {
+        Ok(f) => Arc::new(f),
+        Err(e) if is_gone(&e) => return Ok(Outcome::Done),
+        Err(e) => return Err(local_err(path)(e)),
+    };
+    let id = Identity::of(st);
+    let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
+        let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
+        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
+    };
+    let sha256 = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
+        Snapshot::Uploaded(sha) => sha,
+        Snapshot::Moved => return Ok(retry),
     };
     shared.records.set(
         path,
@@ -608,6 +722,12 @@ async fn upload(
         .stats
         .upload_bytes
         .fetch_add(st.size, Ordering::Relaxed);
+    shared.stats.upload_latency.record(started.elapsed());
+    shared
+        .stats
+        .last_upload_ms
+        .store(crate::counters::now_ms(), Ordering::Relaxed);
+    shared.bucket.health().success();
     debug!(path = %path.display(), bytes = st.size, "uploaded");
     Ok(Outcome::Done)
 }
@@ -622,6 +742,7 @@ async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
         return Ok(());
     }
     shared.bucket.delete(path).await?;
+    shared.bucket.health().success();
     shared.records.remove(path);
     shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -635,7 +756,9 @@ async fn remove_tree(
     dir: &Path,
     moved_to: Option<&Path>,
 ) -> Result<(), SyncError> {
-    for obj in shared.bucket.list(Some(dir)).await? {
+    let listing = shared.bucket.list(Some(dir)).await?;
+    shared.bucket.health().success();
+    for obj in listing {
         if exists_locally(shared, &obj.rel) {
             continue;
         }
@@ -725,6 +848,7 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
 /// Start-up reconcile: which local files and directories the bucket lacks or holds stale.
 async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
     let listing = shared.bucket.list(None).await?;
+    shared.bucket.health().success();
     let in_bucket: HashMap<&Path, (u64, bool)> = listing
         .iter()
         .map(|o| (o.rel.as_path(), (o.size, o.is_dir_marker)))

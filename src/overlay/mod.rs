@@ -207,6 +207,8 @@ pub struct Overlay {
     /// Opens hold it shared, an eviction exclusively: a file is never evicted while an open
     /// of it is under way.
     evict_lock: RwLock<()>,
+    /// Files evicted to the bucket since start (for `/metrics`).
+    evictions: std::sync::atomic::AtomicU64,
 }
 
 /// What the overlay needs to show and fetch files that are only in the bucket.
@@ -265,6 +267,7 @@ impl Overlay {
             remote: None,
             cache: None,
             evict_lock: RwLock::new(()),
+            evictions: Default::default(),
         })
     }
 
@@ -334,6 +337,8 @@ impl Overlay {
             match self.local.unlink_beneath(&path) {
                 Ok(()) => {
                     cache.remove(&path);
+                    self.evictions
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(path = %path.display(), bytes = st.size, "evicted to the bucket");
                 }
                 Err(e) => {
@@ -1224,6 +1229,16 @@ impl Overlay {
     }
 
     /// Open file and directory handles (for shutdown logs and tests).
+    /// Files evicted to the bucket since start (`--max-local-bytes`).
+    pub fn evictions(&self) -> u64 {
+        self.evictions.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Bytes of local files, when `--max-local-bytes` keeps count of them; `None` otherwise.
+    pub fn cached_bytes(&self) -> Option<u64> {
+        self.cache.as_ref().map(LocalCache::total)
+    }
+
     pub fn open_handles(&self) -> usize {
         self.handles.len()
     }

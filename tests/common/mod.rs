@@ -110,6 +110,9 @@ impl Mounted {
         let child = Command::new(ETLFS)
             .args(&self.args)
             .env("RUST_LOG", &self.filter)
+            // Tests run in parallel: each status server takes a free port (an explicit
+            // `--listen` in the arguments wins over this).
+            .env("ETLFS_LISTEN", "127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
