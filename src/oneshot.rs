@@ -290,14 +290,7 @@ impl Ctx {
             elapsed = ?round(started.elapsed()),
             "backup finished"
         );
-        match failures {
-            0 => Ok(()),
-            n => Err(OneshotError::Failed {
-                op: "backup",
-                failures: n,
-                items: (files.len() + new_dirs.len()) as u64,
-            }),
-        }
+        outcome("backup", failures, (files.len() + new_dirs.len()) as u64)
     }
 
     /// Makes the bucket hold `path` as it is now, unless it already does.
@@ -447,14 +440,7 @@ impl Ctx {
             elapsed = ?round(started.elapsed()),
             "restore finished"
         );
-        match failures {
-            0 => Ok(()),
-            n => Err(OneshotError::Failed {
-                op: "restore",
-                failures: n,
-                items: (files.len() + dirs.len()) as u64,
-            }),
-        }
+        outcome("restore", failures, (files.len() + dirs.len()) as u64)
     }
 
     /// Brings one bucket file to the directory, unless the local one is as good or newer.
@@ -842,5 +828,17 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+/// A run's result: an error that counts the failed items, if any failed.
+fn outcome(op: &'static str, failures: u64, items: u64) -> Result<(), OneshotError> {
+    match failures {
+        0 => Ok(()),
+        n => Err(OneshotError::Failed {
+            op,
+            failures: n,
+            items,
+        }),
     }
 }
