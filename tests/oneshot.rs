@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bucket::{config_file, kubecost_write, rt, snapshot, target};
+use bucket::{config_file, data, kubecost_write, rt, snapshot, target, wipe};
 use common::Opts;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutOptions, PutPayload};
@@ -74,19 +74,6 @@ fn etlfs(cmd: &str, cfg: Option<&Path>, extra: &[&str], dir: &Path) -> Run {
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
-}
-
-/// Deterministic, incompressible test bytes.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 /// A file of the test tree.
@@ -171,18 +158,6 @@ fn check_tree(dir: &Path, files: &[Spec], empty_dirs: &[&str]) {
         let p = dir.join(d);
         assert!(p.is_dir(), "{d}: not restored");
         assert_eq!(fs::read_dir(&p).unwrap().count(), 0, "{d}: not empty");
-    }
-}
-
-/// Removes everything inside `dir`, the `.etlfs` state directory included.
-fn wipe(dir: &Path) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            fs::remove_dir_all(e.path()).unwrap();
-        } else {
-            fs::remove_file(e.path()).unwrap();
-        }
     }
 }
 

@@ -22,7 +22,9 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bucket::{Target, kubecost_read, kubecost_write, rt, snapshot, target, wait_for};
+use bucket::{
+    Target, data, kubecost_read, kubecost_write, poll, rt, snapshot, target, wait_for, wipe,
+};
 use common::{Mounted, Opts};
 use object_store::path::Path as Key;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
@@ -49,34 +51,8 @@ fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile
     bucket::mount_on(t, "100ms", opts)
 }
 
-/// Deterministic, incompressible test bytes.
-fn data(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
-}
-
-/// Removes everything inside `dir` (the directory itself stays: it is what we mount over).
-fn wipe(dir: &Path) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            fs::remove_dir_all(e.path()).unwrap();
-        } else {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
-    assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "{dir:?} not wiped");
 }
 
 /// The paths of the "fetched from the bucket" log lines, in order.
@@ -94,20 +70,6 @@ fn fetched(log: &str) -> Vec<String> {
                 .to_owned()
         })
         .collect()
-}
-
-/// Polls `cond` every 50 ms for up to `secs`.
-fn poll(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Temporary download files left in the state directory underneath.

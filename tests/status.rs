@@ -14,11 +14,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
 use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bucket::{Target, kubecost_read, kubecost_write, target};
+use bucket::{Target, kubecost_read, kubecost_write, poll, target, wipe};
 use common::{Mounted, Opts};
 
 // ---------------------------------------------------------------------------------------------
@@ -138,20 +137,6 @@ fn metrics(port: u16) -> BTreeMap<String, f64> {
     parse_metrics(&body)
 }
 
-/// Polls `cond` every 100 ms for up to `secs`.
-fn poll(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if cond() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn etlfs_status(port: u16) -> Output {
     Command::new(common::ETLFS)
         .args(["status", "--listen", &format!("127.0.0.1:{port}")])
@@ -169,17 +154,6 @@ fn fast_failing_config(server: &servers::Server) -> tempfile::NamedTempFile {
     let mut f = tempfile::NamedTempFile::new().unwrap();
     f.write_all(yaml.as_bytes()).unwrap();
     f
-}
-
-fn wipe(dir: &Path) {
-    for e in fs::read_dir(dir).unwrap() {
-        let e = e.unwrap();
-        if e.file_type().unwrap().is_dir() {
-            fs::remove_dir_all(e.path()).unwrap();
-        } else {
-            fs::remove_file(e.path()).unwrap();
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
+use std::fs::{self, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -168,4 +168,44 @@ pub fn kubecost_read(path: &Path) -> std::io::Result<Vec<u8>> {
     f.read_to_end(&mut out)?;
     rustix::fs::flock(&f, FlockOperation::Unlock)?;
     Ok(out)
+}
+
+/// Polls `cond` every 50 ms for up to `secs`.
+pub fn poll(secs: u64, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Deterministic, incompressible test bytes.
+pub fn data(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// Removes everything inside `dir` (the directory itself stays: it is what we mount over).
+pub fn wipe(dir: &Path) {
+    for e in fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            fs::remove_dir_all(e.path()).unwrap();
+        } else {
+            fs::remove_file(e.path()).unwrap();
+        }
+    }
+    assert_eq!(fs::read_dir(dir).unwrap().count(), 0, "{dir:?} not wiped");
 }
