@@ -166,7 +166,37 @@ struct Plan {
     hidden: Option<PathBuf>,
 }
 
+/// A FUSE mount whose daemon died (SIGKILL, OOM) answers every access with `ENOTCONN` and
+/// would stop a restarted etlfs at its first `stat`. Detach it: what it covered is the
+/// directory we are about to serve again.
+fn clear_dead_mount(path: &Path) {
+    let Ok(abs) = std::path::absolute(path) else {
+        return;
+    };
+    // Only an etlfs mount (our FSName), and only if it does not answer: a directory listing
+    // needs the daemon (a stat may be served from the kernel's attribute cache).
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let ours = info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let sep = f.iter().position(|x| *x == "-");
+        f.get(4) == Some(&abs.to_string_lossy().as_ref())
+            && sep.is_some_and(|s| f.get(s + 2).is_some_and(|src| src.starts_with("etlfs:")))
+    });
+    let dead = ours
+        && matches!(std::fs::read_dir(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    if !dead {
+        return;
+    }
+    warn!(mountpoint = %abs.display(), "detaching a dead etlfs mount left by a crashed daemon");
+    if let Ok(c) = CString::new(abs.as_os_str().as_bytes()) {
+        if let Err(e) = sys::umount(&c, true) {
+            warn!(error = %e, "could not detach the dead mount");
+        }
+    }
+}
+
 fn plan(args: &MountArgs) -> Result<Plan, UsageError> {
+    clear_dead_mount(&args.mountpoint);
     let mountpoint = check_dir("mount point", &args.mountpoint)?;
     let local = match &args.local {
         Some(l) => check_dir("local directory", l)?,

@@ -122,23 +122,23 @@ impl Mounted {
     }
 
     /// Starts the daemon again with the same arguments over the same directories, after it
-    /// died (a crash test): clears the dead mount first.
+    /// died (a crash test). A dead mount left behind is etlfs' own business to clear.
     pub fn respawn(&mut self) {
         let child = self.child.as_mut().unwrap();
         assert!(
             child.try_wait().unwrap().is_some(),
             "respawn needs the old daemon gone"
         );
-        if is_mounted(&self.mnt) {
-            let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        }
+        // A dead mount may still cover the directory: etlfs must clear it itself.
         self.spawn();
         self.wait_mounted();
     }
 
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !is_mounted(&self.mnt) {
+        // Mounted and answering: a dead mount from a killed daemon is in mountinfo too, but
+        // every access to it fails with ENOTCONN.
+        while !(is_mounted(&self.mnt) && fs::metadata(&self.mnt).is_ok()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etlfs exited before mounting ({st}):\n{}", self.log());
             }
