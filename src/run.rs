@@ -458,7 +458,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             "drain timed out; the rest is uploaded at the next start"
         );
     }
-    ended.context("FUSE session failed")?;
+    match ended {
+        // After an unmount (above all a lazy one), the kernel may end the connection by
+        // aborting it rather than closing it; the session is over either way.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            info!("the kernel closed the FUSE connection")
+        }
+        other => other.context("FUSE session failed")?,
+    }
     info!(open_handles = overlay.open_handles(), "stopped cleanly");
     Ok(())
 }
