@@ -237,6 +237,10 @@ fn pjdfstest_binary() -> PathBuf {
 }
 
 /// Runs the whole suite in `dir` and parses its output.
+fn append(path: &Path) -> fs::File {
+    fs::OpenOptions::new().append(true).open(path).unwrap()
+}
+
 fn run_pjdfstest(bin: &Path, dir: &Path, what: &str) -> Run {
     run_pjdfstest_only(bin, dir, what, &[])
 }
@@ -277,8 +281,10 @@ fn run_pjdfstest_only(bin: &Path, dir: &Path, what: &str, patterns: &[&str]) -> 
         .env("RUST_BACKTRACE", "0")
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
-        .stdout(out.reopen().unwrap())
-        .stderr(out.reopen().unwrap())
+        // Both in append mode: two plain opens would each write from offset 0, and pjdfstest's
+        // final error line on stderr would overwrite the first result lines.
+        .stdout(append(out.path()))
+        .stderr(append(out.path()))
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
     let status = loop {
