@@ -354,6 +354,18 @@ impl Worker {
         (d.min(BACKOFF_MAX), *n)
     }
 
+    /// Makes `path` due again after `wait`, a wait that a drain does not cut short.
+    fn retry_later(&mut self, path: PathBuf, wait: Duration) {
+        let at = Instant::now() + wait;
+        let e = self.due.entry(path).or_insert(Due {
+            at,
+            urgent: false,
+            backoff: true,
+        });
+        e.at = e.at.max(at);
+        e.backoff = true;
+    }
+
     fn make_due_now(&mut self, paths: Vec<PathBuf>) {
         let at = Instant::now();
         for p in paths {
@@ -452,15 +464,7 @@ impl Worker {
                         self.attempts.remove(&key);
                         self.forget_pending(&path);
                     }
-                    Ok(Outcome::Later(d)) => {
-                        let at = Instant::now() + d;
-                        let e = self.due.entry(path).or_insert(Due {
-                            at,
-                            urgent: false,
-                            backoff: true,
-                        });
-                        e.at = e.at.max(at);
-                    }
+                    Ok(Outcome::Later(d)) => self.retry_later(path, d),
                     Err(e) if e.is_permanent() => {
                         self.shared
                             .stats
@@ -476,14 +480,7 @@ impl Worker {
                             .fetch_add(1, Ordering::Relaxed);
                         let (d, n) = self.backoff(key);
                         report_retry("upload failed; will retry", Some(&path), &e, n, d);
-                        let at = Instant::now() + d;
-                        let e = self.due.entry(path).or_insert(Due {
-                            at,
-                            urgent: false,
-                            backoff: true,
-                        });
-                        e.at = e.at.max(at);
-                        e.backoff = true;
+                        self.retry_later(path, d);
                     }
                 }
             }
