@@ -55,6 +55,8 @@ macro_rules! fail {
 pub struct FuseOptions {
     /// Try kernel passthrough for local files.
     pub passthrough: bool,
+    /// Serve extended attributes; without, every xattr request is answered ENOSYS.
+    pub xattrs: bool,
 }
 
 #[derive(Debug, Default)]
@@ -70,6 +72,7 @@ pub struct EtlFs {
     /// Shared with `/metrics`, which shows whether passthrough is (still) on.
     passthrough: Arc<AtomicBool>,
     backing: Mutex<BackingCache>,
+    xattrs: bool,
 }
 
 impl EtlFs {
@@ -78,6 +81,7 @@ impl EtlFs {
             overlay,
             passthrough: Arc::new(AtomicBool::new(opts.passthrough)),
             backing: Mutex::new(BackingCache::default()),
+            xattrs: opts.xattrs,
         }
     }
 
@@ -608,6 +612,9 @@ impl Filesystem for EtlFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.overlay.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "setxattr", e),
@@ -615,6 +622,13 @@ impl Filesystem for EtlFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        // Without --xattrs, ENOSYS makes the kernel stop sending each xattr request for good
+        // (it answers EOPNOTSUPP itself). That matters beyond xattrs: before every write the
+        // kernel asks for `security.capability` (to drop file capabilities), one round trip
+        // per write that this removes.
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.overlay.getxattr(ino.0, name, size) {
             Ok(r) => reply_xattr(reply, r),
             Err(e) => fail!(reply, "getxattr", e),
@@ -622,6 +636,9 @@ impl Filesystem for EtlFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.overlay.listxattr(ino.0, size) {
             Ok(r) => reply_xattr(reply, r),
             Err(e) => fail!(reply, "listxattr", e),
@@ -629,6 +646,9 @@ impl Filesystem for EtlFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattrs {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.overlay.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "removexattr", e),

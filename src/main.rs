@@ -50,6 +50,11 @@ enum Command {
         /// FUSE session threads.
         #[arg(long, default_value_t = 4, value_name = "N")]
         threads: usize,
+        /// Serve extended attributes of the local files (get/set/list/remove). They are NOT
+        /// mirrored to the bucket, so a restore loses them; without this flag they are
+        /// refused (EOPNOTSUPP), which also spares the kernel one request per write.
+        #[arg(long)]
+        xattrs: bool,
         /// Thanos-style object-store.yaml describing the bucket (S3, GCS, AZURE, FILESYSTEM).
         /// Without it, a FILESYSTEM bucket beside the served directory is used.
         #[arg(long, env = "ETLFS_CONFIG", value_name = "FILE")]
@@ -205,6 +210,7 @@ fn main() -> ExitCode {
             state_dir,
             no_passthrough,
             threads,
+            xattrs,
             config,
             prefix,
             upload_delay,
@@ -221,6 +227,7 @@ fn main() -> ExitCode {
             state_dir,
             passthrough: !no_passthrough,
             threads,
+            xattrs,
             config,
             prefix,
             upload_delay,

@@ -48,6 +48,8 @@ pub struct MountArgs {
     pub state_dir: Option<PathBuf>,
     pub passthrough: bool,
     pub threads: usize,
+    /// Serve extended attributes of the local files (not mirrored).
+    pub xattrs: bool,
     /// object-store.yaml; `None` uses the embedded FILESYSTEM default.
     pub config: Option<PathBuf>,
     /// Joined after the file's own top-level `prefix`.
@@ -244,7 +246,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Bound now, served once the runtime exists: an address in use fails before any mount.
     let listener = crate::status::bind(&args.listen).map_err(UsageError::from)?;
 
-    match sys::raise_nofile_limit() {
+    // The kernel's ceiling for RLIMIT_NOFILE; 1 Mi (its default) if unreadable.
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1 << 20);
+    match sys::raise_nofile_limit(nr_open) {
         Ok(n) => info!(limit = n, "open file limit"),
         Err(e) => warn!(error = %e, "could not raise the open file limit"),
     }
@@ -378,6 +385,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         Arc::clone(&overlay),
         FuseOptions {
             passthrough: args.passthrough,
+            xattrs: args.xattrs,
         },
     );
     status.attach(crate::status::Sources {

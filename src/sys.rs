@@ -355,14 +355,27 @@ pub fn private_zero_umask() -> io::Result<()> {
     Ok(())
 }
 
-/// Raises the soft limit on open files to the hard limit: we hold one `O_PATH` descriptor per
-/// inode the kernel knows. Returns the new soft limit.
-pub fn raise_nofile_limit() -> io::Result<u64> {
+/// Raises the limit on open files as far as allowed: we hold one `O_PATH` descriptor per inode
+/// the kernel knows, so a `find` over 100,000 files needs 100,000 of them. With
+/// `CAP_SYS_RESOURCE` (a privileged sidecar) the hard limit goes up to `ceiling` (the kernel's
+/// `fs.nr_open`) too; otherwise the soft limit rises to the hard one. Returns the soft limit.
+pub fn raise_nofile_limit(ceiling: u64) -> io::Result<u64> {
     let mut lim = MaybeUninit::<libc::rlimit>::uninit();
     // SAFETY: `lim` points to a writable rlimit.
     check(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, lim.as_mut_ptr()) })?;
     // SAFETY: getrlimit succeeded, so the struct is initialised.
     let mut lim = unsafe { lim.assume_init() };
+    if ceiling > lim.rlim_max {
+        let wider = libc::rlimit {
+            rlim_cur: ceiling,
+            rlim_max: ceiling,
+        };
+        // SAFETY: `wider` is a valid rlimit with soft <= hard; failure (EPERM) is expected
+        // without the capability and leaves the limits as they were.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wider) } == 0 {
+            return Ok(ceiling);
+        }
+    }
     lim.rlim_cur = lim.rlim_max;
     // SAFETY: `lim` is a valid rlimit with soft <= hard.
     check(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;

@@ -53,7 +53,8 @@ both_modes!(
     directories_and_readdir,
     rename_variants,
     links_symlinks_fifos,
-    xattrs_pass_through,
+    xattrs_pass_through_with_the_flag,
+    xattrs_refused_by_default,
     fallocate_and_seek_data_hole,
     flock_and_fcntl_locks,
     shared_writable_mmap,
@@ -369,8 +370,49 @@ fn links_symlinks_fifos(mode: Mode) {
     writer.join().unwrap();
 }
 
-fn xattrs_pass_through(mode: Mode) {
+/// Without `--xattrs` every xattr call fails with EOPNOTSUPP (they would not survive a
+/// restore), and writes still work (the kernel no longer asks for `security.capability`).
+fn xattrs_refused_by_default(mode: Mode) {
     let mut m = mount(mode);
+    let p = m.path("f");
+    fs::write(&p, b"x").unwrap();
+    let mut buf = [0u8; 64];
+    for _ in 0..2 {
+        // twice: the second answer comes from the kernel, which stopped asking etlfs
+        assert_eq!(
+            rustix::fs::setxattr(&p, "user.a", b"1", rustix::fs::XattrFlags::empty()).unwrap_err(),
+            Errno::OPNOTSUPP
+        );
+        assert_eq!(
+            rustix::fs::getxattr(&p, "user.a", &mut buf).unwrap_err(),
+            Errno::OPNOTSUPP
+        );
+        assert_eq!(
+            rustix::fs::listxattr(&p, &mut buf).unwrap_err(),
+            Errno::OPNOTSUPP
+        );
+        assert_eq!(
+            rustix::fs::removexattr(&p, "user.a").unwrap_err(),
+            Errno::OPNOTSUPP
+        );
+    }
+    let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+    f.write_all(b"yz").unwrap();
+    drop(f);
+    assert_eq!(fs::read(&p).unwrap(), b"xyz");
+    let local = m.local.join("f");
+    assert!(m.stop().success());
+    assert_eq!(
+        rustix::fs::listxattr(&local, &mut buf).unwrap(),
+        0,
+        "nothing was set on the local file"
+    );
+}
+
+fn xattrs_pass_through_with_the_flag(mode: Mode) {
+    let mut opts = mode.opts();
+    opts.args.push("--xattrs".into());
+    let mut m = Mounted::with(opts);
     let p = m.path("f");
     fs::write(&p, b"x").unwrap();
     rustix::fs::setxattr(

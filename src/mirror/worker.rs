@@ -5,7 +5,8 @@
 //! Intents run alone: the loop starts one only when no sync task is in flight and starts no
 //! sync task while it runs, which makes "delete only what is absent locally" race-free.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::records::{Identity, Record};
+use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
 use crate::journal::Intent;
@@ -28,6 +29,11 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the upload records are written while there is activity.
 const SAVE_EVERY: Duration = Duration::from_secs(2);
+/// After taking messages, the loop leaves the channel alone this long, so a burst of changes
+/// (5,000 creates a second) wakes it tens of times instead of once per change. Nothing it
+/// delays is urgent at that scale: uploads wait `--upload-delay` anyway, and an fsync, an
+/// intent or a drain starts at most this much later.
+const COALESCE: Duration = Duration::from_millis(20);
 
 /// Why a bucket operation of the mirror (or an upload of `etlfs backup`) failed.
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +101,12 @@ pub(crate) struct Worker {
     shared: Arc<Shared>,
     rx: mpsc::UnboundedReceiver<Msg>,
     due: HashMap<PathBuf, Due>,
+    /// `due` ordered by time, so neither waking nor dispatching scans every pending path. An
+    /// entry is current only while `due` holds the same time for its path: a path whose time
+    /// moved is pushed again and the old entry is skipped when it comes up.
+    queue: BinaryHeap<Reverse<(Instant, PathBuf)>>,
+    /// The channel is not read again before this (see [`COALESCE`]).
+    listen_at: Instant,
     intents: BTreeMap<u64, Intent>,
     inflight: HashSet<PathBuf>,
     intent_running: bool,
@@ -132,6 +144,8 @@ impl Worker {
             shared,
             rx,
             due: HashMap::new(),
+            queue: BinaryHeap::new(),
+            listen_at: Instant::now(),
             intents: replay.into_iter().collect(),
             inflight: HashSet::new(),
             intent_running: false,
@@ -162,10 +176,20 @@ impl Worker {
             if self.last_save.elapsed() > SAVE_EVERY {
                 self.save();
             }
-            let wake = self.next_wake();
+            let listen = Instant::now() >= self.listen_at;
+            let mut wake = self.next_wake();
+            if !listen {
+                wake = wake.min(self.listen_at);
+            }
             tokio::select! {
-                msg = self.rx.recv() => match msg {
-                    Some(m) => self.handle(m),
+                msg = self.rx.recv(), if listen => match msg {
+                    Some(m) => {
+                        self.handle(m);
+                        while let Ok(m) = self.rx.try_recv() {
+                            self.handle(m);
+                        }
+                        self.listen_at = Instant::now() + COALESCE;
+                    }
                     None => break,
                 },
                 Some(res) = self.tasks.join_next(), if !self.tasks.is_empty() => match res {
@@ -250,17 +274,30 @@ impl Worker {
         if !self.intents.is_empty() && !self.intent_running {
             wake = wake.min(self.intent_retry_at);
         }
-        let draining = self.draining();
-        for (path, due) in &self.due {
-            if !self.inflight.contains(path) {
-                wake = wake.min(if draining && !due.backoff {
-                    Instant::now()
-                } else {
-                    due.at
-                });
-            }
+        if self.inflight.len() >= self.shared.opts.concurrency {
+            // Nothing can start before a sync completes, and a completion wakes the loop.
+            return wake;
+        }
+        if let Some(Reverse((at, _))) = self.queue.peek() {
+            // (possibly an outdated entry: then this wake is early, and harmless)
+            wake = wake.min(*at);
+        }
+        if self.draining()
+            && self
+                .due
+                .iter()
+                .any(|(p, d)| !d.backoff && !self.inflight.contains(p))
+        {
+            wake = Instant::now();
         }
         wake
+    }
+
+    /// Queues `path` for its (new) time in `due`.
+    fn enqueue(&mut self, path: &Path) {
+        if let Some(d) = self.due.get(path) {
+            self.queue.push(Reverse((d.at, path.to_owned())));
+        }
     }
 
     fn handle(&mut self, msg: Msg) {
@@ -273,7 +310,7 @@ impl Worker {
                     self.shared.opts.upload_delay
                 };
                 let at = Instant::now() + delay;
-                let entry = self.due.entry(path).or_insert(Due {
+                let entry = self.due.entry(path.clone()).or_insert(Due {
                     at,
                     urgent,
                     backoff: false,
@@ -290,6 +327,7 @@ impl Worker {
                     entry.backoff = false;
                 }
                 entry.urgent |= urgent;
+                self.enqueue(&path);
             }
             Msg::Intent { seq, intent } => {
                 self.intent_since.insert(seq, crate::counters::now_ms());
@@ -321,28 +359,49 @@ impl Worker {
             return;
         }
         let now = Instant::now();
-        let draining = self.draining();
-        let mut ready: Vec<(PathBuf, bool)> = self
-            .due
-            .iter()
-            .filter(|(p, d)| {
-                (d.at <= now || (draining && !d.backoff)) && !self.inflight.contains(*p)
-            })
-            .map(|(p, d)| (p.clone(), d.urgent))
-            .collect();
-        ready.sort();
-        for (path, urgent) in ready {
-            if self.inflight.len() >= self.shared.opts.concurrency {
-                break;
+        if self.draining() {
+            // Rare and short-lived: a scan is fine. Backoff waits are not cut short.
+            let mut ready: Vec<PathBuf> = self
+                .due
+                .iter()
+                .filter(|(p, d)| (d.at <= now || !d.backoff) && !self.inflight.contains(*p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            ready.sort();
+            for path in ready {
+                if self.inflight.len() >= self.shared.opts.concurrency {
+                    break;
+                }
+                self.start_sync(path);
             }
-            self.due.remove(&path);
-            self.inflight.insert(path.clone());
-            let shared = Arc::clone(&self.shared);
-            self.tasks.spawn(async move {
-                let out = sync(&shared, &path, urgent).await;
-                (Job::Sync(path), out)
-            });
+            return;
         }
+        while self.inflight.len() < self.shared.opts.concurrency {
+            match self.queue.peek() {
+                Some(Reverse((at, _))) if *at <= now => {}
+                _ => break,
+            }
+            let Some(Reverse((at, path))) = self.queue.pop() else {
+                break;
+            };
+            let current = self.due.get(&path).is_some_and(|d| d.at == at);
+            // A path in flight is queued again when its sync completes.
+            if current && !self.inflight.contains(&path) {
+                self.start_sync(path);
+            }
+        }
+    }
+
+    fn start_sync(&mut self, path: PathBuf) {
+        let Some(due) = self.due.remove(&path) else {
+            return;
+        };
+        self.inflight.insert(path.clone());
+        let shared = Arc::clone(&self.shared);
+        self.tasks.spawn(async move {
+            let out = sync(&shared, &path, due.urgent).await;
+            (Job::Sync(path), out)
+        });
     }
 
     /// The wait before the next attempt of a failing operation, and which attempt failed.
@@ -357,24 +416,31 @@ impl Worker {
     /// Makes `path` due again after `wait`, a wait that a drain does not cut short.
     fn retry_later(&mut self, path: PathBuf, wait: Duration) {
         let at = Instant::now() + wait;
-        let e = self.due.entry(path).or_insert(Due {
+        let e = self.due.entry(path.clone()).or_insert(Due {
             at,
             urgent: false,
             backoff: true,
         });
         e.at = e.at.max(at);
         e.backoff = true;
+        self.enqueue(&path);
     }
 
     fn make_due_now(&mut self, paths: Vec<PathBuf>) {
         let at = Instant::now();
         for p in paths {
             self.note_pending(&p);
-            self.due.entry(p).or_insert(Due {
-                at,
-                urgent: false,
-                backoff: false,
-            });
+            if !self.due.contains_key(&p) {
+                self.due.insert(
+                    p.clone(),
+                    Due {
+                        at,
+                        urgent: false,
+                        backoff: false,
+                    },
+                );
+                self.enqueue(&p);
+            }
         }
     }
 
@@ -455,6 +521,8 @@ impl Worker {
             }
             Job::Sync(path) => {
                 self.inflight.remove(&path);
+                // Changed again during the sync: its queue entry was skipped meanwhile.
+                self.enqueue(&path);
                 let key = path.to_string_lossy().into_owned();
                 if let Err(e) = &outcome {
                     self.report_outage(e);
@@ -594,10 +662,19 @@ async fn read_chunk(
 /// How [`upload_snapshot`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Snapshot {
-    /// The object now holds the file as its `Stat` described it; this is its hex SHA-256.
-    Uploaded(String),
+    /// The object now holds the file as its `Stat` described it.
+    Uploaded(Uploaded),
     /// The file moved under us (or `still` said no): nothing was committed.
     Moved,
+}
+
+/// What a committed snapshot left in the bucket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uploaded {
+    /// Hex SHA-256 of the bytes.
+    pub sha256: String,
+    /// The object's normalized e_tag, as the put returned it (for the manifest).
+    pub e_tag: Option<String>,
 }
 
 /// Uploads one consistent snapshot of an open regular file described by `st`, with the
@@ -622,16 +699,16 @@ pub async fn upload_snapshot(
         sha256,
         owner: Some((st.uid, st.gid)),
     };
-    let sha256 = if st.size <= SINGLE_PUT_MAX {
+    let (sha256, e_tag) = if st.size <= SINGLE_PUT_MAX {
         let data = read_all(Arc::clone(file), path).await?;
         if !still(file)? || data.len() as u64 != st.size {
             return Ok(Snapshot::Moved);
         }
         let sha = hex::encode(Sha256::digest(&data));
-        bucket
+        let e_tag = bucket
             .put_bytes(path, data.into(), &meta_of(sha.clone()))
             .await?;
-        sha
+        (sha, e_tag)
     } else {
         // Pass 1 computes the checksum the object's metadata carries; pass 2 streams the
         // bytes, and the upload is only completed if they hash the same and the file's
@@ -677,10 +754,9 @@ pub async fn upload_snapshot(
             let _ = up.abort().await;
             return Ok(Snapshot::Moved);
         }
-        up.finish(bucket).await?;
-        sha
+        (sha, up.finish(bucket).await?)
     };
-    Ok(Snapshot::Uploaded(sha256))
+    Ok(Snapshot::Uploaded(Uploaded { sha256, e_tag }))
 }
 
 /// Uploads a consistent snapshot of a closed file, or nothing.
@@ -702,18 +778,21 @@ async fn upload(
         let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
         Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
     };
-    let sha256 = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
-        Snapshot::Uploaded(sha) => sha,
+    let up = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
+        Snapshot::Uploaded(up) => up,
         Snapshot::Moved => return Ok(retry),
     };
-    shared.records.set(
-        path,
-        Record {
-            id,
-            sha256: sha256.clone(),
-            dir: false,
-        },
-    );
+    let object = ObjectVersion {
+        e_tag: up.e_tag,
+        owner: Some((st.uid, st.gid)),
+        until_ns: None,
+    };
+    let rec = Record {
+        id,
+        sha256: up.sha256,
+        dir: false,
+    };
+    shared.records.set_with_object(path, rec, Some(object));
     shared.stats.uploads.fetch_add(1, Ordering::Relaxed);
     shared
         .stats
