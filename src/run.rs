@@ -99,6 +99,8 @@ pub enum UsageError {
     NoDefaultBucketPlace { local: PathBuf },
     #[error(transparent)]
     Listen(#[from] crate::status::StatusError),
+    #[error("ETLFS_FD_BUDGET={0:?}: expected a number of descriptors, at least 16")]
+    FdBudget(String),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -251,10 +253,19 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .ok()
         .and_then(|s| s.trim().parse().ok())
         .unwrap_or(1 << 20);
-    match sys::raise_nofile_limit(nr_open) {
-        Ok(n) => info!(limit = n, "open file limit"),
-        Err(e) => warn!(error = %e, "could not raise the open file limit"),
-    }
+    let fd_limit = match sys::raise_nofile_limit(nr_open) {
+        Ok(n) => n,
+        Err(e) => {
+            warn!(error = %e, "could not raise the open file limit");
+            1024
+        }
+    };
+    let fd_budget = fd_budget(fd_limit)?;
+    info!(
+        limit = fd_limit,
+        budget = fd_budget,
+        "open file limit; descriptors held for known files"
+    );
 
     let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?;
 
@@ -365,6 +376,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
     let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
         .context("setting up the overlay")?
+        .with_fd_budget(fd_budget)
         .with_remote(Remote {
             index: Arc::clone(&index),
             fetcher: Arc::clone(&fetcher),
@@ -680,4 +692,18 @@ async fn prefetch(fetcher: Arc<Fetcher>, index: Arc<Index>) {
         }
     }
     info!(failed, "prefetch finished");
+}
+
+/// How many descriptors the inode table may hold for files the kernel knows: half the open-file
+/// limit, leaving the rest to open files, uploads, downloads and sockets. `ETLFS_FD_BUDGET`
+/// sets it explicitly (at least 16).
+fn fd_budget(limit: u64) -> Result<usize, UsageError> {
+    const VAR: &str = "ETLFS_FD_BUDGET";
+    match std::env::var(VAR) {
+        Ok(v) => match v.trim().parse::<usize>() {
+            Ok(n) if n >= 16 => Ok(n),
+            _ => Err(UsageError::FdBudget(v)),
+        },
+        Err(_) => Ok(usize::try_from(limit / 2).unwrap_or(usize::MAX).max(16)),
+    }
 }

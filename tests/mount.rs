@@ -973,3 +973,65 @@ fn a_bad_bucket_config_is_a_usage_error_naming_file_and_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/os.yaml"));
 }
+
+/// With fewer descriptors than files the kernel knows (`ETLFS_FD_BUDGET`, as under a low
+/// open-file limit), a walk over every file, reads, renames and removals all still work:
+/// idle files' descriptors are parked and reopened by name.
+#[test]
+fn more_known_files_than_descriptors() {
+    let files: Vec<(String, Vec<u8>)> = (0..600)
+        .map(|i| {
+            (
+                format!("d{}/f{i:04}", i % 6),
+                format!("content {i}").into_bytes(),
+            )
+        })
+        .collect();
+    let m = Mounted::with(Opts {
+        files: files.clone(),
+        env: vec![("ETLFS_FD_BUDGET".into(), "64".into())],
+        ..Opts::default()
+    });
+    for _ in 0..2 {
+        for (rel, data) in &files {
+            assert_eq!(&fs::read(m.path(rel)).unwrap(), data, "{rel}");
+            assert_eq!(fs::metadata(m.path(rel)).unwrap().len(), data.len() as u64);
+        }
+    }
+    // The kernel knows all 600 files (cached dentries), yet etlfs holds about 64 descriptors
+    // for them (plus its own: the device, sockets, the state directory, the runtime).
+    let held = fs::read_dir(format!("/proc/{}/fd", m.pid()))
+        .unwrap()
+        .count();
+    assert!(held < 64 + 100, "etlfs holds {held} descriptors");
+    for (rel, _) in files.iter().take(100) {
+        fs::rename(m.path(rel), m.path(&format!("{rel}.renamed"))).unwrap();
+    }
+    for (rel, _) in files.iter().skip(100).take(100) {
+        fs::remove_file(m.path(rel)).unwrap();
+    }
+    for (i, (rel, data)) in files.iter().enumerate() {
+        match i {
+            0..100 => assert_eq!(&fs::read(m.path(&format!("{rel}.renamed"))).unwrap(), data),
+            100..200 => assert!(!m.path(rel).exists()),
+            _ => assert_eq!(&fs::read(m.path(rel)).unwrap(), data),
+        }
+    }
+    let log = m.log();
+    assert!(log.contains("budget=64"), "the budget was in effect: {log}");
+    assert!(!log.contains("Too many open files"), "{log}");
+}
+
+#[test]
+fn a_bad_fd_budget_is_a_usage_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_etlfs"))
+        .args(["mount", "--listen", "127.0.0.1:0"])
+        .arg(tmp.path())
+        .env("ETLFS_FD_BUDGET", "lots")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ETLFS_FD_BUDGET=\"lots\""), "{err}");
+}

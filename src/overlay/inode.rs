@@ -13,8 +13,14 @@
 //! - `parent` and `name` are the node's last known place in the tree (kept up to date on
 //!   rename and unlink). They give the node's path for the mirror; hard links have one
 //!   "primary" name, the one last looked up.
+//! - Descriptors are bounded: past [`InodeTable::new`]'s budget, the oldest idle files (not
+//!   directories, not open, still named) are *parked*: their descriptor is closed and opened
+//!   again by name when next needed, checked to be the same inode. A `find` over 100,000 files
+//!   then works under a 20,000-descriptor limit. A parked inode is not pinned, so before a
+//!   name of it is removed the overlay opens it again (see `Overlay::child_id`): an inode
+//!   whose number the kernel still knows is never freed for another file to reuse.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::ffi::{OsStr, OsString};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -44,8 +50,10 @@ pub enum Residency {
 #[derive(Debug)]
 pub struct Node {
     /// `O_PATH` descriptor of the local inode: survives renames of it and of its parents.
-    /// `None` while the file is only in the bucket.
+    /// `None` while the file is only in the bucket, or parked.
     pub fd: Option<Arc<OwnedFd>>,
+    /// A local file whose descriptor was closed to stay within the budget.
+    pub parked: bool,
     pub is_dir: bool,
     pub parent: Ino,
     /// Empty once the last known name was unlinked.
@@ -66,6 +74,23 @@ struct Table {
     /// fetched from the bucket while the kernel knew them by a synthetic id.
     foreign: HashMap<(u64, u64), Ino>,
     next_synthetic: Ino,
+    /// Nodes holding a descriptor (the root excluded).
+    open_fds: usize,
+    /// Nodes in the order they got their descriptor: where parking looks first.
+    fd_order: VecDeque<Ino>,
+}
+
+/// Where a node's local inode is.
+#[derive(Debug, Clone)]
+pub enum Slot {
+    Fd(Arc<OwnedFd>),
+    /// Only in the bucket.
+    Remote,
+    /// Local, descriptor closed: open `name` in `parent` again.
+    Parked {
+        parent: Ino,
+        name: OsString,
+    },
 }
 
 /// The table itself; all methods take `&self` and lock internally.
@@ -73,6 +98,8 @@ struct Table {
 pub struct InodeTable {
     root_dev: u64,
     root_ino: u64,
+    /// Descriptors held for nodes before the oldest idle ones are parked.
+    fd_budget: usize,
     inner: RwLock<Table>,
 }
 
@@ -83,6 +110,7 @@ impl InodeTable {
             ROOT,
             Node {
                 fd: Some(Arc::new(root_fd)),
+                parked: false,
                 is_dir: true,
                 parent: ROOT,
                 name: OsString::new(),
@@ -95,10 +123,13 @@ impl InodeTable {
         InodeTable {
             root_dev: root.dev,
             root_ino: root.ino,
+            fd_budget: usize::MAX,
             inner: RwLock::new(Table {
                 nodes,
                 foreign: HashMap::new(),
                 next_synthetic: SYNTHETIC_BASE,
+                open_fds: 0,
+                fd_order: VecDeque::new(),
             }),
         }
     }
@@ -147,12 +178,19 @@ impl InodeTable {
                     node.parent = parent;
                     node.name = name.to_owned();
                 }
+                if node.parked {
+                    // The lookup just opened it: keep that descriptor.
+                    node.fd = Some(Arc::new(fd));
+                    node.parked = false;
+                    self.gained_fd(&mut t, id);
+                }
             }
             None => {
                 t.nodes.insert(
                     id,
                     Node {
                         fd: Some(Arc::new(fd)),
+                        parked: false,
                         is_dir: st.is_dir(),
                         parent,
                         name: name.to_owned(),
@@ -162,9 +200,93 @@ impl InodeTable {
                         openers: 0,
                     },
                 );
+                self.gained_fd(&mut t, id);
             }
         }
         id
+    }
+
+    /// Counts a node's new descriptor and parks the oldest idle ones if over budget.
+    fn gained_fd(&self, t: &mut Table, id: Ino) {
+        t.open_fds += 1;
+        t.fd_order.push_back(id);
+        if t.fd_order.len() > 2 * t.open_fds + 1024 {
+            // Forgotten nodes leave their entries behind; drop them now and then.
+            let nodes = &t.nodes;
+            t.fd_order
+                .retain(|i| nodes.get(i).is_some_and(|n| n.fd.is_some()));
+        }
+        if t.open_fds <= self.fd_budget {
+            return;
+        }
+        // Park down to 7/8 of the budget at once, so the scan is paid once per many lookups.
+        let target = self.fd_budget - self.fd_budget / 8;
+        let mut left = t.fd_order.len();
+        while t.open_fds > target && left > 0 {
+            left -= 1;
+            let Some(cand) = t.fd_order.pop_front() else {
+                break;
+            };
+            let Some(n) = t.nodes.get_mut(&cand) else {
+                continue; // forgotten meanwhile
+            };
+            if n.fd.is_none() {
+                continue; // parked or evicted meanwhile (a later entry may exist)
+            }
+            if cand == ROOT || n.is_dir || n.openers > 0 || n.name.is_empty() {
+                // Directories anchor every reopen, open files need theirs, and an unlinked
+                // file has no name to be opened by: these stay, at the back of the line.
+                t.fd_order.push_back(cand);
+                continue;
+            }
+            n.fd = None;
+            n.parked = true;
+            t.open_fds -= 1;
+        }
+    }
+
+    /// Where a node's inode is, and whether it is a directory; `None` if unknown.
+    pub fn slot(&self, id: Ino) -> Option<(Slot, bool)> {
+        let t = self.read();
+        let n = t.nodes.get(&id)?;
+        let slot = match (&n.fd, n.parked) {
+            (Some(fd), _) => Slot::Fd(Arc::clone(fd)),
+            (None, false) => Slot::Remote,
+            (None, true) => Slot::Parked {
+                parent: n.parent,
+                name: n.name.clone(),
+            },
+        };
+        Some((slot, n.is_dir))
+    }
+
+    /// Gives a parked node the descriptor just opened for it (the caller checked it is the
+    /// same inode). Returns the node's descriptor: this one, or one another thread stored
+    /// first; `None` if the node is gone or no longer parked without a descriptor.
+    pub fn unpark(&self, id: Ino, fd: OwnedFd) -> Option<Arc<OwnedFd>> {
+        let mut t = self.write();
+        let n = t.nodes.get_mut(&id)?;
+        if let Some(have) = &n.fd {
+            return Some(Arc::clone(have));
+        }
+        if !n.parked {
+            return None;
+        }
+        let fd = Arc::new(fd);
+        n.fd = Some(Arc::clone(&fd));
+        n.parked = false;
+        self.gained_fd(&mut t, id);
+        Some(fd)
+    }
+
+    /// Sets the descriptor budget (before the table is shared).
+    pub fn set_fd_budget(&mut self, budget: usize) {
+        self.fd_budget = budget.max(1);
+    }
+
+    /// Nodes holding a descriptor (the root excluded).
+    pub fn open_fds(&self) -> usize {
+        self.read().open_fds
     }
 
     /// Records a lookup that found `name` in `parent` only in the bucket. The id is derived from
@@ -175,7 +297,7 @@ impl InodeTable {
         let mut id = remote_id(path);
         loop {
             match t.nodes.get_mut(&id) {
-                Some(n) if n.fd.is_none() && n.parent == parent && n.name == name => {
+                Some(n) if n.fd.is_none() && !n.parked && n.parent == parent && n.name == name => {
                     n.lookups += 1;
                     return id;
                 }
@@ -187,6 +309,7 @@ impl InodeTable {
             id,
             Node {
                 fd: None,
+                parked: false,
                 is_dir: false,
                 parent,
                 name: name.to_owned(),
@@ -222,8 +345,10 @@ impl InodeTable {
         }
         let fd = Arc::new(fd);
         node.fd = Some(Arc::clone(&fd));
+        node.parked = false;
         node.residency = Residency::Local;
         t.foreign.insert((st.dev, st.ino), id);
+        self.gained_fd(&mut t, id);
         Some(fd)
     }
 
@@ -240,8 +365,12 @@ impl InodeTable {
         match t.nodes.get_mut(&id) {
             Some(n) if n.openers > 0 || n.is_dir => false,
             Some(n) => {
-                n.fd = None;
+                let had_fd = n.fd.take().is_some();
+                n.parked = false;
                 n.residency = Residency::Remote;
+                if had_fd {
+                    t.open_fds -= 1;
+                }
                 t.foreign.remove(&(dev, ino));
                 true
             }
@@ -252,9 +381,14 @@ impl InodeTable {
     /// Forgets the descriptor of a node whose local file was evicted behind its back (found
     /// unlinked at open): it is bucket-only again.
     pub fn make_remote(&self, id: Ino) {
-        if let Some(n) = self.write().nodes.get_mut(&id) {
-            n.fd = None;
+        let mut t = self.write();
+        if let Some(n) = t.nodes.get_mut(&id) {
+            let had_fd = n.fd.take().is_some();
+            n.parked = false;
             n.residency = Residency::Remote;
+            if had_fd {
+                t.open_fds -= 1;
+            }
         }
     }
 
@@ -272,16 +406,13 @@ impl InodeTable {
             None => false,
         };
         if gone {
-            t.nodes.remove(&id);
+            if let Some(Node { fd: Some(_), .. }) = t.nodes.remove(&id) {
+                t.open_fds -= 1;
+            }
             if id >= SYNTHETIC_BASE {
                 t.foreign.retain(|_, v| *v != id);
             }
         }
-    }
-
-    /// The descriptor (`None` while bucket-only) and kind of a node; `None` if unknown.
-    pub fn fd(&self, id: Ino) -> Option<(Option<Arc<OwnedFd>>, bool)> {
-        self.read().nodes.get(&id).map(|n| (n.fd.clone(), n.is_dir))
     }
 
     /// Runs `f` on a node under the write lock.

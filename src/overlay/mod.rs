@@ -41,7 +41,7 @@ use cache::LocalCache;
 
 pub use error::{OverlayError, Result};
 use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
-use inode::InodeTable;
+use inode::{InodeTable, Slot};
 pub use inode::{ROOT, Residency};
 
 use crate::fetch::Fetcher;
@@ -271,6 +271,13 @@ impl Overlay {
         })
     }
 
+    /// Holds at most `budget` descriptors for files the kernel knows; past it, idle files'
+    /// descriptors are closed and reopened by name on demand (see the inode table).
+    pub fn with_fd_budget(mut self, budget: usize) -> Overlay {
+        self.inodes.set_fd_budget(budget);
+        self
+    }
+
     /// Serves files that are only in the bucket, too.
     pub fn with_remote(mut self, remote: Remote) -> Overlay {
         self.remote = Some(remote);
@@ -287,8 +294,7 @@ impl Overlay {
     /// Records a use of a local file for the LRU, and evicts if the disk is over its bound.
     fn used(&self, ino: Ino) {
         let Some(cache) = &self.cache else { return };
-        let (Some(path), Some((Some(fd), false))) = (self.inodes.path(ino), self.inodes.fd(ino))
-        else {
+        let (Some(path), Some((Some(fd), false))) = (self.inodes.path(ino), self.fd_of(ino)) else {
             return;
         };
         if let Ok(st) = self.local.stat(fd.as_fd()) {
@@ -451,9 +457,26 @@ impl Overlay {
         Ok(())
     }
 
+    /// A node's descriptor (`None` while bucket-only) and kind; `None` if the node is unknown
+    /// or was parked and its name no longer leads to its inode.
+    fn fd_of(&self, ino: Ino) -> Option<(Option<Arc<OwnedFd>>, bool)> {
+        match self.inodes.slot(ino)? {
+            (Slot::Fd(fd), is_dir) => Some((Some(fd), is_dir)),
+            (Slot::Remote, is_dir) => Some((None, is_dir)),
+            (Slot::Parked { parent, name }, is_dir) => {
+                let dir = self.dir_fd(parent).ok()?;
+                let (fd, st) = self.local.lookup(dir.as_fd(), &name).ok()?;
+                if self.inodes.id_of(st.dev, st.ino) != Some(ino) {
+                    return None;
+                }
+                Some((Some(self.inodes.unpark(ino, fd)?), is_dir))
+            }
+        }
+    }
+
     /// The local descriptor of a node; a bucket-only file is downloaded first.
     fn node_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
-        match self.inodes.fd(ino) {
+        match self.fd_of(ino) {
             Some((Some(fd), _)) => Ok(fd),
             Some((None, _)) => self.hydrate(ino),
             None => Err(OverlayError::UnknownInode(ino)),
@@ -461,7 +484,11 @@ impl Overlay {
     }
 
     fn dir_fd(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
-        match self.inodes.fd(ino) {
+        // Directories are never parked.
+        match self.inodes.slot(ino).map(|(slot, is_dir)| match slot {
+            Slot::Fd(fd) => (Some(fd), is_dir),
+            _ => (None, is_dir),
+        }) {
             Some((Some(fd), true)) => Ok(fd),
             Some((_, false)) | Some((None, true)) => Err(OverlayError::NotADirectory(ino)),
             None => Err(OverlayError::UnknownInode(ino)),
@@ -478,11 +505,16 @@ impl Overlay {
     }
 
     /// The node id a child entry of `parent` has (by a stat of the name, no reference taken)
-    /// and whether it is a directory.
+    /// and whether it is a directory. Called before a name is removed or replaced: a parked
+    /// node of that inode gets the descriptor, so the inode stays pinned while the kernel
+    /// knows its number.
     fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<(Ino, bool)> {
         let (fd, st) = self.local.lookup(dir.as_fd(), name).ok()?;
-        drop(fd);
-        Some((self.inodes.id_of(st.dev, st.ino)?, st.is_dir()))
+        let id = self.inodes.id_of(st.dev, st.ino)?;
+        if let Some((Slot::Parked { .. }, _)) = self.inodes.slot(id) {
+            self.inodes.unpark(id, fd);
+        }
+        Some((id, st.is_dir()))
     }
 
     /// The relative path of `name` in `parent`, if the parent still has a place in the tree.
@@ -554,7 +586,7 @@ impl Overlay {
     }
 
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
-        if let Some((None, _)) = self.inodes.fd(ino) {
+        if let Some((None, _)) = self.fd_of(ino) {
             // Bucket-only: the index knows size, mtime and mode without a download.
             let path = self
                 .inodes
@@ -573,7 +605,7 @@ impl Overlay {
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
-        let fd = match self.inodes.fd(ino) {
+        let fd = match self.fd_of(ino) {
             Some((None, _)) if set.size == Some(0) => self.materialize_empty(ino)?,
             _ => self.node_fd(ino)?,
         };
@@ -925,7 +957,7 @@ impl Overlay {
     }
 
     fn open_locked(&self, ino: Ino, flags: i32) -> Result<Opened> {
-        let (fd, is_dir) = self.inodes.fd(ino).ok_or(OverlayError::UnknownInode(ino))?;
+        let (fd, is_dir) = self.fd_of(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(OverlayError::local("open")(
                 std::io::Error::from_raw_os_error(libc::EISDIR),
@@ -1246,6 +1278,11 @@ impl Overlay {
     /// Nodes the kernel currently knows.
     pub fn known_inodes(&self) -> usize {
         self.inodes.len()
+    }
+
+    /// Descriptors held for the nodes the kernel knows (bounded by the budget).
+    pub fn held_descriptors(&self) -> usize {
+        self.inodes.open_fds()
     }
 }
 

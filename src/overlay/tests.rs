@@ -213,3 +213,60 @@ fn unknown_handles_and_inodes_are_errors_not_panics() {
         libc::ENOTDIR
     );
 }
+
+/// Past the descriptor budget, idle files are parked and reopened by name on demand: every
+/// operation keeps working, renames and unlinks of parked files included, and a parked inode
+/// is pinned again before its name goes (so its number cannot be reused while known).
+#[test]
+fn descriptors_beyond_the_budget_are_parked_and_reopened() {
+    let (tmp, ov) = overlay();
+    let ov = ov.with_fd_budget(16);
+    let d = ov.mkdir(ROOT, name("d"), 0o755, ME).unwrap();
+    let mut ids = Vec::new();
+    for i in 0..100 {
+        let n = format!("f{i:03}");
+        fs::write(tmp.path().join("d").join(&n), n.as_bytes()).unwrap();
+        ids.push(ov.lookup(d.ino, name(&n)).unwrap().ino);
+        assert!(ov.held_descriptors() <= 16, "budget kept");
+    }
+    assert_eq!(ov.known_inodes(), 1 + 1 + 100, "root, d and the files");
+    // Every file, parked or not, still answers by its id.
+    for (i, id) in ids.iter().enumerate() {
+        assert_eq!(ov.getattr(*id).unwrap().size, 4);
+        let h = ov.open(*id, libc::O_RDONLY).unwrap();
+        assert_eq!(ov.read(h.fh, 0, 16).unwrap(), format!("f{i:03}").as_bytes());
+        ov.release(h.fh).unwrap();
+    }
+    assert!(ov.held_descriptors() <= 16);
+    // A parked file renamed and then written through its old id.
+    let first = ids[0];
+    ov.rename(d.ino, name("f000"), ROOT, name("moved"), 0)
+        .unwrap();
+    let h = ov.open(first, libc::O_WRONLY | libc::O_TRUNC).unwrap();
+    ov.write(h.fh, 0, b"new").unwrap();
+    ov.release(h.fh).unwrap();
+    assert_eq!(fs::read(tmp.path().join("moved")).unwrap(), b"new");
+    // Unlinking a parked file pins its inode: the id stays valid (like an open-but-deleted
+    // file) and no new file can take its number while the kernel knows it.
+    let victim = ids[50];
+    ov.unlink(d.ino, name("f050")).unwrap();
+    assert_eq!(ov.getattr(victim).unwrap().nlink, 0);
+    for i in 0..50 {
+        let n = format!("new{i}");
+        let (e, o) = ov.create(d.ino, name(&n), 0o644, libc::O_RDWR, ME).unwrap();
+        ov.release(o.fh).unwrap();
+        assert_ne!(e.ino, victim, "inode number reused while still known");
+    }
+    // A parked file whose name now leads elsewhere is stale, not another file.
+    let other = ids[60];
+    let p = tmp.path().join("d/f060");
+    fs::remove_file(&p).unwrap(); // behind etlfs' back (only possible in a test)
+    fs::write(&p, b"impostor").unwrap();
+    if fs::metadata(&p).unwrap().ino() != other {
+        let e = ov.getattr(other);
+        assert!(
+            e.is_err() || e.unwrap().size == 4,
+            "either stale, or still the pinned original"
+        );
+    }
+}

@@ -34,6 +34,7 @@ pub struct Mounted {
     log: PathBuf,
     args: Vec<std::ffi::OsString>,
     filter: String,
+    env: Vec<(String, String)>,
 }
 
 /// How to mount.
@@ -47,6 +48,8 @@ pub struct Opts {
     pub files: Vec<(String, Vec<u8>)>,
     /// `RUST_LOG` for the daemon (default: `ETLFS_TEST_LOG` or `info`).
     pub log_filter: Option<String>,
+    /// Extra environment variables for the daemon.
+    pub env: Vec<(String, String)>,
 }
 
 impl Mounted {
@@ -95,6 +98,7 @@ impl Mounted {
             log,
             args,
             filter,
+            env: opts.env.clone(),
         };
         m.spawn();
         m.wait_mounted();
@@ -113,6 +117,7 @@ impl Mounted {
             // Tests run in parallel: each status server takes a free port (an explicit
             // `--listen` in the arguments wins over this).
             .env("ETLFS_LISTEN", "127.0.0.1:0")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
