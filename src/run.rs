@@ -243,6 +243,7 @@ enum Event {
 /// Runs `etlfs mount` until a signal or an external unmount. Returns `Err` with a
 /// [`UsageError`] inside for invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
+    sys::tune_allocator();
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.

@@ -417,3 +417,32 @@ pub fn at_fdcwd() -> BorrowedFd<'static> {
     // closed, and `BorrowedFd` only forbids the value -1, which AT_FDCWD (-100) is not.
     unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
+
+/// Keeps glibc's allocator from holding on to memory the daemon no longer uses. Its defaults
+/// suit short programs: one arena per thread (the FUSE threads, the runtime's workers and its
+/// blocking pool make dozens, each keeping its freed chunks), and an mmap threshold that grows
+/// after a large free, after which the next large buffers come from (and stay in) the heap. A
+/// long-running daemon with a burst of work at start (the listing, the walk, the records) is
+/// better off with few arenas and large blocks always mapped, so that freeing them returns
+/// them to the kernel. Glibc only; other C libraries ignore it.
+pub fn tune_allocator() {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: mallopt only changes allocator parameters; no pointers are involved. Called
+        // at start, before other threads allocate.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+            // Setting it also turns off the dynamic adjustment.
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+        }
+    }
+}
+
+/// Returns free heap memory to the kernel (after a burst of work, like the start of a mount).
+pub fn trim_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases unused memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

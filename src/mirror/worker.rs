@@ -107,6 +107,8 @@ pub(crate) struct Worker {
     queue: BinaryHeap<Reverse<(Instant, PathBuf)>>,
     /// The channel is not read again before this (see [`COALESCE`]).
     listen_at: Instant,
+    /// There was work since the heap was last trimmed.
+    busy_since_trim: bool,
     intents: BTreeMap<u64, Intent>,
     inflight: HashSet<PathBuf>,
     intent_running: bool,
@@ -146,6 +148,7 @@ impl Worker {
             due: HashMap::new(),
             queue: BinaryHeap::new(),
             listen_at: Instant::now(),
+            busy_since_trim: true,
             intents: replay.into_iter().collect(),
             inflight: HashSet::new(),
             intent_running: false,
@@ -172,6 +175,14 @@ impl Worker {
                 for d in self.drains.drain(..) {
                     let _ = d.send(());
                 }
+                if self.busy_since_trim {
+                    // A burst (the start's reconcile, a big batch of uploads) is over: give
+                    // the memory it used back to the kernel.
+                    self.busy_since_trim = false;
+                    crate::sys::trim_heap();
+                }
+            } else {
+                self.busy_since_trim = true;
             }
             if self.last_save.elapsed() > SAVE_EVERY {
                 self.save();
