@@ -8,7 +8,13 @@
 //! - user metadata `etlfs_mtime` (Unix nanoseconds), `etlfs_mode` (octal) and `etlfs_sha256`
 //!   (hex) travel with each object. Underscores, not dashes: Azure metadata names must be C#
 //!   identifiers. The FILESYSTEM backend stores no metadata, so there it is kept in a small JSON
-//!   object under the reserved key prefix `<prefix>/.etlfs/meta/`.
+//!   object under the reserved key prefix `<prefix>/.etlfs/meta/`;
+//! - `<prefix>/.etlfs/manifest.v1.jsonl.gz` caches every file's metadata, so a mount can start
+//!   from one GET and a listing instead of one HEAD per object (see `index.rs`). It is only a
+//!   cache: deleting it costs HEADs, never data.
+//!
+//! Uploads return the object's e_tag and listings carry it, normalized (quotes and a weak `W/`
+//! dropped: Azure quotes it in headers but not in listings), so the two can be compared.
 //!
 //! Keys are built with `Path::parse`, which keeps them verbatim (what Kubecost and `aws s3`
 //! write and read); a relative path that cannot be a key (not UTF-8, empty or dot segments) is
@@ -33,6 +39,9 @@ pub const DIR_MARKER: &str = ".etlfs-dir";
 const MAX_KEY_LEN: usize = 1024;
 /// Top-level key segment reserved for etlfs' own objects (never a user path).
 pub const RESERVED: &str = ".etlfs";
+/// The manifest's name under [`RESERVED`]. The format version is part of the name, so an
+/// etlfs that writes another format never reads this one as its own (and vice versa).
+pub const MANIFEST: &str = "manifest.v1.jsonl.gz";
 
 /// Errors of bucket operations.
 #[derive(Debug, thiserror::Error)]
@@ -83,20 +92,7 @@ impl BucketError {
     /// A listing that failed because the bucket holds a key `object_store` cannot represent
     /// (an empty, `.` or `..` segment): no retry can fix it, only removing that object.
     pub fn is_unlistable_key(&self) -> bool {
-        let BucketError::Store { source, .. } = self else {
-            return false;
-        };
-        if matches!(source, object_store::Error::InvalidPath { .. }) {
-            return true;
-        }
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(source);
-        while let Some(e) = cur {
-            if e.downcast_ref::<object_store::path::Error>().is_some() {
-                return true;
-            }
-            cur = e.source();
-        }
-        false
+        matches!(self, BucketError::Store { source, .. } if names_a_bad_key(source))
     }
 
     fn store<'a>(
@@ -117,6 +113,21 @@ impl BucketError {
 }
 
 pub type Result<T, E = BucketError> = std::result::Result<T, E>;
+
+/// Whether `object_store` failed because the bucket holds a key it cannot represent.
+fn names_a_bad_key(e: &object_store::Error) -> bool {
+    if matches!(e, object_store::Error::InvalidPath { .. }) {
+        return true;
+    }
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = cur {
+        if e.downcast_ref::<object_store::path::Error>().is_some() {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
 
 /// What a restore needs to recreate a file exactly.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -150,6 +161,33 @@ pub struct ObjectInfo {
     pub size: u64,
     pub last_modified: SystemTime,
     pub is_dir_marker: bool,
+    /// Normalized e_tag, when the backend lists one (s3s-fs does not).
+    pub e_tag: Option<String>,
+}
+
+/// What reading an object's etlfs metadata also saw, to tell which version it describes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetaRead {
+    pub meta: Option<FileMeta>,
+    /// With user metadata: the object itself as the HEAD saw it (size, normalized e_tag,
+    /// last-modified). With a sidecar (FILESYSTEM): only the sidecar's last-modified.
+    pub size: Option<u64>,
+    pub e_tag: Option<String>,
+    pub last_modified: SystemTime,
+}
+
+/// The manifest as read: its compressed body and when the bucket says it was written.
+#[derive(Debug, Clone)]
+pub struct ManifestObject {
+    pub body: Bytes,
+    pub last_modified: SystemTime,
+}
+
+/// Quotes and a weak-validator prefix dropped: Azure quotes e_tags in headers (what a put
+/// returns) but not in listings.
+pub fn normalize_e_tag(e: &str) -> String {
+    let e = e.strip_prefix("W/").unwrap_or(e);
+    e.trim_matches('"').to_owned()
 }
 
 /// The bucket, with its key prefix.
@@ -162,6 +200,21 @@ pub struct Bucket {
     extra_metadata: Vec<(String, String)>,
     /// Shared by every clone: the mirror and the fetcher report their outcomes here.
     health: Arc<crate::counters::Health>,
+}
+
+/// Directory listings in flight at once while walking the bucket.
+const LIST_CONCURRENCY: usize = 16;
+/// A directory with more subdirectories than this is listed flat below it (see
+/// [`Bucket::list`]): past this many, one request per subdirectory costs more than the pages of
+/// a flat listing.
+const FLAT_FANOUT: usize = 256;
+
+/// What is left to list while walking the bucket.
+enum Walk {
+    /// One directory level (`None`: the bucket's root): its objects and subdirectories.
+    Level(Option<Key>),
+    /// Everything deeper than that level, flat.
+    Below(Option<Key>),
 }
 
 /// Files up to this size are read into memory and sent with one PUT (atomic everywhere);
@@ -200,6 +253,11 @@ impl Bucket {
 
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// Whether objects carry their etlfs metadata (else it is in sidecar objects).
+    pub fn user_metadata(&self) -> bool {
+        self.user_metadata
     }
 
     fn join(&self, rel: &str) -> String {
@@ -328,18 +386,25 @@ impl Bucket {
         Ok(())
     }
 
-    /// Uploads a whole small file in one atomic PUT.
-    pub async fn put_bytes(&self, rel: &Path, body: Bytes, meta: &FileMeta) -> Result<()> {
+    /// Uploads a whole small file in one atomic PUT. Returns the object's normalized e_tag.
+    pub async fn put_bytes(
+        &self,
+        rel: &Path,
+        body: Bytes,
+        meta: &FileMeta,
+    ) -> Result<Option<String>> {
         let key = self.key(rel)?;
         let opts = PutOptions {
             attributes: self.attributes(meta),
             ..Default::default()
         };
-        self.store
+        let res = self
+            .store
             .put_opts(&key, PutPayload::from(body), opts)
             .await
             .map_err(BucketError::store("put", &key))?;
-        self.put_sidecar(rel, meta).await
+        self.put_sidecar(rel, meta).await?;
+        Ok(res.e_tag.as_deref().map(normalize_e_tag))
     }
 
     /// Starts a streamed (multipart) upload; nothing is visible until [`Upload::finish`].
@@ -410,40 +475,110 @@ impl Bucket {
         self.delete_key(&self.marker_key(dir)?).await
     }
 
-    /// Every user object below `dir` (the whole bucket prefix for `None`), markers included,
-    /// paginated by `object_store`. Keys that are not user paths are skipped.
+    /// Every user object below `dir` (the whole bucket prefix for `None`), markers included.
+    /// Keys that are not user paths are skipped, and etlfs' reserved `.etlfs/` is not even
+    /// listed.
+    ///
+    /// The tree is walked one directory per request, [`LIST_CONCURRENCY`] at a time, rather
+    /// than in one flat paginated listing: a flat listing is a chain of requests, each waiting
+    /// for the previous page's continuation (100 round trips for 100,000 objects, and on
+    /// servers such as s3s-fs every page rescans the whole bucket), while directories list side
+    /// by side. A directory with more than [`FLAT_FANOUT`] subdirectories is listed flat below
+    /// it instead, so a tree of many tiny directories costs at most about twice the pages of a
+    /// flat listing, never one request per directory.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
-        let prefix = match dir {
+        let root = match dir {
             Some(d) => Some(self.key(d)?),
             None if self.prefix.is_empty() => None,
             None => Some(Key::parse(&self.prefix).expect("normalized prefix")),
         };
-        let shown = prefix.as_ref().map(|k| k.to_string()).unwrap_or_default();
-        let metas: Vec<_> = self
-            .store
-            .list(prefix.as_ref())
-            .try_collect()
-            .await
-            .map_err(|source| BucketError::Store {
-                op: "list",
-                key: shown,
-                source,
-            })?;
-        Ok(metas
-            .into_iter()
-            .filter_map(|m| {
-                let (rel, is_dir_marker) = self.rel_of(&m.location)?;
-                let lm = m.last_modified;
-                let last_modified = UNIX_EPOCH
-                    + Duration::new(lm.timestamp().max(0) as u64, lm.timestamp_subsec_nanos());
-                Some(ObjectInfo {
-                    rel,
-                    size: m.size,
-                    last_modified,
-                    is_dir_marker,
-                })
-            })
-            .collect())
+        let shown = root.as_ref().map(|k| k.to_string()).unwrap_or_default();
+        let err = |source| BucketError::Store {
+            op: "list",
+            key: shown.clone(),
+            source,
+        };
+        let mut out = Vec::new();
+        let mut todo = vec![Walk::Level(root)];
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        loop {
+            while inflight.len() < LIST_CONCURRENCY {
+                let Some(step) = todo.pop() else { break };
+                inflight.push(self.list_step(step));
+            }
+            let Some(res) = futures::StreamExt::next(&mut inflight).await else {
+                break;
+            };
+            let (objects, subdirs) = res.map_err(err)?;
+            out.extend(objects.into_iter().filter_map(|m| self.info(m)));
+            todo.extend(subdirs);
+        }
+        Ok(out)
+    }
+
+    /// One request of [`Bucket::list`]: the objects it found, and what is left to walk.
+    async fn list_step(
+        &self,
+        step: Walk,
+    ) -> object_store::Result<(Vec<object_store::ObjectMeta>, Vec<Walk>)> {
+        match step {
+            Walk::Level(prefix) => {
+                let res = match self.store.list_with_delimiter(prefix.as_ref()).await {
+                    Ok(res) => res,
+                    // A bad key below: a flat listing of the subtree fails too, but names the
+                    // whole key rather than the directory part (which says less).
+                    Err(e) if names_a_bad_key(&e) => {
+                        let all = self.store.list(prefix.as_ref()).try_collect().await?;
+                        return Ok((all, Vec::new()));
+                    }
+                    Err(e) => return Err(e),
+                };
+                let dirs: Vec<Key> = res
+                    .common_prefixes
+                    .into_iter()
+                    .filter(|d| !self.is_reserved_dir(d))
+                    .collect();
+                let next = if dirs.len() > FLAT_FANOUT {
+                    vec![Walk::Below(prefix)]
+                } else {
+                    dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
+                };
+                Ok((res.objects, next))
+            }
+            Walk::Below(prefix) => {
+                // The level itself was listed already: keep what is deeper.
+                let depth = prefix.as_ref().map_or(0, |p| p.parts().count()) + 1;
+                let all: Vec<_> = self.store.list(prefix.as_ref()).try_collect().await?;
+                let deeper = all
+                    .into_iter()
+                    .filter(|m| m.location.parts().count() > depth)
+                    .collect();
+                Ok((deeper, Vec::new()))
+            }
+        }
+    }
+
+    /// Whether `dir` (a listed common prefix) is etlfs' reserved namespace at the top.
+    fn is_reserved_dir(&self, dir: &Key) -> bool {
+        let s = dir.as_ref();
+        let rel = if self.prefix.is_empty() {
+            Some(s)
+        } else {
+            s.strip_prefix(&self.prefix)
+                .and_then(|r| r.strip_prefix('/'))
+        };
+        rel == Some(RESERVED)
+    }
+
+    fn info(&self, m: object_store::ObjectMeta) -> Option<ObjectInfo> {
+        let (rel, is_dir_marker) = self.rel_of(&m.location)?;
+        Some(ObjectInfo {
+            rel,
+            size: m.size,
+            last_modified: SystemTime::from(m.last_modified),
+            is_dir_marker,
+            e_tag: m.e_tag.as_deref().map(normalize_e_tag),
+        })
     }
 
     /// The object's bytes.
@@ -483,19 +618,35 @@ impl Bucket {
 
     /// The etlfs metadata of an object, if it carries any.
     pub async fn meta(&self, rel: &Path) -> Result<Option<FileMeta>> {
+        Ok(self.meta_read(rel).await?.meta)
+    }
+
+    /// The etlfs metadata of an object, and which version of it (or of its sidecar) was read.
+    pub async fn meta_read(&self, rel: &Path) -> Result<MetaRead> {
         if !self.user_metadata {
             let key = self.meta_key(rel)?;
             return match self.store.get(&key).await {
                 Ok(r) => {
+                    let last_modified = SystemTime::from(r.meta.last_modified);
                     let body = r.bytes().await.map_err(BucketError::store("get", &key))?;
-                    serde_json::from_slice(&body)
-                        .map(Some)
-                        .map_err(|e| BucketError::BadMetadata {
+                    let meta =
+                        serde_json::from_slice(&body).map_err(|e| BucketError::BadMetadata {
                             key: key.to_string(),
                             reason: e.to_string(),
-                        })
+                        })?;
+                    Ok(MetaRead {
+                        meta: Some(meta),
+                        size: None,
+                        e_tag: None,
+                        last_modified,
+                    })
                 }
-                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(object_store::Error::NotFound { .. }) => Ok(MetaRead {
+                    meta: None,
+                    size: None,
+                    e_tag: None,
+                    last_modified: UNIX_EPOCH,
+                }),
                 Err(e) => Err(BucketError::store("get", &key)(e)),
             };
         }
@@ -509,6 +660,12 @@ impl Bucket {
             .get_opts(&key, opts)
             .await
             .map_err(BucketError::store("head", &key))?;
+        let seen = |meta| MetaRead {
+            meta,
+            size: Some(res.meta.size),
+            e_tag: res.meta.e_tag.as_deref().map(normalize_e_tag),
+            last_modified: SystemTime::from(res.meta.last_modified),
+        };
         let get = |name: &'static str| {
             res.attributes
                 .get(&Attribute::Metadata(name.into()))
@@ -517,13 +674,13 @@ impl Bucket {
         let (Some(mtime), Some(mode), Some(sha256)) =
             (get("etlfs_mtime"), get("etlfs_mode"), get("etlfs_sha256"))
         else {
-            return Ok(None);
+            return Ok(seen(None));
         };
         let bad = |reason: String| BucketError::BadMetadata {
             key: key.to_string(),
             reason,
         };
-        Ok(Some(FileMeta {
+        let meta = FileMeta {
             mtime_ns: mtime
                 .parse()
                 .map_err(|e| bad(format!("etlfs_mtime {mtime:?}: {e}")))?,
@@ -534,7 +691,48 @@ impl Bucket {
                 (Some(u), Some(g)) => u.parse().ok().zip(g.parse().ok()),
                 _ => None,
             },
+        };
+        Ok(seen(Some(meta)))
+    }
+
+    fn manifest_key(&self) -> Key {
+        Key::parse(self.join(&format!("{RESERVED}/{MANIFEST}"))).expect("valid segments")
+    }
+
+    /// The manifest, if there is one.
+    pub async fn get_manifest(&self) -> Result<Option<ManifestObject>> {
+        let key = self.manifest_key();
+        let res = match self.store.get(&key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(BucketError::store("get", &key)(e)),
+        };
+        let last_modified = SystemTime::from(res.meta.last_modified);
+        let body = res.bytes().await.map_err(BucketError::store("get", &key))?;
+        Ok(Some(ManifestObject {
+            body,
+            last_modified,
         }))
+    }
+
+    /// Replaces the manifest (one atomic PUT) and returns when the bucket says it was written
+    /// — read back with a HEAD, because a PUT answers no time — or `None` if the HEAD found
+    /// another version already (a concurrent writer) or failed.
+    pub async fn put_manifest(&self, body: Bytes) -> Result<Option<SystemTime>> {
+        let key = self.manifest_key();
+        let put = self
+            .store
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(BucketError::store("put", &key))?;
+        let Ok(head) = self.store.head(&key).await else {
+            return Ok(None);
+        };
+        let same = match (&put.e_tag, &head.e_tag) {
+            (Some(a), Some(b)) => normalize_e_tag(a) == normalize_e_tag(b),
+            _ => false,
+        };
+        Ok(same.then(|| SystemTime::from(head.last_modified)))
     }
 }
 
@@ -564,13 +762,15 @@ impl Upload {
         Ok(())
     }
 
-    /// Completes the upload: the object appears atomically.
-    pub async fn finish(self, bucket: &Bucket) -> Result<()> {
-        self.writer
+    /// Completes the upload: the object appears atomically. Returns its normalized e_tag.
+    pub async fn finish(self, bucket: &Bucket) -> Result<Option<String>> {
+        let res = self
+            .writer
             .finish()
             .await
             .map_err(BucketError::store("complete upload", &self.key))?;
-        bucket.put_sidecar(&self.rel, &self.meta).await
+        bucket.put_sidecar(&self.rel, &self.meta).await?;
+        Ok(res.e_tag.as_deref().map(normalize_e_tag))
     }
 
     pub async fn abort(self) -> Result<()> {
@@ -699,5 +899,112 @@ mod tests {
         up.write(b"x").await.unwrap();
         up.abort().await.unwrap();
         assert_eq!(b.list(None).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn puts_return_the_e_tag_the_listing_shows() {
+        let b = bucket("p", true);
+        let meta = FileMeta {
+            mtime_ns: 0,
+            mode: 0o644,
+            sha256: String::new(),
+            owner: None,
+        };
+        let small = b
+            .put_bytes(Path::new("small"), Bytes::from_static(b"x"), &meta)
+            .await
+            .unwrap();
+        let mut up = b.start_upload(Path::new("big"), &meta).await.unwrap();
+        up.write(&vec![1u8; PART_SIZE + 1]).await.unwrap();
+        let big = up.finish(&b).await.unwrap();
+        let listed: std::collections::HashMap<_, _> = b
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| (o.rel, o.e_tag))
+            .collect();
+        assert!(small.is_some() && big.is_some());
+        assert_eq!(listed[Path::new("small")], small);
+        assert_eq!(listed[Path::new("big")], big);
+        assert_eq!(b.meta_read(Path::new("small")).await.unwrap().e_tag, small);
+    }
+
+    #[test]
+    fn e_tags_compare_without_quotes() {
+        assert_eq!(normalize_e_tag("\"0x8D9\""), "0x8D9");
+        assert_eq!(normalize_e_tag("0x8D9"), "0x8D9");
+        assert_eq!(normalize_e_tag("W/\"abc-2\""), "abc-2");
+    }
+
+    #[tokio::test]
+    async fn the_manifest_is_a_reserved_object() {
+        let b = bucket("etl", true);
+        assert!(b.get_manifest().await.unwrap().is_none());
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let at = b.put_manifest(Bytes::from_static(b"m")).await.unwrap();
+        assert!(at.is_some_and(|t| t >= before), "{at:?}");
+        let got = b.get_manifest().await.unwrap().unwrap();
+        assert_eq!((&got.body[..], Some(got.last_modified)), (&b"m"[..], at));
+        assert!(b.list(None).await.unwrap().is_empty(), "not a user file");
+    }
+
+    #[tokio::test]
+    async fn the_walk_lists_what_a_flat_listing_would() {
+        let store = Arc::new(InMemory::new());
+        let b = Bucket::new(store.clone(), "etl", true, vec![]);
+        let meta = FileMeta {
+            mtime_ns: 0,
+            mode: 0o644,
+            sha256: String::new(),
+            owner: None,
+        };
+        let mut want = Vec::new();
+        // More subdirectories than FLAT_FANOUT below one directory, with files at every level.
+        for i in 0..FLAT_FANOUT + 5 {
+            want.push(format!("wide/d{i}/f"));
+            want.push(format!("wide/d{i}/sub/g"));
+        }
+        want.extend(["top", "wide/level", "deep/a/b/c/f"].map(String::from));
+        for rel in &want {
+            b.put_bytes(Path::new(rel), Bytes::new(), &meta)
+                .await
+                .unwrap();
+        }
+        b.put_dir_marker(Path::new("empty")).await.unwrap();
+        for k in [
+            "etl/.etlfs/meta/top",
+            "etl/.etlfs/manifest.v1.jsonl.gz",
+            "etlx/y",
+            "z",
+        ] {
+            store.put(&Key::from(k), PutPayload::new()).await.unwrap();
+        }
+        let mut got: Vec<String> = b
+            .list(None)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| {
+                format!(
+                    "{}{}",
+                    o.rel.display(),
+                    if o.is_dir_marker { "/" } else { "" }
+                )
+            })
+            .collect();
+        got.sort();
+        want.push("empty/".into());
+        want.sort();
+        assert_eq!(got, want);
+        let mut below: Vec<_> = b
+            .list(Some(Path::new("deep/a")))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|o| o.rel)
+            .collect();
+        below.sort();
+        assert_eq!(below, [PathBuf::from("deep/a/b/c/f")]);
     }
 }

@@ -1,13 +1,50 @@
 //! What the bucket holds: path → size, mtime, mode and checksum, loaded once at start.
 //!
 //! A listing gives only size and last-modified; the metadata etlfs attaches to each object
-//! (mtime, mode, checksum) needs one HEAD per object, done concurrently. Objects written by other
-//! tools carry no etlfs metadata and are served with sensible defaults (their last-modified time,
-//! mode 0644, no checksum to verify).
+//! (mtime, mode, checksum, owner) needs one HEAD per object. For 100,000 objects that is far
+//! too slow for a mount that must not come up before it knows them all, so the index keeps a
+//! **manifest**: one compressed object (`<prefix>/.etlfs/manifest.v1.jsonl.gz`) with every
+//! file's metadata and what identifies the object version it describes. Loading is then one
+//! listing plus one GET, concurrently; only files the manifest does not vouch for are HEADed
+//! (32 at a time). Objects written by other tools carry no etlfs metadata and are served with
+//! sensible defaults (their last-modified time, mode 0644, no checksum to verify).
+//!
+//! # The manifest is only a cache
+//!
+//! Nothing depends on it being fresh or even present: a missing, corrupt or other-format
+//! manifest is logged and costs HEADs, never a failed mount, and an entry is used only if the
+//! listing proves it still describes the object:
+//! - the listed size is the entry's;
+//! - the listed e_tag is the entry's, when both have one (S3 and GCS derive it from the bytes,
+//!   Azure and FILESYSTEM change it on every write; s3s-fs lists none);
+//! - the listed last-modified is not after the entry's `until`: the latest time, on the
+//!   *bucket's* clock, at which the entry is known to describe the object. It is the listed
+//!   last-modified of an object read at load, or — for an upload — the last-modified of the
+//!   first manifest that carried it (absent in the entry: this manifest's own). A rewrite after
+//!   that is newer, so an outside overwrite with the same size (no e_tag to tell), or a
+//!   re-upload of the same bytes with a new mode or mtime (an S3 e_tag does not change), is
+//!   caught; only clocks of the same bucket are compared. Buckets answer an object's time in
+//!   whole seconds, so an entry vouched for by a manifest's time ends just *before* that second
+//!   ([`manifest_until`]), and a writer puts the uploads it describes in an earlier second by
+//!   waiting [`MANIFEST_SETTLE`] before its PUT.
+//!
+//! Whatever is not vouched for is HEADed. A HEAD that raced with a rewrite at worst describes a
+//! version newer than the listed one, which the next load then refuses (its `until` is the
+//! listed time). The checksum check of every download stays the last line of defence.
+//!
+//! Format: gzip of JSON lines — a header `{"etlfs_manifest":1,...}`, one line per file
+//! (`p` path, `s` size, `e` e_tag, `t` until in ns, `f` etlfs metadata or absent for an object
+//! without it), and a trailer `{"end":N}` with the number of files. The gzip checksum and the
+//! trailer make a truncated or damaged manifest visible; it is then ignored as a whole.
+//! Entries are applied to the listing as they are decoded, so the decoded text never sits in
+//! memory whole. Who writes it: the mirror (`mirror/manifest.rs`) and `etlfs backup`, through
+//! [`ManifestWriter`].
 //!
 //! The index holds only what a mount needs to show files that are not on the local disk: after
 //! the load, entries for files that are local are dropped as soon as the overlay sees them, and
-//! the overlay updates the index when a bucket-only file is removed or renamed.
+//! the overlay updates the index when a bucket-only file is removed or renamed. What a dropped
+//! entry knew about its object version is kept until the mirror takes it
+//! ([`Index::take_departed`]), so the manifest it writes keeps covering fetched files.
 //!
 //! Hostile or odd bucket content never reaches the namespace: a key whose relative path has an
 //! empty, `.` or `..` segment, or a NUL, is refused; so is a file whose name is also a
@@ -15,17 +52,26 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
+use std::io::{BufRead, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use futures::StreamExt;
+use serde::{Deserialize, Serialize};
 
-use crate::bucket::{Bucket, BucketError};
+use crate::bucket::{Bucket, BucketError, FileMeta, ManifestObject, MetaRead, ObjectInfo};
 
 /// Concurrent HEAD requests while loading.
 const HEAD_CONCURRENCY: usize = 32;
+/// The manifest format this etlfs reads and writes (also part of its key).
+const MANIFEST_FORMAT: u32 = 1;
+/// A writer waits this long between taking its snapshot and the PUT when the manifest carries
+/// entries vouched for by the manifest's own time: more than the one-second resolution of the
+/// time a bucket reports for an object, so that time is not older than those uploads.
+pub const MANIFEST_SETTLE: Duration = Duration::from_millis(1100);
 
 /// A file that is (or may be) only in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +86,25 @@ pub struct RemoteFile {
     /// Where the bytes are in the bucket: the path itself, or the old name of a file renamed
     /// while only in the bucket, until the mirror has moved the object.
     pub source: PathBuf,
+}
+
+/// Which object version an index entry (or an upload record) describes: what a manifest entry
+/// carries so the next listing can tell whether the object is still that version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Version {
+    /// Normalized e_tag, when the backend gave one.
+    pub e_tag: Option<String>,
+    /// The object's last-modified is at most this (bucket clock) for the version described;
+    /// `None`: the last-modified of the manifest that first carries it.
+    pub until: Option<SystemTime>,
+}
+
+/// An entry that left the index (the file became local, or was removed), with the version it
+/// was loaded as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Departed {
+    pub file: RemoteFile,
+    pub version: Version,
 }
 
 /// Whether a relative path from the bucket can name something in the served directory.
@@ -63,11 +128,149 @@ fn valid_rel(rel: &Path) -> bool {
 /// never opened.
 const NAME_MAX: usize = 255;
 
+fn ns(t: SystemTime) -> i128 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    }
+}
+
+fn from_ns(n: i128) -> SystemTime {
+    if n >= 0 {
+        UNIX_EPOCH + Duration::from_nanos(n as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_nanos(n.unsigned_abs() as u64)
+    }
+}
+
+/// A file as the index keeps it: compact, since a mount may know 100,000 of them (the
+/// checksum in binary, the object's path not repeated when it is the file's own).
+#[derive(Debug, Clone)]
+struct Stored {
+    size: u64,
+    mtime: SystemTime,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    sha256: Option<Sha>,
+    /// Where the object is, when not at the file's own path (a rename not carried out yet).
+    source: Option<Box<Path>>,
+    /// `None`: not known well enough to be written to a manifest (evicted, renamed, or its
+    /// metadata could not be read).
+    version: Option<Known>,
+}
+
+/// A checksum: 32 bytes when it is lowercase hex SHA-256 (what etlfs writes), else the text
+/// as the object carries it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Sha {
+    Bin([u8; 32]),
+    Text(Box<str>),
+}
+
+impl Sha {
+    fn new(hex_text: &str) -> Option<Sha> {
+        if hex_text.is_empty() {
+            return None;
+        }
+        let mut bin = [0u8; 32];
+        match hex::decode_to_slice(hex_text, &mut bin) {
+            Ok(()) if hex::encode(bin) == hex_text => Some(Sha::Bin(bin)),
+            _ => Some(Sha::Text(hex_text.into())),
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Sha::Bin(b) => hex::encode(b),
+            Sha::Text(t) => t.to_string(),
+        }
+    }
+}
+
+/// [`Version`], kept compact.
+#[derive(Debug, Clone)]
+struct Known {
+    e_tag: Option<Box<str>>,
+    until: Option<SystemTime>,
+}
+
+impl Known {
+    fn new(v: Version) -> Known {
+        Known {
+            e_tag: v.e_tag.map(String::into_boxed_str),
+            until: v.until,
+        }
+    }
+
+    fn version(&self) -> Version {
+        Version {
+            e_tag: self.e_tag.as_deref().map(str::to_owned),
+            until: self.until,
+        }
+    }
+}
+
+impl Stored {
+    /// An object without etlfs metadata, as it is served: its listed time, mode 0644.
+    fn plain(size: u64, last_modified: SystemTime) -> Stored {
+        Stored {
+            size,
+            mtime: last_modified,
+            mode: 0o644,
+            owner: None,
+            sha256: None,
+            source: None,
+            version: None,
+        }
+    }
+
+    fn with_meta(size: u64, m: &FileMeta) -> Stored {
+        Stored {
+            size,
+            mtime: m.mtime(),
+            mode: m.mode & 0o7777,
+            owner: m.owner,
+            sha256: Sha::new(&m.sha256),
+            source: None,
+            version: None,
+        }
+    }
+
+    fn from_remote(file: &RemoteFile, path: &Path, version: Option<Version>) -> Stored {
+        Stored {
+            size: file.size,
+            mtime: file.mtime,
+            mode: file.mode,
+            owner: file.owner,
+            sha256: file.sha256.as_deref().and_then(Sha::new),
+            source: (file.source != path).then(|| file.source.clone().into_boxed_path()),
+            version: version.map(Known::new),
+        }
+    }
+
+    fn versioned(mut self, v: Option<Version>) -> Stored {
+        self.version = v.map(Known::new);
+        self
+    }
+
+    fn remote(&self, path: &Path) -> RemoteFile {
+        RemoteFile {
+            size: self.size,
+            mtime: self.mtime,
+            mode: self.mode,
+            sha256: self.sha256.as_ref().map(Sha::text),
+            owner: self.owner,
+            source: self.source.as_deref().unwrap_or(path).to_path_buf(),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    files: HashMap<PathBuf, RemoteFile>,
+    files: HashMap<PathBuf, Stored>,
     /// Directory path → its entries' names and whether each is a directory.
     children: HashMap<PathBuf, BTreeMap<OsString, bool>>,
+    departed: HashMap<PathBuf, Departed>,
 }
 
 impl Inner {
@@ -97,18 +300,58 @@ impl Inner {
     }
 }
 
+/// How the manifest served a load, for the log and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Files listed (after refusals).
+    pub files: u64,
+    /// Files whose metadata came from the manifest.
+    pub from_manifest: u64,
+    /// Metadata reads (HEADs, or sidecar GETs on FILESYSTEM) made.
+    pub heads: u64,
+    /// Manifest entries the listing showed to be out of date.
+    pub stale: u64,
+    /// Manifest entries for objects the listing does not have.
+    pub unused: u64,
+    /// `None`: no manifest; otherwise whether it was usable, and why not.
+    pub manifest: Option<Result<(), String>>,
+}
+
+impl LoadReport {
+    /// Whether a new manifest would let the next load skip HEADs or read less.
+    pub fn manifest_outdated(&self) -> bool {
+        self.heads > 0 || self.stale > 0 || self.unused > 0 || matches!(self.manifest, Some(Err(_)))
+    }
+}
+
 /// The bucket's contents as the overlay needs them.
 #[derive(Debug, Default)]
 pub struct Index {
     inner: RwLock<Inner>,
     refused: AtomicU64,
+    /// Bumped by every change, so a manifest writer can tell whether it has news.
+    generation: AtomicU64,
+    report: LoadReport,
+}
+
+/// A listed file while loading: the listing, and what is known of its metadata.
+struct Slot {
+    obj: ObjectInfo,
+    found: Option<Stored>,
 }
 
 impl Index {
-    /// Lists the whole prefix (paginated by `object_store`) and reads each file's metadata.
+    /// Lists the whole prefix (paginated by `object_store`), reads the manifest at the same
+    /// time, and HEADs each file the manifest does not vouch for.
     pub async fn load(bucket: &Bucket) -> Result<Index, BucketError> {
-        let listing = bucket.list(None).await?;
-        let index = Index::default();
+        let started = std::time::Instant::now();
+        let listed = async {
+            let listing = bucket.list(None).await;
+            (listing, started.elapsed())
+        };
+        let ((listing, listed_in), manifest) = futures::join!(listed, bucket.get_manifest());
+        let listing = listing?;
+        let mut index = Index::default();
         let mut dirs = HashSet::new();
         let mut files = Vec::new();
         for obj in listing {
@@ -132,59 +375,99 @@ impl Index {
                 p = d.parent();
             }
         }
-        let metas: Vec<_> = futures::stream::iter(files.into_iter().filter(|f| {
-            if dirs.contains(&f.rel) {
-                index.refuse(
-                    &f.rel,
-                    "both a file and a directory in the bucket; the directory wins",
-                );
-                false
-            } else {
-                true
+        let mut slots: Vec<Slot> = files
+            .into_iter()
+            .filter(|f| {
+                if dirs.contains(&f.rel) {
+                    index.refuse(
+                        &f.rel,
+                        "both a file and a directory in the bucket; the directory wins",
+                    );
+                    false
+                } else {
+                    true
+                }
+            })
+            .map(|obj| Slot { obj, found: None })
+            .collect();
+        // Byte order, the order manifest paths are looked up in.
+        slots.sort_unstable_by(|a, b| path_bytes(&a.obj.rel).cmp(path_bytes(&b.obj.rel)));
+
+        let mut report = LoadReport {
+            files: slots.len() as u64,
+            ..LoadReport::default()
+        };
+        match manifest {
+            Ok(Some(m)) => {
+                let res = apply_manifest(&m, &mut slots, &mut report);
+                if let Err(e) = &res {
+                    for s in &mut slots {
+                        s.found = None;
+                    }
+                    (report.from_manifest, report.stale, report.unused) = (0, 0, 0);
+                    tracing::warn!(error = %e, "the bucket's manifest is unreadable; reading each object's metadata instead");
+                }
+                report.manifest = Some(res);
             }
-        }))
-        .map(|obj| async move {
-            let meta = bucket.meta(&obj.rel).await;
-            (obj, meta)
-        })
-        .buffer_unordered(HEAD_CONCURRENCY)
-        .collect()
-        .await;
+            Ok(None) => {
+                tracing::info!("no manifest in the bucket; reading each object's metadata")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the bucket's manifest; reading each object's metadata instead");
+                report.manifest = Some(Err(e.to_string()));
+            }
+        }
+
+        let todo: Vec<usize> = (0..slots.len())
+            .filter(|i| slots[*i].found.is_none())
+            .collect();
+        report.heads = todo.len() as u64;
+        let reads: Vec<_> = futures::stream::iter(todo)
+            .map(|i| {
+                let rel = slots[i].obj.rel.clone();
+                async move { (i, bucket.meta_read(&rel).await) }
+            })
+            .buffer_unordered(HEAD_CONCURRENCY)
+            .collect()
+            .await;
+        let sidecars = !bucket.user_metadata();
+        let mut gone = HashSet::new();
+        for (i, read) in reads {
+            let obj = &slots[i].obj;
+            match read {
+                Ok(read) => slots[i].found = Some(from_read(obj, read, sidecars)),
+                Err(BucketError::NotFound { .. }) => {
+                    gone.insert(i); // deleted while we listed
+                }
+                Err(e) => {
+                    tracing::warn!(path = %obj.rel.display(), error = %e, "unreadable object metadata; serving the object with defaults");
+                    slots[i].found = Some(Stored::plain(obj.size, obj.last_modified));
+                }
+            }
+        }
         {
-            let mut inner = index.inner.write().unwrap_or_else(|e| e.into_inner());
+            let inner = index.inner.get_mut().unwrap_or_else(|e| e.into_inner());
             for d in &dirs {
                 inner.link(d, true);
             }
-            for (obj, meta) in metas {
-                let (mtime, mode, sha256, owner) = match meta {
-                    Ok(Some(m)) => (
-                        m.mtime(),
-                        m.mode & 0o7777,
-                        Some(m.sha256.clone()).filter(|s| !s.is_empty()),
-                        m.owner,
-                    ),
-                    Ok(None) => (obj.last_modified, 0o644, None, None),
-                    Err(BucketError::NotFound { .. }) => continue, // deleted while we listed
-                    Err(e) => {
-                        tracing::warn!(path = %obj.rel.display(), error = %e, "unreadable object metadata; serving the object with defaults");
-                        (obj.last_modified, 0o644, None, None)
-                    }
+            for (i, slot) in slots.into_iter().enumerate() {
+                let Some(found) = slot.found.filter(|_| !gone.contains(&i)) else {
+                    continue;
                 };
-                inner.link(&obj.rel, false);
-                let rel = obj.rel.clone();
-                inner.files.insert(
-                    rel.clone(),
-                    RemoteFile {
-                        size: obj.size,
-                        mtime,
-                        mode,
-                        sha256,
-                        owner,
-                        source: rel,
-                    },
-                );
+                inner.link(&slot.obj.rel, false);
+                inner.files.insert(slot.obj.rel, found);
             }
         }
+        tracing::info!(
+            files = report.files,
+            from_manifest = report.from_manifest,
+            heads = report.heads,
+            stale_manifest_entries = report.stale,
+            listed_in = ?listed_in,
+            elapsed = ?started.elapsed(),
+            "bucket metadata loaded"
+        );
+        index.report = report;
         Ok(index)
     }
 
@@ -198,6 +481,7 @@ impl Index {
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.generation.fetch_add(1, Ordering::Relaxed);
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -206,8 +490,18 @@ impl Index {
         self.refused.load(Ordering::Relaxed)
     }
 
+    /// How the load went: files, HEADs made, what the manifest served.
+    pub fn report(&self) -> &LoadReport {
+        &self.report
+    }
+
+    /// Changes so far (a manifest writer compares it with what it last wrote).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     pub fn file(&self, path: &Path) -> Option<RemoteFile> {
-        self.read().files.get(path).cloned()
+        self.read().files.get(path).map(|s| s.remote(path))
     }
 
     /// Whether the bucket has anything below `dir`.
@@ -245,40 +539,104 @@ impl Index {
         self.read()
             .files
             .iter()
-            .map(|(p, f)| (p.clone(), f.clone()))
+            .map(|(p, s)| (p.clone(), s.remote(p)))
             .collect()
     }
 
-    /// Forgets a file: it is local now, or it was removed.
+    /// Calls `f` with every file whose object version is known, under the read lock (for a
+    /// manifest writer, which encodes as it goes).
+    pub fn for_each_versioned(&self, mut f: impl FnMut(&Path, &RemoteFile, &Version)) {
+        let inner = self.read();
+        for (p, s) in &inner.files {
+            if let Some(k) = &s.version {
+                f(p, &s.remote(p), &k.version());
+            }
+        }
+    }
+
+    /// Whether `path` is a bucket-only file whose object version is known.
+    pub fn is_versioned(&self, path: &Path) -> bool {
+        self.read()
+            .files
+            .get(path)
+            .is_some_and(|s| s.version.is_some())
+    }
+
+    /// Forgets a file: it is local now, or it was removed. What it knew about its object
+    /// version is kept for [`Index::take_departed`].
     pub fn remove(&self, path: &Path) -> Option<RemoteFile> {
         let mut inner = self.write();
-        let f = inner.files.remove(path)?;
+        let s = inner.files.remove(path)?;
         inner.unlink(path);
-        Some(f)
+        let file = s.remote(path);
+        if let Some(k) = s.version {
+            let departed = Departed {
+                file: file.clone(),
+                version: k.version(),
+            };
+            inner.departed.insert(path.to_path_buf(), departed);
+        }
+        Some(file)
+    }
+
+    /// What a removed entry knew about its object (a fetched file's record takes it over).
+    pub fn take_departed(&self, path: &Path) -> Option<Departed> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .departed
+            .remove(path)
+    }
+
+    /// Everything [`Index::take_departed`] has not taken yet.
+    pub fn drain_departed(&self) -> Vec<(PathBuf, Departed)> {
+        self.inner
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .departed
+            .drain()
+            .collect()
     }
 
     /// Adds (or replaces) a bucket-only file, e.g. a local file evicted to the bucket.
     pub fn insert(&self, path: &Path, file: RemoteFile) {
+        self.insert_versioned(path, file, None);
+    }
+
+    /// Adds (or replaces) a file whose object version is known (`etlfs backup` just uploaded
+    /// it), so that it goes into the manifest.
+    pub fn insert_versioned(&self, path: &Path, file: RemoteFile, version: Option<Version>) {
         let mut inner = self.write();
         inner.link(path, false);
-        inner.files.insert(path.to_path_buf(), file);
+        let stored = Stored::from_remote(&file, path, version);
+        inner.files.insert(path.to_path_buf(), stored);
     }
 
     /// A bucket-only file, or everything below a directory, was renamed.
     pub fn rename(&self, from: &Path, to: &Path) {
         let mut inner = self.write();
-        let moved: Vec<(PathBuf, RemoteFile)> = inner
+        let moved: Vec<PathBuf> = inner
             .files
-            .iter()
-            .filter(|(p, _)| p.starts_with(from))
-            .map(|(p, f)| (p.clone(), f.clone()))
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
             .collect();
-        for (p, f) in moved {
-            inner.files.remove(&p);
+        for p in moved {
+            let Some(mut s) = inner.files.remove(&p) else {
+                continue;
+            };
             inner.unlink(&p);
             let new = moved_path(&p, from, to);
             inner.link(&new, false);
-            inner.files.insert(new, f);
+            // The bytes stay where they are until the mirror moves them; the object under the
+            // new name will be a copy, a version we have not seen.
+            s.source = Some(
+                s.source
+                    .take()
+                    .unwrap_or_else(|| p.clone().into_boxed_path()),
+            );
+            s.version = None;
+            inner.files.insert(new, s);
         }
         // Child lists of a renamed directory move with it.
         let dirs: Vec<PathBuf> = inner
@@ -298,8 +656,8 @@ impl Index {
 
     /// The object of a file renamed while bucket-only now sits under its new name.
     pub fn moved(&self, path: &Path) {
-        if let Some(f) = self.write().files.get_mut(path) {
-            f.source = path.to_path_buf();
+        if let Some(s) = self.write().files.get_mut(path) {
+            s.source = None;
         }
     }
 
@@ -310,6 +668,262 @@ impl Index {
     pub fn is_empty(&self) -> bool {
         self.read().files.is_empty()
     }
+}
+
+fn path_bytes(p: &Path) -> &[u8] {
+    p.as_os_str().as_encoded_bytes()
+}
+
+/// A listed object and the metadata read for it. The version it is recorded as ends at the
+/// *listed* last-modified: if the read saw a later rewrite, that rewrite is newer and the next
+/// load reads it again.
+fn from_read(obj: &ObjectInfo, read: MetaRead, sidecars: bool) -> Stored {
+    let until = Some(obj.last_modified);
+    if sidecars {
+        // The object and its sidecar are two writes (object first): a sidecar older than the
+        // object may belong to another version, and a missing one may be about to appear.
+        let version = match &read.meta {
+            Some(_) if read.last_modified >= obj.last_modified => Some(Version {
+                e_tag: obj.e_tag.clone(),
+                until,
+            }),
+            _ => None,
+        };
+        let file = match &read.meta {
+            Some(m) => Stored::with_meta(obj.size, m),
+            None => Stored::plain(obj.size, obj.last_modified),
+        };
+        return file.versioned(version);
+    }
+    // A HEAD sees the object as one version: its size, e_tag and metadata belong together.
+    let size = read.size.unwrap_or(obj.size);
+    let file = match &read.meta {
+        Some(m) => Stored::with_meta(size, m),
+        None => Stored::plain(size, obj.last_modified),
+    };
+    file.versioned(Some(Version {
+        e_tag: read.e_tag.or_else(|| obj.e_tag.clone()),
+        until,
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifest format
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    etlfs_manifest: u32,
+    /// `mount` or `backup`, for whoever reads it by hand.
+    #[serde(default)]
+    written_by: String,
+}
+
+/// The etlfs metadata of a manifest entry, borrowed for writing; read back as a [`FileMeta`]
+/// (same field names).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EntryMeta<'a> {
+    pub mtime_ns: i128,
+    pub mode: u32,
+    pub sha256: &'a str,
+    pub owner: Option<(u32, u32)>,
+}
+
+#[derive(Debug, Serialize)]
+struct EntryOut<'a> {
+    p: &'a str,
+    s: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    e: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    t: Option<i128>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    f: Option<EntryMeta<'a>>,
+}
+
+#[derive(Debug, Deserialize)]
+struct EntryIn {
+    p: String,
+    s: u64,
+    #[serde(default)]
+    e: Option<String>,
+    #[serde(default)]
+    t: Option<i128>,
+    #[serde(default)]
+    f: Option<FileMeta>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Trailer {
+    end: u64,
+}
+
+/// Builds a manifest, compressing as it goes: the uncompressed text never exists whole.
+pub struct ManifestWriter {
+    gz: flate2::write::GzEncoder<Vec<u8>>,
+    files: u64,
+    line: Vec<u8>,
+}
+
+impl std::fmt::Debug for ManifestWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ManifestWriter")
+            .field("files", &self.files)
+            .finish()
+    }
+}
+
+impl ManifestWriter {
+    /// `written_by` says who wrote it (`mount`, `backup`), for a human reading it.
+    pub fn new(written_by: &str) -> ManifestWriter {
+        let mut w = ManifestWriter {
+            // Fast compression: most of the text is hex checksums, which no level shrinks
+            // much further, and a writer may hold a lock while it encodes.
+            gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
+            files: 0,
+            line: Vec::with_capacity(512),
+        };
+        let header = Header {
+            etlfs_manifest: MANIFEST_FORMAT,
+            written_by: written_by.to_owned(),
+        };
+        w.put_line(&header);
+        w
+    }
+
+    fn put_line(&mut self, v: &impl Serialize) {
+        self.line.clear();
+        serde_json::to_writer(&mut self.line, v).expect("manifest lines serialize");
+        self.line.push(b'\n');
+        self.gz
+            .write_all(&self.line)
+            .expect("writing to memory does not fail");
+    }
+
+    /// Adds a file. `meta` is `None` for an object without etlfs metadata. Paths that are not
+    /// UTF-8 cannot be keys and are skipped.
+    pub fn add(&mut self, path: &Path, size: u64, version: &Version, meta: Option<EntryMeta<'_>>) {
+        let Some(p) = path.to_str() else {
+            return;
+        };
+        let entry = EntryOut {
+            p,
+            s: size,
+            e: version.e_tag.as_deref(),
+            t: version.until.map(ns),
+            f: meta,
+        };
+        self.put_line(&entry);
+        self.files += 1;
+    }
+
+    /// Adds a file as the index knows it.
+    pub fn add_remote(&mut self, path: &Path, file: &RemoteFile, version: &Version) {
+        let meta = file.sha256.as_deref().map(|sha256| EntryMeta {
+            mtime_ns: ns(file.mtime),
+            mode: file.mode,
+            sha256,
+            owner: file.owner,
+        });
+        self.add(path, file.size, version, meta);
+    }
+
+    pub fn files(&self) -> u64 {
+        self.files
+    }
+
+    /// The compressed manifest.
+    pub fn finish(mut self) -> Bytes {
+        let trailer = serde_json::json!({ "end": self.files });
+        self.put_line(&trailer);
+        Bytes::from(self.gz.finish().expect("writing to memory does not fail"))
+    }
+}
+
+/// The `until` a manifest's own time `written` gives the entries that have none: just before
+/// it. Buckets report that time in whole seconds (rounded down), and so do some listings: an
+/// object rewritten in the same second after the manifest then lists *at* that second, and
+/// must not pass. The writer's [`MANIFEST_SETTLE`] puts the uploads a manifest describes in an
+/// earlier second.
+pub fn manifest_until(written: SystemTime) -> SystemTime {
+    written - Duration::from_nanos(1)
+}
+
+/// Applies a manifest's entries to the listed files (sorted by path bytes). An error means the
+/// manifest as a whole cannot be trusted; the caller then drops what was applied.
+fn apply_manifest(
+    m: &ManifestObject,
+    slots: &mut [Slot],
+    report: &mut LoadReport,
+) -> Result<(), String> {
+    let mut lines = std::io::BufReader::new(flate2::read::GzDecoder::new(&m.body[..])).split(b'\n');
+    let mut next = || -> Result<Option<Vec<u8>>, String> {
+        lines
+            .next()
+            .transpose()
+            .map_err(|e| format!("decompressing: {e}"))
+    };
+    let header: Header = match next()? {
+        Some(l) => serde_json::from_slice(&l).map_err(|e| format!("header: {e}"))?,
+        None => return Err("empty".into()),
+    };
+    if header.etlfs_manifest != MANIFEST_FORMAT {
+        return Err(format!(
+            "format {} (this etlfs reads {MANIFEST_FORMAT})",
+            header.etlfs_manifest
+        ));
+    }
+    let mut entries = 0u64;
+    loop {
+        let Some(line) = next()? else {
+            return Err(format!("truncated after {entries} files (no trailer)"));
+        };
+        if line.starts_with(b"{\"end\":") {
+            let t: Trailer = serde_json::from_slice(&line).map_err(|e| format!("trailer: {e}"))?;
+            if t.end != entries {
+                return Err(format!("trailer says {} files, found {entries}", t.end));
+            }
+            break;
+        }
+        let e: EntryIn =
+            serde_json::from_slice(&line).map_err(|err| format!("line {}: {err}", entries + 2))?;
+        entries += 1;
+        let Ok(i) = slots.binary_search_by(|s| path_bytes(&s.obj.rel).cmp(e.p.as_bytes())) else {
+            report.unused += 1;
+            continue;
+        };
+        let slot = &mut slots[i];
+        if slot.found.is_some() {
+            // Two entries for one file: each vouches for itself, so the first valid one is as
+            // good as any.
+            continue;
+        }
+        let until =
+            e.t.map(from_ns)
+                .unwrap_or_else(|| manifest_until(m.last_modified));
+        let e_tag_ok = match (&slot.obj.e_tag, &e.e) {
+            (Some(listed), Some(recorded)) => listed == recorded,
+            _ => true,
+        };
+        if slot.obj.size != e.s || slot.obj.last_modified > until || !e_tag_ok {
+            report.stale += 1;
+            continue;
+        }
+        let file = match &e.f {
+            Some(meta) => Stored::with_meta(e.s, meta),
+            None => Stored::plain(e.s, slot.obj.last_modified),
+        };
+        report.from_manifest += 1;
+        slot.found = Some(file.versioned(Some(Version {
+            e_tag: e.e.or_else(|| slot.obj.e_tag.clone()),
+            until: Some(until),
+        })));
+    }
+    // The gzip checksum is only checked at the very end of the stream.
+    if next()?.is_some() {
+        return Err("data after the trailer".into());
+    }
+    Ok(())
 }
 
 /// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
@@ -438,6 +1052,259 @@ mod tests {
         assert_eq!(
             idx.children(Path::new("e")),
             vec![(OsString::from("sub"), true)]
+        );
+    }
+
+    fn meta(i: u32) -> FileMeta {
+        FileMeta {
+            mtime_ns: 1_700_000_000_000_000_000 + i128::from(i) * 1_000_000_007,
+            mode: 0o600 + (i % 3),
+            sha256: format!("{i:064x}"),
+            owner: Some((1000 + i, 2000)),
+        }
+    }
+
+    /// A bucket of `n` files `d{i%7}/f{i}` with etlfs metadata, plus one without.
+    async fn seeded(n: u32, user_metadata: bool) -> (Arc<InMemory>, Bucket) {
+        let store = Arc::new(InMemory::new());
+        let b = Bucket::new(store.clone(), "etl", user_metadata, vec![]);
+        for i in 0..n {
+            let body = Bytes::from(format!("body {i}"));
+            b.put_bytes(&PathBuf::from(format!("d{}/f{i}", i % 7)), body, &meta(i))
+                .await
+                .unwrap();
+        }
+        store
+            .put(&"etl/plain".into(), PutPayload::from_static(b"p"))
+            .await
+            .unwrap();
+        (store, b)
+    }
+
+    /// What the index serves, for comparing two loads.
+    fn served(idx: &Index) -> BTreeMap<PathBuf, RemoteFile> {
+        idx.files().into_iter().collect()
+    }
+
+    async fn write_manifest(b: &Bucket, idx: &Index) {
+        let mut w = ManifestWriter::new("test");
+        idx.for_each_versioned(|p, f, v| w.add_remote(p, f, v));
+        b.put_manifest(w.finish()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_manifest_replaces_the_heads_and_serves_the_same() {
+        for user_metadata in [true, false] {
+            let (_, b) = seeded(50, user_metadata).await;
+            let first = Index::load(&b).await.unwrap();
+            assert_eq!(first.report().heads, 51);
+            assert_eq!(first.report().manifest, None);
+            assert!(first.report().manifest_outdated());
+            write_manifest(&b, &first).await;
+
+            let second = Index::load(&b).await.unwrap();
+            let r = second.report();
+            // With sidecars, an object without one may be an upload whose sidecar is still
+            // on its way: never vouched for.
+            let heads = u64::from(!user_metadata);
+            assert_eq!((r.heads, r.from_manifest), (heads, 51 - heads), "{r:?}");
+            assert_eq!((r.stale, r.unused), (0, 0), "{r:?}");
+            assert_eq!(r.manifest, Some(Ok(())));
+            assert_eq!(served(&second), served(&first));
+            let f = second.file(Path::new("d3/f10")).unwrap();
+            assert_eq!(
+                (f.mtime, f.mode, f.sha256.as_deref(), f.owner),
+                (
+                    meta(10).mtime(),
+                    0o601,
+                    Some(&*meta(10).sha256),
+                    Some((1010, 2000))
+                )
+            );
+            assert_eq!(second.file(Path::new("plain")).unwrap().sha256, None);
+            assert_eq!(second.dirs(), first.dirs());
+        }
+    }
+
+    #[tokio::test]
+    async fn entries_the_listing_contradicts_are_read_again() {
+        let (store, b) = seeded(20, true).await;
+        write_manifest(&b, &Index::load(&b).await.unwrap()).await;
+        // After the manifest: an outside writer replaces one object with another of the same
+        // size, etlfs re-uploads another with the same bytes but a new mode (on S3 the e_tag
+        // would not change, its newer time tells: see the next test), and a third is deleted.
+        store
+            .put(&"etl/d1/f1".into(), PutPayload::from_static(b"BODY 1"))
+            .await
+            .unwrap();
+        let mut m2 = meta(2);
+        m2.mode = 0o640;
+        b.put_bytes(Path::new("d2/f2"), Bytes::from("body 2"), &m2)
+            .await
+            .unwrap();
+        b.delete(Path::new("d3/f3")).await.unwrap();
+
+        let idx = Index::load(&b).await.unwrap();
+        let r = idx.report();
+        assert_eq!((r.heads, r.stale, r.unused), (2, 2, 1), "{r:?}");
+        assert_eq!(r.from_manifest, 18);
+        assert_eq!(idx.file(Path::new("d1/f1")).unwrap().sha256, None);
+        assert_eq!(idx.file(Path::new("d2/f2")).unwrap().mode, 0o640);
+        assert!(idx.file(Path::new("d3/f3")).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_entry_is_only_as_good_as_its_until() {
+        let (store, b) = seeded(3, true).await;
+        let idx = Index::load(&b).await.unwrap();
+        // Written by hand: one entry vouched for until before the object was written, one by
+        // the manifest's own (later) time.
+        let mut w = ManifestWriter::new("test");
+        idx.for_each_versioned(|p, f, v| {
+            let until = match p.to_str() {
+                Some("d0/f0") => Some(UNIX_EPOCH + Duration::from_secs(1)),
+                _ => None,
+            };
+            let v = Version {
+                e_tag: v.e_tag.clone(),
+                until,
+            };
+            w.add_remote(p, f, &v)
+        });
+        b.put_manifest(w.finish()).await.unwrap();
+        drop(store);
+        let again = Index::load(&b).await.unwrap();
+        let r = again.report();
+        assert_eq!((r.heads, r.stale, r.from_manifest), (1, 1, 3), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_or_foreign_manifest_only_costs_heads() {
+        let (_, b) = seeded(10, true).await;
+        let idx = Index::load(&b).await.unwrap();
+        let mut w = ManifestWriter::new("test");
+        idx.for_each_versioned(|p, f, v| w.add_remote(p, f, v));
+        let good = w.finish().to_vec();
+        let header_v2 = {
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(b"{\"etlfs_manifest\":2}\n{\"end\":0}\n")
+                .unwrap();
+            gz.finish().unwrap()
+        };
+        let mut flipped = good.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x20;
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("not gzip", b"{\"etlfs_manifest\":1}".to_vec()),
+            ("truncated", good[..good.len() - 12].to_vec()),
+            ("a flipped bit", flipped),
+            ("another format", header_v2),
+            ("empty", vec![]),
+        ];
+        for (what, body) in cases {
+            b.put_manifest(Bytes::from(body)).await.unwrap();
+            let again = Index::load(&b).await.unwrap();
+            let r = again.report();
+            assert_eq!((r.heads, r.from_manifest), (11, 0), "{what}: {r:?}");
+            assert!(matches!(r.manifest, Some(Err(_))), "{what}: {r:?}");
+            assert_eq!(served(&again), served(&idx), "{what}");
+        }
+    }
+
+    #[test]
+    fn departed_entries_keep_their_version_until_taken() {
+        let idx = Index::default();
+        let f = RemoteFile {
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+            mode: 0o644,
+            sha256: Some("ab".into()),
+            owner: None,
+            source: PathBuf::from("a"),
+        };
+        let v = Version {
+            e_tag: Some("e".into()),
+            until: Some(SystemTime::UNIX_EPOCH),
+        };
+        idx.insert_versioned(Path::new("a"), f.clone(), Some(v.clone()));
+        idx.insert(Path::new("b"), f.clone());
+        let g = idx.generation();
+        assert!(idx.is_versioned(Path::new("a")) && !idx.is_versioned(Path::new("b")));
+        idx.remove(Path::new("a"));
+        idx.remove(Path::new("b"));
+        assert!(idx.generation() > g);
+        assert_eq!(idx.take_departed(Path::new("b")), None);
+        assert_eq!(
+            idx.take_departed(Path::new("a")),
+            Some(Departed {
+                file: f,
+                version: v
+            })
+        );
+        assert!(idx.drain_departed().is_empty());
+    }
+
+    #[test]
+    fn without_listed_e_tags_size_and_time_decide() {
+        // What s3s-fs lists: no e_tag, so only size and last-modified can tell.
+        let t0 = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let file = |size| RemoteFile {
+            size,
+            mtime: t0,
+            mode: 0o600,
+            sha256: Some("ab".repeat(32)),
+            owner: Some((1, 2)),
+            source: PathBuf::new(),
+        };
+        let version = |until| Version {
+            e_tag: Some("\"e\"".into()),
+            until,
+        };
+        let mut w = ManifestWriter::new("test");
+        w.add_remote(Path::new("a"), &file(5), &version(None));
+        w.add_remote(Path::new("b"), &file(5), &version(Some(t0)));
+        w.add_remote(Path::new("c"), &file(5), &version(None));
+        w.add_remote(Path::new("d"), &file(5), &version(None));
+        w.add_remote(Path::new("gone"), &file(5), &version(None));
+        let m = ManifestObject {
+            body: w.finish(),
+            last_modified: t0 + Duration::from_secs(10),
+        };
+        let slot = |rel: &str, size, lm: Duration| Slot {
+            obj: ObjectInfo {
+                rel: rel.into(),
+                size,
+                last_modified: t0 + lm,
+                is_dir_marker: false,
+                e_tag: None,
+            },
+            found: None,
+        };
+        let mut slots = vec![
+            // written before the manifest's second: vouched for
+            slot("a", 5, Duration::from_millis(9_999)),
+            // listed at exactly the time its entry records
+            slot("b", 5, Duration::ZERO),
+            // another size
+            slot("c", 6, Duration::ZERO),
+            // rewritten in the manifest's own second (whole-second listing)
+            slot("d", 5, Duration::from_secs(10)),
+            // not in the manifest
+            slot("e", 5, Duration::ZERO),
+        ];
+        let mut report = LoadReport::default();
+        apply_manifest(&m, &mut slots, &mut report).unwrap();
+        assert_eq!(
+            (report.from_manifest, report.stale, report.unused),
+            (2, 2, 1)
+        );
+        let found: Vec<bool> = slots.iter().map(|s| s.found.is_some()).collect();
+        assert_eq!(found, [true, true, false, false, false]);
+        let a = slots[0].found.as_ref().unwrap();
+        assert_eq!(a.remote(Path::new("a")).sha256, Some("ab".repeat(32)));
+        assert_eq!(
+            a.version.as_ref().unwrap().until,
+            Some(manifest_until(m.last_modified))
         );
     }
 }

@@ -22,6 +22,10 @@
 //!   object is downloaded and hashed, so an object tampered with behind its metadata shows),
 //!   and prints every difference, one per line on stdout.
 //!
+//! At its end, backup writes the bucket's manifest (see `index.rs`): every file the bucket now
+//! holds with its metadata, so the next mount over an empty directory needs no HEAD per object.
+//! A manifest that cannot be written is logged; the backup itself still succeeded.
+//!
 //! Bucket listing and metadata come from [`Index::load`], the local tree from
 //! [`LocalDir::walk`]; the state directory `.etlfs/` is never looked at as data. Transfers run
 //! [`PARALLEL`] at a time on a tokio runtime. On a terminal a progress bar shows the bytes;
@@ -43,9 +47,9 @@ use tracing::{debug, info, warn};
 
 use crate::bucket::{Bucket, BucketError};
 use crate::fetch::{FetchError, Placement, download_verified};
-use crate::index::{Index, RemoteFile};
+use crate::index::{Index, MANIFEST_SETTLE, ManifestWriter, RemoteFile, Version};
 use crate::local::{LocalDir, Stat};
-use crate::mirror::{Identity, Snapshot, SyncError, upload_snapshot};
+use crate::mirror::{Identity, Snapshot, SyncError, Uploaded, upload_snapshot};
 use crate::run::{self, DEFAULT_STATE_DIR, UsageError};
 use crate::state::StateDir;
 use crate::sys;
@@ -279,6 +283,9 @@ impl Ctx {
                 }
             }
         }
+        if uploaded > 0 || index.report().manifest_outdated() {
+            self.write_manifest(&index, uploaded > 0).await;
+        }
         info!(
             files = files.len(),
             uploaded,
@@ -335,7 +342,20 @@ impl Ctx {
                 }
             }
             match upload_snapshot(&self.bucket, &file, path, &st, still).await? {
-                Snapshot::Uploaded(_) => return Ok(Backed::Uploaded(st.size)),
+                Snapshot::Uploaded(Uploaded { sha256, e_tag }) => {
+                    // What the bucket holds now, for the manifest written at the end.
+                    let remote = RemoteFile {
+                        size: st.size,
+                        mtime: st.mtime,
+                        mode: st.mode & 0o7777,
+                        sha256: Some(sha256),
+                        owner: Some((st.uid, st.gid)),
+                        source: path.to_owned(),
+                    };
+                    let version = Version { e_tag, until: None };
+                    index.insert_versioned(path, remote, Some(version));
+                    return Ok(Backed::Uploaded(st.size));
+                }
                 Snapshot::Moved => {
                     debug!(path = %path.display(), walked_size = walked.size, "changed while being read; reading it again");
                 }
@@ -344,6 +364,25 @@ impl Ctx {
         Err(ItemError::Busy {
             path: path.to_owned(),
         })
+    }
+
+    /// Replaces the bucket's manifest with what `index` knows (after a backup: every file the
+    /// bucket holds). `fresh`: it carries uploads of this run, vouched for by the manifest's
+    /// own time, which must not be older than they are.
+    async fn write_manifest(&self, index: &Index, fresh: bool) {
+        let mut w = ManifestWriter::new("backup");
+        index.for_each_versioned(|path, file, version| w.add_remote(path, file, version));
+        let files = w.files();
+        let body = w.finish();
+        if fresh {
+            tokio::time::sleep(MANIFEST_SETTLE).await;
+        }
+        match self.bucket.put_manifest(body).await {
+            Ok(_) => info!(files, "manifest written"),
+            Err(e) => {
+                warn!(error = %e, "could not write the manifest; the next mount reads each object's metadata instead")
+            }
+        }
     }
 
     async fn restore(&self, force: bool) -> Result<(), OneshotError> {

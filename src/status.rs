@@ -153,6 +153,8 @@ pub(crate) struct Figures<'a> {
     pub evictions: u64,
     pub local_bytes: u64,
     pub bucket_only_files: u64,
+    pub index_heads: u64,
+    pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
     pub passthrough: bool,
@@ -250,6 +252,8 @@ impl Status {
             .cached_bytes()
             .unwrap_or_else(|| get(&s.walked_local_bytes));
         f.bucket_only_files = s.index.len() as u64;
+        f.index_heads = s.index.report().heads;
+        f.index_from_manifest = s.index.report().from_manifest;
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
         f.passthrough = s.passthrough.load(Ordering::Relaxed);
@@ -302,6 +306,10 @@ impl Status {
                 evictions: f.evictions,
                 passthrough: f.passthrough,
             },
+            index: IndexReport {
+                files_from_manifest: f.index_from_manifest,
+                heads: f.index_heads,
+            },
             recent_events: recent::events(),
         }
     }
@@ -328,6 +336,9 @@ pub struct Report {
     pub deletes: CountReport,
     pub fetches: FetchReport,
     pub local: LocalReport,
+    /// How the bucket's metadata was loaded at start.
+    #[serde(default)]
+    pub index: IndexReport,
     /// The last WARN and ERROR log events, oldest first.
     pub recent_events: Vec<recent::LogEvent>,
 }
@@ -373,6 +384,13 @@ pub struct FetchReport {
     pub done: u64,
     pub failed: u64,
     pub bytes: u64,
+}
+
+/// How the bucket index was loaded: files the manifest described, and metadata reads made.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IndexReport {
+    pub files_from_manifest: u64,
+    pub heads: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -41,7 +41,15 @@
 //! retroactive backup of data that existed before etlfs was first mounted). Objects without a
 //! local file are never deleted by the reconcile. [`Mirror::drain`] uploads everything pending
 //! at once, up to a deadline; what is left stays for the next start.
+//!
+//! # The manifest
+//!
+//! `manifest.rs` keeps the bucket's manifest (a cache of every file's metadata, see
+//! `index.rs`) describing what the records and the index know, so the next mount over an empty
+//! directory needs no HEAD per object: at most once a minute while things change, and at the
+//! end of a drain. Uploads record the e_tag their put returned for it.
 
+mod manifest;
 mod records;
 mod worker;
 
@@ -59,8 +67,9 @@ pub use crate::journal::Intent;
 use crate::journal::Journal;
 use crate::local::LocalDir;
 use crate::state::StateDir;
+pub use records::ObjectVersion;
 pub use records::{Identity, Record, Records};
-pub use worker::{Snapshot, SyncError, upload_snapshot};
+pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
@@ -181,6 +190,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Mirror {
     shared: Arc<Shared>,
+    manifest: Arc<manifest::Publisher>,
     tx: mpsc::UnboundedSender<Msg>,
     /// Intents written to the journal whose local operation has not finished yet.
     staged: Mutex<HashMap<u64, Intent>>,
@@ -219,8 +229,11 @@ impl Mirror {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
+        let manifest = Arc::new(manifest::Publisher::new(Arc::clone(&shared)));
+        rt.spawn(Arc::clone(&manifest).run());
         Ok(Arc::new(Mirror {
             shared,
+            manifest,
             tx,
             staged: Mutex::new(HashMap::new()),
         }))
@@ -240,14 +253,24 @@ impl Mirror {
         self.shared.journal.size()
     }
 
-    /// Uploads everything pending now and waits until nothing is left or `timeout` passes.
-    /// Returns whether everything was drained.
+    /// Uploads everything pending now and waits until nothing is left or `timeout` passes,
+    /// then writes the manifest if there is time left. Returns whether everything was drained.
     pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
         let (reply, done) = oneshot::channel();
         if self.tx.send(Msg::Drain { reply }).is_err() {
             return false;
         }
         let drained = matches!(tokio::time::timeout(timeout, done).await, Ok(Ok(())));
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if tokio::time::timeout(left, self.manifest.write(true))
+            .await
+            .is_err()
+        {
+            tracing::info!(
+                "no time left to write the manifest; the next mount reads metadata per object where it must"
+            );
+        }
         if let Err(e) = self.shared.records.save() {
             tracing::warn!(error = %e, "could not save the upload records");
         }
@@ -328,6 +351,15 @@ impl ChangeSink for Mirror {
             dir: false,
         };
         self.shared.records.set(path, rec);
+        // The object version the index knew goes on with the record, for the manifest.
+        if let Some(departed) = self
+            .shared
+            .index
+            .as_ref()
+            .and_then(|i| i.take_departed(path))
+        {
+            manifest::adopt(&self.shared.records, path, departed);
+        }
     }
 
     fn in_bucket(&self, path: &Path, st: &crate::local::Stat) -> Option<String> {

@@ -8,11 +8,17 @@
 //! The records live in memory and are written to `uploads.json` in the state directory
 //! (temp file + rename, so a crash leaves the old or the new file, never a torn one). They
 //! need no fsync: a lost record only means one more upload of the same bytes.
+//!
+//! A record also knows, when it can, which object version the upload made (its e_tag, the
+//! owner it was uploaded with, and once a manifest has carried it, until when the bucket's clock
+//! vouches for it): what the manifest writer (`manifest.rs`) needs to describe the file to the
+//! next mount without a HEAD. Any plain [`Records::set`] forgets that, so a record can never
+//! pair one version's metadata with another's e_tag.
 
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -60,12 +66,46 @@ pub struct Record {
 
 pub const FILE_NAME: &str = "uploads.json";
 
+/// The object version an upload (or a fetch) left in the bucket, as a manifest describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectVersion {
+    /// Normalized e_tag the put returned (or the fetched object was listed with).
+    pub e_tag: Option<String>,
+    /// Owner the object's metadata carries.
+    pub owner: Option<(u32, u32)>,
+    /// Unix ns on the bucket's clock: the object's last-modified is at most this. `None` until
+    /// a manifest carried the record (its own last-modified then becomes this).
+    pub until_ns: Option<i128>,
+}
+
+/// A record as kept and persisted: older files without the version fields load as well.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Stored {
+    id: Identity,
+    sha256: String,
+    dir: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    object: Option<ObjectVersion>,
+}
+
+impl Stored {
+    fn record(&self) -> Record {
+        Record {
+            id: self.id,
+            sha256: self.sha256.clone(),
+            dir: self.dir,
+        }
+    }
+}
+
 /// The record table.
 #[derive(Debug)]
 pub struct Records {
     state: Arc<StateDir>,
-    map: Mutex<HashMap<PathBuf, Record>>,
+    map: Mutex<HashMap<PathBuf, Stored>>,
     dirty: AtomicBool,
+    /// Bumped by every change, so the manifest writer can tell whether it has news.
+    generation: AtomicU64,
 }
 
 impl Records {
@@ -84,35 +124,111 @@ impl Records {
             state,
             map: Mutex::new(map),
             dirty: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Record>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Stored>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn get(&self, path: &Path) -> Option<Record> {
-        self.lock().get(path).cloned()
+    /// Something changed; `manifest`: something the manifest describes (a record with an
+    /// object version came or went), which is all the generation counts.
+    fn changed(&self, manifest: bool) {
+        self.dirty.store(true, Ordering::Relaxed);
+        if manifest {
+            self.generation.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    pub fn get(&self, path: &Path) -> Option<Record> {
+        self.lock().get(path).map(Stored::record)
+    }
+
+    /// Sets the record; what was known about the object version is forgotten.
     pub fn set(&self, path: &Path, rec: Record) {
-        self.lock().insert(path.to_owned(), rec);
+        self.set_with_object(path, rec, None);
+    }
+
+    /// Sets the record of an upload (or a fetch) together with the object version it left.
+    pub fn set_with_object(&self, path: &Path, rec: Record, object: Option<ObjectVersion>) {
+        let described = object.is_some();
+        let stored = Stored {
+            id: rec.id,
+            sha256: rec.sha256,
+            dir: rec.dir,
+            object,
+        };
+        let old = self.lock().insert(path.to_owned(), stored);
+        self.changed(described || old.is_some_and(|o| o.object.is_some()));
+    }
+
+    /// Gives a record without a known object version the one `object` describes, if the
+    /// record still is `expect` (same identity and checksum). For records that predate
+    /// versions, and fetched files, whose version the index knew.
+    pub fn adopt(&self, path: &Path, expect: &Record, object: ObjectVersion) -> bool {
+        let mut map = self.lock();
+        let Some(s) = map.get_mut(path) else {
+            return false;
+        };
+        if s.object.is_some() || s.dir || s.id != expect.id || s.sha256 != expect.sha256 {
+            return false;
+        }
+        s.object = Some(object);
+        drop(map);
+        self.changed(true);
+        true
+    }
+
+    /// A manifest that carried these records (path, e_tag) was written at `until_ns` (bucket
+    /// clock): records still holding that version and no time yet get it.
+    pub fn published(&self, carried: &[(PathBuf, Option<String>)], until_ns: i128) {
+        let mut map = self.lock();
+        for (path, e_tag) in carried {
+            if let Some(o) = map.get_mut(path).and_then(|s| s.object.as_mut()) {
+                if o.until_ns.is_none() && o.e_tag == *e_tag {
+                    o.until_ns = Some(until_ns);
+                }
+            }
+        }
+        drop(map);
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// Calls `f(path, identity, sha256, object)` for every file record whose object version
+    /// is known, under the lock (nothing is copied).
+    pub fn for_each_with_object(&self, mut f: impl FnMut(&Path, &Identity, &str, &ObjectVersion)) {
+        let map = self.lock();
+        for (p, s) in map.iter() {
+            if let (false, Some(o)) = (s.dir, &s.object) {
+                f(p, &s.id, &s.sha256, o);
+            }
+        }
+    }
+
+    /// Changes so far (the manifest writer compares it with what it last wrote).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+
     pub fn remove(&self, path: &Path) {
-        if self.lock().remove(path).is_some() {
-            self.dirty.store(true, Ordering::Relaxed);
+        if let Some(old) = self.lock().remove(path) {
+            self.changed(old.object.is_some());
         }
     }
 
     /// Removes every record at or below `dir`.
     pub fn remove_tree(&self, dir: &Path) {
         let mut map = self.lock();
-        let before = map.len();
-        map.retain(|p, _| !p.starts_with(dir));
+        let (before, mut described) = (map.len(), false);
+        map.retain(|p, s| {
+            let gone = p.starts_with(dir);
+            described |= gone && s.object.is_some();
+            !gone
+        });
         if map.len() != before {
-            self.dirty.store(true, Ordering::Relaxed);
+            drop(map);
+            self.changed(described);
         }
     }
 
@@ -191,5 +307,81 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+    }
+
+    fn object(e_tag: &str) -> ObjectVersion {
+        ObjectVersion {
+            e_tag: Some(e_tag.into()),
+            owner: Some((1, 2)),
+            until_ns: None,
+        }
+    }
+
+    fn with_object(r: &Records) -> Vec<(PathBuf, ObjectVersion)> {
+        let mut out = Vec::new();
+        r.for_each_with_object(|p, _, _, o| out.push((p.to_owned(), o.clone())));
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    #[test]
+    fn object_versions_persist_and_a_plain_set_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        // A file an older etlfs wrote: no versions at all.
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            serde_json::to_vec(&HashMap::from([("old", rec(9))])).unwrap(),
+        )
+        .unwrap();
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
+        assert_eq!(r.get(Path::new("old")), Some(rec(9)));
+        let g = r.generation();
+        r.set_with_object(Path::new("a"), rec(1), Some(object("ea")));
+        r.set_with_object(Path::new("b"), rec(2), Some(object("eb")));
+        assert!(r.generation() > g);
+        r.published(
+            &[
+                (PathBuf::from("a"), Some("ea".into())),
+                (PathBuf::from("b"), Some("other".into())),
+            ],
+            77,
+        );
+        r.save().unwrap();
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
+        let got = with_object(&r);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].1.until_ns, Some(77));
+        assert_eq!(got[1].1.until_ns, None, "another version was published");
+        // A directory record changes nothing the manifest describes.
+        let g = r.generation();
+        r.set(
+            Path::new("d"),
+            Record {
+                dir: true,
+                ..rec(3)
+            },
+        );
+        assert_eq!(r.generation(), g);
+        r.set(Path::new("a"), rec(4));
+        assert!(r.generation() > g);
+        assert_eq!(with_object(&r).len(), 1);
+    }
+
+    #[test]
+    fn adopt_only_takes_the_record_it_was_checked_against() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
+        r.set(Path::new("a"), rec(1));
+        assert!(
+            !r.adopt(Path::new("a"), &rec(2), object("e")),
+            "not that record"
+        );
+        assert!(!r.adopt(Path::new("missing"), &rec(1), object("e")));
+        assert!(r.adopt(Path::new("a"), &rec(1), object("e")));
+        assert!(
+            !r.adopt(Path::new("a"), &rec(1), object("f")),
+            "has one already"
+        );
+        assert_eq!(with_object(&r), vec![(PathBuf::from("a"), object("e"))]);
     }
 }

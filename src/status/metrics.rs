@@ -189,6 +189,18 @@ impl prometheus_client::collector::Collector for Collector {
             "Files that are only in the bucket (not yet fetched)",
             f.bucket_only_files as i64,
         )?;
+        counter(
+            e,
+            "etlfs_index_heads",
+            "Metadata reads (HEADs; sidecar GETs on FILESYSTEM) made to load the bucket index at start",
+            f.index_heads,
+        )?;
+        counter(
+            e,
+            "etlfs_index_manifest_files",
+            "Files whose metadata the bucket's manifest supplied at start, without a HEAD",
+            f.index_from_manifest,
+        )?;
         gauge(
             e,
             "etlfs_journal_intents",
