@@ -50,6 +50,7 @@
 //! empty, `.` or `..` segment, or a NUL, is refused; so is a file whose name is also a
 //! directory prefix (`a` and `a/b`: the directory wins). Each refusal is logged once and counted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
 use std::io::{BufRead, Write};
@@ -225,12 +226,22 @@ impl Stored {
     }
 
     fn with_meta(size: u64, m: &FileMeta) -> Stored {
+        Stored::described(size, m.mtime_ns, m.mode, &m.sha256, m.owner)
+    }
+
+    fn described(
+        size: u64,
+        mtime_ns: i128,
+        mode: u32,
+        sha256: &str,
+        owner: Option<(u32, u32)>,
+    ) -> Stored {
         Stored {
             size,
-            mtime: m.mtime(),
-            mode: m.mode & 0o7777,
-            owner: m.owner,
-            sha256: Sha::new(&m.sha256),
+            mtime: from_ns(mtime_ns),
+            mode: mode & 0o7777,
+            owner,
+            sha256: Sha::new(sha256),
             source: None,
             version: None,
         }
@@ -334,12 +345,6 @@ pub struct Index {
     report: LoadReport,
 }
 
-/// A listed file while loading: the listing, and what is known of its metadata.
-struct Slot {
-    obj: ObjectInfo,
-    found: Option<Stored>,
-}
-
 impl Index {
     /// Lists the whole prefix (paginated by `object_store`), reads the manifest at the same
     /// time, and HEADs each file the manifest does not vouch for.
@@ -375,7 +380,8 @@ impl Index {
                 p = d.parent();
             }
         }
-        let mut slots: Vec<Slot> = files
+        // The listed files, and side by side what is known of each one's metadata.
+        let objs: Vec<ObjectInfo> = files
             .into_iter()
             .filter(|f| {
                 if dirs.contains(&f.rel) {
@@ -388,22 +394,18 @@ impl Index {
                     true
                 }
             })
-            .map(|obj| Slot { obj, found: None })
             .collect();
-        // Byte order, the order manifest paths are looked up in.
-        slots.sort_unstable_by(|a, b| path_bytes(&a.obj.rel).cmp(path_bytes(&b.obj.rel)));
+        let mut found: Vec<Option<Stored>> = vec![None; objs.len()];
 
         let mut report = LoadReport {
-            files: slots.len() as u64,
+            files: objs.len() as u64,
             ..LoadReport::default()
         };
         match manifest {
             Ok(Some(m)) => {
-                let res = apply_manifest(&m, &mut slots, &mut report);
+                let res = apply_manifest(&m, &objs, &mut found, &mut report);
                 if let Err(e) = &res {
-                    for s in &mut slots {
-                        s.found = None;
-                    }
+                    found.iter_mut().for_each(|f| *f = None);
                     (report.from_manifest, report.stale, report.unused) = (0, 0, 0);
                     tracing::warn!(error = %e, "the bucket's manifest is unreadable; reading each object's metadata instead");
                 }
@@ -418,14 +420,12 @@ impl Index {
             }
         }
 
-        let todo: Vec<usize> = (0..slots.len())
-            .filter(|i| slots[*i].found.is_none())
-            .collect();
+        let todo: Vec<usize> = (0..objs.len()).filter(|i| found[*i].is_none()).collect();
         report.heads = todo.len() as u64;
         let reads: Vec<_> = futures::stream::iter(todo)
             .map(|i| {
-                let rel = slots[i].obj.rel.clone();
-                async move { (i, bucket.meta_read(&rel).await) }
+                let rel = &objs[i].rel;
+                async move { (i, bucket.meta_read(rel).await) }
             })
             .buffer_unordered(HEAD_CONCURRENCY)
             .collect()
@@ -433,15 +433,15 @@ impl Index {
         let sidecars = !bucket.user_metadata();
         let mut gone = HashSet::new();
         for (i, read) in reads {
-            let obj = &slots[i].obj;
+            let obj = &objs[i];
             match read {
-                Ok(read) => slots[i].found = Some(from_read(obj, read, sidecars)),
+                Ok(read) => found[i] = Some(from_read(obj, read, sidecars)),
                 Err(BucketError::NotFound { .. }) => {
                     gone.insert(i); // deleted while we listed
                 }
                 Err(e) => {
                     tracing::warn!(path = %obj.rel.display(), error = %e, "unreadable object metadata; serving the object with defaults");
-                    slots[i].found = Some(Stored::plain(obj.size, obj.last_modified));
+                    found[i] = Some(Stored::plain(obj.size, obj.last_modified));
                 }
             }
         }
@@ -450,12 +450,12 @@ impl Index {
             for d in &dirs {
                 inner.link(d, true);
             }
-            for (i, slot) in slots.into_iter().enumerate() {
-                let Some(found) = slot.found.filter(|_| !gone.contains(&i)) else {
+            for (i, (obj, found)) in objs.into_iter().zip(found).enumerate() {
+                let Some(found) = found.filter(|_| !gone.contains(&i)) else {
                     continue;
                 };
-                inner.link(&slot.obj.rel, false);
-                inner.files.insert(slot.obj.rel, found);
+                inner.link(&obj.rel, false);
+                inner.files.insert(obj.rel, found);
             }
         }
         tracing::info!(
@@ -741,16 +741,29 @@ struct EntryOut<'a> {
     f: Option<EntryMeta<'a>>,
 }
 
+/// A manifest line as read: borrowed from the line where it can be.
 #[derive(Debug, Deserialize)]
-struct EntryIn {
-    p: String,
+struct EntryIn<'a> {
+    #[serde(borrow)]
+    p: Cow<'a, str>,
     s: u64,
     #[serde(default)]
     e: Option<String>,
     #[serde(default)]
     t: Option<i128>,
+    #[serde(default, borrow)]
+    f: Option<MetaIn<'a>>,
+}
+
+/// [`EntryMeta`] as read.
+#[derive(Debug, Deserialize)]
+struct MetaIn<'a> {
+    mtime_ns: i128,
+    mode: u32,
+    #[serde(borrow)]
+    sha256: Cow<'a, str>,
     #[serde(default)]
-    f: Option<FileMeta>,
+    owner: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -849,35 +862,45 @@ pub fn manifest_until(written: SystemTime) -> SystemTime {
     written - Duration::from_nanos(1)
 }
 
-/// Applies a manifest's entries to the listed files (sorted by path bytes). An error means the
-/// manifest as a whole cannot be trusted; the caller then drops what was applied.
+/// Applies a manifest's entries to the listed files `objs`, filling `found`. An error means
+/// the manifest as a whole cannot be trusted; the caller then drops what was applied.
 fn apply_manifest(
     m: &ManifestObject,
-    slots: &mut [Slot],
+    objs: &[ObjectInfo],
+    found: &mut [Option<Stored>],
     report: &mut LoadReport,
 ) -> Result<(), String> {
-    let mut lines = std::io::BufReader::new(flate2::read::GzDecoder::new(&m.body[..])).split(b'\n');
-    let mut next = || -> Result<Option<Vec<u8>>, String> {
-        lines
-            .next()
-            .transpose()
-            .map_err(|e| format!("decompressing: {e}"))
+    let by_path: HashMap<&[u8], usize> = objs
+        .iter()
+        .enumerate()
+        .map(|(i, o)| (path_bytes(&o.rel), i))
+        .collect();
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 16, flate2::read::GzDecoder::new(&m.body[..]));
+    let mut line = Vec::with_capacity(512);
+    let mut next = |line: &mut Vec<u8>| -> Result<bool, String> {
+        line.clear();
+        let n = reader
+            .read_until(b'\n', line)
+            .map_err(|e| format!("decompressing: {e}"))?;
+        Ok(n > 0)
     };
-    let header: Header = match next()? {
-        Some(l) => serde_json::from_slice(&l).map_err(|e| format!("header: {e}"))?,
-        None => return Err("empty".into()),
-    };
+    if !next(&mut line)? {
+        return Err("empty".into());
+    }
+    let header: Header = serde_json::from_slice(&line).map_err(|e| format!("header: {e}"))?;
     if header.etlfs_manifest != MANIFEST_FORMAT {
         return Err(format!(
             "format {} (this etlfs reads {MANIFEST_FORMAT})",
             header.etlfs_manifest
         ));
     }
+    let manifest_time = manifest_until(m.last_modified);
     let mut entries = 0u64;
     loop {
-        let Some(line) = next()? else {
+        if !next(&mut line)? {
             return Err(format!("truncated after {entries} files (no trailer)"));
-        };
+        }
         if line.starts_with(b"{\"end\":") {
             let t: Trailer = serde_json::from_slice(&line).map_err(|e| format!("trailer: {e}"))?;
             if t.end != entries {
@@ -885,42 +908,40 @@ fn apply_manifest(
             }
             break;
         }
-        let e: EntryIn =
+        let e: EntryIn<'_> =
             serde_json::from_slice(&line).map_err(|err| format!("line {}: {err}", entries + 2))?;
         entries += 1;
-        let Ok(i) = slots.binary_search_by(|s| path_bytes(&s.obj.rel).cmp(e.p.as_bytes())) else {
+        let Some(&i) = by_path.get(e.p.as_bytes()) else {
             report.unused += 1;
             continue;
         };
-        let slot = &mut slots[i];
-        if slot.found.is_some() {
+        if found[i].is_some() {
             // Two entries for one file: each vouches for itself, so the first valid one is as
             // good as any.
             continue;
         }
-        let until =
-            e.t.map(from_ns)
-                .unwrap_or_else(|| manifest_until(m.last_modified));
-        let e_tag_ok = match (&slot.obj.e_tag, &e.e) {
+        let obj = &objs[i];
+        let until = e.t.map_or(manifest_time, from_ns);
+        let e_tag_ok = match (&obj.e_tag, &e.e) {
             (Some(listed), Some(recorded)) => listed == recorded,
             _ => true,
         };
-        if slot.obj.size != e.s || slot.obj.last_modified > until || !e_tag_ok {
+        if obj.size != e.s || obj.last_modified > until || !e_tag_ok {
             report.stale += 1;
             continue;
         }
         let file = match &e.f {
-            Some(meta) => Stored::with_meta(e.s, meta),
-            None => Stored::plain(e.s, slot.obj.last_modified),
+            Some(f) => Stored::described(e.s, f.mtime_ns, f.mode, &f.sha256, f.owner),
+            None => Stored::plain(e.s, obj.last_modified),
         };
         report.from_manifest += 1;
-        slot.found = Some(file.versioned(Some(Version {
-            e_tag: e.e.or_else(|| slot.obj.e_tag.clone()),
+        found[i] = Some(file.versioned(Some(Version {
+            e_tag: e.e.or_else(|| obj.e_tag.clone()),
             until: Some(until),
         })));
     }
     // The gzip checksum is only checked at the very end of the stream.
-    if next()?.is_some() {
+    if next(&mut line)? {
         return Err("data after the trailer".into());
     }
     Ok(())
@@ -1270,17 +1291,14 @@ mod tests {
             body: w.finish(),
             last_modified: t0 + Duration::from_secs(10),
         };
-        let slot = |rel: &str, size, lm: Duration| Slot {
-            obj: ObjectInfo {
-                rel: rel.into(),
-                size,
-                last_modified: t0 + lm,
-                is_dir_marker: false,
-                e_tag: None,
-            },
-            found: None,
+        let slot = |rel: &str, size, lm: Duration| ObjectInfo {
+            rel: rel.into(),
+            size,
+            last_modified: t0 + lm,
+            is_dir_marker: false,
+            e_tag: None,
         };
-        let mut slots = vec![
+        let objs = vec![
             // written before the manifest's second: vouched for
             slot("a", 5, Duration::from_millis(9_999)),
             // listed at exactly the time its entry records
@@ -1293,14 +1311,15 @@ mod tests {
             slot("e", 5, Duration::ZERO),
         ];
         let mut report = LoadReport::default();
-        apply_manifest(&m, &mut slots, &mut report).unwrap();
+        let mut found = vec![None; objs.len()];
+        apply_manifest(&m, &objs, &mut found, &mut report).unwrap();
         assert_eq!(
             (report.from_manifest, report.stale, report.unused),
             (2, 2, 1)
         );
-        let found: Vec<bool> = slots.iter().map(|s| s.found.is_some()).collect();
-        assert_eq!(found, [true, true, false, false, false]);
-        let a = slots[0].found.as_ref().unwrap();
+        let known: Vec<bool> = found.iter().map(Option::is_some).collect();
+        assert_eq!(known, [true, true, false, false, false]);
+        let a = found[0].as_ref().unwrap();
         assert_eq!(a.remote(Path::new("a")).sha256, Some("ab".repeat(32)));
         assert_eq!(
             a.version.as_ref().unwrap().until,
