@@ -293,6 +293,12 @@ impl Bucket {
         if parts.iter().any(|p| p.contains('\0')) {
             return Err(bad("contains NUL"));
         }
+        if parts.last() == Some(&DIR_MARKER) {
+            // Its key would read back as the marker of the directory it is in.
+            return Err(bad(
+                "the name .etlfs-dir is reserved for etlfs' directory markers",
+            ));
+        }
         let key =
             Key::parse(self.join(&parts.join("/"))).map_err(|_| bad("not a valid object key"))?;
         if key.as_ref().len() > MAX_KEY_LEN {
