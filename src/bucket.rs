@@ -290,8 +290,9 @@ impl Bucket {
         if parts[0] == RESERVED {
             return Err(bad("the top-level name .etlfs is reserved for etlfs"));
         }
-        if parts.iter().any(|p| p.contains('\0')) {
-            return Err(bad("contains NUL"));
+        if parts.iter().any(|p| p.chars().any(|c| c.is_ascii_control())) {
+            // (object_store refuses them in keys: newlines, tabs, NUL, DEL, ...)
+            return Err(bad("contains an ASCII control character"));
         }
         if parts.last() == Some(&DIR_MARKER) {
             // Its key would read back as the marker of the directory it is in.
