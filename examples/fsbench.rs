@@ -23,11 +23,24 @@
 //!                                              the seconds from the last close to the listing
 //!                                              that showed them all (an upper bound: the
 //!                                              listing's own time is included)
+//! fsbench fill     DIR N SIZE [SUBDIRS]        create N files of SIZE bytes, each with its own
+//!                                              content (the pattern with the file's number in
+//!                                              its first bytes): DIR/f00000.. or, with
+//!                                              SUBDIRS > 0, DIR/d00/f00000.. (file i in
+//!                                              directory i % SUBDIRS)
+//! fsbench check    DIR N SIZE [SUBDIRS]        check that every file `fill` makes is there with
+//!                                              its exact bytes (other entries are ignored)
+//! fsbench s3check  ENDPOINT BUCKET PREFIX N SIZE
+//!                                              list the bucket under PREFIX; fails unless it
+//!                                              holds exactly N objects of SIZE bytes (etlfs'
+//!                                              directory markers and .etlfs/ keys not counted)
 //! ```
 //!
-//! `kcupload` lists with an unsigned ListObjectsV2 request (`GET /BUCKET?list-type=2`, plain
-//! HTTP/1.0 over TCP, path style), which the test server (moto) accepts; ENDPOINT is
-//! `http://HOST:PORT`.
+//! `kcupload` and `s3check` list with a ListObjectsV2 request (`GET /BUCKET?list-type=2`, plain
+//! HTTP/1.0 over TCP, path style); ENDPOINT is `http://HOST:PORT`. The request is signed
+//! (AWS Signature V4, region `FSBENCH_S3_REGION`, default us-east-1) when
+//! `FSBENCH_S3_ACCESS_KEY` and `FSBENCH_S3_SECRET_KEY` are set (s3s-fs requires it; moto does
+//! not care), and sent unsigned otherwise.
 //!
 //! Build with `cargo build --release --example fsbench`.
 
@@ -40,6 +53,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
+use sha2::{Digest, Sha256};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -49,7 +63,10 @@ const USAGE: &str = "usage: fsbench seqwrite FILE SIZE_MIB [BLOCK_KIB]
        fsbench stat DIR N
        fsbench kubecost DIR N SIZE CYCLES
        fsbench readall DIR N SIZE
-       fsbench kcupload DIR N SIZE ENDPOINT BUCKET PREFIX TIMEOUT_S";
+       fsbench kcupload DIR N SIZE ENDPOINT BUCKET PREFIX TIMEOUT_S
+       fsbench fill DIR N SIZE [SUBDIRS]
+       fsbench check DIR N SIZE [SUBDIRS]
+       fsbench s3check ENDPOINT BUCKET PREFIX N SIZE";
 
 fn num(args: &[String], i: usize, what: &str) -> Result<usize> {
     let s = args
@@ -222,6 +239,71 @@ fn kubecost_pass(dir: &Path, n: usize, size: usize, cycles: usize) -> Result<(In
     Ok((start, end))
 }
 
+/// The path of file `i` of `fill`/`check`.
+fn fill_name(dir: &Path, i: usize, subdirs: usize) -> PathBuf {
+    if subdirs == 0 {
+        dir.join(format!("f{i:05}"))
+    } else {
+        dir.join(format!("d{:02}", i % subdirs))
+            .join(format!("f{i:05}"))
+    }
+}
+
+/// The content of file `i` of `fill`: the pattern, its first bytes replaced by `i`.
+fn fill_content(base: &[u8], i: usize, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(base);
+    let tag = (i as u64).to_le_bytes();
+    let k = tag.len().min(out.len());
+    out[..k].copy_from_slice(&tag[..k]);
+}
+
+fn fill(dir: &Path, n: usize, size: usize, subdirs: usize) -> Result<f64> {
+    ctx(fs::create_dir_all(dir), "mkdir", dir)?;
+    for d in 0..subdirs {
+        let p = dir.join(format!("d{d:02}"));
+        ctx(fs::create_dir_all(&p), "mkdir", &p)?;
+    }
+    let base = pattern(size);
+    let mut data = Vec::with_capacity(size);
+    let start = Instant::now();
+    for i in 0..n {
+        let p = fill_name(dir, i, subdirs);
+        fill_content(&base, i, &mut data);
+        let mut f = ctx(
+            OpenOptions::new().write(true).create_new(true).open(&p),
+            "create",
+            &p,
+        )?;
+        ctx(f.write_all(&data), "write", &p)?;
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn check(dir: &Path, n: usize, size: usize, subdirs: usize) -> Result<f64> {
+    let base = pattern(size);
+    let (mut want, mut buf) = (Vec::with_capacity(size), Vec::with_capacity(size + 1));
+    let start = Instant::now();
+    for i in 0..n {
+        let p = fill_name(dir, i, subdirs);
+        fill_content(&base, i, &mut want);
+        buf.clear();
+        ctx(
+            File::open(&p).and_then(|mut f| f.read_to_end(&mut buf)),
+            "read",
+            &p,
+        )?;
+        if buf != want {
+            return Err(format!(
+                "{}: {} bytes that are not the {size} written",
+                p.display(),
+                buf.len()
+            ));
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
 fn readall(dir: &Path, n: usize, size: usize) -> Result<f64> {
     let expect = pattern(size);
     let mut buf = Vec::with_capacity(size + 1);
@@ -267,10 +349,15 @@ fn http_get(endpoint: &str, path_and_query: &str) -> Result<String> {
         .ok_or_else(|| format!("ENDPOINT must be http://HOST:PORT, not {endpoint}"))?
         .trim_end_matches('/');
     let err = |e: std::io::Error| format!("GET {endpoint}{path_and_query}: {e}");
+    let auth = sigv4_headers(host, path_and_query);
     let mut s = TcpStream::connect(host).map_err(err)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(err)?;
-    write!(s, "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(err)?;
+    write!(
+        s,
+        "GET {path_and_query} HTTP/1.0\r\nHost: {host}\r\n{auth}\r\n"
+    )
+    .map_err(err)?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).map_err(err)?;
     let raw = String::from_utf8_lossy(&raw);
@@ -285,6 +372,71 @@ fn http_get(endpoint: &str, path_and_query: &str) -> Result<String> {
         ));
     }
     Ok(body.to_string())
+}
+
+fn hmac_sha256(key: &[u8], msg: &[u8]) -> Vec<u8> {
+    const BLOCK: usize = 64;
+    let mut k = if key.len() > BLOCK {
+        Sha256::digest(key).to_vec()
+    } else {
+        key.to_vec()
+    };
+    k.resize(BLOCK, 0);
+    let (mut inner, mut outer) = (Sha256::new(), Sha256::new());
+    inner.update(k.iter().map(|b| b ^ 0x36).collect::<Vec<_>>());
+    inner.update(msg);
+    outer.update(k.iter().map(|b| b ^ 0x5c).collect::<Vec<_>>());
+    outer.update(inner.finalize());
+    outer.finalize().to_vec()
+}
+
+/// The extra request headers (each ending in CRLF) of an AWS Signature V4 for an empty-bodied
+/// `GET path_and_query` to `host`, when FSBENCH_S3_ACCESS_KEY and FSBENCH_S3_SECRET_KEY are set;
+/// empty otherwise. The query must already be percent-encoded as S3 wants it.
+fn sigv4_headers(host: &str, path_and_query: &str) -> String {
+    let (Ok(ak), Ok(sk)) = (
+        std::env::var("FSBENCH_S3_ACCESS_KEY"),
+        std::env::var("FSBENCH_S3_SECRET_KEY"),
+    ) else {
+        return String::new();
+    };
+    let region = std::env::var("FSBENCH_S3_REGION").unwrap_or_else(|_| "us-east-1".into());
+    // 2026-11-26T08:21:28Z -> 20261126T082128Z
+    let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let amz_date: String = now.chars().filter(|c| *c != '-' && *c != ':').collect();
+    let day = &amz_date[..8];
+    let (path, query) = path_and_query
+        .split_once('?')
+        .unwrap_or((path_and_query, ""));
+    let mut params: Vec<(&str, &str)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+        .collect();
+    params.sort();
+    let canonical_query = params
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let empty_sha = hex::encode(Sha256::digest(b""));
+    let signed = "host;x-amz-content-sha256;x-amz-date";
+    let canonical = format!(
+        "GET\n{path}\n{canonical_query}\nhost:{host}\nx-amz-content-sha256:{empty_sha}\nx-amz-date:{amz_date}\n\n{signed}\n{empty_sha}"
+    );
+    let scope = format!("{day}/{region}/s3/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let mut key = hmac_sha256(format!("AWS4{sk}").as_bytes(), day.as_bytes());
+    for part in [region.as_str(), "s3", "aws4_request"] {
+        key = hmac_sha256(&key, part.as_bytes());
+    }
+    let signature = hex::encode(hmac_sha256(&key, to_sign.as_bytes()));
+    format!(
+        "x-amz-content-sha256: {empty_sha}\r\nx-amz-date: {amz_date}\r\nAuthorization: AWS4-HMAC-SHA256 Credential={ak}/{scope}, SignedHeaders={signed}, Signature={signature}\r\n"
+    )
 }
 
 fn percent_encode(s: &str) -> String {
@@ -382,6 +534,34 @@ fn kcupload(
     }
 }
 
+fn s3check(bucket: (&str, &str, &str), n: usize, size: usize) -> Result<f64> {
+    let (endpoint, name, prefix) = bucket;
+    let prefix = prefix.trim_matches('/');
+    let list_prefix = if prefix.is_empty() {
+        String::new()
+    } else {
+        format!("{prefix}/")
+    };
+    let start = Instant::now();
+    let keys = list_bucket(endpoint, name, &list_prefix)?;
+    let secs = start.elapsed().as_secs_f64();
+    let data: Vec<_> = keys
+        .iter()
+        .filter(|(k, _)| {
+            let rel = &k[list_prefix.len()..];
+            !(rel.ends_with(".etlfs-dir") || rel.starts_with(".etlfs/"))
+        })
+        .collect();
+    let right = data.iter().filter(|(_, s)| *s == size as u64).count();
+    if data.len() != n || right != n {
+        return Err(format!(
+            "{endpoint}/{name}/{list_prefix}: {} objects, {right} of them {size} bytes; expected {n}",
+            data.len()
+        ));
+    }
+    Ok(secs)
+}
+
 fn run(args: &[String]) -> Result<f64> {
     match args.first().map(String::as_str) {
         Some("seqwrite") => seqwrite(
@@ -420,6 +600,27 @@ fn run(args: &[String]) -> Result<f64> {
                 text(args, 6, "PREFIX")?,
             ),
             num(args, 7, "TIMEOUT_S")?,
+        ),
+        Some("fill") => fill(
+            &path(args, 1, "DIR")?,
+            num(args, 2, "N")?,
+            num(args, 3, "SIZE")?,
+            opt_num(args, 4, "SUBDIRS", 0)?,
+        ),
+        Some("check") => check(
+            &path(args, 1, "DIR")?,
+            num(args, 2, "N")?,
+            num(args, 3, "SIZE")?,
+            opt_num(args, 4, "SUBDIRS", 0)?,
+        ),
+        Some("s3check") => s3check(
+            (
+                text(args, 1, "ENDPOINT")?,
+                text(args, 2, "BUCKET")?,
+                text(args, 3, "PREFIX")?,
+            ),
+            num(args, 4, "N")?,
+            num(args, 5, "SIZE")?,
         ),
         _ => Err(USAGE.to_string()),
     }

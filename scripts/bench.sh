@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Benchmark: etlfs against the native disk and against `rclone mount`, side by side, in one run.
+# Benchmark: etlfs against the native disk, `rclone mount` and `rclone copy`, side by side, in
+# one run.
 #
-#   sudo scripts/bench.sh            # needs root and /dev/fuse; about 3 minutes at the defaults
+#   sudo scripts/bench.sh            # needs root and /dev/fuse; about 8 minutes at the defaults
+#   sudo BENCH_SECTIONS=scale scripts/bench.sh   # 100,000 objects: about 10 minutes more
 #
-# Sections (BENCH_SECTIONS, default "local bucket restore"), each printing one table:
+# Sections (BENCH_SECTIONS, default "local bucket restore oneshot"), each printing one table:
 #   local    native disk vs etlfs in passthrough and daemon mode (below)
 #   bucket   time from the last close of a Kubecost write pass (BENCH_KC_N x 64 KiB) to all
 #            its files being in an S3 bucket: etlfs (--upload-delay BENCH_UPLOAD_DELAY) vs
@@ -11,9 +13,18 @@
 #   restore  cold restore of BENCH_KC_N x 64 KiB files from the bucket through the mount, after
 #            the local disk is lost: etlfs over an empty directory (state dir wiped too) vs a
 #            fresh `rclone mount --vfs-cache-mode full` with an empty cache
-# "bucket" and "restore" run against moto (S3) on 127.0.0.1, started by scripts/servers.sh
-# (installed on first use) and stopped on exit; rclone is the Debian package (installed if
-# missing).
+#   oneshot  `etlfs backup` of BENCH_ONESHOT_N x 64 KiB files into an empty bucket and
+#            `etlfs restore` of them into an empty directory, vs `rclone copy` both ways (and
+#            `cp -a` disk to disk for reference). Target: faster than rclone.
+#   scale    BENCH_SCALE_N objects in the bucket (written by `etlfs backup`): seconds from
+#            starting `etlfs mount` until the directory is mounted and until /readyz answers
+#            200 (target <= 5 s), and the daemon's VmRSS/VmHWM once every file has been stat'ed
+#            through the mount (target <= 64 MiB); both for a new node (empty directory, every
+#            file only in the bucket) and for a restart (all files local and mirrored). Not in
+#            the default set because of its length.
+# The last four run against an S3 server on 127.0.0.1 chosen by BENCH_S3 (below), started by
+# this script and stopped on exit (also on failure or Ctrl-C); rclone is the Debian package
+# (installed if missing).
 #
 # Every workload is run by the compiled driver examples/fsbench.rs (it prints the seconds of the
 # timed part). The "local" section uses three directories on the same filesystem:
@@ -34,10 +45,21 @@
 #   BENCH_KC_N      files in the Kubecost pattern                (default 300)
 #   BENCH_KC_CYCLES cycles of the Kubecost pattern               (default 3)
 #   BENCH_COLD      1 = also measure cold reads (drop_caches)    (default 1)
-#   BENCH_SECTIONS  sections to run, space separated             (default "local bucket restore")
+#   BENCH_SECTIONS  sections to run, space separated   (default "local bucket restore oneshot")
+#   BENCH_S3        the S3 server of bucket/restore/oneshot/scale (default s3s-fs):
+#                   s3s-fs        s3s-fs 0.14.1 built with scripts/s3s-fs-list-cache.patch
+#                                 (built by this script on first use, ~5 min)
+#                   s3s-fs-stock  s3s-fs 0.14.1 as published (cargo install on first use)
+#                   moto          moto via scripts/servers.sh (the correctness tests' server)
 #   BENCH_UPLOAD_DELAY  bucket: upload delay of both systems, whole seconds (default 1)
 #   BENCH_S3_TIMEOUT    bucket, restore: seconds to wait for the bucket to have all files
 #                   before giving up                             (default 120)
+#   BENCH_ONESHOT_N oneshot: number of 64 KiB files              (default 10000)
+#   BENCH_RCLONE_COPY_ARGS  oneshot: extra `rclone copy` arguments
+#                   (default "--transfers 16 --checkers 16": see below; "" = rclone's defaults)
+#   BENCH_SCALE_N   scale: number of objects                     (default 100000)
+#   BENCH_SCALE_SIZE    scale: bytes per object                  (default 1024)
+#   BENCH_SCALE_DIRS    scale: directories they are spread over (0 = all in one; default 10)
 #   BENCH_ETLFS_ARGS extra `etlfs mount` arguments for both etlfs modes
 #                   (default "--upload-delay 1h --drain-timeout 0s": see below; set it to ""
 #                   to measure with bucket uploads running in the background)
@@ -70,12 +92,37 @@
 # - The binaries are copied to BENCH_DIR/bin before the first mount, so a rebuild in the same
 #   target directory during the run (another checkout user) cannot change what is measured.
 #
+# Notes on the S3 server (BENCH_S3):
+# - Throughput is measured against s3s-fs, not moto: moto (in-memory, one Python process) is
+#   itself the bottleneck (`rclone copy` of 10,000 x 64 KiB: 48 s into moto, ~10 s into
+#   s3s-fs), so it would measure itself; it stays the server of the correctness tests. With
+#   BENCH_S3=moto the script runs moto itself (ETLFS_TEST_S3_SERVER), not the outage front the
+#   tests use (one more Python hop that neither system needs).
+# - s3s-fs stores each object as a file under BENCH_DIR/s3/s3s-data/BUCKET (a bucket is made
+#   with mkdir) and checks request signatures: etlfs, rclone and fsbench all sign with the
+#   keys the script starts it with.
+# - Stock s3s-fs walks and stats the whole bucket for every 1000-key page of ListObjectsV2,
+#   so listing N objects costs O(N^2): 10,000 objects list in ~1.3 s, 100,000 in ~190 s, and
+#   anything that lists 100,000 objects (every `etlfs mount` start) would measure that.
+#   BENCH_S3=s3s-fs therefore builds s3s-fs with scripts/s3s-fs-list-cache.patch, which keeps
+#   the sorted result of one walk while no directory of the bucket changes (100,000 objects:
+#   ~4-5 s for the first listing, ~0.15 s for the next), with or without a delimiter (etlfs
+#   lists directory by directory, delimiter "/"). Its answers are the stock server's;
+#   BENCH_S3=s3s-fs-stock measures the published crate.
+# - rclone and s3s-fs: (1) `--fast-list` must not be used: rclone's recursive listing sends
+#   `delimiter=` (empty), which s3s-fs answers with an empty listing, so `rclone copy
+#   --fast-list s3:BUCKET DIR` silently copies nothing. Its normal per-directory listing
+#   (delimiter "/") works. (2) With its default 4 transfers a download of 10,000 x 64 KiB
+#   took 45-47 s against ~13-14 s with 16 (8: 24 s, 32: 14 s; uploads 11-16 s either way):
+#   each s3s-fs GET has a high latency that only parallelism hides. This, not the listing,
+#   is what made rclone's download from s3s-fs look slow (133 s) in earlier notes. Hence
+#   "oneshot" gives rclone copy --transfers 16 --checkers 16: the same 16 transfers in
+#   flight as etlfs backup/restore (BENCH_RCLONE_COPY_ARGS="" measures rclone's defaults).
+#
 # Notes on the "bucket" and "restore" sections:
-# - The S3 server is moto itself (ETLFS_TEST_S3_SERVER), not the outage front the tests use:
-#   the front is one more Python hop that neither system needs. moto is in-memory and single
-#   Python process, so it is slower than real S3 per request: the absolute seconds say as much
-#   about moto as about the client; the ratio is the comparison. Each system writes to and
-#   restores from its own bucket, filled by itself through its own mount.
+# - Each system writes to and restores from its own bucket, filled by itself through its own
+#   mount. The absolute seconds say as much about the server as about the client; the ratio
+#   is the comparison.
 # - Both systems keep their defaults except the upload delay (and --drain-timeout 5s for
 #   etlfs, so that Ctrl-C stops quickly): etlfs uploads 8 files at once
 #   (--upload-concurrency), rclone 4 (--transfers).
@@ -92,8 +139,37 @@
 #   the mount process to the last byte read (etlfs lists the bucket before it mounts, rclone
 #   at the first readdir: this row counts both), and the read part alone, once mounted.
 #
+# Notes on the "oneshot" section:
+# - The files (`fsbench fill`: each with its own content) are made once; each round, in a
+#   rotating order, every system backs them up into a new bucket of its own (cp -a: into a
+#   directory), then restores that bucket into a new empty directory. Times are wall seconds
+#   of the whole command (process start, bucket listing, transfers, exit). After each step
+#   the result is checked outside the timing (`fsbench s3check`: the bucket holds exactly the
+#   N objects with their sizes; `fsbench check`: every restored file has its exact bytes).
+# - The source files and the server's files are in the page cache (`sync` before each step,
+#   no cache drop): the numbers are the clients' and the server's CPU and round trips, not
+#   the disk's. `etlfs restore` fsyncs every file and its directory before renaming it into
+#   place (its durability guarantee); rclone and cp do not.
+# - Buckets and directories stay until the end of the section (see the ext4 note above):
+#   about 4 GB per round at the defaults.
+#
+# Notes on the "scale" section:
+# - Setup (not timed as a target): BENCH_SCALE_N files made with `fsbench fill`, uploaded by
+#   `etlfs backup` (its time is shown), then a first `etlfs mount` over that directory, left
+#   running until it has reconciled and nothing is pending, so that the restarts below find
+#   etlfs' state as a node that ran before would.
+# - Each round: (1) "the server alone": `fsbench s3check` lists the bucket as etlfs does
+#   (ListObjectsV2, 1000 keys a page, no delimiter): the floor of a mount start. (2) New node:
+#   `etlfs mount` over a new empty directory; MOUNTED and READY are the seconds from starting
+#   the process until /proc/self/mountinfo shows the mount and until GET /readyz answers 200
+#   (each polled every ~10-20 ms, taken right after the check that first succeeded). Then
+#   `find DIR -type f -printf '%s\n'` stats every file through the mount (all bucket-only:
+#   nothing is downloaded), and VmRSS/VmHWM of the etlfs process are read from
+#   /proc/PID/status. (3) Restart: the same over the directory holding all the files, with
+#   etlfs' state from the previous mount.
 # Adding a section: write `section_NAME` that fills ROWS/SAMPLES with `define_row` and `measure`
-# (see section_local) and ends with `print_table`; then run with BENCH_SECTIONS="local NAME".
+# (see section_local) and ends with `print_table` (or `print_abs_table` for absolute targets, as
+# section_scale); then run with BENCH_SECTIONS="local NAME".
 
 set -euo pipefail
 
@@ -115,9 +191,17 @@ COLD=${BENCH_COLD:-1}
 if [[ -v BENCH_ETLFS_ARGS ]]; then ETLFS_EXTRA=$BENCH_ETLFS_ARGS; else ETLFS_EXTRA="--upload-delay 1h --drain-timeout 0s"; fi
 STAT_COLD=${BENCH_STAT_COLD:-drop}
 unset ETLFS_CONFIG # never mirror benchmark junk to a bucket configured in the environment
-SECTIONS=${BENCH_SECTIONS:-local bucket restore}
+SECTIONS=${BENCH_SECTIONS:-local bucket restore oneshot}
 UPLOAD_DELAY=${BENCH_UPLOAD_DELAY:-1}
 S3_TIMEOUT=${BENCH_S3_TIMEOUT:-120}
+S3_KIND=${BENCH_S3:-s3s-fs}
+ONESHOT_N=${BENCH_ONESHOT_N:-10000}
+ONESHOT_SIZE=65536
+if [[ -v BENCH_RCLONE_COPY_ARGS ]]; then RCLONE_COPY_ARGS=$BENCH_RCLONE_COPY_ARGS; else RCLONE_COPY_ARGS="--transfers 16 --checkers 16"; fi
+SCALE_N=${BENCH_SCALE_N:-100000}
+SCALE_SIZE=${BENCH_SCALE_SIZE:-1024}
+SCALE_DIRS=${BENCH_SCALE_DIRS:-10}
+S3S_VERSION=0.14.1
 # Servers of another run (scripts/test.sh in this shell, say) are not ours to reuse or stop.
 unset ETLFS_TEST_SERVERS_DIR
 # shellcheck source=scripts/servers.sh
@@ -133,9 +217,16 @@ declare -A SAMPLES=()    # "row|mode" -> space-separated seconds
 declare -A ROW_LABEL=() ROW_KIND=() ROW_MIB=() ROW_TARGET=() ROW_MAX=()
 ROWS=()
 LOG_DIR=
+TABLE_REF= # print_table: a second reference mode (see there)
 SAMPLES_FILE=
-S3_DIR=     # BENCH_DIR/s3: work trees, configs and rclone caches of "bucket" and "restore"
-S3_EP=      # http://127.0.0.1:PORT of moto, once started
+S3_DIR=     # BENCH_DIR/s3: work trees, configs, rclone caches and s3s-fs data of the S3 sections
+S3_EP=      # http://127.0.0.1:PORT of the S3 server, once started
+S3_PID=     # pid of our s3s-fs (moto is started and stopped by scripts/servers.sh)
+S3_DATA=    # s3s-fs: its root directory (a bucket is a subdirectory)
+S3_LABEL=   # the S3 server, for table titles
+S3_AK="test" # the S3 keys of the server (s3s-fs checks signatures; moto takes any)
+S3_SK="test"
+RCLONE_ENV=() # env ... : the environment that makes rclone's remote "s3" the test server
 
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -158,21 +249,29 @@ preflight() {
     [[ $(id -u) == 0 ]] || die "run as root (etlfs mount and drop_caches need it)"
     [[ -c /dev/fuse ]] || die "/dev/fuse is missing"
     local v
-    for v in REPEAT WARMUP SEQ_MIB SMALL_N KC_N KC_CYCLES UPLOAD_DELAY S3_TIMEOUT; do
+    for v in REPEAT WARMUP SEQ_MIB SMALL_N KC_N KC_CYCLES UPLOAD_DELAY S3_TIMEOUT ONESHOT_N SCALE_N \
+        SCALE_SIZE SCALE_DIRS; do
         [[ ${!v} =~ ^[0-9]+$ ]] || die "BENCH_$v must be a non-negative integer, not '${!v}'"
     done
-    ((REPEAT >= 1 && SEQ_MIB >= 1 && SMALL_N >= 1 && KC_N >= 1)) || die "sizes and BENCH_REPEAT must be >= 1"
+    ((REPEAT >= 1 && SEQ_MIB >= 1 && SMALL_N >= 1 && KC_N >= 1 && ONESHOT_N >= 1 && SCALE_N >= 1)) ||
+        die "sizes and BENCH_REPEAT must be >= 1"
+    ((SCALE_DIRS <= 100)) || die "BENCH_SCALE_DIRS must be at most 100"
+    [[ $S3_KIND == s3s-fs || $S3_KIND == s3s-fs-stock || $S3_KIND == moto ]] ||
+        die "BENCH_S3 must be s3s-fs, s3s-fs-stock or moto, not '$S3_KIND'"
     [[ -w /proc/sys/vm/drop_caches ]] || die "cannot write /proc/sys/vm/drop_caches"
     [[ $STAT_COLD == drop || $STAT_COLD == remount ]] || die "BENCH_STAT_COLD must be drop or remount"
     local s
     for s in $SECTIONS; do
         declare -F "section_$s" >/dev/null || die "unknown section: $s"
     done
-    if [[ " $SECTIONS " =~ \ (bucket|restore)\  ]]; then
+    if [[ " $SECTIONS " =~ \ (bucket|restore|oneshot|scale)\  ]]; then
         command -v curl >/dev/null || servers_apt_install_or_die curl
         command -v rclone >/dev/null || servers_apt_install_or_die rclone
         command -v fusermount >/dev/null || command -v fusermount3 >/dev/null ||
             servers_apt_install_or_die fuse3 # rclone mounts with fusermount
+        if [[ $S3_KIND == s3s-fs ]]; then
+            command -v patch >/dev/null || servers_apt_install_or_die patch
+        fi
     fi
 }
 
@@ -234,7 +333,7 @@ mount_mode() {
     [[ $m == native ]] && return 0
     # shellcheck disable=SC2086 # MODE_ARGS and ETLFS_EXTRA hold zero or more words
     start_mount "$m" "${MODE_DIR[$m]}" "$LOG_DIR/etlfs-$m.log" \
-        "$ETLFS" mount ${MODE_ARGS[$m]} $ETLFS_EXTRA "${MODE_DIR[$m]}"
+        "$ETLFS" mount --listen 127.0.0.1:0 ${MODE_ARGS[$m]} $ETLFS_EXTRA "${MODE_DIR[$m]}"
 }
 
 # start_mount MODE DIR LOG COMMAND...: runs COMMAND (a FUSE daemon in the foreground: etlfs, or
@@ -316,6 +415,7 @@ cleanup() {
     ((rc == 0)) || log "stopping (status $rc): unmounting and cleaning up"
     for m in "${!MODE_PID[@]}"; do unmount_mode "$m"; done
     # After the mounts: a draining etlfs still needs its bucket.
+    stop_s3s
     if [[ -n ${ETLFS_TEST_SERVERS_DIR:-} ]]; then
         log "stopping the S3 server"
         servers_stop 2>/dev/null # (silences a harmless race message of servers.sh)
@@ -379,6 +479,7 @@ value() {
     case ${ROW_KIND[$1]} in
     tput) awk -v s="$2" -v mib="${ROW_MIB[$1]}" 'BEGIN { printf "%.0f", mib / s }' ;;
     secs) awk -v s="$2" 'BEGIN { printf "%.2f", s }' ;;
+    mib) awk -v s="$2" 'BEGIN { printf "%.1f", s }' ;;
     *) awk -v s="$2" 'BEGIN { printf "%.1f", s * 1000 }' ;;
     esac
 }
@@ -423,14 +524,17 @@ format_table() {
 }
 
 # print_table TITLE BASELINE MODE...: one line per defined row; the verdict is for the first MODE.
+# With TABLE_REF set to another mode (e.g. native), that mode's figure and the first MODE's
+# ratio to it are shown too (not judged).
 print_table() {
-    local title=$1 base=$2 row m med bmed r verdict line target units
+    local title=$1 base=$2 row m med bmed r verdict line target units ref=${TABLE_REF:-}
     shift 2
     if [[ $base == native ]]; then units="MiB/s or ms; ratio = etlfs/native"; else units="s; ratio = etlfs/$base, lower is better"; fi
     printf '\n%s (median of %s runs; %s)\n\n' "$title" "$REPEAT" "$units"
     {
         line="workload\t${MODE_LABEL[$base]:-$base}"
         for m in "$@"; do line+="\t${MODE_LABEL[$m]:-etlfs-$m}\tratio"; done
+        [[ -z $ref ]] || line+="\t${MODE_LABEL[$ref]:-$ref}\tetlfs/$ref"
         printf '%b\ttarget\t%s\n' "$line" "${MODE_LABEL[$1]:-$1}"
         for row in "${ROWS[@]}"; do
             [[ -n ${SAMPLES["$row|$base"]:-} ]] || continue
@@ -448,9 +552,45 @@ print_table() {
                     fi
                 fi
             done
+            if [[ -n $ref ]]; then
+                if [[ -n ${SAMPLES["$row|$ref"]:-} ]]; then
+                    bmed=$(median "${SAMPLES["$row|$ref"]}")
+                    med=$(median "${SAMPLES["$row|$1"]}")
+                    line+="\t$(value "$row" "$bmed")\t$(ratio "$row" "$bmed" "$med")x"
+                else
+                    line+="\t-\t-"
+                fi
+            fi
             target=$(sed -E 's/^([<>]=?)/\1 /' <<<"${ROW_TARGET[$row]}")x
             [[ -z ${ROW_MAX[$row]:-} ]] || target="<= ${ROW_MAX[$row]} s, $target"
             printf '%b\t%s\t%s\n' "$line" "$target" "$verdict"
+        done
+    } | format_table
+    printf '\n'
+}
+
+# print_abs_table TITLE MODE: one line per defined row with MODE's median, minimum and maximum,
+# judged against ROW_TARGET as an absolute limit (e.g. "<=5"; "-" for none).
+print_abs_table() {
+    local title=$1 m=$2 row samples med lo hi target verdict unit
+    printf '\n%s (median of %s runs, and the range)\n\n' "$title" "$REPEAT"
+    {
+        printf 'workload\t%s\tmin\tmax\ttarget\t%s\n' "${MODE_LABEL[$m]:-$m}" "${MODE_LABEL[$m]:-$m}"
+        for row in "${ROWS[@]}"; do
+            samples=${SAMPLES["$row|$m"]:-}
+            [[ -n $samples ]] || continue
+            med=$(median "$samples")
+            lo=$(tr ' ' '\n' <<<"$samples" | awk 'NF' | sort -g | head -n 1)
+            hi=$(tr ' ' '\n' <<<"$samples" | awk 'NF' | sort -g | tail -n 1)
+            if [[ ${ROW_KIND[$row]} == mib ]]; then unit=MiB; else unit=s; fi
+            if [[ ${ROW_TARGET[$row]} == - ]]; then
+                target=- verdict=-
+            else
+                target="$(sed -E 's/^([<>]=?)/\1 /' <<<"${ROW_TARGET[$row]}") $unit"
+                verdict=$(verdict "$med" "${ROW_TARGET[$row]}")
+            fi
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "${ROW_LABEL[$row]}" "$(value "$row" "$med")" \
+                "$(value "$row" "$lo")" "$(value "$row" "$hi")" "$target" "$verdict"
         done
     } | format_table
     printf '\n'
@@ -519,29 +659,172 @@ section_local() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# Sections "bucket" and "restore": etlfs vs rclone mount over the same S3 server (moto)
+# The S3 server of the sections "bucket", "restore", "oneshot" and "scale" (BENCH_S3)
 
-# Starts the test servers once per run (scripts/servers.sh; cleanup stops them).
+# A TCP port on 127.0.0.1 that nothing listens on, outside the kernel's ephemeral range (so
+# that no outgoing connection takes it meanwhile).
+free_port() {
+    local lo=32768 hi=60999 base span p i
+    read -r lo hi </proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || true
+    if ((lo > 12000)); then base=10000 span=$((lo - 10000)); else base=$((hi + 1)) span=$((65535 - hi)); fi
+    for ((i = 0; i < 200; i++)); do
+        p=$((base + (RANDOM * 32768 + RANDOM) % span))
+        # A refused connect: nobody listens there.
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+            printf '%s' "$p"
+            return 0
+        fi
+    done
+    return 1
+}
+
+# Installs s3s-fs S3S_VERSION where the tests keep their servers (ETLFS_TEST_CACHE, default
+# ~/.cache/etlfs-test) unless it is there, and sets S3S_BIN. BENCH_S3=s3s-fs-stock: the
+# published crate as it is (in s3s-fs/). BENCH_S3=s3s-fs: the same crate with
+# scripts/s3s-fs-list-cache.patch applied (in s3s-fs-bench/), rebuilt when the patch changes.
+s3s_install() {
+    local cache root want crate work rc=0
+    cache=$(_servers_cache)
+    if [[ $S3_KIND == s3s-fs-stock ]]; then
+        root=$cache/s3s-fs
+        S3S_BIN=$root/bin/s3s-fs
+        [[ -x $S3S_BIN && $("$S3S_BIN" --version 2>/dev/null) == "s3s-fs $S3S_VERSION" ]] && return 0
+        log "installing s3s-fs $S3S_VERSION into $root (cargo install: several minutes; log: $LOG_DIR/s3s-fs-build.log)"
+        cargo install s3s-fs --version "$S3S_VERSION" --locked --features binary --root "$root" \
+            --force >"$LOG_DIR/s3s-fs-build.log" 2>&1 || {
+            tail -n 20 "$LOG_DIR/s3s-fs-build.log" >&2
+            die "cargo install s3s-fs $S3S_VERSION failed"
+        }
+        return 0
+    fi
+    root=$cache/s3s-fs-bench
+    S3S_BIN=$root/bin/s3s-fs
+    want="s3s-fs $S3S_VERSION + $(sha256sum <"$ROOT/scripts/s3s-fs-list-cache.patch" | cut -c1-16)"
+    if [[ -x $S3S_BIN && -f $root/installed && $(<"$root/installed") == "$want" ]]; then
+        return 0
+    fi
+    log "building s3s-fs $S3S_VERSION with scripts/s3s-fs-list-cache.patch into $root (cargo: several minutes; log: $LOG_DIR/s3s-fs-build.log)"
+    work=$(mktemp -d "${TMPDIR:-/tmp}/etlfs-s3s-build.XXXXXX")
+    # The published source: a throwaway package that depends on the crate makes cargo fetch it.
+    mkdir -p "$work/fetch/src"
+    printf '[package]\nname = "fetch"\nversion = "0.0.0"\nedition = "2021"\n[dependencies]\ns3s-fs = "=%s"\n' \
+        "$S3S_VERSION" >"$work/fetch/Cargo.toml"
+    : >"$work/fetch/src/lib.rs"
+    (cd "$work/fetch" && cargo fetch) >"$LOG_DIR/s3s-fs-build.log" 2>&1 || rc=$?
+    crate=$(find "${CARGO_HOME:-$HOME/.cargo}/registry/cache" -name "s3s-fs-$S3S_VERSION.crate" 2>/dev/null | head -n 1)
+    if ((rc != 0)) || [[ -z $crate ]]; then
+        rm -rf "$work"
+        tail -n 20 "$LOG_DIR/s3s-fs-build.log" >&2
+        die "could not fetch the s3s-fs $S3S_VERSION crate"
+    fi
+    {
+        tar -xzf "$crate" -C "$work" &&
+            patch -p1 -d "$work/s3s-fs-$S3S_VERSION" <"$ROOT/scripts/s3s-fs-list-cache.patch" &&
+            cargo install --path "$work/s3s-fs-$S3S_VERSION" --locked --features binary \
+                --root "$root" --force
+    } >>"$LOG_DIR/s3s-fs-build.log" 2>&1 || rc=$?
+    rm -rf "$work"
+    if ((rc != 0)); then
+        tail -n 20 "$LOG_DIR/s3s-fs-build.log" >&2
+        die "building the patched s3s-fs failed"
+    fi
+    printf '%s' "$want" >"$root/installed"
+}
+
+# Starts s3s-fs on a free port of 127.0.0.1 over S3_DATA and waits until it answers.
+s3s_up() {
+    local port try i
+    s3s_install
+    S3_AK=etlfs-bench S3_SK=etlfs-bench-secret
+    S3_DATA=$S3_DIR/s3s-data
+    mkdir -p "$S3_DATA"
+    for try in 1 2 3; do
+        port=$(free_port) || die "no free port on 127.0.0.1"
+        defer_signals # a Ctrl-C between the start and the next line would leave it running
+        "$S3S_BIN" --host 127.0.0.1 --port "$port" --access-key "$S3_AK" --secret-key "$S3_SK" \
+            "$S3_DATA" </dev/null >>"$LOG_DIR/s3s-fs.log" 2>&1 &
+        S3_PID=$!
+        undefer_signals
+        for ((i = 0; i < 300; i++)); do
+            # Any HTTP answer (403 without a signature) means it is up.
+            if curl -s -o /dev/null --max-time 2 "http://127.0.0.1:$port/" && kill -0 "$S3_PID" 2>/dev/null; then
+                S3_EP=http://127.0.0.1:$port
+                return 0
+            fi
+            kill -0 "$S3_PID" 2>/dev/null || break
+            sleep 0.05
+        done
+        log "s3s-fs did not come up on port $port (try $try; log: $LOG_DIR/s3s-fs.log)"
+        stop_s3s
+    done
+    die "could not start s3s-fs (log: $LOG_DIR/s3s-fs.log)"
+}
+
+stop_s3s() {
+    local i
+    [[ -n $S3_PID ]] || return 0
+    kill -TERM "$S3_PID" 2>/dev/null || true
+    for ((i = 0; i < 100; i++)); do
+        kill -0 "$S3_PID" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$S3_PID" 2>/dev/null || true
+    wait "$S3_PID" 2>/dev/null || true
+    S3_PID=
+}
+
+# Starts the S3 server once per run (cleanup stops it): s3s-fs ourselves, moto through
+# scripts/servers.sh (installed on first use).
 s3_up() {
     [[ -z $S3_EP ]] || return 0
-    log "starting the S3 test server (scripts/servers.sh; installs it on first use)"
-    servers_install
-    # servers_start records each server's PID a moment after starting it: a Ctrl-C in between
-    # would leave that server running, so it takes effect after servers_start returns.
-    local rc=0
-    defer_signals
-    servers_start || rc=$?
-    undefer_signals
-    ((rc == 0)) || die "could not start the S3 test server"
-    S3_EP=$ETLFS_TEST_S3_SERVER
-    [[ $S3_EP =~ ^http://127\.0\.0\.1:[0-9]+$ ]] || die "unexpected S3 endpoint '$S3_EP'"
     mkdir -p "$S3_DIR"
+    if [[ $S3_KIND == moto ]]; then
+        log "starting the S3 test server (scripts/servers.sh; installs it on first use)"
+        servers_install
+        # servers_start records each server's PID a moment after starting it: a Ctrl-C in
+        # between would leave that server running, so it takes effect after servers_start returns.
+        local rc=0
+        defer_signals
+        servers_start || rc=$?
+        undefer_signals
+        ((rc == 0)) || die "could not start the S3 test server"
+        S3_EP=$ETLFS_TEST_S3_SERVER
+        S3_LABEL="moto $SERVERS_MOTO_VERSION"
+    else
+        s3s_up
+        S3_LABEL="s3s-fs $S3S_VERSION"
+        [[ $S3_KIND == s3s-fs ]] && S3_LABEL+=" (list cache patch)"
+    fi
+    [[ $S3_EP =~ ^http://127\.0\.0\.1:[0-9]+$ ]] || die "unexpected S3 endpoint '$S3_EP'"
+    log "S3 ($S3_LABEL) at $S3_EP"
+    # fsbench signs its bucket listings with these (kcupload, s3check).
+    export FSBENCH_S3_ACCESS_KEY=$S3_AK FSBENCH_S3_SECRET_KEY=$S3_SK
     : >"$S3_DIR/rclone.conf" # empty: rclone's remote "s3" comes from the environment only
-    log "S3 (moto) at $S3_EP"
+    # rclone 1.60's S3 backend fails when AWS_CA_BUNDLE is set (test-servers.md): unset it.
+    RCLONE_ENV=(env -u AWS_CA_BUNDLE RCLONE_CONFIG="$S3_DIR/rclone.conf"
+        RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other
+        RCLONE_CONFIG_S3_ENDPOINT="$S3_EP" RCLONE_CONFIG_S3_REGION=us-east-1
+        RCLONE_CONFIG_S3_ACCESS_KEY_ID="$S3_AK" RCLONE_CONFIG_S3_SECRET_ACCESS_KEY="$S3_SK"
+        RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true)
 }
 
 make_bucket() {
-    curl -fsS -o /dev/null -X PUT "$S3_EP/$1" || die "could not create bucket $1 at $S3_EP"
+    if [[ $S3_KIND == moto ]]; then
+        curl -fsS -o /dev/null -X PUT "$S3_EP/$1" || die "could not create bucket $1 at $S3_EP"
+    else
+        mkdir "$S3_DATA/$1" || die "could not create bucket $1 in $S3_DATA"
+    fi
+}
+
+# drop_bucket NAME: removes bucket NAME and all its objects.
+drop_bucket() {
+    if [[ $S3_KIND == moto ]]; then
+        "${RCLONE_ENV[@]}" rclone purge "s3:$1" >/dev/null 2>&1 || true
+    else
+        rm -rf "${S3_DATA:?}/$1"
+        # s3s-fs keeps each object's metadata beside the buckets, named after both in base64url.
+        find "$S3_DATA" -maxdepth 1 -name ".bucket-$(printf '%s' "$1" | base64 -w0 | tr '+/' '-_' | tr -d '=').*" -delete
+    fi
 }
 
 # etlfs_config BUCKET -> the path of an object-store.yaml for BUCKET on the test server
@@ -553,8 +836,8 @@ config:
   bucket: $1
   endpoint: 127.0.0.1:${S3_EP##*:}
   insecure: true
-  access_key: test
-  secret_key: test
+  access_key: $S3_AK
+  secret_key: $S3_SK
   region: us-east-1
   bucket_lookup_type: path
 EOF
@@ -567,20 +850,14 @@ mount_etlfs_s3() {
     cfg=$(etlfs_config "$3")
     shift 3
     start_mount "$m" "$d" "$LOG_DIR/$m.log" \
-        "$ETLFS" mount --config "$cfg" --drain-timeout 5s "$@" "$d"
+        "$ETLFS" mount --config "$cfg" --listen 127.0.0.1:0 --drain-timeout 5s "$@" "$d"
 }
 
 # mount_rclone MODE DIR BUCKET CACHE_DIR: rclone mount --vfs-cache-mode full of BUCKET at DIR.
-# rclone 1.60's S3 backend fails when AWS_CA_BUNDLE is set (test-servers.md): unset it.
 mount_rclone() {
     start_mount "$1" "$2" "$LOG_DIR/$1.log" \
-        env -u AWS_CA_BUNDLE RCLONE_CONFIG="$S3_DIR/rclone.conf" \
-        RCLONE_CONFIG_S3_TYPE=s3 RCLONE_CONFIG_S3_PROVIDER=Other \
-        RCLONE_CONFIG_S3_ENDPOINT="$S3_EP" RCLONE_CONFIG_S3_REGION=us-east-1 \
-        RCLONE_CONFIG_S3_ACCESS_KEY_ID=test RCLONE_CONFIG_S3_SECRET_ACCESS_KEY=test \
-        RCLONE_CONFIG_S3_FORCE_PATH_STYLE=true \
-        rclone mount "s3:$3" "$2" --vfs-cache-mode full --vfs-write-back "${UPLOAD_DELAY}s" \
-        --cache-dir "$4"
+        "${RCLONE_ENV[@]}" rclone mount "s3:$3" "$2" --vfs-cache-mode full \
+        --vfs-write-back "${UPLOAD_DELAY}s" --cache-dir "$4"
 }
 
 section_bucket() {
@@ -613,7 +890,7 @@ section_bucket() {
 
     unmount_mode etlfs-bucket
     unmount_mode rclone-bucket
-    print_table "Bucket upload: etlfs vs rclone mount --vfs-cache-mode full, moto S3 on 127.0.0.1" \
+    print_table "Bucket upload: etlfs vs rclone mount --vfs-cache-mode full, $S3_LABEL on 127.0.0.1" \
         rclone etlfs
 }
 
@@ -667,8 +944,254 @@ section_restore() {
         done
     done
 
-    print_table "Cold restore through the mount: etlfs vs rclone mount --vfs-cache-mode full, moto S3 on 127.0.0.1" \
+    print_table "Cold restore through the mount: etlfs vs rclone mount --vfs-cache-mode full, $S3_LABEL on 127.0.0.1" \
         rclone etlfs
+}
+
+# ---------------------------------------------------------------------------------------------
+# Section "oneshot": `etlfs backup` / `etlfs restore` vs `rclone copy` (and `cp -a`)
+
+# timed LOG COMMAND...: runs COMMAND with its output appended to LOG; prints its wall seconds.
+timed() {
+    local logf=$1 t0 t1
+    shift
+    t0=$EPOCHREALTIME
+    "$@" </dev/null >>"$logf" 2>&1 || return 1
+    t1=$EPOCHREALTIME
+    awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }'
+}
+
+section_oneshot() {
+    local modes=(native rclone etlfs) order m rep k round=0 src b d t what logf
+    local n=$ONESHOT_N size=$ONESHOT_SIZE
+    local made=() # buckets and directories to remove at the end
+    what="$n x $((size / 1024)) KiB"
+    logf=$LOG_DIR/oneshot.log
+    s3_up
+    ROWS=()
+    SAMPLES=()
+    ROW_MAX=()
+    MODE_LABEL=([native]="cp -a" [rclone]="rclone copy" [etlfs]="etlfs")
+    define_row backup "backup $what: directory -> empty bucket (s)" secs "<1"
+    define_row restore "restore $what: bucket -> empty directory (s)" secs "<1"
+    src=$S3_DIR/oneshot-src
+    log "oneshot: creating $what in $src"
+    "$FSBENCH" fill "$src" "$n" "$size" >/dev/null
+    log "oneshot: rclone copy $RCLONE_COPY_ARGS; log in $logf"
+
+    for ((rep = 1 - WARMUP; rep <= REPEAT; rep++)); do
+        round=$((round + 1))
+        k=$(((rep % 3 + 3) % 3))
+        order=("${modes[@]:k}" "${modes[@]:0:k}")
+        if ((rep < 1)); then log "oneshot: warm-up round"; else log "oneshot: round $rep/$REPEAT: ${order[*]}"; fi
+        # Backups: each system into a bucket of its own (cp -a: into a directory).
+        for m in "${order[@]}"; do
+            b=bench-oneshot-$m-$round
+            made+=("$m:$b")
+            sync
+            case $m in
+            native)
+                mkdir -p "$S3_DIR/$b"
+                t=$(timed "$logf" cp -a "$src/." "$S3_DIR/$b/") || die "oneshot: cp -a failed (log: $logf)"
+                "$FSBENCH" check "$S3_DIR/$b" "$n" "$size" >/dev/null
+                ;;
+            rclone)
+                make_bucket "$b"
+                # shellcheck disable=SC2086 # RCLONE_COPY_ARGS holds zero or more words
+                t=$(timed "$logf" "${RCLONE_ENV[@]}" rclone copy $RCLONE_COPY_ARGS "$src" "s3:$b") ||
+                    die "oneshot: rclone copy to the bucket failed (log: $logf)"
+                ;;
+            etlfs)
+                make_bucket "$b"
+                t=$(timed "$logf" "$ETLFS" backup --config "$(etlfs_config "$b")" "$src") ||
+                    die "oneshot: etlfs backup failed (log: $logf)"
+                ;;
+            esac
+            [[ $m == native ]] || "$FSBENCH" s3check "$S3_EP" "$b" "" "$n" "$size" >/dev/null
+            record backup "$m" "$rep" "$t"
+        done
+        # Restores: each system from its own bucket into an empty directory.
+        for m in "${order[@]}"; do
+            b=bench-oneshot-$m-$round
+            d=$S3_DIR/oneshot-restore-$m-$round
+            mkdir -p "$d"
+            sync
+            case $m in
+            native)
+                t=$(timed "$logf" cp -a "$S3_DIR/$b/." "$d/") || die "oneshot: cp -a failed (log: $logf)"
+                ;;
+            rclone)
+                # shellcheck disable=SC2086 # RCLONE_COPY_ARGS holds zero or more words
+                t=$(timed "$logf" "${RCLONE_ENV[@]}" rclone copy $RCLONE_COPY_ARGS "s3:$b" "$d") ||
+                    die "oneshot: rclone copy from the bucket failed (log: $logf)"
+                ;;
+            etlfs)
+                t=$(timed "$logf" "$ETLFS" restore --config "$(etlfs_config "$b")" "$d") ||
+                    die "oneshot: etlfs restore failed (log: $logf)"
+                ;;
+            esac
+            "$FSBENCH" check "$d" "$n" "$size" >/dev/null
+            record restore "$m" "$rep" "$t"
+        done
+    done
+
+    # Removed only now: mass deletes slow down later creates on some ext4 setups (see above).
+    for b in "${made[@]}"; do
+        if [[ ${b%%:*} == native ]]; then rm -rf "${S3_DIR:?}/${b#*:}"; else drop_bucket "${b#*:}"; fi
+    done
+    rm -rf "$S3_DIR"/oneshot-*
+    TABLE_REF=native
+    print_table "One-shot backup and restore: etlfs vs rclone copy $RCLONE_COPY_ARGS, $S3_LABEL on 127.0.0.1 (cp -a: the same copy disk to disk)" \
+        rclone etlfs
+    TABLE_REF=
+}
+
+# ---------------------------------------------------------------------------------------------
+# Section "scale": mount start and memory with BENCH_SCALE_N objects in the bucket
+
+READY_SECS=
+MOUNTED_SECS=
+
+# scale_mount MODE DIR CONFIG [ARGS...]: starts `etlfs mount` over DIR on a free status port
+# (SCALE_PORT) and sets MOUNTED_SECS and READY_SECS: the seconds from starting the process
+# until DIR is mounted and until GET /readyz answers 200 (polled every ~10-20 ms).
+SCALE_PORT=
+scale_mount() {
+    local m=$1 d=$2 cfg=$3 t0 now code deadline
+    shift 3
+    [[ -z ${MODE_PID[$m]:-} ]] || die "$m is already mounted"
+    SCALE_PORT=$(free_port) || die "no free port on 127.0.0.1"
+    MODE_DIR[$m]=$d
+    MODE_LOG[$m]=$LOG_DIR/$m.log
+    READY_SECS="" MOUNTED_SECS=""
+    deadline=$((SECONDS + 900))
+    defer_signals
+    t0=$EPOCHREALTIME
+    "$ETLFS" mount --config "$cfg" --listen "127.0.0.1:$SCALE_PORT" "$@" "$d" </dev/null >>"${MODE_LOG[$m]}" 2>&1 &
+    MODE_PID[$m]=$!
+    undefer_signals
+    # Each time is taken right after the check that first succeeded (at most one check late).
+    while ((SECONDS < deadline)); do
+        if [[ -z $MOUNTED_SECS ]] && is_fuse_mounted "$d"; then
+            now=$EPOCHREALTIME
+            MOUNTED_SECS=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.6f", b - a }')
+        fi
+        if [[ -z $READY_SECS ]]; then
+            code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "http://127.0.0.1:$SCALE_PORT/readyz") || true
+            now=$EPOCHREALTIME
+            [[ $code != 200 ]] || READY_SECS=$(awk -v a="$t0" -v b="$now" 'BEGIN { printf "%.6f", b - a }')
+        fi
+        [[ -z $READY_SECS || -z $MOUNTED_SECS ]] || return 0
+        if ! kill -0 "${MODE_PID[$m]}" 2>/dev/null; then
+            wait "${MODE_PID[$m]}" 2>/dev/null || true
+            unset 'MODE_PID[$m]'
+            tail -n 20 "${MODE_LOG[$m]}" >&2 || true
+            die "$m: etlfs exited before it was ready (log: ${MODE_LOG[$m]})"
+        fi
+        sleep 0.01
+    done
+    die "$m: etlfs not ready within 900 s (log: ${MODE_LOG[$m]})"
+}
+
+# vm_mib PID FIELD: VmRSS or VmHWM of PID in MiB.
+vm_mib() {
+    awk -v f="$2:" '$1 == f { printf "%.1f", $2 / 1024; found = 1 } END { exit !found }' "/proc/$1/status"
+}
+
+# scale_stat_all MODE REP PREFIX: stats every entry through the mount of MODE (find -printf
+# %s) and records the time and the daemon's VmRSS and VmHWM as PREFIX_stat, _rss and _hwm.
+scale_stat_all() {
+    local m=$1 rep=$2 p=$3 t0 t1 files
+    t0=$EPOCHREALTIME
+    files=$(find "${MODE_DIR[$m]}" -type f -printf '%s\n' | wc -l)
+    t1=$EPOCHREALTIME
+    ((files == SCALE_N)) || die "$m: find saw $files files through the mount, not $SCALE_N"
+    record "${p}_stat" etlfs "$rep" "$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.6f", b - a }')"
+    record "${p}_rss" etlfs "$rep" "$(vm_mib "${MODE_PID[$m]}" VmRSS)"
+    record "${p}_hwm" etlfs "$rep" "$(vm_mib "${MODE_PID[$m]}" VmHWM)"
+}
+
+# The number after "NAME": in etlfs' /status JSON (0 when absent).
+status_number() {
+    curl -s --max-time 5 "http://127.0.0.1:$SCALE_PORT/status" |
+        grep -o "\"$1\": *[0-9]*" | head -n 1 | grep -o '[0-9]*$' || echo 0
+}
+
+section_scale() {
+    local n=$SCALE_N size=$SCALE_SIZE ndirs=$SCALE_DIRS src d cfg rep t b=bench-scale what where i
+    local logf=$LOG_DIR/scale.log
+    s3_up
+    ROWS=()
+    SAMPLES=()
+    ROW_MAX=()
+    MODE_LABEL=([etlfs]="etlfs")
+    if ((ndirs > 0)); then where="in $ndirs directories"; else where="in one directory"; fi
+    what="$n files of $size B $where"
+    define_row backup "etlfs backup of the $n files into an empty bucket, once (s)" secs "-"
+    define_row list "the server alone: list the $n objects (ListObjectsV2, 1000 a page) (s)" secs "-"
+    define_row cold_mounted "new node (empty directory): start -> mounted (s)" secs "<=5"
+    define_row cold_ready "new node (empty directory): start -> /readyz 200 (s)" secs "<=5"
+    define_row cold_stat "new node: stat all $n files through the mount (s)" secs "-"
+    define_row cold_rss "new node: RSS after that (MiB)" mib "<=64"
+    define_row cold_hwm "new node: peak RSS, VmHWM (MiB)" mib "<=64"
+    define_row warm_mounted "restart over the $n local files: start -> mounted (s)" secs "<=5"
+    define_row warm_ready "restart over the $n local files: start -> /readyz 200 (s)" secs "<=5"
+    define_row warm_stat "restart: stat all $n files through the mount (s)" secs "-"
+    define_row warm_rss "restart: RSS after that (MiB)" mib "<=64"
+    define_row warm_hwm "restart: peak RSS, VmHWM (MiB)" mib "<=64"
+
+    src=$S3_DIR/scale-src
+    log "scale: creating $what in $src"
+    "$FSBENCH" fill "$src" "$n" "$size" "$ndirs" >/dev/null
+    make_bucket "$b"
+    cfg=$(etlfs_config "$b")
+    sync
+    log "scale: etlfs backup of the $n files (log: $logf)"
+    t=$(timed "$logf" "$ETLFS" backup --config "$cfg" "$src") || die "scale: etlfs backup failed (log: $logf)"
+    record backup etlfs 1 "$t"
+    # The first mount over the directory records etlfs' state (it is not measured): wait until
+    # it has reconciled and nothing is pending, then stop it.
+    log "scale: first mount over the $n files (not measured; records etlfs' state)"
+    scale_mount scale-warm "$src" "$cfg" --drain-timeout 600s
+    # (/status "pending" does not count what the first reconcile queues: wait for its uploads.)
+    local queued
+    for ((i = 0; i < 9000; i++)); do
+        queued=$(grep -o 'reconciled the directory.*to_upload=[0-9]*' "${MODE_LOG[scale-warm]}" |
+            grep -o '[0-9]*$' | head -n 1) || true
+        if [[ -n $queued ]] && (($(status_number "done") >= queued && $(status_number changes) == 0)); then
+            break
+        fi
+        sleep 0.1
+    done
+    ((i < 9000)) || log "scale: warning: the first mount had not uploaded what it queued after 900 s"
+    unmount_mode scale-warm
+
+    for ((rep = 1 - WARMUP; rep <= REPEAT; rep++)); do
+        if ((rep < 1)); then log "scale: warm-up round"; else log "scale: round $rep/$REPEAT"; fi
+        t=$("$FSBENCH" s3check "$S3_EP" "$b" "" "$n" "$size")
+        record list etlfs "$rep" "$t"
+        # A new node: an empty directory (no state), every file only in the bucket.
+        d=$S3_DIR/scale-cold
+        rm -rf "$d"
+        mkdir -p "$d"
+        sync
+        scale_mount scale-cold "$d" "$cfg" --drain-timeout 5s
+        record cold_mounted etlfs "$rep" "$MOUNTED_SECS"
+        record cold_ready etlfs "$rep" "$READY_SECS"
+        scale_stat_all scale-cold "$rep" cold
+        unmount_mode scale-cold
+        # A restart: the same files local and in the bucket, etlfs' state from the last run.
+        sync
+        scale_mount scale-warm "$src" "$cfg" --drain-timeout 5s
+        record warm_mounted etlfs "$rep" "$MOUNTED_SECS"
+        record warm_ready etlfs "$rep" "$READY_SECS"
+        scale_stat_all scale-warm "$rep" warm
+        unmount_mode scale-warm
+    done
+
+    drop_bucket "$b"
+    rm -rf "$S3_DIR"/scale-*
+    print_abs_table "Scale: $what, $S3_LABEL on 127.0.0.1" etlfs
 }
 
 # ---------------------------------------------------------------------------------------------
