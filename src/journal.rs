@@ -11,6 +11,12 @@
 //! line (a crash in the middle of an append) is ignored on replay. When no intent is pending
 //! the file is truncated, so it stays small.
 //!
+//! A full disk must not break it. A failed append (ENOSPC after part of the line) is cut off
+//! again, so the next line never merges with a torn one (which would hide it at replay), and
+//! the operation is refused. And [`RESERVE`] bytes are kept allocated beyond the end of the
+//! file, so that on a full disk the application can still delete files — each delete is an
+//! append first.
+//!
 //! New and changed *files* need no journal entry: at every start the mirror rescans the
 //! directory against its upload records and the bucket (see `mirror/`).
 
@@ -48,6 +54,10 @@ enum Line {
 #[derive(Debug)]
 struct Inner {
     file: File,
+    /// Length of the file: every complete line, nothing torn.
+    len: u64,
+    /// Blocks are allocated up to here (see [`reserve`]).
+    reserved_to: u64,
     next_seq: u64,
     pending: BTreeMap<u64, Intent>,
 }
@@ -56,6 +66,41 @@ struct Inner {
 #[derive(Debug)]
 pub struct Journal {
     inner: Mutex<Inner>,
+}
+
+/// Bytes kept allocated past the end of the journal (several hundred intents).
+pub const RESERVE: u64 = 64 * 1024;
+
+/// Allocates [`RESERVE`] bytes past `len` without changing the size, where the filesystem can
+/// (others just go without). Returns where the allocation ends.
+fn reserve(file: &File, len: u64) -> u64 {
+    use std::os::fd::AsFd;
+    match crate::sys::fallocate(file.as_fd(), libc::FALLOC_FL_KEEP_SIZE, len, RESERVE) {
+        Ok(()) => len + RESERVE,
+        Err(_) => len,
+    }
+}
+
+impl Inner {
+    /// Appends one whole line, or nothing: a partial write is cut off again.
+    fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
+        match self.file.write_all(line) {
+            Ok(()) => {
+                self.len += line.len() as u64;
+                if self.len + RESERVE / 2 > self.reserved_to {
+                    // Top the reserve up while there may still be room.
+                    self.reserved_to = self.reserved_to.max(reserve(&self.file, self.len));
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(cut) = self.file.set_len(self.len) {
+                    tracing::error!(error = %cut, "could not cut a partly written journal line off");
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 /// File name inside the state directory.
@@ -91,10 +136,14 @@ impl Journal {
             }
         }
         let file = state.open_append(FILE_NAME)?;
+        let len = file.metadata()?.len();
+        let reserved_to = reserve(&file, len);
         let replay: Vec<_> = pending.iter().map(|(s, i)| (*s, i.clone())).collect();
         let journal = Journal {
             inner: Mutex::new(Inner {
                 file,
+                len,
+                reserved_to,
                 next_seq: max_seq + 1,
                 pending,
             }),
@@ -116,7 +165,7 @@ impl Journal {
         })
         .map_err(io::Error::other)?;
         line.push(b'\n');
-        inner.file.write_all(&line)?;
+        inner.write_line(&line)?;
         inner.file.sync_data()?;
         inner.next_seq += 1;
         inner.pending.insert(seq, intent);
@@ -132,11 +181,13 @@ impl Journal {
         if inner.pending.is_empty() {
             // Nothing pending: start afresh instead of growing forever.
             inner.file.set_len(0)?;
+            inner.len = 0;
+            inner.reserved_to = reserve(&inner.file, 0);
             return Ok(());
         }
         let mut line = serde_json::to_vec(&Line::Done { done: seq }).map_err(io::Error::other)?;
         line.push(b'\n');
-        inner.file.write_all(&line)
+        inner.write_line(&line)
     }
 
     /// Intents not yet done.
@@ -211,4 +262,44 @@ mod tests {
         let (_, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert!(replay.is_empty());
     }
+
+    /// On a full disk an append that only partly fits is cut off again: the file holds whole
+    /// lines only, so the next append cannot merge with a torn one, and a reopen replays every
+    /// acknowledged intent. (A tiny tmpfs: deterministic, and a line straddles its end.)
+    #[test]
+    fn a_partial_append_on_a_full_disk_is_cut_off() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("small");
+        std::fs::create_dir(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        struct Unmount<'a>(&'a std::path::Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&dir);
+        let (j, _) = Journal::open(&StateDir::open(&dir).unwrap()).unwrap();
+        let mut acked = Vec::new();
+        let err = loop {
+            let p = format!("some/longer/path/name/{:05}", acked.len());
+            match j.append(rm(&p)) {
+                Ok(seq) => acked.push((seq, rm(&p))),
+                Err(e) => break e,
+            }
+            assert!(acked.len() < 10_000, "never full");
+        };
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        let bytes = std::fs::read(dir.join(FILE_NAME)).unwrap();
+        assert_eq!(bytes.last(), Some(&b'\n'), "a torn line was left behind");
+        drop(j);
+        let (_, replay) = Journal::open(&StateDir::open(&dir).unwrap()).unwrap();
+        assert_eq!(replay, acked);
+    }
 }
+
