@@ -264,6 +264,13 @@ impl Stored {
         self
     }
 
+    fn departed(&self, path: &Path) -> Option<Departed> {
+        Some(Departed {
+            file: self.remote(path),
+            version: self.version.as_ref()?.version(),
+        })
+    }
+
     fn remote(&self, path: &Path) -> RemoteFile {
         RemoteFile {
             size: self.size,
@@ -281,7 +288,8 @@ struct Inner {
     files: HashMap<PathBuf, Stored>,
     /// Directory path → its entries' names and whether each is a directory.
     children: HashMap<PathBuf, BTreeMap<OsString, bool>>,
-    departed: HashMap<PathBuf, Departed>,
+    /// Entries that left `files` with a known version, until the mirror takes them.
+    departed: HashMap<PathBuf, Stored>,
 }
 
 impl Inner {
@@ -569,33 +577,35 @@ impl Index {
         let s = inner.files.remove(path)?;
         inner.unlink(path);
         let file = s.remote(path);
-        if let Some(k) = s.version {
-            let departed = Departed {
-                file: file.clone(),
-                version: k.version(),
-            };
-            inner.departed.insert(path.to_path_buf(), departed);
+        if s.version.is_some() {
+            inner.departed.insert(path.to_path_buf(), s);
         }
         Some(file)
     }
 
     /// What a removed entry knew about its object (a fetched file's record takes it over).
     pub fn take_departed(&self, path: &Path) -> Option<Departed> {
-        self.inner
+        let s = self
+            .inner
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .departed
-            .remove(path)
+            .remove(path)?;
+        s.departed(path)
     }
 
-    /// Everything [`Index::take_departed`] has not taken yet.
-    pub fn drain_departed(&self) -> Vec<(PathBuf, Departed)> {
-        self.inner
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .departed
-            .drain()
-            .collect()
+    /// Everything [`Index::take_departed`] has not taken yet, converted one at a time (at a
+    /// start over a full directory, that is every file).
+    pub fn drain_departed(&self) -> impl Iterator<Item = (PathBuf, Departed)> + use<> {
+        let all = std::mem::take(
+            &mut self
+                .inner
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .departed,
+        );
+        all.into_iter()
+            .filter_map(|(p, s)| s.departed(&p).map(|d| (p, d)))
     }
 
     /// Adds (or replaces) a bucket-only file, e.g. a local file evicted to the bucket.
@@ -1262,7 +1272,7 @@ mod tests {
                 version: v
             })
         );
-        assert!(idx.drain_departed().is_empty());
+        assert_eq!(idx.drain_departed().count(), 0);
     }
 
     #[test]

@@ -90,12 +90,11 @@ impl Publisher {
     pub fn new(shared: Arc<Shared>) -> Publisher {
         let mut outdated = true;
         if let Some(index) = &shared.index {
-            let departed = index.drain_departed();
-            let n = departed.len();
-            let adopted = departed
-                .into_iter()
-                .filter(|(p, d)| adopt(&shared.records, p, d.clone()))
-                .count();
+            let (mut n, mut adopted) = (0, 0);
+            for (p, d) in index.drain_departed() {
+                n += 1;
+                adopted += usize::from(adopt(&shared.records, &p, d));
+            }
             if adopted > 0 {
                 debug!(
                     adopted,
