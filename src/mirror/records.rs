@@ -78,9 +78,9 @@ pub struct ObjectVersion {
     pub until_ns: Option<i128>,
 }
 
-/// A record as kept and persisted: older files without the version fields load as well.
+/// A record as persisted: older files without the version fields load as well.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct Stored {
+struct OnDisk {
     id: Identity,
     sha256: String,
     dir: bool,
@@ -88,21 +88,115 @@ struct Stored {
     object: Option<ObjectVersion>,
 }
 
+/// A record as kept in memory, for 100,000 files and more: the checksum as 32 bytes instead
+/// of 64 hex characters on the heap, times as `i64` nanoseconds (good until 2262), the e_tag
+/// boxed. Converted from and to [`OnDisk`] one record at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stored {
+    ino: u64,
+    size: u64,
+    mtime_ns: i64,
+    ctime_ns: i64,
+    mode: u32,
+    dir: bool,
+    /// `None`: not a 64-digit hex checksum (a directory marker's empty one, or odd input,
+    /// kept verbatim in `odd_sha`).
+    sha: Option<[u8; 32]>,
+    odd_sha: Option<Box<str>>,
+    object: Option<Object>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Object {
+    e_tag: Option<Box<str>>,
+    owner: Option<(u32, u32)>,
+    until_ns: Option<i64>,
+}
+
+fn narrow(ns: i128) -> i64 {
+    ns.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
 impl Stored {
+    fn new(rec: Record, object: Option<ObjectVersion>) -> Stored {
+        let sha = decode_sha(&rec.sha256);
+        Stored {
+            ino: rec.id.ino,
+            size: rec.id.size,
+            mtime_ns: narrow(rec.id.mtime_ns),
+            ctime_ns: narrow(rec.id.ctime_ns),
+            mode: rec.id.mode,
+            dir: rec.dir,
+            odd_sha: sha.is_none().then(|| rec.sha256.into_boxed_str()),
+            sha,
+            object: object.map(|o| Object {
+                e_tag: o.e_tag.map(String::into_boxed_str),
+                owner: o.owner,
+                until_ns: o.until_ns.map(narrow),
+            }),
+        }
+    }
+
+    fn id(&self) -> Identity {
+        Identity {
+            ino: self.ino,
+            size: self.size,
+            mtime_ns: self.mtime_ns.into(),
+            ctime_ns: self.ctime_ns.into(),
+            mode: self.mode,
+        }
+    }
+
+    fn sha256(&self) -> String {
+        match (&self.sha, &self.odd_sha) {
+            (Some(b), _) => hex::encode(b),
+            (None, Some(s)) => s.to_string(),
+            (None, None) => String::new(),
+        }
+    }
+
     fn record(&self) -> Record {
         Record {
-            id: self.id,
-            sha256: self.sha256.clone(),
+            id: self.id(),
+            sha256: self.sha256(),
             dir: self.dir,
         }
     }
+
+    fn object(&self) -> Option<ObjectVersion> {
+        self.object.as_ref().map(|o| ObjectVersion {
+            e_tag: o.e_tag.as_deref().map(str::to_owned),
+            owner: o.owner,
+            until_ns: o.until_ns.map(i128::from),
+        })
+    }
+
+    fn on_disk(&self) -> OnDisk {
+        OnDisk {
+            id: self.id(),
+            sha256: self.sha256(),
+            dir: self.dir,
+            object: self.object(),
+        }
+    }
+}
+
+fn decode_sha(hex_text: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    // Only the canonical lowercase form: anything else is kept verbatim, so it reads back
+    // exactly as it was written.
+    if hex_text.len() != 64 || hex_text.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode_to_slice(hex_text, &mut out).ok()?;
+    Some(out)
 }
 
 /// The record table.
 #[derive(Debug)]
 pub struct Records {
     state: Arc<StateDir>,
-    map: Mutex<HashMap<PathBuf, Stored>>,
+    map: Mutex<HashMap<Box<Path>, Stored>>,
     dirty: AtomicBool,
     /// Bumped by every change, so the manifest writer can tell whether it has news.
     generation: AtomicU64,
@@ -111,7 +205,7 @@ pub struct Records {
 impl Records {
     pub fn load(state: Arc<StateDir>) -> io::Result<Records> {
         let path = state.path().join(FILE_NAME);
-        let map = match state.read(FILE_NAME) {
+        let on_disk: HashMap<PathBuf, OnDisk> = match state.read(FILE_NAME) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 // A damaged record file costs re-uploads, never data: start over.
                 tracing::warn!(file = %path.display(), error = %e, "upload records unreadable; every file will be checked against the bucket");
@@ -120,6 +214,15 @@ impl Records {
             Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
+        let mut map = HashMap::with_capacity(on_disk.len());
+        for (p, d) in on_disk {
+            let rec = Record {
+                id: d.id,
+                sha256: d.sha256,
+                dir: d.dir,
+            };
+            map.insert(p.into_boxed_path(), Stored::new(rec, d.object));
+        }
         Ok(Records {
             state,
             map: Mutex::new(map),
@@ -128,7 +231,7 @@ impl Records {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, Stored>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<Path>, Stored>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -153,13 +256,8 @@ impl Records {
     /// Sets the record of an upload (or a fetch) together with the object version it left.
     pub fn set_with_object(&self, path: &Path, rec: Record, object: Option<ObjectVersion>) {
         let described = object.is_some();
-        let stored = Stored {
-            id: rec.id,
-            sha256: rec.sha256,
-            dir: rec.dir,
-            object,
-        };
-        let old = self.lock().insert(path.to_owned(), stored);
+        let stored = Stored::new(rec, object);
+        let old = self.lock().insert(path.into(), stored);
         self.changed(described || old.is_some_and(|o| o.object.is_some()));
     }
 
@@ -171,10 +269,10 @@ impl Records {
         let Some(s) = map.get_mut(path) else {
             return false;
         };
-        if s.object.is_some() || s.dir || s.id != expect.id || s.sha256 != expect.sha256 {
+        if s.object.is_some() || s.dir || s.record() != *expect {
             return false;
         }
-        s.object = Some(object);
+        s.object = Stored::new(expect.clone(), Some(object)).object;
         drop(map);
         self.changed(true);
         true
@@ -185,9 +283,9 @@ impl Records {
     pub fn published(&self, carried: &[(PathBuf, Option<String>)], until_ns: i128) {
         let mut map = self.lock();
         for (path, e_tag) in carried {
-            if let Some(o) = map.get_mut(path).and_then(|s| s.object.as_mut()) {
-                if o.until_ns.is_none() && o.e_tag == *e_tag {
-                    o.until_ns = Some(until_ns);
+            if let Some(o) = map.get_mut(path.as_path()).and_then(|s| s.object.as_mut()) {
+                if o.until_ns.is_none() && o.e_tag.as_deref() == e_tag.as_deref() {
+                    o.until_ns = Some(narrow(until_ns));
                 }
             }
         }
@@ -196,12 +294,12 @@ impl Records {
     }
 
     /// Calls `f(path, identity, sha256, object)` for every file record whose object version
-    /// is known, under the lock (nothing is copied).
+    /// is known, under the lock (one record's copy at a time).
     pub fn for_each_with_object(&self, mut f: impl FnMut(&Path, &Identity, &str, &ObjectVersion)) {
         let map = self.lock();
         for (p, s) in map.iter() {
-            if let (false, Some(o)) = (s.dir, &s.object) {
-                f(p, &s.id, &s.sha256, o);
+            if let (false, Some(o)) = (s.dir, s.object()) {
+                f(p, &s.id(), &s.sha256(), &o);
             }
         }
     }
@@ -234,7 +332,7 @@ impl Records {
 
     /// Paths with a record (for pruning at start).
     pub fn paths(&self) -> Vec<PathBuf> {
-        self.lock().keys().cloned().collect()
+        self.lock().keys().map(|p| p.to_path_buf()).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -250,12 +348,25 @@ impl Records {
         if !self.dirty.swap(false, Ordering::Relaxed) {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(&*self.lock()).map_err(io::Error::other)?;
+        let bytes = {
+            let map = self.lock();
+            let on_disk = OnDiskMap(&map);
+            serde_json::to_vec(&on_disk).map_err(io::Error::other)?
+        };
         let res = self.state.write_atomic(FILE_NAME, &bytes);
         if res.is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
         res
+    }
+}
+
+/// Serializes the table in the [`OnDisk`] form, one record converted at a time.
+struct OnDiskMap<'a>(&'a HashMap<Box<Path>, Stored>);
+
+impl Serialize for OnDiskMap<'_> {
+    fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
+        ser.collect_map(self.0.iter().map(|(p, s)| (p, s.on_disk())))
     }
 }
 
