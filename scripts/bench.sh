@@ -6,7 +6,8 @@
 #   sudo BENCH_SECTIONS=scale scripts/bench.sh   # 100,000 objects: about 10 minutes more
 #
 # Sections (BENCH_SECTIONS, default "local bucket restore oneshot"), each printing one table:
-#   local    native disk vs etlfs in passthrough and daemon mode (below)
+#   local    native disk vs etlfs in passthrough and daemon mode (below), and the same workloads
+#            through `rclone mount --vfs-cache-mode full` on the S3 server (BENCH_LOCAL_RCLONE)
 #   bucket   time from the last close of a Kubecost write pass (BENCH_KC_N x 64 KiB) to all
 #            its files being in an S3 bucket: etlfs (--upload-delay BENCH_UPLOAD_DELAY) vs
 #            `rclone mount --vfs-cache-mode full --vfs-write-back BENCH_UPLOAD_DELAY`
@@ -45,6 +46,9 @@
 #   BENCH_KC_N      files in the Kubecost pattern                (default 300)
 #   BENCH_KC_CYCLES cycles of the Kubecost pattern               (default 3)
 #   BENCH_COLD      1 = also measure cold reads (drop_caches)    (default 1)
+#   BENCH_LOCAL_RCLONE 1 = the local section also runs every workload through rclone mount
+#                   (write-back held for an hour, like etlfs' uploads), shown as a ratio
+#                   etlfs/rclone (default 1; 0 skips it and the S3 server for that section)
 #   BENCH_SECTIONS  sections to run, space separated   (default "local bucket restore oneshot")
 #   BENCH_S3        the S3 server of bucket/restore/oneshot/scale (default s3s-fs):
 #                   s3s-fs        s3s-fs 0.14.1 built with scripts/s3s-fs-list-cache.patch
@@ -264,7 +268,7 @@ preflight() {
     for s in $SECTIONS; do
         declare -F "section_$s" >/dev/null || die "unknown section: $s"
     done
-    if [[ " $SECTIONS " =~ \ (bucket|restore|oneshot|scale)\  ]]; then
+    if [[ " $SECTIONS " =~ \ (bucket|restore|oneshot|scale)\  || ( " $SECTIONS " == *" local "* && ${BENCH_LOCAL_RCLONE:-1} == 1 ) ]]; then
         command -v curl >/dev/null || servers_apt_install_or_die curl
         command -v rclone >/dev/null || servers_apt_install_or_die rclone
         command -v fusermount >/dev/null || command -v fusermount3 >/dev/null ||
@@ -331,6 +335,11 @@ prepare_dirs() {
 mount_mode() {
     local m=$1
     [[ $m == native ]] && return 0
+    if [[ $m == rclone ]]; then
+        # The local section's rclone: uploads held back like etlfs' (--upload-delay 1h).
+        mount_rclone rclone "${MODE_DIR[rclone]}" bench-local-rclone "$S3_DIR/local-rclone.cache" 3600
+        return 0
+    fi
     # shellcheck disable=SC2086 # MODE_ARGS and ETLFS_EXTRA hold zero or more words
     start_mount "$m" "${MODE_DIR[$m]}" "$LOG_DIR/etlfs-$m.log" \
         "$ETLFS" mount --listen 127.0.0.1:0 ${MODE_ARGS[$m]} $ETLFS_EXTRA "${MODE_DIR[$m]}"
@@ -379,7 +388,7 @@ unmount_mode() {
     fi
     wait "$pid" 2>/dev/null || rc=$?
     # rclone answers SIGTERM by unmounting and exiting with 143: that is its clean stop.
-    [[ $rc == 0 || ($rc == 143 && $m == rclone-*) ]] ||
+    [[ $rc == 0 || ($rc == 143 && $m == rclone*) ]] ||
         log "$m exited with status $rc (see ${MODE_LOG[$m]:-$LOG_DIR})"
     if is_fuse_mounted "$d"; then
         log "$d still mounted after $m exited: umount -l"
@@ -604,6 +613,14 @@ section_local() {
     local small="${SMALL_N} x $((SMALL_SIZE / 1024)) KiB"
     ROWS=()
     SAMPLES=()
+    if [[ ${BENCH_LOCAL_RCLONE:-1} == 1 ]]; then
+        s3_up
+        make_bucket bench-local-rclone
+        MODE_DIR[rclone]=$BENCH_DIR/rclone
+        mkdir -p "${MODE_DIR[rclone]}" "$S3_DIR/local-rclone.cache"
+        MODE_LABEL[rclone]="rclone mount"
+        modes+=(rclone)
+    fi
     define_row seqwrite "seq write ${SEQ_MIB} MiB (MiB/s)" tput ">=0.90" "$SEQ_MIB"
     define_row seqread_warm "seq read ${SEQ_MIB} MiB, warm (MiB/s)" tput ">=0.95" "$SEQ_MIB"
     [[ $COLD == 1 ]] && define_row seqread_cold "seq read ${SEQ_MIB} MiB, cold (MiB/s)" tput ">=0.95" "$SEQ_MIB"
@@ -613,7 +630,7 @@ section_local() {
     define_row kubecost "Kubecost ${KC_CYCLES} x ${KC_N} x $((KC_SIZE / 1024)) KiB (ms)" time "<=1.5"
 
     for m in "${modes[@]}"; do mount_mode "$m"; done
-    log "etlfs pids: passthrough ${MODE_PID[passthrough]}, daemon ${MODE_PID[daemon]}"
+    log "etlfs pids: passthrough ${MODE_PID[passthrough]}, daemon ${MODE_PID[daemon]}${MODE_PID[rclone]:+, rclone ${MODE_PID[rclone]}}"
 
     for ((rep = 1 - WARMUP; rep <= REPEAT; rep++)); do
         # Rotate the order each round, so no mode always runs first (after a cache drop, say).
@@ -655,7 +672,13 @@ section_local() {
     done
 
     for m in "${modes[@]}"; do unmount_mode "$m"; done
-    print_table "native disk vs etlfs" native passthrough daemon
+    if [[ -n ${MODE_DIR[rclone]:-} ]]; then
+        TABLE_REF=rclone
+        print_table "native disk vs etlfs vs rclone mount --vfs-cache-mode full ($S3_LABEL)" native passthrough daemon
+        TABLE_REF=
+    else
+        print_table "native disk vs etlfs" native passthrough daemon
+    fi
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -857,7 +880,7 @@ mount_etlfs_s3() {
 mount_rclone() {
     start_mount "$1" "$2" "$LOG_DIR/$1.log" \
         "${RCLONE_ENV[@]}" rclone mount "s3:$3" "$2" --vfs-cache-mode full \
-        --vfs-write-back "${UPLOAD_DELAY}s" --cache-dir "$4"
+        --vfs-write-back "${5:-$UPLOAD_DELAY}s" --cache-dir "$4"
 }
 
 section_bucket() {
