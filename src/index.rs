@@ -583,6 +583,27 @@ impl Index {
         Some(file)
     }
 
+    /// Forgets a directory and everything below it (an `rmdir` the bucket has not followed
+    /// yet: its marker, and whatever it still lists below, must not bring it back).
+    pub fn remove_dir(&self, dir: &Path) {
+        let mut inner = self.write();
+        let below: Vec<PathBuf> = inner
+            .files
+            .keys()
+            .filter(|p| p.starts_with(dir))
+            .cloned()
+            .collect();
+        for p in below {
+            if let Some(s) = inner.files.remove(&p) {
+                if s.version.is_some() {
+                    inner.departed.insert(p, s);
+                }
+            }
+        }
+        inner.children.retain(|d, _| !d.starts_with(dir));
+        inner.unlink(dir);
+    }
+
     /// What a removed entry knew about its object (a fetched file's record takes it over).
     pub fn take_departed(&self, path: &Path) -> Option<Departed> {
         let s = self

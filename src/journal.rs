@@ -106,35 +106,46 @@ impl Inner {
 /// File name inside the state directory.
 pub const FILE_NAME: &str = "journal.jsonl";
 
+/// The intents of the journal in `state` that were not done, in order, read without opening
+/// the journal for writing: a starting mount applies them to what the bucket listing showed
+/// before it shows the directory (see `run.rs`).
+pub fn pending_in(state: &StateDir) -> io::Result<Vec<Intent>> {
+    Ok(read_pending(state)?.0.into_values().collect())
+}
+
+/// The intents not done yet, by sequence number, and the highest sequence number seen.
+fn read_pending(state: &StateDir) -> io::Result<(BTreeMap<u64, Intent>, u64)> {
+    let path = state.path().join(FILE_NAME);
+    let mut pending = BTreeMap::new();
+    let mut max_seq = 0;
+    let existing = match state.read(FILE_NAME) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    for line in existing.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        match serde_json::from_slice::<Line>(line) {
+            Ok(Line::Intent { seq, intent }) => {
+                max_seq = max_seq.max(seq);
+                pending.insert(seq, intent);
+            }
+            Ok(Line::Done { done }) => {
+                pending.remove(&done);
+            }
+            // Only the last line can be torn; anything else unparsable is skipped rather than
+            // losing the intents after it.
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "skipping a damaged journal line")
+            }
+        }
+    }
+    Ok((pending, max_seq))
+}
+
 impl Journal {
     /// Opens (or creates) the journal and returns the intents that were not done, in order.
     pub fn open(state: &StateDir) -> io::Result<(Journal, Vec<(u64, Intent)>)> {
-        let path = state.path().join(FILE_NAME);
-        let mut pending = BTreeMap::new();
-        let mut max_seq = 0;
-        let existing = match state.read(FILE_NAME) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        {
-            for line in existing.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
-                match serde_json::from_slice::<Line>(line) {
-                    Ok(Line::Intent { seq, intent }) => {
-                        max_seq = max_seq.max(seq);
-                        pending.insert(seq, intent);
-                    }
-                    Ok(Line::Done { done }) => {
-                        pending.remove(&done);
-                    }
-                    // Only the last line can be torn; anything else unparsable is skipped
-                    // rather than losing the intents after it.
-                    Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "skipping a damaged journal line")
-                    }
-                }
-            }
-        }
+        let (pending, max_seq) = read_pending(state)?;
         let file = state.open_append(FILE_NAME)?;
         let len = file.metadata()?.len();
         let reserved_to = reserve(&file, len);

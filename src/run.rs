@@ -29,7 +29,7 @@ use crate::fetch::Fetcher;
 use crate::fuse::{EtlFs, FuseOptions};
 use crate::index::Index;
 use crate::local::LocalDir;
-use crate::mirror::{ChangeSink, Mirror, MirrorOptions};
+use crate::mirror::{ChangeSink, Intent, Mirror, MirrorOptions};
 use crate::overlay::{Overlay, Remote};
 use crate::state::StateDir;
 use crate::sys;
@@ -335,6 +335,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let index = Arc::new(index);
+    apply_pending_intents(&index, &state);
     let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
     let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
         local_files.iter().map(|(_, size)| size).sum(),
@@ -467,6 +468,16 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     status.set_draining();
     handle.close();
     let _ = session_thread.join();
+    // The session is over, so every file is closed; handles the kernel never released (the
+    // RELEASE of a close during a lazy detach can be dropped with the connection) are released
+    // now, so that the drain uploads what was written through them.
+    let orphaned = overlay.release_all();
+    if orphaned > 0 {
+        info!(
+            handles = orphaned,
+            "released the handles the kernel closed without telling us"
+        );
+    }
     // Nothing can change any more: upload what is pending, within the deadline. What is left
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::mirror::Stats::get(&mirror.stats().pending);
@@ -615,6 +626,34 @@ fn load_index(
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// Removals and renames the bucket has not followed yet (etlfs was killed, or the bucket was
+/// unreachable, before the mirror carried them out) are still in the journal, and the listing
+/// still shows the old names. Apply them to the index as the overlay did when they happened,
+/// before anything looks at it: otherwise a removed or renamed-away file is listed again
+/// (bucket-only, and its download fails once the replay has deleted the object), and a
+/// removed directory is created again by [`prepare_local_tree`] and kept for good.
+fn apply_pending_intents(index: &Index, state: &StateDir) {
+    let intents = match crate::journal::pending_in(state) {
+        Ok(intents) => intents,
+        Err(e) => {
+            warn!(error = %e, "cannot read the journal before the mount");
+            return;
+        }
+    };
+    for intent in &intents {
+        match intent {
+            Intent::Remove { path, dir: false } => {
+                index.remove(path);
+            }
+            Intent::Remove { path, dir: true } => index.remove_dir(path),
+            // A bucket-only file (or a directory's bucket-only files) goes on being served under
+            // the new name from the old key until the replay moves the objects; a local file
+            // that moved is local under its new name, and prepare_local_tree drops the entry.
+            Intent::Rename { from, to, .. } => index.rename(from, to),
+        }
     }
 }
 

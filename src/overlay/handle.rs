@@ -114,6 +114,19 @@ impl HandleTable {
         self.lock().len()
     }
 
+    /// The numbers of every open handle: (files, directories).
+    pub fn ids(&self) -> (Vec<u64>, Vec<u64>) {
+        let map = self.lock();
+        let (mut files, mut dirs) = (Vec::new(), Vec::new());
+        for (fh, h) in map.iter() {
+            match h {
+                Handle::File(_) => files.push(*fh),
+                Handle::Dir(_) => dirs.push(*fh),
+            }
+        }
+        (files, dirs)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Handle>> {
         self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -770,6 +770,11 @@ impl Overlay {
         if let (Some(cache), Some(p)) = (&self.cache, &path) {
             cache.remove(p);
         }
+        if let (true, Some(p), Some(r)) = (dir, &path, &self.remote) {
+            // The bucket listing named it (its marker): it must not be listed in its parent
+            // any more, nor keep the parent from being removed.
+            r.index.remove_dir(p);
+        }
         Ok(())
     }
 
@@ -1188,6 +1193,21 @@ impl Overlay {
             })
             .collect();
         Ok(items)
+    }
+
+    /// Releases every handle still open, as if the kernel had sent their RELEASE: once the
+    /// FUSE session has ended it never will, and a lazily detached mount can end with the
+    /// RELEASE of the application's last close still queued in the kernel. A file closed that
+    /// way is then due like any other, so the drain uploads it. Returns how many there were.
+    pub fn release_all(&self) -> usize {
+        let (files, dirs) = self.handles.ids();
+        for fh in &files {
+            let _ = self.release(*fh);
+        }
+        for fh in &dirs {
+            let _ = self.releasedir(*fh);
+        }
+        files.len() + dirs.len()
     }
 
     pub fn releasedir(&self, fh: u64) -> Result<()> {
