@@ -629,6 +629,15 @@ impl Index {
             .filter_map(|(p, s)| s.departed(&p).map(|d| (p, d)))
     }
 
+    /// Gives back the memory of entries removed in bulk (at start, every file found locally
+    /// leaves the index: with 100,000 of them the emptied tables would keep ~20 MB).
+    pub fn shrink(&self) {
+        let mut inner = self.write();
+        inner.files.shrink_to_fit();
+        inner.children.shrink_to_fit();
+        inner.departed.shrink_to_fit();
+    }
+
     /// Adds (or replaces) a bucket-only file, e.g. a local file evicted to the bucket.
     pub fn insert(&self, path: &Path, file: RemoteFile) {
         self.insert_versioned(path, file, None);

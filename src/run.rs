@@ -337,6 +337,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let index = Arc::new(index);
     apply_pending_intents(&index, &state);
     let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
+    index.shrink();
     let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
         local_files.iter().map(|(_, size)| size).sum(),
     ));
