@@ -290,7 +290,10 @@ impl Bucket {
         if parts[0] == RESERVED {
             return Err(bad("the top-level name .etlfs is reserved for etlfs"));
         }
-        if parts.iter().any(|p| p.chars().any(|c| c.is_ascii_control())) {
+        if parts
+            .iter()
+            .any(|p| p.chars().any(|c| c.is_ascii_control()))
+        {
             // (object_store refuses them in keys: newlines, tabs, NUL, DEL, ...)
             return Err(bad("contains an ASCII control character"));
         }
