@@ -335,7 +335,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         return Ok(());
     };
     let index = Arc::new(index);
-    apply_pending_intents(&index, &state);
+    apply_pending_intents(&index, &state, &local);
     let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
     index.shrink();
     let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
@@ -636,7 +636,13 @@ fn load_index(
 /// before anything looks at it: otherwise a removed or renamed-away file is listed again
 /// (bucket-only, and its download fails once the replay has deleted the object), and a
 /// removed directory is created again by [`prepare_local_tree`] and kept for good.
-fn apply_pending_intents(index: &Index, state: &StateDir) {
+///
+/// An intent is journaled *before* its local operation, so a crash can leave one whose
+/// operation never ran: the path it removes or moves away is still there locally. Such an
+/// intent is left out (the mirror's replay finds nothing to do for it either); applying it
+/// would show a directory both under its name and, bucket-only, under the one it was never
+/// renamed to.
+fn apply_pending_intents(index: &Index, state: &StateDir, local: &LocalDir) {
     let intents = match crate::journal::pending_in(state) {
         Ok(intents) => intents,
         Err(e) => {
@@ -644,12 +650,18 @@ fn apply_pending_intents(index: &Index, state: &StateDir) {
             return;
         }
     };
+    let gone = |p: &Path| {
+        matches!(local.stat_beneath(p), Err(e)
+            if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
+    };
     for intent in &intents {
         match intent {
+            Intent::Remove { path, .. } if !gone(path) => {}
             Intent::Remove { path, dir: false } => {
                 index.remove(path);
             }
             Intent::Remove { path, dir: true } => index.remove_dir(path),
+            Intent::Rename { from, .. } if !gone(from) => {}
             // A bucket-only file (or a directory's bucket-only files) goes on being served under
             // the new name from the old key until the replay moves the objects; a local file
             // that moved is local under its new name, and prepare_local_tree drops the entry.
