@@ -21,6 +21,8 @@
 //! refused with a [`BucketError::BadKey`] that names it. `object_store` already retries each
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
 
+pub mod fault;
+
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
