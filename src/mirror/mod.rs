@@ -13,6 +13,8 @@
 //!
 //! - a file still open for writing is skipped (its last close makes it due again), so the
 //!   bucket never sees Kubecost's intermediate state between `ftruncate(0)` and the `write`;
+//!   after an `fsync` it is uploaded while open, but only if it is still in the state the
+//!   fsync flushed (the sink notes its identity when the fsync returns);
 //! - the upload is a consistent snapshot: the file's identity (inode, size, mtime, ctime) is
 //!   taken before reading and checked again after the last byte is read and before the object
 //!   is committed (single PUT, or multipart completion); if it moved, nothing is committed and
@@ -25,7 +27,9 @@
 //! the intent is in the durable journal before the local operation runs. An intent is carried
 //! out alone (no sync task runs at the same time) and only removes objects whose path is
 //! absent locally at that moment; a path that was re-created meanwhile is uploaded instead.
-//! A renamed file whose record still matches is copied server-side rather than uploaded again.
+//! Absent as what the object stands for: a file's object goes unless a file is there (a
+//! directory made at its path does not keep it), a marker unless a directory is. A renamed
+//! file whose record still matches is copied server-side rather than uploaded again.
 //!
 //! # Failures
 //!
@@ -78,7 +82,7 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     /// The last write handle of `ino` was released; `path` is its current name, if any.
     fn writer_closed(&self, ino: u64, path: Option<&Path>);
     /// `path` changed without a write handle (truncate, chmod, utimens, mkdir, link), or was
-    /// fsynced (`urgent`: upload now, even if it is still open).
+    /// fsynced (`urgent`: upload now the state it has now, even if it is still open).
     fn changed(&self, path: &Path, urgent: bool);
     /// Records an intent durably, before the local operation. Returns a token for
     /// [`ChangeSink::finish`].
@@ -154,9 +158,18 @@ impl Stats {
 }
 
 pub(crate) enum Msg {
-    Touch { path: PathBuf, urgent: bool },
-    Intent { seq: u64, intent: Intent },
-    Drain { reply: oneshot::Sender<()> },
+    /// `urgent`: an fsync of the file in this state (see [`ChangeSink::changed`]).
+    Touch {
+        path: PathBuf,
+        urgent: Option<Identity>,
+    },
+    Intent {
+        seq: u64,
+        intent: Intent,
+    },
+    Drain {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// State shared by the sink (FUSE threads) and the worker tasks.
@@ -307,12 +320,20 @@ impl ChangeSink for Mirror {
         if let Some(path) = path {
             self.send(Msg::Touch {
                 path: path.to_owned(),
-                urgent: false,
+                urgent: None,
             });
         }
     }
 
     fn changed(&self, path: &Path, urgent: bool) {
+        // An fsync vouches for the state it flushed, not for what is written after it while
+        // the file stays open: note which state that is, now (the application waits for this
+        // reply before it writes on), so that only it is published.
+        let urgent = urgent
+            .then(|| self.shared.local.stat_beneath(path).ok())
+            .flatten()
+            .filter(|st| st.is_file())
+            .map(|st| Identity::of(&st));
         self.send(Msg::Touch {
             path: path.to_owned(),
             urgent,

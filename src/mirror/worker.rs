@@ -75,8 +75,9 @@ fn report_retry(what: &str, path: Option<&Path>, e: &SyncError, attempt: u32, re
 #[derive(Debug, Clone, Copy)]
 struct Due {
     at: Instant,
-    /// Upload even if a writer has the file open (fsync).
-    urgent: bool,
+    /// Upload now, and even while a writer has the file open if it is still in this state
+    /// (an fsync of it).
+    urgent: Option<Identity>,
     /// Waiting out a failure backoff: a drain does not skip this wait.
     backoff: bool,
 }
@@ -315,7 +316,7 @@ impl Worker {
         match msg {
             Msg::Touch { path, urgent } => {
                 self.note_pending(&path);
-                let delay = if urgent {
+                let delay = if urgent.is_some() {
                     Duration::ZERO
                 } else {
                     self.shared.opts.upload_delay
@@ -328,7 +329,7 @@ impl Worker {
                 });
                 // New activity restarts the quiet period (and ends a backoff wait: the file
                 // changed, so try it afresh); urgency sticks until the upload.
-                entry.at = if urgent {
+                entry.at = if urgent.is_some() {
                     at.min(entry.at)
                 } else {
                     at.max(entry.at)
@@ -337,7 +338,10 @@ impl Worker {
                     entry.at = at;
                     entry.backoff = false;
                 }
-                entry.urgent |= urgent;
+                if urgent.is_some() {
+                    // The latest fsync is the state to publish.
+                    entry.urgent = urgent;
+                }
                 self.enqueue(&path);
             }
             Msg::Intent { seq, intent } => {
@@ -429,7 +433,7 @@ impl Worker {
         let at = Instant::now() + wait;
         let e = self.due.entry(path.clone()).or_insert(Due {
             at,
-            urgent: false,
+            urgent: None,
             backoff: true,
         });
         e.at = e.at.max(at);
@@ -446,7 +450,7 @@ impl Worker {
                     p.clone(),
                     Due {
                         at,
-                        urgent: false,
+                        urgent: None,
                         backoff: false,
                     },
                 );
@@ -586,7 +590,11 @@ fn is_gone(e: &std::io::Error) -> bool {
 }
 
 /// Makes the bucket hold the current local state of `path` (file or directory).
-async fn sync(shared: &Shared, path: &Path, urgent: bool) -> Result<Outcome, SyncError> {
+async fn sync(
+    shared: &Shared,
+    path: &Path,
+    urgent: Option<Identity>,
+) -> Result<Outcome, SyncError> {
     let st = match shared.local.stat_beneath(path) {
         Ok(st) => st,
         // Removed since: the removal's intent takes care of the bucket.
@@ -626,11 +634,13 @@ async fn sync(shared: &Shared, path: &Path, urgent: bool) -> Result<Outcome, Syn
     {
         return Ok(Outcome::Done);
     }
-    if shared.is_busy(st.ino) && !urgent {
-        // Its last close makes it due again.
+    // An open file is published only in the state an fsync vouched for: what was written
+    // since is not complete (its last close makes it due again).
+    let fsynced = urgent == Some(id);
+    if shared.is_busy(st.ino) && !fsynced {
         return Ok(Outcome::Done);
     }
-    upload(shared, path, &st, urgent).await
+    upload(shared, path, &st, fsynced).await
 }
 
 /// Reads the file in a blocking task: all of it (small files) or one chunk.
@@ -640,7 +650,8 @@ async fn read_all(file: Arc<std::fs::File>, path: &Path) -> Result<Vec<u8>, Sync
         (&*file).read_to_end(&mut buf).map(|_| buf)
     })
     .await
-    .expect("read task does not panic")
+    // (cancelled by a runtime shutting down: a read itself does not panic)
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     .map_err(local_err(path))
 }
 
@@ -666,7 +677,8 @@ async fn read_chunk(
         Ok(buf)
     })
     .await
-    .expect("read task does not panic")
+    // (cancelled by a runtime shutting down: a read itself does not panic)
+    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
     .map_err(local_err(path))
 }
 
@@ -823,9 +835,22 @@ fn exists_locally(shared: &Shared, path: &Path) -> bool {
     !matches!(shared.local.stat_beneath(path), Err(e) if is_gone(&e))
 }
 
-/// Deletes the object of a removed file, unless the path exists again.
+/// Whether `path` exists locally as the kind of thing an object there stands for: a directory
+/// for a marker, anything else for a file's object. A path re-created as the other kind does
+/// not keep a removed object alive: a marker left over a file would make a restore show a
+/// directory instead of the file, and a file's object left under a directory would come back
+/// as the removed file once the directory goes too. (A stat that fails otherwise counts as
+/// there: nothing is deleted on a doubt.)
+fn still_there(shared: &Shared, path: &Path, marker: bool) -> bool {
+    match shared.local.stat_beneath(path) {
+        Ok(st) => st.is_dir() == marker,
+        Err(e) => !is_gone(&e),
+    }
+}
+
+/// Deletes the object of a removed file, unless a file exists at the path again.
 async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
-    if exists_locally(shared, path) {
+    if still_there(shared, path, false) {
         return Ok(());
     }
     shared.bucket.delete(path).await?;
@@ -846,7 +871,7 @@ async fn remove_tree(
     let listing = shared.bucket.list(Some(dir)).await?;
     shared.bucket.health().success();
     for obj in listing {
-        if exists_locally(shared, &obj.rel) {
+        if still_there(shared, &obj.rel, obj.is_dir_marker) {
             continue;
         }
         if let (Some(to), false) = (moved_to, obj.is_dir_marker) {

@@ -814,6 +814,17 @@ impl Overlay {
         let mut moved = self.child_id(&old_dir, name);
         let mut replaced = self.child_id(&new_dir, new_name);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
+        if let (Some((_, true)), Some(to), Some(r), false) =
+            (replaced, &to_path, &self.remote, exchange)
+        {
+            if r.index.has_children(to) {
+                // Files only in the bucket are in the directory being replaced, as far as the
+                // application can see (as for rmdir): replacing it would merge the two.
+                return Err(OverlayError::local("rename")(
+                    std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
+                ));
+            }
+        }
         if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
             let from_remote = moved.is_none() && remote.index.file(from).is_some();
             let to_remote = replaced.is_none() && remote.index.file(to).is_some();
@@ -935,12 +946,13 @@ impl Overlay {
     }
 
     fn register_open(&self, ino: Ino, file: File, writable: bool) -> Opened {
+        // (the sink counts writers by local inode; see `local_ino`)
         if writable {
             self.inodes.with_node(ino, |n| {
                 n.writers += 1;
                 n.residency = Residency::Dirty;
             });
-            self.sink.writer_opened(ino);
+            self.sink.writer_opened(local_ino(&file, ino));
         }
         self.inodes.with_node(ino, |n| n.openers += 1);
         let file = Arc::new(file);
@@ -1055,7 +1067,8 @@ impl Overlay {
                 })
                 .unwrap_or(false);
             let path = if last { self.inodes.path(h.ino) } else { None };
-            self.sink.writer_closed(h.ino, path.as_deref());
+            let local = local_ino(&h.file, h.ino);
+            self.sink.writer_closed(local, path.as_deref());
             if last {
                 self.closed(h.ino);
             }
@@ -1304,6 +1317,14 @@ impl Overlay {
     pub fn held_descriptors(&self) -> usize {
         self.inodes.open_fds()
     }
+}
+
+/// The inode number of an open file on the local disk: what the mirror knows a writer by
+/// (and checks before it uploads). A node's id is that number only for files that were local
+/// when the kernel first saw them; one that was bucket-only keeps its synthetic id.
+fn local_ino(file: &File, node: Ino) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().map(|m| m.ino()).unwrap_or(node)
 }
 
 fn is_writable(flags: i32) -> bool {
