@@ -637,11 +637,11 @@ fn load_index(
 /// (bucket-only, and its download fails once the replay has deleted the object), and a
 /// removed directory is created again by [`prepare_local_tree`] and kept for good.
 ///
-/// An intent is journaled *before* its local operation, so a crash can leave one whose
-/// operation never ran: the path it removes or moves away is still there locally. Such an
-/// intent is left out (the mirror's replay finds nothing to do for it either); applying it
-/// would show a directory both under its name and, bucket-only, under the one it was never
-/// renamed to.
+/// What is there locally now decides, path by path, as in the mirror's replay: an intent is
+/// journaled *before* its local operation, so a crash can leave one that never ran (its
+/// source is still there), and a renamed or removed directory can have been created again
+/// since (Kubecost re-creates its directories). A source that is there stays where it is
+/// (applying a rename that never ran would show a directory twice); what is not moves.
 fn apply_pending_intents(index: &Index, state: &StateDir, local: &LocalDir) {
     let intents = match crate::journal::pending_in(state) {
         Ok(intents) => intents,
@@ -654,18 +654,34 @@ fn apply_pending_intents(index: &Index, state: &StateDir, local: &LocalDir) {
         matches!(local.stat_beneath(p), Err(e)
             if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
     };
+    let below = |p: &Path, dir: &Path| p != dir && p.starts_with(dir);
     for intent in &intents {
         match intent {
-            Intent::Remove { path, .. } if !gone(path) => {}
             Intent::Remove { path, dir: false } => {
                 index.remove(path);
             }
             Intent::Remove { path, dir: true } => index.remove_dir(path),
-            Intent::Rename { from, .. } if !gone(from) => {}
             // A bucket-only file (or a directory's bucket-only files) goes on being served under
             // the new name from the old key until the replay moves the objects; a local file
             // that moved is local under its new name, and prepare_local_tree drops the entry.
-            Intent::Rename { from, to, .. } => index.rename(from, to),
+            Intent::Rename { from, to, .. } if gone(from) => index.rename(from, to),
+            Intent::Rename { dir: false, .. } => {}
+            Intent::Rename {
+                from,
+                to,
+                dir: true,
+            } => {
+                for (p, _) in index.files() {
+                    if below(&p, from) && gone(&p) {
+                        index.rename(&p, &crate::index::moved_path(&p, from, to));
+                    }
+                }
+                for d in index.dirs() {
+                    if below(&d, from) && gone(&d) {
+                        index.remove_dir(&d);
+                    }
+                }
+            }
         }
     }
 }

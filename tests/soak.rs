@@ -92,40 +92,44 @@ fn keys(snap: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<&str> {
 /// Found by the soak: removals and renames journaled while the bucket was unreachable, then a
 /// SIGKILL. The restarted mount listed the removed and renamed-away files again (bucket-only,
 /// EIO on open once the journal replay deleted their objects), and created the removed
-/// directory again locally, where it stayed, marker and all.
+/// directory again locally, where it stayed, marker and all. Also a renamed directory created
+/// again under its old name (as Kubecost does): its old files must not show up in it.
 #[test]
 fn removals_journaled_in_an_outage_do_not_come_back_after_sigkill() {
     let t = Target::Cloud(servers::s3_isolated());
     let store = t.store();
     let (mut m, _cfg) = s3_mount(&t, &[]);
     fs::create_dir(m.path("d")).unwrap();
-    for f in ["d/f", "g", "a"] {
+    fs::create_dir(m.path("k")).unwrap();
+    for f in ["d/f", "g", "a", "k/x"] {
         fs::write(m.path(f), f.as_bytes()).unwrap();
     }
     let rt = rt();
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| s.len() == 4);
-    assert_eq!(
-        keys(&snap),
-        ["a", "d/.etlfs-dir", "d/f", "g"],
-        "{}",
-        m.log()
-    );
+    let before = ["a", "d/.etlfs-dir", "d/f", "g", "k/.etlfs-dir", "k/x"];
+    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| keys(s) == before);
+    assert_eq!(keys(&snap), before, "{}", m.log());
 
     t.server().stop();
     fs::remove_file(m.path("g")).unwrap();
     fs::remove_file(m.path("d/f")).unwrap();
     fs::remove_dir(m.path("d")).unwrap();
     fs::rename(m.path("a"), m.path("b")).unwrap();
+    fs::rename(m.path("k"), m.path("k2")).unwrap();
+    fs::create_dir(m.path("k")).unwrap();
     m.signal(rustix::process::Signal::KILL);
     assert!(m.wait_exit(Duration::from_secs(10)).is_some());
     t.server().start();
     m.respawn();
 
-    assert_eq!(names(&m.mnt), ["b"], "through the mount\n{}", m.log());
-    assert_eq!(names(&m.local), ["b"], "the local directory\n{}", m.log());
+    let want = ["b", "k", "k2"];
+    assert_eq!(names(&m.mnt), want, "through the mount\n{}", m.log());
+    assert_eq!(names(&m.local), want, "the local directory\n{}", m.log());
+    assert!(names(&m.path("k")).is_empty(), "{}", m.log());
+    assert_eq!(names(&m.path("k2")), ["x"], "{}", m.log());
     assert_eq!(fs::read(m.path("b")).unwrap(), b"a");
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| keys(s) == ["b"]);
-    assert_eq!(keys(&snap), ["b"], "{}", m.log());
+    let after = ["b", "k/.etlfs-dir", "k2/.etlfs-dir", "k2/x"];
+    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| keys(s) == after);
+    assert_eq!(keys(&snap), after, "{}", m.log());
     assert!(m.stop().success());
 }
 
