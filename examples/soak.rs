@@ -1566,6 +1566,7 @@ impl Workload {
         };
         let post = self.model.clone();
         let mut got = None;
+        let (e0, up0) = (self.sh.epoch.load(Ordering::SeqCst), self.sh.is_up());
         let ok = self.step(
             &format!("read of {path}"),
             Outcomes { post, prefix: None },
@@ -1576,13 +1577,28 @@ impl Workload {
         );
         if let (true, Some(g)) = (ok, got) {
             if g != *want {
-                self.sh.fail(format!(
+                let msg = format!(
                     "reading {path} through the mount: got {}, want {}",
                     describe(&g),
                     describe(&want)
-                ));
+                );
+                self.wrong_answer(e0, up0, &format!("read of {path}"), msg);
             }
         }
+    }
+
+    /// A read or listing answered, but not what the model holds: a failure, unless etlfs was
+    /// being stopped or killed meanwhile (the mount point then shows the bare directory
+    /// underneath for a moment, empty): then the tree is checked once the mount is back.
+    fn wrong_answer(&mut self, e0: u64, up0: bool, what: &str, msg: String) {
+        let chaos = !up0 || !self.sh.is_up() || self.sh.epoch.load(Ordering::SeqCst) != e0;
+        if !chaos {
+            self.sh.fail(msg);
+            return;
+        }
+        let post = self.model.clone();
+        let err = io::Error::other(format!("answered while etlfs was stopping: {msg}"));
+        self.settle(what, &err, Outcomes { post, prefix: None });
     }
 
     fn list_check(&mut self, dir: &str) {
@@ -1595,6 +1611,7 @@ impl Workload {
             .collect();
         let post = self.model.clone();
         let mut got = BTreeSet::new();
+        let (e0, up0) = (self.sh.epoch.load(Ordering::SeqCst), self.sh.is_up());
         let ok = self.step(
             &format!("readdir {dir:?}"),
             Outcomes { post, prefix: None },
@@ -1606,8 +1623,8 @@ impl Workload {
             },
         );
         if ok && got != want {
-            self.sh
-                .fail(format!("readdir {dir:?}: got {got:?}, want {want:?}"));
+            let msg = format!("readdir {dir:?}: got {got:?}, want {want:?}");
+            self.wrong_answer(e0, up0, &format!("readdir {dir:?}"), msg);
         }
     }
 
