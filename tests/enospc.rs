@@ -15,7 +15,6 @@ mod servers;
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
@@ -72,11 +71,7 @@ struct Etlfs {
 
 impl Etlfs {
     fn start(dir: &Path, cfg: &Path, log: &Path) -> Etlfs {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         let child = Command::new(ETLFS)
             .args(["mount", "--upload-delay", "100ms", "--drain-timeout", "30s"])
             .args(["--listen", &format!("127.0.0.1:{port}"), "--config"])

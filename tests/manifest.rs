@@ -16,8 +16,6 @@ mod common;
 mod servers;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,36 +33,14 @@ const MANIFEST: &str = "etl/.etlfs/manifest.v1.jsonl.gz";
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on the status server: the whole response, or `None` if nothing answers.
-fn get(port: u16, path: &str) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).ok()?;
-    Some(raw)
-}
-
 /// The value of an unlabelled sample on `/metrics`, once the mount is ready (after a crash the
 /// dead mount can look mounted before the new daemon has even started its status server).
 fn metric(port: u16, name: &str) -> f64 {
     let ready = poll(30, || {
-        get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+        common::http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
     });
     assert!(ready, "the mount did not get ready");
-    let raw = get(port, "/metrics").expect("the status server answers");
+    let raw = common::http_get(port, "/metrics").expect("the status server answers");
     raw.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} on /metrics:\n{raw}"))
@@ -75,7 +51,7 @@ fn metric(port: u16, name: &str) -> f64 {
 /// A mount on `t` under `--prefix etl` with a status server on its own port, the directory
 /// underneath kept apart (`m.local`) so the test can wipe it.
 fn mount(t: &Target) -> (Mounted, tempfile::NamedTempFile, u16) {
-    let port = free_port();
+    let port = common::free_port();
     let opts = Opts {
         separate_local: true,
         args: vec![

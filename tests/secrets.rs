@@ -14,10 +14,8 @@ mod common;
 mod servers;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::process::{Command, Output};
-use std::time::Duration;
 
 use bucket::{kubecost_write, poll};
 use common::{Mounted, Opts};
@@ -33,29 +31,9 @@ const S3_KEY_ID: &str = "AKIAETLFSKEYID4242";
 const AZURE_WRONG_KEY: &str = "ZXRsZnMgd3Jvbmcga2V5IGZvciB0aGUgc2VjcmV0cyB0ZXN0IDEyMzQ1Ng==";
 const GCS_SECRET: &str = "etlfsGcsPrivateKey0c1d2e3f";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET path` on 127.0.0.1:port, the raw response (head and body), or "" if nothing answers.
 fn get(port: u16, path: &str) -> String {
-    let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
-        return String::new();
-    };
-    conn.set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    let _ = conn.read_to_string(&mut raw);
-    raw
+    common::http_get(port, path).unwrap_or_default()
 }
 
 /// Everything a run produced, labelled, to search and to show on failure.
@@ -165,7 +143,7 @@ fn oneshot(
 fn s3_credentials_never_appear() {
     let server = servers::s3_isolated();
     let cfg = write_config(&s3_yaml(&server, S3_SECRET));
-    let port = free_port();
+    let port = common::free_port();
     let mut t = Transcript::default();
     let mut m = Mounted::with(Opts {
         args: vec![
@@ -240,7 +218,7 @@ fn azure_keys_never_appear_even_when_rejected() {
 
     // The listing is refused, so the mount never comes up (Mounted would wait for it): run
     // the daemon directly, read its log and status server, stop it with SIGTERM.
-    let port = free_port();
+    let port = common::free_port();
     let mnt = tempfile::tempdir().unwrap();
     let log_path = mnt.path().with_extension("log");
     let mut child = Command::new(ETLFS)
@@ -284,7 +262,7 @@ fn gcs_private_key_never_appears() {
     );
     assert!(yaml.contains(GCS_SECRET), "{yaml}");
     let cfg = write_config(&yaml);
-    let port = free_port();
+    let port = common::free_port();
     let mut t = Transcript::default();
     let mut m = Mounted::with(Opts {
         args: vec![

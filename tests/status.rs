@@ -12,8 +12,8 @@ mod servers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
@@ -24,26 +24,9 @@ use common::{Mounted, Opts};
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// `GET path` on 127.0.0.1:port: (status code, body), or `None` if nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).ok()?;
+    let raw = common::http_get(port, path)?;
     let (head, body) = raw.split_once("\r\n\r\n")?;
     let code = head.split_whitespace().nth(1)?.parse().ok()?;
     Some((code, body.to_owned()))
@@ -165,7 +148,7 @@ fn fast_failing_config(server: &servers::Server) -> tempfile::NamedTempFile {
 #[test]
 fn metrics_follow_uploads_deletes_and_fetches() {
     let t = target("s3");
-    let port = free_port();
+    let port = common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let (mut m, _cfg) = bucket::mount_on(
         &t,
@@ -265,7 +248,7 @@ fn metrics_follow_uploads_deletes_and_fetches() {
 fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     let server = servers::s3_isolated();
     let cfg = fast_failing_config(&server);
-    let port = free_port();
+    let port = common::free_port();
     let t = Target::Cloud(server);
     let mut m = Mounted::with(Opts {
         args: vec![
@@ -373,7 +356,7 @@ fn not_ready_until_the_bucket_listing_loads() {
     let server = servers::s3_isolated();
     let cfg = fast_failing_config(&server);
     server.stop();
-    let port = free_port();
+    let port = common::free_port();
     let tmp = tempfile::Builder::new()
         .prefix("etlfs")
         .tempdir_in("/tmp")
@@ -437,7 +420,7 @@ fn not_ready_until_the_bucket_listing_loads() {
 /// `etlfs status` fails, naming the address, when nothing listens there.
 #[test]
 fn status_command_fails_when_nothing_listens() {
-    let port = free_port();
+    let port = common::free_port();
     let out = etlfs_status(port);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);

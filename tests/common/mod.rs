@@ -4,11 +4,37 @@
 #![allow(dead_code)] // each test binary uses a different part of the fixture
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
+
+/// A port nobody listens on right now (for an explicit `--listen`).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port (a status server): the whole raw response, head and body, or
+/// `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = String::new();
+    conn.read_to_string(&mut raw).ok()?;
+    Some(raw)
+}
 
 /// Whether a FUSE mount is at `path` (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
