@@ -333,15 +333,10 @@ fn place(
     let (parent_fd, file_name) = local
         .open_parent(path)
         .map_err(local_err("opening the parent directory"))?;
-    let (uid, gid) = match remote.owner {
-        Some(o) => o,
-        None => {
-            let st = local
-                .stat(parent_fd.as_fd())
-                .map_err(local_err("stat of the parent"))?;
-            (st.uid, st.gid)
-        }
-    };
+    let parent = local
+        .stat(parent_fd.as_fd())
+        .map_err(local_err("stat of the parent"))?;
+    let (uid, gid) = remote.restored_owner((parent.uid, parent.gid));
     match sys::fchownat(file.as_fd(), sys::EMPTY, uid, gid, libc::AT_EMPTY_PATH) {
         Ok(()) => {}
         Err(e) if how.owner_best_effort && e.raw_os_error() == Some(libc::EPERM) => {
@@ -349,8 +344,10 @@ fn place(
         }
         Err(e) => return Err(local_err("chown")(e)),
     }
-    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(remote.mode))
-        .map_err(local_err("chmod"))?;
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        remote.restored_mode(),
+    ))
+    .map_err(local_err("chmod"))?;
     file.set_times(
         std::fs::FileTimes::new()
             .set_modified(remote.mtime)

@@ -89,6 +89,32 @@ pub struct RemoteFile {
     pub source: PathBuf,
 }
 
+/// Permission bits a restore may give a file: the bucket is not trusted (anyone holding its
+/// credentials can write it), so set-uid, set-gid and sticky bits from it are never applied.
+pub const RESTORED_MODE_BITS: u32 = 0o777;
+
+impl RemoteFile {
+    /// The permission bits a restored (or bucket-only, as seen through the mount) file gets:
+    /// the recorded ones without set-uid, set-gid and sticky.
+    pub fn restored_mode(&self) -> u32 {
+        self.mode & RESTORED_MODE_BITS
+    }
+
+    /// The owner a restored file gets: the recorded uid and gid, except that neither is ever 0
+    /// from the bucket. An id that is missing or names root is replaced by the matching id of
+    /// `fallback` (the owner of the directory the file is restored into), so a bucket object
+    /// can make a file root's only where that directory is root's already.
+    pub fn restored_owner(&self, fallback: (u32, u32)) -> (u32, u32) {
+        match self.owner {
+            Some((uid, gid)) => (
+                if uid == 0 { fallback.0 } else { uid },
+                if gid == 0 { fallback.1 } else { gid },
+            ),
+            None => fallback,
+        }
+    }
+}
+
 /// Which object version an index entry (or an upload record) describes: what a manifest entry
 /// carries so the next listing can tell whether the object is still that version.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -752,13 +752,13 @@ enum Restored {
     KeptNewer,
 }
 
-/// Whether the object would restore as this file's size, mtime, mode and (when it records one)
-/// owner — everything but the bytes.
+/// Whether the object would restore as this file's size, mtime, mode and (when it records one
+/// that a restore applies, see [`RemoteFile::restored_owner`]) owner — everything but the bytes.
 fn same_attrs(remote: &RemoteFile, st: &Stat) -> bool {
     remote.size == st.size
         && remote.mtime == st.mtime
-        && remote.mode == st.mode & 0o7777
-        && remote.owner.is_none_or(|o| o == (st.uid, st.gid))
+        && remote.restored_mode() == st.mode & 0o7777
+        && remote.restored_owner((st.uid, st.gid)) == (st.uid, st.gid)
 }
 
 /// SHA-256 of a local file, read with `pread` in a blocking task: the file offset stays where

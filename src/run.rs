@@ -417,8 +417,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         MountOption::FSName(format!("etlfs:{}", plan.local.display())),
         MountOption::Subtype("etlfs".into()),
         MountOption::DefaultPermissions,
-        MountOption::Dev,
-        MountOption::Suid,
+        // The bucket is not trusted: nothing restored from it may grant privilege, and a
+        // set-uid file or a device node planted through another path must not either.
+        MountOption::NoDev,
+        MountOption::NoSuid,
     ];
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));

@@ -362,7 +362,7 @@ impl Overlay {
 
     fn remote_attr(&self, ino: Ino, f: &RemoteFile) -> Attr {
         let root = self.local.root_stat();
-        let (uid, gid) = f.owner.unwrap_or((root.uid, root.gid));
+        let (uid, gid) = f.restored_owner((root.uid, root.gid));
         Attr {
             ino,
             size: f.size,
@@ -371,7 +371,7 @@ impl Overlay {
             mtime: f.mtime,
             ctime: f.mtime,
             kind: FileKind::File,
-            perm: (f.mode & 0o7777) as u16,
+            perm: f.restored_mode() as u16,
             nlink: 1,
             uid,
             gid,
@@ -430,11 +430,11 @@ impl Overlay {
         match self.local.open_beneath(
             &path,
             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
-            f.mode & 0o7777,
+            f.restored_mode(),
         ) {
             Ok(file) => {
                 let root = self.local.root_stat();
-                let (uid, gid) = f.owner.unwrap_or((root.uid, root.gid));
+                let (uid, gid) = f.restored_owner((root.uid, root.gid));
                 let _ = self.local.set_owner(file.as_fd(), Some(uid), Some(gid));
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
