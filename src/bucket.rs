@@ -24,15 +24,16 @@
 pub mod fault;
 
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{
-    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMultipartOptions,
-    PutOptions, PutPayload, WriteMultipart,
+    Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMode,
+    PutMultipartOptions, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
 /// Name of the per-directory marker object.
@@ -61,6 +62,17 @@ pub enum BucketError {
     },
     #[error("metadata of {key}: {reason}")]
     BadMetadata { key: String, reason: String },
+    /// This process may not write the bucket now (see [`Fence`]).
+    #[error("writes to the bucket are stopped: {reason}")]
+    Fenced { reason: String },
+    /// The backend cannot do this kind of request (e.g. a conditional update on FILESYSTEM).
+    #[error("{op} {key}: the bucket cannot do this ({source})")]
+    Unsupported {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: object_store::Error,
+    },
 }
 
 impl BucketError {
@@ -81,7 +93,10 @@ impl BucketError {
                 }
                 false
             }
-            BucketError::NotFound { .. } | BucketError::BadMetadata { .. } => false,
+            BucketError::NotFound { .. }
+            | BucketError::BadMetadata { .. }
+            | BucketError::Fenced { .. }
+            | BucketError::Unsupported { .. } => false,
         }
     }
 
@@ -104,6 +119,11 @@ impl BucketError {
         move |source| match source {
             object_store::Error::NotFound { .. } => BucketError::NotFound {
                 key: key.to_string(),
+            },
+            source @ object_store::Error::NotImplemented { .. } => BucketError::Unsupported {
+                op,
+                key: key.to_string(),
+                source,
             },
             source => BucketError::Store {
                 op,
@@ -192,6 +212,74 @@ pub fn normalize_e_tag(e: &str) -> String {
     e.trim_matches('"').to_owned()
 }
 
+/// Whether this process may write the bucket: one writer per prefix (the lease, in
+/// `crate::lease`, decides; this is where every write obeys). Shared by every clone of a
+/// [`Bucket`]. While fenced, every write (upload, delete, copy, marker, manifest) fails with
+/// [`BucketError::Fenced`] before a request is sent; reads go on. Checked per request, so a
+/// fence holds from the moment it is raised: nothing is written after it, whatever was queued.
+#[derive(Debug, Default)]
+pub struct Fence {
+    fenced: AtomicBool,
+    reason: Mutex<Option<String>>,
+}
+
+impl Fence {
+    /// Stops every write from now on, saying why.
+    pub fn raise(&self, reason: String) {
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        self.fenced.store(true, Ordering::SeqCst);
+    }
+
+    /// Lets writes through again.
+    pub fn lift(&self) {
+        self.fenced.store(false, Ordering::SeqCst);
+        *self.reason.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// Why writes are stopped, if they are.
+    pub fn reason(&self) -> Option<String> {
+        if !self.fenced.load(Ordering::SeqCst) {
+            return None;
+        }
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn check(&self) -> Result<()> {
+        match self.reason() {
+            None => Ok(()),
+            Some(reason) => Err(BucketError::Fenced { reason }),
+        }
+    }
+}
+
+/// Which version of an object a conditional write expects (its e_tag, and the backend's
+/// version or generation where it has one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// How [`Bucket::put_reserved`] may write.
+#[derive(Debug, Clone)]
+pub enum WriteIf {
+    /// Only if no such object exists.
+    Absent,
+    /// Only if the object is still this version.
+    Is(ObjectVersion),
+}
+
+/// The outcome of a conditional write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Conditional {
+    Written(ObjectVersion),
+    /// The condition did not hold: another writer was first.
+    Conflict,
+}
+
 /// The bucket, with its key prefix.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -202,6 +290,8 @@ pub struct Bucket {
     extra_metadata: Vec<(String, String)>,
     /// Shared by every clone: the mirror and the fetcher report their outcomes here.
     health: Arc<crate::counters::Health>,
+    /// Shared by every clone: whether writes are allowed.
+    fence: Arc<Fence>,
 }
 
 /// Directory listings in flight at once while walking the bucket.
@@ -245,7 +335,13 @@ impl Bucket {
             user_metadata,
             extra_metadata,
             health: Arc::default(),
+            fence: Arc::default(),
         }
+    }
+
+    /// Whether writes are allowed ([`Fence`]).
+    pub fn fence(&self) -> &Arc<Fence> {
+        &self.fence
     }
 
     /// Whether the bucket answers, as the operations made through this bucket saw it.
@@ -389,6 +485,7 @@ impl Bucket {
         if self.user_metadata {
             return Ok(());
         }
+        self.fence.check()?;
         let key = self.meta_key(rel)?;
         let body = serde_json::to_vec(meta).expect("FileMeta serializes");
         self.store
@@ -406,6 +503,7 @@ impl Bucket {
         meta: &FileMeta,
     ) -> Result<Option<String>> {
         let key = self.key(rel)?;
+        self.fence.check()?;
         let opts = PutOptions {
             attributes: self.attributes(meta),
             ..Default::default()
@@ -421,6 +519,7 @@ impl Bucket {
 
     /// Starts a streamed (multipart) upload; nothing is visible until [`Upload::finish`].
     pub async fn start_upload(&self, rel: &Path, meta: &FileMeta) -> Result<Upload> {
+        self.fence.check()?;
         let key = self.key(rel)?;
         let opts = PutMultipartOptions {
             attributes: self.attributes(meta),
@@ -450,6 +549,7 @@ impl Bucket {
     }
 
     async fn delete_key(&self, key: &Key) -> Result<()> {
+        self.fence.check()?;
         match self.store.delete(key).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(BucketError::store("delete", key)(e)),
@@ -458,6 +558,7 @@ impl Bucket {
 
     /// Server-side copy of a file's object (and sidecar) to another path.
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
+        self.fence.check()?;
         let (fk, tk) = (self.key(from)?, self.key(to)?);
         self.store
             .copy(&fk, &tk)
@@ -475,6 +576,7 @@ impl Bucket {
 
     /// Creates the marker object of a directory.
     pub async fn put_dir_marker(&self, dir: &Path) -> Result<()> {
+        self.fence.check()?;
         let key = self.marker_key(dir)?;
         self.store
             .put(&key, PutPayload::new())
@@ -707,6 +809,92 @@ impl Bucket {
         Ok(seen(Some(meta)))
     }
 
+    fn reserved_key(&self, name: &str) -> Key {
+        Key::parse(self.join(&format!("{RESERVED}/{name}"))).expect("valid segments")
+    }
+
+    /// The key of etlfs' own object `name` under the reserved prefix, for messages.
+    pub fn reserved_key_name(&self, name: &str) -> String {
+        self.reserved_key(name).to_string()
+    }
+
+    /// etlfs' own object `name` (under the reserved prefix) and its version, if it exists.
+    pub async fn get_reserved(&self, name: &str) -> Result<Option<(Bytes, ObjectVersion)>> {
+        let key = self.reserved_key(name);
+        let res = match self.store.get(&key).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(BucketError::store("get", &key)(e)),
+        };
+        let version = ObjectVersion {
+            e_tag: res.meta.e_tag.clone(),
+            version: res.meta.version.clone(),
+        };
+        let body = res.bytes().await.map_err(BucketError::store("get", &key))?;
+        Ok(Some((body, version)))
+    }
+
+    /// Writes etlfs' own object `name` only if `cond` holds, with the backend's conditional
+    /// requests (S3 `If-None-Match`/`If-Match`, GCS generation match, Azure `If-Match`). Not
+    /// fenced: this is how the lease itself is kept. A backend that cannot do the request
+    /// (FILESYSTEM has no conditional update) answers [`BucketError::Unsupported`].
+    pub async fn put_reserved(
+        &self,
+        name: &str,
+        body: Bytes,
+        cond: WriteIf,
+    ) -> Result<Conditional> {
+        let key = self.reserved_key(name);
+        let mode = match cond {
+            WriteIf::Absent => PutMode::Create,
+            WriteIf::Is(v) => PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag,
+                version: v.version,
+            }),
+        };
+        let opts = PutOptions {
+            mode,
+            ..Default::default()
+        };
+        match self
+            .store
+            .put_opts(&key, PutPayload::from(body), opts)
+            .await
+        {
+            Ok(r) => Ok(Conditional::Written(ObjectVersion {
+                e_tag: r.e_tag,
+                version: r.version,
+            })),
+            Err(object_store::Error::AlreadyExists { .. })
+            | Err(object_store::Error::Precondition { .. }) => Ok(Conditional::Conflict),
+            Err(e) => Err(BucketError::store("conditional put", &key)(e)),
+        }
+    }
+
+    /// Overwrites etlfs' own object `name` unconditionally (only where the backend cannot do
+    /// a conditional update: the caller checked the version just before). Not fenced.
+    pub async fn overwrite_reserved(&self, name: &str, body: Bytes) -> Result<ObjectVersion> {
+        let key = self.reserved_key(name);
+        let r = self
+            .store
+            .put(&key, PutPayload::from(body))
+            .await
+            .map_err(BucketError::store("put", &key))?;
+        Ok(ObjectVersion {
+            e_tag: r.e_tag,
+            version: r.version,
+        })
+    }
+
+    /// Deletes etlfs' own object `name`. Not fenced. A missing object is not an error.
+    pub async fn delete_reserved(&self, name: &str) -> Result<()> {
+        let key = self.reserved_key(name);
+        match self.store.delete(&key).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(BucketError::store("delete", &key)(e)),
+        }
+    }
+
     fn manifest_key(&self) -> Key {
         Key::parse(self.join(&format!("{RESERVED}/{MANIFEST}"))).expect("valid segments")
     }
@@ -731,6 +919,7 @@ impl Bucket {
     /// — read back with a HEAD, because a PUT answers no time — or `None` if the HEAD found
     /// another version already (a concurrent writer) or failed.
     pub async fn put_manifest(&self, body: Bytes) -> Result<Option<SystemTime>> {
+        self.fence.check()?;
         let key = self.manifest_key();
         let put = self
             .store
@@ -776,6 +965,8 @@ impl Upload {
 
     /// Completes the upload: the object appears atomically. Returns its normalized e_tag.
     pub async fn finish(self, bucket: &Bucket) -> Result<Option<String>> {
+        // Completion is what makes the object visible: a fence raised during the upload holds.
+        bucket.fence.check()?;
         let res = self
             .writer
             .finish()

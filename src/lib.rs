@@ -14,6 +14,7 @@ pub mod fetch;
 pub mod fuse;
 pub mod index;
 pub mod journal;
+pub mod lease;
 pub mod local;
 pub mod mirror;
 pub mod oneshot;

@@ -87,6 +87,18 @@ enum Command {
         /// between, for this long.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         degraded_after: std::time::Duration,
+        /// Take the prefix's lease even from a live holder (another etlfs, which then stops
+        /// writing the bucket) or from a lease object this etlfs cannot read.
+        #[arg(long, conflicts_with = "no_lease")]
+        takeover: bool,
+        /// Do not take the lease: nothing then stops a second etlfs from writing the same prefix
+        /// (for buckets without conditional writes).
+        #[arg(long)]
+        no_lease: bool,
+        /// How often the lease is renewed; another node may take it over after three periods
+        /// without a renewal.
+        #[arg(long, default_value = "10s", value_parser = parse_period, value_name = "DURATION")]
+        lease_period: std::time::Duration,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -98,6 +110,10 @@ enum Command {
     },
     /// One shot, no mount: upload every file of DIR that the bucket lacks or holds stale.
     Backup {
+        /// Upload without taking the prefix's lease, even while a mount holds it (the two may
+        /// then overwrite each other's uploads).
+        #[arg(long)]
+        ignore_lease: bool,
         #[command(flatten)]
         target: OneshotArgs,
     },
@@ -176,6 +192,17 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok((n * mult) as u64)
 }
 
+/// A lease period: whole seconds, at least one (the lease records it in seconds).
+fn parse_period(s: &str) -> Result<std::time::Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e}"))?;
+    if d < std::time::Duration::from_secs(1) || d.subsec_nanos() != 0 {
+        return Err(format!(
+            "{s:?}: the lease period is whole seconds, at least 1s"
+        ));
+    }
+    Ok(d)
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         // fuser logs an expected double-unmount attempt as a warning at every clean shutdown;
@@ -220,6 +247,9 @@ fn main() -> ExitCode {
             max_local_bytes,
             listen,
             degraded_after,
+            takeover,
+            no_lease,
+            lease_period,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -237,9 +267,16 @@ fn main() -> ExitCode {
             max_local_bytes,
             listen,
             degraded_after,
+            lease: (!no_lease).then_some(run::LeaseArgs {
+                takeover,
+                period: lease_period,
+            }),
         }),
         Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
-        Command::Backup { target } => oneshot_result(oneshot::backup(&target.into())),
+        Command::Backup {
+            ignore_lease,
+            target,
+        } => oneshot_result(oneshot::backup(&target.into(), ignore_lease)),
         Command::Restore { force, target } => {
             oneshot_result(oneshot::restore(&target.into(), force))
         }

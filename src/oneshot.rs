@@ -83,6 +83,8 @@ pub enum OneshotError {
     Usage(#[from] UsageError),
     #[error("listing the bucket: {0}")]
     List(#[source] BucketError),
+    #[error("taking the lease: {0}")]
+    Lease(#[source] BucketError),
     #[error("scanning {dir}: {source}")]
     Scan {
         dir: PathBuf,
@@ -139,10 +141,39 @@ fn is_gone(e: &io::Error) -> bool {
 }
 
 /// `etlfs backup`: uploads what the bucket lacks or holds stale.
-pub fn backup(target: &Target) -> Result<(), OneshotError> {
+///
+/// A backup writes the bucket, so it is a writer like a mount: it takes the prefix's lease for
+/// its run (refused while a mount holds it; see [`crate::lease`]), unless `ignore_lease`.
+pub fn backup(target: &Target, ignore_lease: bool) -> Result<(), OneshotError> {
     let ctx = Ctx::open(target)?;
-    ctx.rt.block_on(ctx.backup())
+    if ignore_lease {
+        tracing::warn!(
+            "--ignore-lease: writing the bucket without the lease; a mount that holds it may overwrite what this backup uploads, and the other way round"
+        );
+        return ctx.rt.block_on(ctx.backup());
+    }
+    let holder = crate::lease::Holder {
+        writer: crate::lease::new_writer_id().map_err(OneshotError::Runtime)?,
+        serving: ctx.dir.display().to_string(),
+        period: BACKUP_LEASE_PERIOD,
+    };
+    let lease = ctx
+        .rt
+        .block_on(crate::lease::acquire(&ctx.bucket, holder, false))
+        .map_err(|e| match e {
+            crate::lease::LeaseError::Bucket(b) => OneshotError::Lease(b),
+            e => OneshotError::Usage(UsageError::Lease(e)),
+        })?;
+    let lease = Arc::new(lease);
+    let keeper = ctx.rt.spawn(Arc::clone(&lease).keep());
+    let res = ctx.rt.block_on(ctx.backup());
+    keeper.abort();
+    ctx.rt.block_on(lease.release());
+    res
 }
+
+/// How often a backup renews its lease.
+const BACKUP_LEASE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `etlfs restore`: downloads what the directory lacks; `force` also replaces local files that
 /// are newer than the bucket's.

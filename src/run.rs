@@ -65,6 +65,18 @@ pub struct MountArgs {
     pub listen: String,
     /// How long bucket operations must keep failing before `/status` says `degraded`.
     pub degraded_after: std::time::Duration,
+    /// The lease that makes this mount the one writer of its prefix (`None`: `--no-lease`).
+    pub lease: Option<LeaseArgs>,
+}
+
+/// How a writer takes and keeps the lease (see [`crate::lease`]).
+#[derive(Debug, Clone)]
+pub struct LeaseArgs {
+    /// Take the lease even from a live holder (which then stops writing) or an unreadable
+    /// lease object.
+    pub takeover: bool,
+    /// How often the lease is renewed; it expires after three periods without a renewal.
+    pub period: std::time::Duration,
 }
 
 /// Invocation errors: reported with exit code 2.
@@ -101,6 +113,8 @@ pub enum UsageError {
     Listen(#[from] crate::status::StatusError),
     #[error("ETLFS_FD_BUDGET={0:?}: expected a number of descriptors, at least 16")]
     FdBudget(String),
+    #[error(transparent)]
+    Lease(crate::lease::LeaseError),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -325,8 +339,37 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         plan.mountpoint.display().to_string(),
         args.degraded_after,
         Arc::clone(bucket.health()),
+        Arc::clone(bucket.fence()),
     );
     crate::status::serve(listener, Arc::clone(&status), rt.handle()).map_err(UsageError::from)?;
+
+    // One writer per prefix: the lease first, so that a second mount is refused before it
+    // shows anything or writes anything.
+    let lease = match &args.lease {
+        None => {
+            warn!("--no-lease: nothing stops a second etlfs from writing this prefix too");
+            None
+        }
+        Some(l) => {
+            let holder = crate::lease::Holder {
+                writer: state
+                    .writer_id()
+                    .map_err(|source| UsageError::Inaccessible {
+                        what: "state directory",
+                        path: plan.state_dir.clone(),
+                        source,
+                    })?,
+                serving: plan.mountpoint.display().to_string(),
+                period: l.period,
+            };
+            let Some(lease) = take_lease(&rt, &bucket, holder, l.takeover, &rx)? else {
+                return Ok(());
+            };
+            let lease = Arc::new(lease);
+            rt.spawn(Arc::clone(&lease).keep());
+            Some(lease)
+        }
+    };
 
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
@@ -484,14 +527,25 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Nothing can change any more: upload what is pending, within the deadline. What is left
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::mirror::Stats::get(&mirror.stats().pending);
-    info!(pending, timeout = ?args.drain_timeout, "draining pending uploads");
-    if rt.block_on(mirror.drain(args.drain_timeout)) {
-        info!("all changes are in the bucket");
-    } else {
+    if lease.as_ref().is_some_and(|l| l.lost()) {
+        // Another node writes the prefix now; ours stay in the journal and the upload records.
         warn!(
-            pending = crate::mirror::Stats::get(&mirror.stats().pending),
-            "drain timed out; the rest is uploaded at the next start"
+            pending,
+            "the lease was lost: nothing is uploaded; the changes stay on the local disk"
         );
+    } else {
+        info!(pending, timeout = ?args.drain_timeout, "draining pending uploads");
+        if rt.block_on(mirror.drain(args.drain_timeout)) {
+            info!("all changes are in the bucket");
+        } else {
+            warn!(
+                pending = crate::mirror::Stats::get(&mirror.stats().pending),
+                "drain timed out; the rest is uploaded at the next start"
+            );
+        }
+    }
+    if let Some(lease) = &lease {
+        rt.block_on(lease.release());
     }
     match ended {
         // After an unmount (above all a lazy one), the kernel may end the connection by
@@ -586,6 +640,40 @@ fn unmount(mountpoint: &Path) {
             // Not mounted any more (someone unmounted it first): the session ends by itself.
         }
         Err(e) => warn!(error = %e, "unmount failed"),
+    }
+}
+
+/// Takes the lease, retrying with backoff while the bucket is unreachable. `None` if a signal
+/// asked us to stop first; a live holder, an unreadable lease or a bucket without conditional
+/// writes is a [`UsageError`] (exit code 2).
+fn take_lease(
+    rt: &tokio::runtime::Runtime,
+    bucket: &Bucket,
+    holder: crate::lease::Holder,
+    takeover: bool,
+    signals: &mpsc::Receiver<Event>,
+) -> anyhow::Result<Option<crate::lease::Lease>> {
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        match rt.block_on(crate::lease::acquire(bucket, holder.clone(), takeover)) {
+            Ok(lease) => return Ok(Some(lease)),
+            Err(e) if e.is_usage() => return Err(UsageError::Lease(e).into()),
+            Err(e) => {
+                if e.is_outage() {
+                    bucket.health().failure();
+                }
+                warn!(error = %e, retry_in = ?wait, "cannot take the lease yet; the mount waits for the bucket");
+            }
+        }
+        match signals.recv_timeout(wait) {
+            Ok(Event::Signal(sig)) => {
+                info!(signal = sig, "stopping before the mount");
+                return Ok(None);
+            }
+            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

@@ -91,6 +91,22 @@ impl StateDir {
         sys::renameat2(self.fd(), &tmp, self.fd(), &name(file), 0)
     }
 
+    /// This state directory's writer id (see `crate::lease`): made once, then read back, so a
+    /// restarted etlfs over the same directory is recognised as the lease's own holder.
+    pub fn writer_id(&self) -> io::Result<String> {
+        const FILE: &str = "writer-id";
+        match self.read(FILE) {
+            Ok(b) if b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit) => {
+                Ok(String::from_utf8(b).expect("hex is ASCII"))
+            }
+            Ok(_) | Err(_) => {
+                let id = crate::lease::new_writer_id()?;
+                self.write_atomic(FILE, id.as_bytes())?;
+                Ok(id)
+            }
+        }
+    }
+
     /// Creates a new, uniquely named temporary file for a download. Returns it and its name.
     pub fn create_temp(&self, mode: u32) -> io::Result<(File, CString)> {
         loop {

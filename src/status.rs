@@ -16,8 +16,10 @@
 //!
 //! # States
 //!
-//! `starting` until the mount is up, then `ready`; `degraded` instead of `ready` while bucket
-//! operations have been failing with no success in between for longer than `--degraded-after`
+//! `starting` until the mount is up, then `ready`; `degraded` instead of `ready` while writes to
+//! the bucket are stopped (the lease was lost or cannot be renewed: [`crate::lease`]), or while
+//! bucket operations have been failing with no success in between for longer than
+//! `--degraded-after`
 //! (see [`crate::counters::Health`]: the verdict comes from the real uploads, deletes,
 //! downloads and listings, so an idle mount is never probed and never degraded); `draining`
 //! from SIGTERM until the process exits.
@@ -46,6 +48,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
 
+use crate::bucket::Fence;
 use crate::counters::{Health, Latency, now_ms};
 use crate::fetch::Fetcher;
 use crate::index::Index;
@@ -126,6 +129,8 @@ pub struct Status {
     phase: AtomicU8,
     degraded_after: Duration,
     health: Arc<Health>,
+    /// Whether this mount may write the bucket (the lease; see [`crate::lease`]).
+    fence: Arc<Fence>,
     sources: OnceLock<Sources>,
     mountpoint: String,
     started: SystemTime,
@@ -161,17 +166,25 @@ pub(crate) struct Figures<'a> {
     pub bucket_failures: u64,
     pub bucket_last_success_ms: u64,
     pub bucket_failing_since_ms: u64,
+    /// Why writes to the bucket are stopped (the lease), if they are.
+    pub writes_stopped: Option<String>,
     pub upload_latency: Option<&'a Latency>,
     pub fetch_latency: Option<&'a Latency>,
 }
 
 impl Status {
     /// A mount that is `starting`. `health` is the bucket's ([`crate::bucket::Bucket::health`]).
-    pub fn new(mountpoint: String, degraded_after: Duration, health: Arc<Health>) -> Arc<Status> {
+    pub fn new(
+        mountpoint: String,
+        degraded_after: Duration,
+        health: Arc<Health>,
+        fence: Arc<Fence>,
+    ) -> Arc<Status> {
         Arc::new(Status {
             phase: AtomicU8::new(PHASE_STARTING),
             degraded_after,
             health,
+            fence,
             sources: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
@@ -203,6 +216,7 @@ impl Status {
         match self.phase.load(Ordering::Relaxed) {
             PHASE_STARTING => State::Starting,
             PHASE_DRAINING => State::Draining,
+            _ if self.fence.reason().is_some() => State::Degraded,
             _ => {
                 let since = self.health.failing_since_ms();
                 let failing_for = Duration::from_millis(now_ms().saturating_sub(since));
@@ -221,6 +235,7 @@ impl Status {
             bucket_failures: self.health.failures(),
             bucket_last_success_ms: self.health.last_success_ms(),
             bucket_failing_since_ms: self.health.failing_since_ms(),
+            writes_stopped: self.fence.reason(),
             ..Figures::default()
         };
         let Some(s) = self.sources.get() else {
@@ -274,6 +289,7 @@ impl Status {
                 last_success: time_of(f.bucket_last_success_ms),
                 failing_since: time_of(f.bucket_failing_since_ms),
                 failures: f.bucket_failures,
+                writes_stopped: f.writes_stopped.clone(),
             },
             pending: PendingReport {
                 changes: f.pending,
@@ -351,6 +367,10 @@ pub struct BucketReport {
     pub failing_since: Option<String>,
     /// Failed bucket operations since start.
     pub failures: u64,
+    /// Why this mount does not write the bucket now (the lease was lost, or could not be
+    /// renewed), if it does not: the state is `degraded` meanwhile.
+    #[serde(default)]
+    pub writes_stopped: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -615,6 +635,9 @@ pub fn human(addr: &str, r: &Report) -> String {
         None => format!("ok (last answer {})", ago(&r.bucket.last_success)),
     };
     line(&mut out, format!("bucket:   {bucket}"));
+    if let Some(why) = &r.bucket.writes_stopped {
+        line(&mut out, format!("writes:   STOPPED: {why}"));
+    }
     let oldest = r
         .pending
         .oldest_age_seconds
@@ -689,7 +712,13 @@ mod tests {
     #[test]
     fn degraded_only_after_the_threshold_and_never_while_starting() {
         let health = Arc::new(Health::default());
-        let s = Status::new("/m".into(), Duration::from_millis(50), Arc::clone(&health));
+        let fence = Arc::new(Fence::default());
+        let s = Status::new(
+            "/m".into(),
+            Duration::from_millis(50),
+            Arc::clone(&health),
+            Arc::clone(&fence),
+        );
         health.failure();
         assert_eq!(s.state(), State::Starting);
         s.set_ready();
@@ -698,6 +727,14 @@ mod tests {
         assert_eq!(s.state(), State::Degraded);
         health.success();
         assert_eq!(s.state(), State::Ready);
+        fence.raise("lease lost".into());
+        assert_eq!(s.state(), State::Degraded);
+        assert_eq!(
+            s.report().bucket.writes_stopped.as_deref(),
+            Some("lease lost")
+        );
+        fence.lift();
+        assert_eq!(s.state(), State::Ready);
         s.set_draining();
         s.set_ready();
         assert_eq!(s.state(), State::Draining);
@@ -705,7 +742,12 @@ mod tests {
 
     #[test]
     fn the_report_round_trips_and_renders() {
-        let s = Status::new("/m".into(), Duration::from_secs(30), Arc::default());
+        let s = Status::new(
+            "/m".into(),
+            Duration::from_secs(30),
+            Arc::default(),
+            Arc::default(),
+        );
         let r = s.report();
         let json = serde_json::to_string(&r).unwrap();
         let back: Report = serde_json::from_str(&json).unwrap();

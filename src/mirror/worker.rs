@@ -62,9 +62,11 @@ fn worth_a_warning(attempt: u32) -> bool {
 }
 
 /// Logs a failed attempt that will be retried: at `warn` while it is news, then at `debug`.
+/// Writes refused by the lease's fence are never news: the lease said why, once.
 fn report_retry(what: &str, path: Option<&Path>, e: &SyncError, attempt: u32, retry_in: Duration) {
     let path = path.map(|p| p.display().to_string()).unwrap_or_default();
-    if worth_a_warning(attempt) {
+    let fenced = matches!(e, SyncError::Bucket(BucketError::Fenced { .. }));
+    if worth_a_warning(attempt) && !fenced {
         warn!(path, error = %e, attempt, ?retry_in, "{what}");
     } else {
         debug!(path, error = %e, attempt, ?retry_in, "{what}");

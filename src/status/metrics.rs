@@ -225,6 +225,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Bucket operations that failed after object_store's own retries (outages, refusals)",
             f.bucket_failures,
         )?;
+        gauge(
+            e,
+            "etlfs_bucket_writes_stopped",
+            "1 while this mount does not write the bucket (the lease was lost or cannot be renewed)",
+            i64::from(f.writes_stopped.is_some()),
+        )?;
         gauge_f(
             e,
             "etlfs_bucket_last_success_timestamp_seconds",
