@@ -189,14 +189,45 @@ struct Held {
     lost: bool,
 }
 
-/// Takes the lease for `holder`, or says why not. `takeover`: take it even from a live holder
-/// or an unreadable object.
-pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<Lease, LeaseError> {
-    let key = bucket.reserved_key_name(LEASE);
-    let started = SystemTime::now();
-    loop {
+/// Taking the lease, one attempt at a time (so that the caller can stop between attempts).
+///
+/// A lease held by another writer and not expired may still be a dead one (a node that
+/// crashed, a lost volume's earlier run): it is watched until it is either renewed — a live
+/// holder: refused — or expires — a dead one: taken over. A live holder is thus refused within
+/// about one of its periods, and a new node after a crash comes up by itself once the dead
+/// node's lease has expired, with no operator needed.
+#[derive(Debug)]
+pub struct Acquire {
+    holder: Holder,
+    takeover: bool,
+    started: SystemTime,
+    /// The other holder's lease as first seen, while waiting for it to change or expire.
+    watching: Option<Bytes>,
+}
+
+impl Acquire {
+    /// `takeover`: take the lease even from a live holder or an unreadable object.
+    pub fn new(holder: Holder, takeover: bool) -> Acquire {
+        Acquire {
+            holder,
+            takeover,
+            started: SystemTime::now(),
+            watching: None,
+        }
+    }
+
+    /// How long to wait before the next attempt while watching a holder.
+    pub fn watch_interval(&self) -> Duration {
+        const MAX: Duration = Duration::from_secs(2);
+        (self.holder.period / 4).clamp(Duration::from_millis(200), MAX)
+    }
+
+    /// One attempt: the lease, `None` to try again after [`Acquire::watch_interval`] (a holder
+    /// is being watched), or why it cannot be taken.
+    pub async fn attempt(&mut self, bucket: &Bucket) -> Result<Option<Lease>, LeaseError> {
+        let key = bucket.reserved_key_name(LEASE);
+        let holder = &self.holder;
         let now = SystemTime::now();
-        let body = Bytes::from(serde_json::to_vec(&holder.body(started, now)).expect("serializes"));
         let current = bucket
             .get_reserved(LEASE)
             .await
@@ -210,17 +241,29 @@ pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<
                             info!("taking back this state directory's own lease");
                         } else if l.expired(now) {
                             info!(holder = %l.describe(now), "taking over an expired lease");
-                        } else if takeover {
+                        } else if self.takeover {
                             warn!(holder = %l.describe(now), "--takeover: taking the lease from a live holder; it stops writing at its next renewal");
                         } else {
-                            return Err(LeaseError::Held {
-                                key,
-                                holder: l.describe(now),
-                                expires: l
-                                    .expires_at()
-                                    .map(|t| humantime::format_rfc3339_seconds(t).to_string())
-                                    .unwrap_or_else(|| "unknown".into()),
-                            });
+                            match &self.watching {
+                                None => {
+                                    info!(holder = %l.describe(now), "the lease is held; waiting to see it renewed (then this start is refused) or expire (then it is taken over)");
+                                    self.watching = Some(bytes);
+                                    return Ok(None);
+                                }
+                                Some(first) if *first == bytes => return Ok(None),
+                                Some(_) => {
+                                    return Err(LeaseError::Held {
+                                        key,
+                                        holder: l.describe(now),
+                                        expires: l
+                                            .expires_at()
+                                            .map(|t| {
+                                                humantime::format_rfc3339_seconds(t).to_string()
+                                            })
+                                            .unwrap_or_else(|| "unknown".into()),
+                                    });
+                                }
+                            }
                         }
                     }
                     other => {
@@ -228,7 +271,7 @@ pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<
                             Ok(l) => format!("format {:?}", l.format),
                             Err(e) => e.to_string(),
                         };
-                        if !takeover {
+                        if !self.takeover {
                             return Err(LeaseError::Unreadable { key, reason });
                         }
                         warn!(reason, "--takeover: replacing an unreadable lease object");
@@ -237,39 +280,49 @@ pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<
                 WriteIf::Is(version)
             }
         };
+        let body = |at| {
+            Bytes::from(serde_json::to_vec(&holder.body(self.started, at)).expect("serializes"))
+        };
         // Created or updated, then updated once more at once: that proves that this bucket
         // can do both kinds of conditional write before anything depends on them.
-        let written = match write(bucket, body, cond).await {
+        let written = match write(bucket, body(now), cond).await {
             Ok(Conditional::Written(v)) => {
-                let body = Bytes::from(
-                    serde_json::to_vec(&holder.body(started, SystemTime::now()))
-                        .expect("serializes"),
-                );
-                write(bucket, body, WriteIf::Is(v)).await
+                write(bucket, body(SystemTime::now()), WriteIf::Is(v)).await
             }
             other => other,
         };
         match written {
             Ok(Conditional::Written(version)) => {
                 info!(key, period = ?holder.period, "holding the lease: this is the one writer of the prefix");
-                return Ok(Lease {
+                Ok(Some(Lease {
                     bucket: bucket.clone(),
-                    holder,
-                    started,
+                    holder: holder.clone(),
+                    started: self.started,
                     state: std::sync::Mutex::new(Held {
                         version,
                         renewed: now,
                         lost: false,
                     }),
-                });
+                }))
             }
             // Someone else wrote it between our read and our write: look again.
-            Ok(Conditional::Conflict) => continue,
+            Ok(Conditional::Conflict) => Ok(None),
             Err(e @ BucketError::Store { .. }) if !e.is_outage() => {
-                return Err(LeaseError::NoConditionalWrites { key, source: e });
+                Err(LeaseError::NoConditionalWrites { key, source: e })
             }
-            Err(e) => return Err(LeaseError::Bucket(e)),
+            Err(e) => Err(LeaseError::Bucket(e)),
         }
+    }
+}
+
+/// Takes the lease for `holder` (waiting while a holder is watched), or says why not.
+pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<Lease, LeaseError> {
+    let mut a = Acquire::new(holder, takeover);
+    loop {
+        if let Some(lease) = a.attempt(bucket).await? {
+            return Ok(lease);
+        }
+        tokio::time::sleep(a.watch_interval()).await;
     }
 }
 

@@ -653,19 +653,24 @@ fn take_lease(
     takeover: bool,
     signals: &mpsc::Receiver<Event>,
 ) -> anyhow::Result<Option<crate::lease::Lease>> {
+    let mut acquire = crate::lease::Acquire::new(holder, takeover);
     let mut wait = std::time::Duration::from_millis(500);
     loop {
-        match rt.block_on(crate::lease::acquire(bucket, holder.clone(), takeover)) {
-            Ok(lease) => return Ok(Some(lease)),
+        let next = match rt.block_on(acquire.attempt(bucket)) {
+            Ok(Some(lease)) => return Ok(Some(lease)),
+            Ok(None) => acquire.watch_interval(),
             Err(e) if e.is_usage() => return Err(UsageError::Lease(e).into()),
             Err(e) => {
                 if e.is_outage() {
                     bucket.health().failure();
                 }
                 warn!(error = %e, retry_in = ?wait, "cannot take the lease yet; the mount waits for the bucket");
+                let w = wait;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                w
             }
-        }
-        match signals.recv_timeout(wait) {
+        };
+        match signals.recv_timeout(next) {
             Ok(Event::Signal(sig)) => {
                 info!(signal = sig, "stopping before the mount");
                 return Ok(None);
@@ -673,7 +678,6 @@ fn take_lease(
             Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
         }
-        wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
 }
 

@@ -59,6 +59,10 @@ fn mount(t: &Target) -> (Mounted, tempfile::NamedTempFile, u16) {
             PREFIX.into(),
             "--listen".into(),
             format!("127.0.0.1:{port}"),
+            // A killed mount whose volume is then lost leaves a lease no state directory
+            // remembers: the next start waits for it to expire (three periods).
+            "--lease-period".into(),
+            "1s".into(),
         ],
         log_filter: Some("info,object_store=warn".into()),
         ..Opts::default()

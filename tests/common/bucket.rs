@@ -76,8 +76,19 @@ pub fn config_file(t: &Target) -> tempfile::NamedTempFile {
 pub fn mount_on(
     t: &Target,
     delay: &str,
-    mut opts: crate::common::Opts,
+    opts: crate::common::Opts,
 ) -> (crate::common::Mounted, tempfile::NamedTempFile) {
+    let (opts, cfg) = opts_on(t, delay, opts);
+    (crate::common::Mounted::with(opts), cfg)
+}
+
+/// `opts` with `--config` (of `t`, in the returned file) and `--upload-delay delay` before its
+/// own arguments.
+pub fn opts_on(
+    t: &Target,
+    delay: &str,
+    mut opts: crate::common::Opts,
+) -> (crate::common::Opts, tempfile::NamedTempFile) {
     let cfg = config_file(t);
     let mut args: Vec<String> = vec![
         "--config".into(),
@@ -87,7 +98,7 @@ pub fn mount_on(
     ];
     args.append(&mut opts.args);
     opts.args = args;
-    (crate::common::Mounted::with(opts), cfg)
+    (opts, cfg)
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

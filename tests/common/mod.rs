@@ -85,6 +85,25 @@ impl Mounted {
     }
 
     pub fn with(opts: Opts) -> Mounted {
+        let mut m = Mounted::start(opts);
+        m.wait_mounted();
+        m
+    }
+
+    /// Starts etlfs as [`Mounted::with`] does, for a start that must be refused: waits (up
+    /// to 60 s) for it to exit and returns its exit status and log. Panics if it mounts
+    /// instead (the fixture unmounts it again).
+    pub fn refused(opts: Opts) -> (ExitStatus, String) {
+        let mut m = Mounted::start(opts);
+        let st = m.wait_exit(Duration::from_secs(60));
+        let log = m.log();
+        assert!(!is_mounted(&m.mnt), "it mounted:\n{log}");
+        let st = st.unwrap_or_else(|| panic!("still running after 60 s:\n{log}"));
+        (st, log)
+    }
+
+    /// Spawns the daemon without waiting for the mount.
+    fn start(opts: Opts) -> Mounted {
         let tmp = tempfile::Builder::new()
             .prefix("etlfs")
             .tempdir_in("/tmp")
@@ -127,7 +146,6 @@ impl Mounted {
             env: opts.env.clone(),
         };
         m.spawn();
-        m.wait_mounted();
         m
     }
 
