@@ -162,7 +162,7 @@ pub fn backup(target: &Target, ignore_lease: bool) -> Result<(), OneshotError> {
         .block_on(crate::lease::acquire(&ctx.bucket, holder, false))
         .map_err(|e| match e {
             crate::lease::LeaseError::Bucket(b) => OneshotError::Lease(b),
-            e => OneshotError::Usage(UsageError::Lease(e)),
+            e => OneshotError::Usage(UsageError::Lease(Box::new(e))),
         })?;
     let lease = Arc::new(lease);
     let keeper = ctx.rt.spawn(Arc::clone(&lease).keep());

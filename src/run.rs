@@ -114,7 +114,7 @@ pub enum UsageError {
     #[error("ETLFS_FD_BUDGET={0:?}: expected a number of descriptors, at least 16")]
     FdBudget(String),
     #[error(transparent)]
-    Lease(crate::lease::LeaseError),
+    Lease(Box<crate::lease::LeaseError>),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -659,7 +659,7 @@ fn take_lease(
         let next = match rt.block_on(acquire.attempt(bucket)) {
             Ok(Some(lease)) => return Ok(Some(lease)),
             Ok(None) => acquire.watch_interval(),
-            Err(e) if e.is_usage() => return Err(UsageError::Lease(e).into()),
+            Err(e) if e.is_usage() => return Err(UsageError::Lease(Box::new(e)).into()),
             Err(e) => {
                 if e.is_outage() {
                     bucket.health().failure();
