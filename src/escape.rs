@@ -39,6 +39,29 @@ pub fn esc_display(value: impl fmt::Display) -> Escaped<'static> {
     Escaped(Cow::Owned(value.to_string().into_bytes()))
 }
 
+/// An error and its causes (`anyhow::Error::chain()`), as `{:#}` shows them, but each cause
+/// once and none raw. etlfs' errors show their cause in their own message, escaped, so a
+/// cause whose text is already shown is left out (`{:#}` would repeat it, raw: `object_store`'s
+/// error quotes a refused key); a cause that is not shown (an `io::Error` below an `anyhow`
+/// context) is escaped, as another crate wrote it.
+pub fn esc_chain<'a>(
+    mut chain: impl Iterator<Item = &'a (dyn std::error::Error + 'static)>,
+) -> String {
+    let Some(top) = chain.next() else {
+        return String::new();
+    };
+    let mut out = top.to_string();
+    for cause in chain {
+        let raw = cause.to_string();
+        let escaped = esc(&raw).to_string();
+        if !out.contains(&raw) && !out.contains(&escaped) {
+            out.push_str(": ");
+            out.push_str(&escaped);
+        }
+    }
+    out
+}
+
 /// Whether `c` is shown as an escape rather than as itself.
 fn is_hostile(c: char) -> bool {
     c == '\\'
@@ -160,6 +183,40 @@ mod tests {
 
     fn is_hostile_but_backslash(c: char) -> bool {
         c != '\\' && is_hostile(c)
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Foreign {
+        #[error("Error parsing Path \"{0}\"")]
+        Parse(String),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    enum Ours {
+        #[error("list {}: {}", esc(.key), esc_display(.source))]
+        Store { key: String, source: Foreign },
+        #[error("opening {}", esc(.0))]
+        Context(String, #[source] std::io::Error),
+    }
+
+    #[test]
+    fn an_error_chain_shows_each_cause_once_and_escaped() {
+        let e = Ours::Store {
+            key: "a\rb".into(),
+            source: Foreign::Parse("a\rb/c\r".into()),
+        };
+        let chain = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+        assert_eq!(
+            esc_chain(chain),
+            "list a\\rb: Error parsing Path \"a\\rb/c\\r\""
+        );
+        let e = Ours::Context("x\ty".into(), std::io::Error::other("bad\nthing"));
+        let chain = std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+            e.source()
+        });
+        assert_eq!(esc_chain(chain), "opening x\\ty: bad\\nthing");
     }
 
     #[test]
