@@ -36,6 +36,8 @@ use object_store::{
     PutMultipartOptions, PutOptions, PutPayload, UpdateVersion, WriteMultipart,
 };
 
+use crate::escape::{esc, esc_display};
+
 /// Name of the per-directory marker object.
 pub const DIR_MARKER: &str = ".etlfs-dir";
 /// S3, GCS and Azure all cap keys at 1024 bytes.
@@ -49,18 +51,20 @@ pub const MANIFEST: &str = "manifest.v1.jsonl.gz";
 /// Errors of bucket operations.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketError {
-    #[error("{path:?} cannot be stored as a bucket key: {reason}")]
+    #[error("{} cannot be stored as a bucket key: {reason}", esc(.path))]
     BadKey { path: PathBuf, reason: &'static str },
-    #[error("object {key} not found")]
+    #[error("object {} not found", esc(.key))]
     NotFound { key: String },
-    #[error("{op} {key}: {source}")]
+    // object_store's message can quote a raw key (one it could not parse in a listing).
+    #[error("{op} {}: {}", esc(.key), esc_display(.source))]
     Store {
         op: &'static str,
         key: String,
         #[source]
         source: object_store::Error,
     },
-    #[error("metadata of {key}: {reason}")]
+    // `reason` quotes the object's metadata, or serde's words on a sidecar's bytes.
+    #[error("metadata of {}: {}", esc(.key), esc(.reason))]
     BadMetadata { key: String, reason: String },
     /// This process may not write the bucket now (see [`Fence`]).
     #[error("writes to the bucket are stopped: {reason}")]
@@ -797,9 +801,9 @@ impl Bucket {
         let meta = FileMeta {
             mtime_ns: mtime
                 .parse()
-                .map_err(|e| bad(format!("etlfs_mtime {mtime:?}: {e}")))?,
+                .map_err(|e| bad(format!("etlfs_mtime \"{mtime}\": {e}")))?,
             mode: u32::from_str_radix(&mode, 8)
-                .map_err(|e| bad(format!("etlfs_mode {mode:?}: {e}")))?,
+                .map_err(|e| bad(format!("etlfs_mode \"{mode}\": {e}")))?,
             sha256,
             owner: match (get("etlfs_uid"), get("etlfs_gid")) {
                 (Some(u), Some(g)) => u.parse().ok().zip(g.parse().ok()),
@@ -1016,7 +1020,7 @@ mod tests {
         for bad in ["", "../x", "a/../b", "/abs", ".etlfs/x", ".etlfs"] {
             let e = b.key(Path::new(bad)).unwrap_err();
             assert!(matches!(e, BucketError::BadKey { .. }), "{bad:?}: {e}");
-            assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
+            assert!(e.to_string().contains(&esc(bad).to_string()), "{e}");
         }
         let not_utf8 = Path::new(std::ffi::OsStr::from_bytes(b"a\xff"));
         assert!(b.key(not_utf8).unwrap_err().to_string().contains("UTF-8"));

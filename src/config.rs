@@ -86,6 +86,8 @@ use serde::de::{self, DeserializeOwned, IgnoredAny};
 use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::escape::esc;
+
 const MIB: u64 = 1024 * 1024;
 /// Thanos' S3 `part_size` default (its README says 128 MiB; the code says 64).
 pub const DEFAULT_PART_SIZE: u64 = 64 * MIB;
@@ -198,10 +200,11 @@ impl Default for UploadTuning {
 }
 
 /// Why a bucket configuration was rejected. Every message starts with the file, names the key
-/// (`config.sse_config.type`, ...) and never contains a secret value.
+/// (`config.sse_config.type`, ...) and never contains a secret value. Every text in it is
+/// escaped when shown: they quote the file's values and third-party messages about them.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{file}: cannot read the bucket configuration: {source}")]
+    #[error("{}: cannot read the bucket configuration: {source}", esc(.file))]
     Read {
         file: String,
         #[source]
@@ -209,11 +212,12 @@ pub enum ConfigError {
     },
     /// YAML syntax or a value of the wrong type; `message` is serde_yaml_ng's, which carries the
     /// key path and the line and column.
-    #[error("{file}: invalid object-store.yaml: {message}")]
+    #[error("{}: invalid object-store.yaml: {}", esc(.file), esc(.message))]
     Syntax { file: String, message: String },
     #[error(
-        "{file}: unknown key `{key}`{at} (etlfs reads object-store.yaml strictly, as Thanos \
-         does; {expected})"
+        "{}: unknown key `{}`{at} (etlfs reads object-store.yaml strictly, as Thanos \
+         does; {})",
+        esc(.file), esc(.key), esc(.expected)
     )]
     UnknownKey {
         file: String,
@@ -222,27 +226,28 @@ pub enum ConfigError {
         at: String,
         expected: String,
     },
-    #[error("{file}: `{key}` is required: {why}")]
+    #[error("{}: `{}` is required: {}", esc(.file), esc(.key), esc(.why))]
     Missing {
         file: String,
         key: String,
         why: String,
     },
-    #[error("{file}: `{key}` {problem}")]
+    #[error("{}: `{}` {}", esc(.file), esc(.key), esc(.problem))]
     Invalid {
         file: String,
         key: String,
         problem: String,
     },
-    #[error("{file}: `{key}` is not supported by etlfs: {reason}")]
+    #[error("{}: `{}` is not supported by etlfs: {}", esc(.file), esc(.key), esc(.reason))]
     Refused {
         file: String,
         key: String,
         reason: String,
     },
     #[error(
-        "{file}: `type: {kind}` is not supported by etlfs; etlfs supports the types S3, GCS, \
-         AZURE and FILESYSTEM{hint}"
+        "{}: `type: {}` is not supported by etlfs; etlfs supports the types S3, GCS, \
+         AZURE and FILESYSTEM{}",
+        esc(.file), esc(.kind), esc(.hint)
     )]
     UnsupportedType {
         file: String,
@@ -250,7 +255,7 @@ pub enum ConfigError {
         hint: String,
     },
     /// A file named by a key (`tls_config.ca_file`, `sse_config.encryption_key`, `directory`).
-    #[error("{file}: `{key}`: cannot use {path}: {source}")]
+    #[error("{}: `{}`: cannot use {}: {source}", esc(.file), esc(.key), esc(.path))]
     KeyFile {
         file: String,
         key: String,
@@ -259,7 +264,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// `object_store` refused the assembled settings; `message` is scrubbed of secrets.
-    #[error("{file}: `{key}`: cannot set up the {kind} store: {message}")]
+    #[error("{}: `{}`: cannot set up the {kind} store: {}", esc(.file), esc(.key), esc(.message))]
     Build {
         file: String,
         key: String,
@@ -525,9 +530,9 @@ impl Ctx<'_> {
     /// A key accepted without effect. `loud` when the user asked for something we do not do.
     fn ignored(&self, key: &str, loud: bool, why: &str) {
         if loud {
-            warn!(file = self.file, key, "ignored: {why}");
+            warn!(file = %esc(self.file), key = %esc(key), "ignored: {why}");
         } else {
-            debug!(file = self.file, key, "ignored: {why}");
+            debug!(file = %esc(self.file), key = %esc(key), "ignored: {why}");
         }
     }
 }
@@ -992,7 +997,7 @@ fn apply_http_config(
     let skip_verify = flag(http.insecure_skip_verify) || flag(tls.insecure_skip_verify);
     if skip_verify {
         warn!(
-            file = ctx.file,
+            file = %esc(ctx.file),
             key = "config.http_config.insecure_skip_verify",
             "TLS certificate verification is disabled for the bucket"
         );
@@ -1063,7 +1068,7 @@ fn part_size(ctx: &Ctx, key: &str, bytes: u64) -> u64 {
     let clamped = bytes.clamp(MIN_PART_SIZE, MAX_PART_SIZE);
     if clamped != bytes {
         warn!(
-            file = ctx.file,
+            file = %esc(ctx.file),
             key,
             bytes,
             used = clamped,
@@ -1374,7 +1379,7 @@ fn apply_sse(
             }
             if !https {
                 warn!(
-                    file = ctx.file,
+                    file = %esc(ctx.file),
                     key = KEY,
                     "SSE-C over plain HTTP: AWS S3 refuses customer keys without TLS"
                 );
@@ -1438,7 +1443,7 @@ fn build_s3(ctx: &Ctx, y: S3Yaml) -> Result<BucketConfig, ConfigError> {
             ));
         }
         info!(
-            file = ctx.file,
+            file = %esc(ctx.file),
             key = "config.aws_sdk_auth",
             "using object_store's AWS credential chain (env, web identity, ECS/EKS, IMDS); \
              shared credentials files, profiles, SSO and credential_process are not read"
@@ -1515,9 +1520,9 @@ fn build_s3(ctx: &Ctx, y: S3Yaml) -> Result<BucketConfig, ConfigError> {
                 // minio would ask GetBucketLocation; object_store cannot without a request.
                 let region = ambient.unwrap_or("us-east-1").to_string();
                 warn!(
-                    file = ctx.file,
+                    file = %esc(ctx.file),
                     key = "config.region",
-                    region,
+                    region = %esc(&region),
                     "region is empty and the endpoint names none; assuming it (set config.region \
                      if the bucket lives elsewhere: S3 answers 301 to the wrong region)"
                 );
@@ -1526,7 +1531,7 @@ fn build_s3(ctx: &Ctx, y: S3Yaml) -> Result<BucketConfig, ConfigError> {
         },
         None => yaml_region.unwrap_or_else(|| {
             debug!(
-                file = ctx.file,
+                file = %esc(ctx.file),
                 key = "config.region",
                 "region is empty; signing for us-east-1 (what S3-compatible servers expect)"
             );
@@ -2094,7 +2099,7 @@ fn build_azure(ctx: &Ctx, y: AzureYaml) -> Result<BucketConfig, ConfigError> {
     let (account, url, auth) = if let Some(cs) = connection {
         if nonempty(y.endpoint).is_some() {
             debug!(
-                file = ctx.file,
+                file = %esc(ctx.file),
                 key = "config.endpoint",
                 "ignored with storage_connection_string, as in Thanos"
             );

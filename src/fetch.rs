@@ -26,6 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
 use crate::bucket::{Bucket, BucketError};
+use crate::escape::esc;
 use crate::index::{Index, RemoteFile};
 use crate::local::{LocalDir, Stat};
 use crate::mirror::ChangeSink;
@@ -35,23 +36,24 @@ use crate::sys;
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("{0:?} is not in the bucket index")]
+    #[error("{} is not in the bucket index", esc(.0))]
     NotInBucket(PathBuf),
-    #[error("downloading {path:?}: {source}")]
+    #[error("downloading {}: {source}", esc(.path))]
     Bucket {
         path: PathBuf,
         #[source]
         source: Box<BucketError>,
     },
-    #[error("{path:?}: downloaded {got} bytes, the bucket listed {want}")]
+    #[error("{}: downloaded {got} bytes, the bucket listed {want}", esc(.path))]
     WrongSize { path: PathBuf, got: u64, want: u64 },
-    #[error("{path:?}: checksum mismatch (object is corrupt): expected {want}, got {got}")]
+    // `want` comes from the object's metadata.
+    #[error("{}: checksum mismatch (object is corrupt): expected {}, got {got}", esc(.path), esc(.want))]
     Corrupt {
         path: PathBuf,
         want: String,
         got: String,
     },
-    #[error("{op} for {path:?}: {source}")]
+    #[error("{op} for {}: {source}", esc(.path))]
     Local {
         op: &'static str,
         path: PathBuf,
@@ -167,7 +169,7 @@ impl Fetcher {
                 self.bucket.health().success();
                 self.stats.fetches.fetch_add(1, Ordering::Relaxed);
                 self.stats.bytes.fetch_add(*bytes, Ordering::Relaxed);
-                tracing::debug!(path = %path.display(), bytes, "fetched from the bucket");
+                tracing::debug!(path = %esc(path), bytes, "fetched from the bucket");
             }
             Err(e) => {
                 if matches!(e, FetchError::Bucket { source, .. } if source.is_outage()) {
@@ -340,7 +342,7 @@ fn place(
     match sys::fchownat(file.as_fd(), sys::EMPTY, uid, gid, libc::AT_EMPTY_PATH) {
         Ok(()) => {}
         Err(e) if how.owner_best_effort && e.raw_os_error() == Some(libc::EPERM) => {
-            tracing::debug!(path = %path.display(), uid, gid, "not allowed to give the file its owner; it stays ours");
+            tracing::debug!(path = %esc(path), uid, gid, "not allowed to give the file its owner; it stays ours");
         }
         Err(e) => return Err(local_err("chown")(e)),
     }

@@ -64,6 +64,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::bucket::{Bucket, BucketError, FileMeta, ManifestObject, MetaRead, ObjectInfo};
+use crate::escape::esc;
 
 /// Concurrent HEAD requests while loading.
 const HEAD_CONCURRENCY: usize = 32;
@@ -441,7 +442,8 @@ impl Index {
                 if let Err(e) = &res {
                     found.iter_mut().for_each(|f| *f = None);
                     (report.from_manifest, report.stale, report.unused) = (0, 0, 0);
-                    tracing::warn!(error = %e, "the bucket's manifest is unreadable; reading each object's metadata instead");
+                    // Built from serde's words on the manifest's bytes, which are the bucket's.
+                    tracing::warn!(error = %esc(e), "the bucket's manifest is unreadable; reading each object's metadata instead");
                 }
                 report.manifest = Some(res);
             }
@@ -474,7 +476,7 @@ impl Index {
                     gone.insert(i); // deleted while we listed
                 }
                 Err(e) => {
-                    tracing::warn!(path = %obj.rel.display(), error = %e, "unreadable object metadata; serving the object with defaults");
+                    tracing::warn!(path = %esc(&obj.rel), error = %e, "unreadable object metadata; serving the object with defaults");
                     found[i] = Some(Stored::plain(obj.size, obj.last_modified));
                 }
             }
@@ -507,7 +509,7 @@ impl Index {
 
     fn refuse(&self, rel: &Path, why: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(key = %rel.display(), "bucket object not shown: {why}");
+        tracing::warn!(key = %esc(rel), "bucket object not shown: {why}");
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {

@@ -28,6 +28,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
+use crate::escape::{esc, esc_display};
 use crate::state::StateDir;
 
 /// What the application did that the bucket must follow.
@@ -135,7 +136,8 @@ fn read_pending(state: &StateDir) -> io::Result<(BTreeMap<u64, Intent>, u64)> {
             // Only the last line can be torn; anything else unparsable is skipped rather than
             // losing the intents after it.
             Err(e) => {
-                tracing::warn!(file = %path.display(), error = %e, "skipping a damaged journal line")
+                // serde's message can quote the damaged bytes (a name in the line).
+                tracing::warn!(file = %esc(&path), error = %esc_display(&e), "skipping a damaged journal line")
             }
         }
     }

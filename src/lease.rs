@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use crate::bucket::{Bucket, BucketError, Conditional, Fence, ObjectVersion, WriteIf};
+use crate::escape::{esc, esc_display};
 
 /// The lease's name under the bucket's reserved prefix.
 pub const LEASE: &str = "lease";
@@ -85,8 +86,11 @@ impl LeaseBody {
             .map(|d| format!(" ({} s ago)", d.as_secs()))
             .unwrap_or_default();
         format!(
-            "host {:?}, pid {}, serving {:?}, last renewed {:?}{ago}",
-            self.host, self.pid, self.serving, self.renewed
+            "host {}, pid {}, serving {}, last renewed {}{ago}",
+            esc(&self.host),
+            self.pid,
+            esc(&self.serving),
+            esc(&self.renewed)
         )
     }
 }
@@ -268,8 +272,8 @@ impl Acquire {
                     }
                     other => {
                         let reason = match other {
-                            Ok(l) => format!("format {:?}", l.format),
-                            Err(e) => e.to_string(),
+                            Ok(l) => format!("format {}", esc(&l.format)),
+                            Err(e) => esc_display(e).to_string(),
                         };
                         if !self.takeover {
                             return Err(LeaseError::Unreadable { key, reason });

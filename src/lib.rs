@@ -10,6 +10,7 @@
 pub mod bucket;
 pub mod config;
 pub mod counters;
+pub mod escape;
 pub mod fetch;
 pub mod fuse;
 pub mod index;

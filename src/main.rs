@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use etlfs::escape::{esc, esc_chain};
 use etlfs::oneshot;
 use etlfs::run::{self, MountArgs, UsageError};
 
@@ -176,7 +177,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a size (e.g. 500MiB, 20GB)"))?;
+        .map_err(|_| format!("{} is not a size (e.g. 500MiB, 20GB)", esc(s)))?;
     let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1.0,
         "k" | "kb" => 1e3,
@@ -187,7 +188,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "mi" | "mib" => 1024.0 * 1024.0,
         "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
         "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit {other:?} in {s:?}")),
+        other => return Err(format!("unknown size unit {} in {}", esc(other), esc(s))),
     };
     Ok((n * mult) as u64)
 }
@@ -285,7 +286,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            tracing::error!("{}", esc_chain(e.chain()));
             if e.downcast_ref::<UsageError>().is_some() {
                 ExitCode::from(2)
             } else {

@@ -46,6 +46,7 @@ use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
 use crate::bucket::{Bucket, BucketError};
+use crate::escape::esc;
 use crate::fetch::{FetchError, Placement, download_verified};
 use crate::index::{Index, MANIFEST_SETTLE, ManifestWriter, RemoteFile, Version};
 use crate::local::{LocalDir, Stat};
@@ -85,7 +86,7 @@ pub enum OneshotError {
     List(#[source] BucketError),
     #[error("taking the lease: {0}")]
     Lease(#[source] BucketError),
-    #[error("scanning {dir}: {source}")]
+    #[error("scanning {}: {source}", esc(.dir))]
     Scan {
         dir: PathBuf,
         #[source]
@@ -113,18 +114,18 @@ enum ItemError {
     Upload(#[from] SyncError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
-    #[error("{op} {path:?}: {source}")]
+    #[error("{op} {}: {source}", esc(.path))]
     Local {
         op: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("{path:?} kept changing while it was read; run the backup again when it is quiet")]
+    #[error("{} kept changing while it was read; run the backup again when it is quiet", esc(.path))]
     Busy { path: PathBuf },
-    #[error("{path:?} is a {what} locally, a file in the bucket; left alone")]
+    #[error("{} is a {what} locally, a file in the bucket; left alone", esc(.path))]
     NotAFile { path: PathBuf, what: &'static str },
-    #[error("{path:?} is not a directory locally, a directory in the bucket; left alone")]
+    #[error("{} is not a directory locally, a directory in the bucket; left alone", esc(.path))]
     NotADir { path: PathBuf },
 }
 
@@ -279,7 +280,7 @@ impl Ctx {
                 Err(e) => {
                     failures += 1;
                     progress.warn(
-                        || warn!(dir = %dir.display(), error = %e, "directory marker not uploaded"),
+                        || warn!(dir = %esc(dir), error = %e, "directory marker not uploaded"),
                     );
                 }
             }
@@ -304,10 +305,10 @@ impl Ctx {
                 Ok(Backed::Uploaded(bytes)) => {
                     uploaded += 1;
                     uploaded_bytes += bytes;
-                    debug!(path = %path.display(), bytes, "uploaded");
+                    debug!(path = %esc(path), bytes, "uploaded");
                 }
                 Ok(Backed::Unchanged) => unchanged += 1,
-                Ok(Backed::Gone) => debug!(path = %path.display(), "removed while backing up"),
+                Ok(Backed::Gone) => debug!(path = %esc(path), "removed while backing up"),
                 Err(e) => {
                     failures += 1;
                     warn!(error = %e, "not backed up");
@@ -388,7 +389,7 @@ impl Ctx {
                     return Ok(Backed::Uploaded(st.size));
                 }
                 Snapshot::Moved => {
-                    debug!(path = %path.display(), walked_size = walked.size, "changed while being read; reading it again");
+                    debug!(path = %esc(path), walked_size = walked.size, "changed while being read; reading it again");
                 }
             }
         }
@@ -473,7 +474,7 @@ impl Ctx {
                     let res = self.restore_file(state, path, remote, force, how).await;
                     progress.advance(remote.size);
                     if let Ok(Restored::KeptNewer) = res {
-                        progress.warn(|| info!(path = %path.display(), "kept the local file: it is not older than the bucket's (--force replaces it)"));
+                        progress.warn(|| info!(path = %esc(path), "kept the local file: it is not older than the bucket's (--force replaces it)"));
                     }
                     (path, res)
                 }
@@ -489,7 +490,7 @@ impl Ctx {
                 Ok(Restored::Downloaded(bytes)) => {
                     downloaded += 1;
                     downloaded_bytes += bytes;
-                    debug!(path = %path.display(), bytes, "downloaded");
+                    debug!(path = %esc(path), bytes, "downloaded");
                 }
                 Ok(Restored::UpToDate) => up_to_date += 1,
                 Ok(Restored::KeptNewer) => kept_newer += 1,
@@ -718,7 +719,8 @@ impl Ctx {
         } else if recorded.is_some_and(|r| r != there) {
             Some(format!(
                 "the object's recorded checksum {} does not match its bytes {}",
-                short(recorded.unwrap_or_default()),
+                // Recorded in the object's metadata: the bucket's text.
+                esc(short(recorded.unwrap_or_default())),
                 short(&there)
             ))
         } else {
@@ -757,12 +759,12 @@ impl Difference {
         let slash = |dir: bool| if dir { "/" } else { "" };
         match self {
             Difference::OnlyLocal { dir } => {
-                format!("only-local: {}{}", path.display(), slash(*dir))
+                format!("only-local: {}{}", esc(path), slash(*dir))
             }
             Difference::OnlyBucket { dir } => {
-                format!("only-bucket: {}{}", path.display(), slash(*dir))
+                format!("only-bucket: {}{}", esc(path), slash(*dir))
             }
-            Difference::Differs(detail) => format!("differs: {} ({detail})", path.display()),
+            Difference::Differs(detail) => format!("differs: {} ({detail})", esc(path)),
         }
     }
 }

@@ -25,6 +25,7 @@ use tracing::{info, warn};
 
 use crate::bucket::Bucket;
 use crate::config;
+use crate::escape::esc;
 use crate::fetch::Fetcher;
 use crate::fuse::{EtlFs, FuseOptions};
 use crate::index::Index;
@@ -82,11 +83,11 @@ pub struct LeaseArgs {
 /// Invocation errors: reported with exit code 2.
 #[derive(Debug, thiserror::Error)]
 pub enum UsageError {
-    #[error("{what} {path}: does not exist")]
+    #[error("{what} {}: does not exist", esc(.path))]
     Missing { what: &'static str, path: PathBuf },
-    #[error("{what} {path}: not a directory")]
+    #[error("{what} {}: not a directory", esc(.path))]
     NotADirectory { what: &'static str, path: PathBuf },
-    #[error("{what} {path}: {source}")]
+    #[error("{what} {}: {source}", esc(.path))]
     Inaccessible {
         what: &'static str,
         path: PathBuf,
@@ -99,19 +100,20 @@ pub enum UsageError {
         "permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)"
     )]
     NoPermission(String),
-    #[error("state directory {state}: must not be the served directory itself")]
+    #[error("state directory {}: must not be the served directory itself", esc(.state))]
     StateIsRoot { state: PathBuf },
     #[error(transparent)]
     Config(#[from] config::ConfigError),
     #[error(
-        "state directory {state}: must be on the same filesystem as the served directory (downloads are renamed into place)"
+        "state directory {}: must be on the same filesystem as the served directory (downloads are renamed into place)",
+        esc(.state)
     )]
     StateOnOtherFilesystem { state: PathBuf },
-    #[error("{local}: has no parent directory to keep the default bucket in; pass --config")]
+    #[error("{}: has no parent directory to keep the default bucket in; pass --config", esc(.local))]
     NoDefaultBucketPlace { local: PathBuf },
     #[error(transparent)]
     Listen(#[from] crate::status::StatusError),
-    #[error("ETLFS_FD_BUDGET={0:?}: expected a number of descriptors, at least 16")]
+    #[error("ETLFS_FD_BUDGET=\"{}\": expected a number of descriptors, at least 16", esc(.0))]
     FdBudget(String),
     #[error(transparent)]
     Lease(Box<crate::lease::LeaseError>),
@@ -205,7 +207,7 @@ fn clear_dead_mount(path: &Path) {
     if !dead {
         return;
     }
-    warn!(mountpoint = %abs.display(), "detaching a dead etlfs mount left by a crashed daemon");
+    warn!(mountpoint = %esc(&abs), "detaching a dead etlfs mount left by a crashed daemon");
     if let Ok(c) = CString::new(abs.as_os_str().as_bytes()) {
         if let Err(e) = sys::umount(&c, true) {
             warn!(error = %e, "could not detach the dead mount");
@@ -336,7 +338,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         .context("starting the I/O runtime")?;
     // Probes answer `starting` while the bucket listing loads, which can take long.
     let status = crate::status::Status::new(
-        plan.mountpoint.display().to_string(),
+        // Shown by /status, and printed by `etlfs status`.
+        esc(&plan.mountpoint).to_string(),
         args.degraded_after,
         Arc::clone(bucket.health()),
         Arc::clone(bucket.fence()),
@@ -410,7 +413,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         Some(Arc::clone(&index)),
         rt.handle(),
     )
-    .with_context(|| format!("opening the journal in {}", plan.state_dir.display()))?;
+    .with_context(|| format!("opening the journal in {}", esc(&plan.state_dir)))?;
     let sink: Arc<dyn ChangeSink> = Arc::clone(&mirror) as Arc<dyn ChangeSink>;
     let fetcher = Fetcher::new(
         bucket,
@@ -474,16 +477,16 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         {
             anyhow::Error::from(UsageError::NoPermission(format!(
                 "mounting {}: {e}",
-                plan.mountpoint.display()
+                esc(&plan.mountpoint)
             )))
         } else {
-            anyhow::Error::from(e).context(format!("mounting {}", plan.mountpoint.display()))
+            anyhow::Error::from(e).context(format!("mounting {}", esc(&plan.mountpoint)))
         }
     })?;
     info!(
-        mountpoint = %plan.mountpoint.display(),
-        local = %plan.local.display(),
-        state_dir = %plan.state_dir.display(),
+        mountpoint = %esc(&plan.mountpoint),
+        local = %esc(&plan.local),
+        state_dir = %esc(&plan.state_dir),
         threads = args.threads,
         "mounted"
     );
@@ -573,7 +576,7 @@ pub fn open_bucket(
         None => {
             let dir = default_bucket_dir(local)?;
             warn!(
-                bucket = %dir.display(),
+                bucket = %esc(&dir),
                 "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
                  the loss of this machine, configure object storage for real durability"
             );
@@ -587,7 +590,7 @@ pub fn open_bucket(
         bucket_cfg.user_metadata,
         bucket_cfg.extra_metadata.clone(),
     );
-    info!(bucket = %bucket_cfg.describe, prefix = bucket.prefix(), "bucket");
+    info!(bucket = %esc(&bucket_cfg.describe), prefix = %esc(bucket.prefix()), "bucket");
     Ok(bucket)
 }
 
@@ -628,7 +631,7 @@ fn unmount(mountpoint: &Path) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
             warn!(
-                mountpoint = %mountpoint.display(),
+                mountpoint = %esc(mountpoint),
                 "mount is busy; detaching it lazily: it is gone from the namespace now and \
                  etlfs serves the files still open until they are closed"
             );
@@ -704,8 +707,8 @@ fn load_index(
                     error = %e,
                     retry_in = ?wait,
                     "the bucket holds an object whose key cannot be listed (an empty, `.` or `..` \
-                     path segment); remove or rename that object. The mount waits rather than \
-                     show an incomplete directory"
+                     path segment, or an ASCII control character); remove or rename that object. \
+                     The mount waits rather than show an incomplete directory"
                 );
             }
             Err(e) => {
@@ -793,7 +796,7 @@ fn prepare_local_tree(
             continue;
         }
         if let Err(e) = local.mkdir_beneath(&dir) {
-            warn!(dir = %dir.display(), error = %e, "cannot create a directory the bucket has");
+            warn!(dir = %esc(&dir), error = %e, "cannot create a directory the bucket has");
         }
     }
     let mut files = Vec::new();

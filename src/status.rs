@@ -50,6 +50,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bucket::Fence;
 use crate::counters::{Health, Latency, now_ms};
+use crate::escape::esc;
 use crate::fetch::Fetcher;
 use crate::index::Index;
 use crate::mirror::Mirror;
@@ -64,23 +65,24 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Errors of the status server and of `etlfs status`.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
-    #[error("--listen {addr}: cannot listen there: {source}")]
+    #[error("--listen {}: cannot listen there: {source}", esc(.addr))]
     Bind {
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("--listen {addr}: not an address (expected HOST:PORT, e.g. {DEFAULT_LISTEN})")]
+    #[error("--listen {}: not an address (expected HOST:PORT, e.g. {DEFAULT_LISTEN})", esc(.addr))]
     BadAddress { addr: String },
-    #[error("no etlfs status server answers at {addr}: {source}")]
+    #[error("no etlfs status server answers at {}: {source}", esc(.addr))]
     Unreachable {
         addr: String,
         #[source]
         source: std::io::Error,
     },
-    #[error("{addr}: unexpected answer: {detail}")]
+    // `detail` quotes what the server sent.
+    #[error("{}: unexpected answer: {}", esc(.addr), esc(.detail))]
     BadReply { addr: String, detail: String },
-    #[error("the mount at {addr} is {state}")]
+    #[error("the mount at {} is {state}", esc(.addr))]
     NotReady { addr: String, state: State },
 }
 

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::escape::{esc, esc_display};
 use crate::local::Stat;
 use crate::state::StateDir;
 
@@ -208,7 +209,7 @@ impl Records {
         let on_disk: HashMap<PathBuf, OnDisk> = match state.read(FILE_NAME) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 // A damaged record file costs re-uploads, never data: start over.
-                tracing::warn!(file = %path.display(), error = %e, "upload records unreadable; every file will be checked against the bucket");
+                tracing::warn!(file = %esc(&path), error = %esc_display(&e), "upload records unreadable; every file will be checked against the bucket");
                 HashMap::new()
             }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),

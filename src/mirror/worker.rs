@@ -22,6 +22,7 @@ use tracing::{debug, info, warn};
 use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
+use crate::escape::esc;
 use crate::journal::Intent;
 use crate::local::Stat;
 
@@ -40,7 +41,7 @@ const COALESCE: Duration = Duration::from_millis(20);
 pub enum SyncError {
     #[error(transparent)]
     Bucket(#[from] BucketError),
-    #[error("reading {path:?}: {source}")]
+    #[error("reading {}: {source}", esc(.path))]
     Local {
         path: PathBuf,
         #[source]
@@ -64,7 +65,7 @@ fn worth_a_warning(attempt: u32) -> bool {
 /// Logs a failed attempt that will be retried: at `warn` while it is news, then at `debug`.
 /// Writes refused by the lease's fence are never news: the lease said why, once.
 fn report_retry(what: &str, path: Option<&Path>, e: &SyncError, attempt: u32, retry_in: Duration) {
-    let path = path.map(|p| p.display().to_string()).unwrap_or_default();
+    let path = path.map(|p| esc(p).to_string()).unwrap_or_default();
     let fenced = matches!(e, SyncError::Bucket(BucketError::Fenced { .. }));
     if worth_a_warning(attempt) && !fenced {
         warn!(path, error = %e, attempt, ?retry_in, "{what}");
@@ -604,7 +605,7 @@ async fn sync(
         Err(e)
             if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ELOOP) =>
         {
-            debug!(path = %path.display(), "not mirrored: reached through a symlink");
+            debug!(path = %esc(path), "not mirrored: reached through a symlink");
             return Ok(Outcome::Done);
         }
         Err(e) => return Err(local_err(path)(e)),
@@ -829,7 +830,7 @@ async fn upload(
         .last_upload_ms
         .store(crate::counters::now_ms(), Ordering::Relaxed);
     shared.bucket.health().success();
-    debug!(path = %path.display(), bytes = st.size, "uploaded");
+    debug!(path = %esc(path), bytes = st.size, "uploaded");
     Ok(Outcome::Done)
 }
 

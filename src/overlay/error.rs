@@ -26,7 +26,7 @@ pub enum OverlayError {
     #[error("unknown file handle {0}")]
     UnknownHandle(u64),
     /// The name belongs to etlfs' own state directory, which is invisible through the mount.
-    #[error("{0:?} is reserved for etlfs' state directory")]
+    #[error("{} is reserved for etlfs' state directory", crate::escape::esc(.0))]
     Reserved(OsString),
     /// A directory operation on something that is not a directory.
     #[error("inode {0} is not a directory")]

@@ -44,6 +44,7 @@ use handle::{DirHandle, DirSnapshotEntry, FileHandle, HandleTable};
 use inode::{InodeTable, Slot};
 pub use inode::{ROOT, Residency};
 
+use crate::escape::esc;
 use crate::fetch::Fetcher;
 use crate::index::{Index, RemoteFile};
 use crate::local::{self, LocalDir, Stat};
@@ -236,7 +237,7 @@ impl Overlay {
                 let name = rel.file_name().ok_or_else(|| {
                     std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
-                        format!("hidden path {} has no file name", rel.display()),
+                        format!("hidden path {} has no file name", esc(rel)),
                     )
                 })?;
                 let parent = match rel.parent() {
@@ -246,7 +247,7 @@ impl Overlay {
                         inodes.id_of(st.dev, st.ino).ok_or_else(|| {
                             std::io::Error::other(format!(
                                 "{} is on another filesystem than the served directory",
-                                p.display()
+                                esc(p)
                             ))
                         })?
                     }
@@ -345,11 +346,11 @@ impl Overlay {
                     cache.remove(&path);
                     self.evictions
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(path = %path.display(), bytes = st.size, "evicted to the bucket");
+                    tracing::debug!(path = %esc(&path), bytes = st.size, "evicted to the bucket");
                 }
                 Err(e) => {
                     remote.index.remove(&path);
-                    tracing::warn!(path = %path.display(), error = %e, "eviction failed");
+                    tracing::warn!(path = %esc(&path), error = %e, "eviction failed");
                 }
             }
         }
@@ -1125,7 +1126,7 @@ impl Overlay {
     fn closed(&self, ino: Ino) {
         self.inodes
             .with_node(ino, |n| n.residency = Residency::Local);
-        tracing::trace!(ino, path = ?self.inodes.path(ino), "file closed after a change");
+        tracing::trace!(ino, path = ?self.inodes.path(ino).as_deref().map(esc), "file closed after a change");
     }
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {

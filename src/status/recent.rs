@@ -5,7 +5,8 @@
 //! same filter) copies each WARN/ERROR event into a small ring. It is a process-wide static
 //! because logging is process-wide too: the layer is installed before `run` exists. The events
 //! are the ones already written to stderr, so nothing reaches `/status` that the log does not
-//! hold (and secrets reach neither).
+//! hold (and secrets reach neither). Outside text in them (keys, paths) is escaped where it is
+//! logged ([`crate::escape`]), so it is not escaped again here: the two would then differ.
 
 use std::collections::VecDeque;
 use std::fmt::Write as _;

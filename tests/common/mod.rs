@@ -173,6 +173,13 @@ impl Mounted {
     /// Starts the daemon again with the same arguments over the same directories, after it
     /// died (a crash test). A dead mount left behind is etlfs' own business to clear.
     pub fn respawn(&mut self) {
+        self.respawn_unmounted();
+        self.wait_mounted();
+    }
+
+    /// Starts the daemon again like [`Mounted::respawn`], without waiting for the mount: for a
+    /// daemon that is to wait before it mounts (for a bucket it cannot list).
+    pub fn respawn_unmounted(&mut self) {
         let child = self.child.as_mut().unwrap();
         assert!(
             child.try_wait().unwrap().is_some(),
@@ -180,7 +187,6 @@ impl Mounted {
         );
         // A dead mount may still cover the directory: etlfs must clear it itself.
         self.spawn();
-        self.wait_mounted();
     }
 
     fn wait_mounted(&mut self) {
