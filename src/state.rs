@@ -78,6 +78,9 @@ impl StateDir {
     }
 
     /// Replaces a file atomically (temp file + rename): a crash leaves the old or the new one.
+    /// A failed attempt removes its temporary: on a full disk, what it took would otherwise
+    /// stay taken from the application and the journal until the next attempt truncates it,
+    /// and be handed back for an instant then.
     pub fn write_atomic(&self, file: &str, bytes: &[u8]) -> io::Result<()> {
         let tmp = name(&format!("{file}.tmp"));
         let mut f = File::from(sys::openat(
@@ -86,9 +89,13 @@ impl StateDir {
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
             0o600,
         )?);
-        f.write_all(bytes)?;
-        drop(f);
-        sys::renameat2(self.fd(), &tmp, self.fd(), &name(file), 0)
+        let res = f
+            .write_all(bytes)
+            .and_then(|()| sys::renameat2(self.fd(), &tmp, self.fd(), &name(file), 0));
+        if res.is_err() {
+            let _ = sys::unlinkat(self.fd(), &tmp, 0);
+        }
+        res
     }
 
     /// This state directory's writer id (see `crate::lease`): made once, then read back, so a
@@ -169,5 +176,35 @@ mod tests {
             st.read("missing").unwrap_err().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    /// A replacement that does not fit on a full disk fails, keeps the old file, and leaves
+    /// nothing behind: the space its temporary took is free again. (A tiny tmpfs: 2 pages.)
+    #[test]
+    fn a_failed_replacement_gives_its_space_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("small");
+        std::fs::create_dir(&dir).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+            .arg(&dir)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "mounting a tmpfs needs root");
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount").arg(self.0).status();
+            }
+        }
+        let _unmount = Unmount(&dir);
+        let st = StateDir::open(&dir).unwrap();
+        st.write_atomic("a.json", b"old").unwrap(); // page 1 of 2
+        let err = st.write_atomic("a.json", &[b'x'; 3 * 4096]).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+        assert_eq!(st.read("a.json").unwrap(), b"old");
+        assert!(!dir.join("a.json.tmp").exists(), "the temporary was left");
+        // Page 2 is free again.
+        std::fs::write(dir.join("other"), [b'y'; 4096]).unwrap();
     }
 }

@@ -22,8 +22,10 @@ fn clean_files_are_evicted_and_come_back_on_open() {
     let mut m = Mounted::with(Opts {
         separate_local: true,
         args: vec![
+            // Nothing is uploaded until the test fsyncs it: the files stay dirty as long as the
+            // test needs them to, however slowly it runs.
             "--upload-delay".into(),
-            "50ms".into(),
+            "1h".into(),
             "--max-local-bytes".into(),
             "250KB".into(),
         ],
@@ -35,9 +37,18 @@ fn clean_files_are_evicted_and_come_back_on_open() {
         fs::write(m.path(&format!("f{i}")), d).unwrap();
     }
     // Dirty files are never evicted: all six stay until they are in the bucket.
+    for i in 0..6 {
+        let _ = fs::read(m.path(&format!("f{i}"))).unwrap();
+    }
     assert_eq!(local_file_bytes(&m.local), 600_000);
-    // Once uploaded, the next use makes room: back under the bound.
-    let deadline = Instant::now() + Duration::from_secs(20);
+    // An fsync uploads at once. Once uploaded, the next use makes room: back under the bound.
+    for i in 0..6 {
+        fs::File::open(m.path(&format!("f{i}")))
+            .unwrap()
+            .sync_all()
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
     while local_file_bytes(&m.local) > 250_000 {
         assert!(
             Instant::now() < deadline,

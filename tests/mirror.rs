@@ -12,10 +12,10 @@ mod servers;
 use std::collections::BTreeMap;
 use std::fs::{self};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use bucket::{Target, kubecost_write, rt, snapshot, target, wait_for};
+use bucket::{Target, kubecost_write, poll, rt, snapshot, target, wait_for};
 use common::{Mounted, Opts};
 
 /// A mount of etlfs mirroring into `t`, with a short upload delay.
@@ -225,7 +225,13 @@ fn bucket_outage_never_fails_writes_and_drains_after() {
     fs::create_dir(m.path("d")).unwrap();
     fs::rename(m.path("f0"), m.path("d/f0")).unwrap();
     fs::remove_file(m.path("f1")).unwrap();
-    std::thread::sleep(Duration::from_secs(2));
+    // The outage lasts until the mirror has failed and is retrying (the client's own retries
+    // take seconds before a failure reaches it).
+    assert!(
+        poll(120, || m.log().contains("failed; will retry")),
+        "no failure during the outage:\n{}",
+        m.log()
+    );
     server.start();
     let rt = rt();
     let snap = wait_for(&rt, store.as_ref(), None, 60, |s| s.len() == 20);
@@ -254,8 +260,9 @@ fn sigkill_mid_write_storm_loses_nothing_closed() {
     // The storm: rewrite 30 files over and over, delete some; remember what was closed. A
     // file whose operation fails (the mount died under it) is in an unknown state: forget it.
     let stop = Arc::new(AtomicBool::new(false));
+    let rounds_done = Arc::new(AtomicU32::new(0));
     let writer = {
-        let (mnt, stop) = (mnt.clone(), Arc::clone(&stop));
+        let (mnt, stop, rounds_done) = (mnt.clone(), Arc::clone(&stop), Arc::clone(&rounds_done));
         std::thread::spawn(move || {
             let mut closed: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
             let mut round = 0;
@@ -277,11 +284,17 @@ fn sigkill_mid_write_storm_loses_nothing_closed() {
                         closed.insert(name, None);
                     }
                 }
+                rounds_done.store(round, Ordering::Relaxed);
             }
             (closed, round)
         })
     };
-    std::thread::sleep(Duration::from_millis(1500));
+    // The kill lands in the fourth round or later, however slow the machine is.
+    assert!(
+        poll(120, || rounds_done.load(Ordering::Relaxed) >= 3),
+        "the storm did not get through 3 rounds:\n{}",
+        m.log()
+    );
     m.signal(rustix::process::Signal::KILL);
     assert!(m.wait_exit(Duration::from_secs(10)).is_some());
     stop.store(true, Ordering::Relaxed);

@@ -645,7 +645,7 @@ fn read_right_after_rename_of_a_bucket_only_file() {
             .enumerate()
             .all(|(i, f)| s.get(&new_name(i)) == Some(&f.data) && !s.contains_key(&f.rel))
     };
-    let snap = wait_for(&rt, store.as_ref(), None, 15, want);
+    let snap = wait_for(&rt, store.as_ref(), None, 60, want);
     let lost: Vec<String> = (0..files.len())
         .map(new_name)
         .filter(|k| !snap.contains_key(k))
@@ -685,10 +685,10 @@ fn rename_then_read_during_an_upload_keeps_the_object() {
     };
     // Once the upload is done and the old key is gone, the move has run: the new key is
     // there or never will be.
-    wait_for(&rt, store.as_ref(), None, 25, |s| {
+    wait_for(&rt, store.as_ref(), None, 120, |s| {
         s.get("big") == Some(&big) && !s.contains_key("d/f")
     });
-    let snap = wait_for(&rt, store.as_ref(), None, 5, want);
+    let snap = wait_for(&rt, store.as_ref(), None, 30, want);
     assert!(
         want(&snap),
         "keys while the upload was in flight: {:?}\nkeys at the end: {:?}\n{}",
@@ -745,7 +745,7 @@ fn prefetch_brings_everything_back(kind: &str) {
         assert_eq!(mtime_of(&md), want_mtime(f.mtime), "{}", f.rel);
     }
     assert!(
-        poll(5, || m.log().contains("prefetch finished failed=0")),
+        poll(30, || m.log().contains("prefetch finished failed=0")),
         "{}",
         m.log()
     );

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use bucket::{Target, rt, wait_for};
+use bucket::{Target, poll, rt, wait_for};
 use common::{Mounted, Opts};
 
 /// The soak driver built with the same profile as the etlfs binary under test (`cargo test`
@@ -165,9 +165,20 @@ fn a_journaled_operation_that_never_ran_changes_nothing() {
     assert_eq!(names(&m.mnt), ["a", "d", "g"], "{}", m.log());
     assert_eq!(names(&m.path("d")), ["f"], "{}", m.log());
     assert_eq!(names(&m.local), ["a", "d", "g"], "{}", m.log());
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(keys(&bucket::snapshot(&rt, store.as_ref(), None)), want);
+    // The drain returns once the mirror has carried out (or dropped) every replayed intent:
+    // whatever they were going to do to the bucket is done then.
     assert!(m.stop().success());
+    assert!(
+        m.log().contains("all changes are in the bucket"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(
+        keys(&bucket::snapshot(&rt, store.as_ref(), None)),
+        want,
+        "{}",
+        m.log()
+    );
 }
 
 /// Found by the soak: a file open for writing when SIGTERM came was written and closed while
@@ -187,7 +198,12 @@ fn a_file_closed_during_the_lazy_detach_is_uploaded_by_the_drain() {
         let mut f = OpenOptions::new().write(true).open(m.path("f")).unwrap();
         f.set_len(0).unwrap();
         m.signal(rustix::process::Signal::TERM);
-        std::thread::sleep(Duration::from_millis(700));
+        // Written and closed once the mount is detached (lazily: `f` keeps etlfs serving).
+        assert!(
+            poll(60, || !common::is_mounted(&m.mnt)),
+            "not detached: {}",
+            m.log()
+        );
         f.write_all(b"written after SIGTERM").unwrap();
         drop(f);
         let st = m.wait_exit(Duration::from_secs(60)).expect("etlfs exits");

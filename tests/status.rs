@@ -210,7 +210,12 @@ fn metrics_follow_uploads_deletes_and_fetches() {
         "buckets are cumulative"
     );
     assert!(after["etlfs_last_upload_timestamp_seconds"] > 1.6e9);
-    assert!(poll(10, || metrics(port)["etlfs_pending_changes"] == 0.0));
+    assert!(
+        poll(30, || metrics(port)["etlfs_pending_changes"] == 0.0),
+        "{:?}\n{}",
+        metrics(port),
+        m.log()
+    );
     let s = status_json(port);
     assert_eq!(s["state"], "ready");
     assert_eq!(s["uploads"]["done"], 3);
@@ -319,7 +324,14 @@ fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     // Pending work at SIGTERM: draining (not ready) until the drain gives up.
     t.server().stop();
     kubecost_write(&m.path("at-shutdown"), b"data").unwrap();
-    std::thread::sleep(Duration::from_millis(500));
+    // The mirror knows of the file (its close reaches etlfs asynchronously) before SIGTERM.
+    assert!(
+        poll(30, || status_json(port)["pending"]["changes"].as_u64()
+            >= Some(1)),
+        "{}\n{}",
+        status_json(port),
+        m.log()
+    );
     m.signal(rustix::process::Signal::TERM);
     assert!(
         poll(10, || get(port, "/readyz")
