@@ -398,9 +398,9 @@ fn not_ready_until_the_bucket_listing_loads() {
         "no status server:\n{}",
         log()
     );
-    // Give the listing time to fail for real.
+    // Give the lease (taken first) or the listing time to fail for real.
     assert!(
-        poll(20, || log().contains("cannot list the bucket yet")),
+        poll(20, || log().contains("the mount waits for")),
         "{}",
         log()
     );
