@@ -360,3 +360,270 @@ fn restart_after_a_clean_stop_uploads_nothing_again() {
     }
     assert!(m.stop().success());
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hard links, in both I/O modes: a write reaches the bucket under every name of the file.
+
+#[derive(Clone, Copy, Debug)]
+enum Io {
+    Passthrough,
+    Daemon,
+}
+
+/// Generates one test per backend (FILESYSTEM, S3) and I/O mode from `fn <name>(kind, io)`.
+macro_rules! on_filesystem_and_s3_in_both_modes {
+    ($($name:ident),* $(,)?) => {
+        mod filesystem_passthrough {
+            $( #[test] fn $name() { super::$name("filesystem", super::Io::Passthrough) } )*
+        }
+        mod filesystem_daemon {
+            $( #[test] fn $name() { super::$name("filesystem", super::Io::Daemon) } )*
+        }
+        mod s3_passthrough { $( #[test] fn $name() { super::$name("s3", super::Io::Passthrough) } )* }
+        mod s3_daemon { $( #[test] fn $name() { super::$name("s3", super::Io::Daemon) } )* }
+    };
+}
+
+on_filesystem_and_s3_in_both_modes!(
+    a_write_through_one_name_reaches_every_name,
+    unlinking_one_name_keeps_the_others_mirrored,
+    links_made_before_the_mount_are_mirrored,
+    a_random_workload_with_links_is_mirrored_exactly,
+);
+
+/// A mount mirroring into `t` in I/O mode `io`, its status server on the returned port.
+fn mount_in(
+    t: &Target,
+    io: Io,
+    files: Vec<(String, Vec<u8>)>,
+) -> (Mounted, tempfile::NamedTempFile, u16) {
+    let port = common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut extra = vec!["--listen", listen.as_str()];
+    if let Io::Daemon = io {
+        extra.push("--no-passthrough");
+    }
+    let (m, cfg) = mount(t, &extra, files);
+    (m, cfg, port)
+}
+
+/// Waits (up to 60 s) until the bucket holds `want` (key → bytes) and none of `absent`, then
+/// asserts it.
+fn expect_objects(t: &Target, m: &Mounted, want: &[(&str, &[u8])], absent: &[&str]) {
+    let rt = rt();
+    let ok = |s: &BTreeMap<String, Vec<u8>>| {
+        want.iter()
+            .all(|(k, v)| s.get(*k).map(Vec::as_slice) == Some(*v))
+            && absent.iter().all(|k| !s.contains_key(*k))
+    };
+    let snap = wait_for(&rt, t.store().as_ref(), None, 60, ok);
+    for (k, v) in want {
+        assert_eq!(
+            snap.get(*k)
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            Some(String::from_utf8_lossy(v).into_owned()),
+            "{k} in the bucket\n{}",
+            m.log()
+        );
+    }
+    for k in absent {
+        assert!(
+            !snap.contains_key(*k),
+            "{k} still in the bucket\n{}",
+            m.log()
+        );
+    }
+}
+
+fn append(path: &std::path::Path, data: &[u8]) {
+    use std::io::Write;
+    let mut f = fs::OpenOptions::new().append(true).open(path).unwrap();
+    f.write_all(data).unwrap();
+}
+
+/// Waits until the mirror has nothing pending, then stops the mount: the drain must find
+/// nothing left to do, and the bucket must hold exactly the local files.
+fn settle_and_stop(t: &Target, m: &mut Mounted, port: u16) {
+    let pending = || {
+        let raw = common::http_get(port, "/status")?;
+        let body = raw.split("\r\n\r\n").nth(1)?;
+        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        v["pending"]["changes"].as_u64()
+    };
+    assert!(
+        poll(60, || pending() == Some(0)),
+        "the mirror did not settle\n{}",
+        m.log()
+    );
+    let local = local_tree(&m.mnt);
+    let rt = rt();
+    let snap = wait_for(&rt, t.store().as_ref(), None, 60, |s| *s == local);
+    assert_eq!(
+        differences(&local, &snap),
+        Vec::<String>::new(),
+        "mount and bucket differ\n{}",
+        m.log()
+    );
+    assert!(m.stop().success());
+    assert!(
+        m.log().contains("all changes are in the bucket"),
+        "{}",
+        m.log()
+    );
+}
+
+/// What the bucket must hold for the tree at `root`: every file's bytes under its path and a
+/// marker per directory.
+fn local_tree(root: &std::path::Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+            if e.file_type().unwrap().is_dir() {
+                out.insert(format!("{rel}/.etlfs-dir"), Vec::new());
+                dirs.push(e.path());
+            } else {
+                out.insert(rel, fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+fn differences(want: &BTreeMap<String, Vec<u8>>, got: &BTreeMap<String, Vec<u8>>) -> Vec<String> {
+    let mut out = Vec::new();
+    for (k, v) in want {
+        match got.get(k) {
+            None => out.push(format!("{k}: missing from the bucket")),
+            Some(g) if g != v => out.push(format!("{k}: {} bytes, not {}", g.len(), v.len())),
+            Some(_) => {}
+        }
+    }
+    for k in got.keys().filter(|k| !want.contains_key(*k)) {
+        out.push(format!("{k}: in the bucket only"));
+    }
+    out
+}
+
+/// The first sequence (`echo v1 >a; ln a b; echo v2 >>a`), then writes through the
+/// other name and through a link in another directory, a rename of one name and an unlink of
+/// the first one.
+fn a_write_through_one_name_reaches_every_name(kind: &str, io: Io) {
+    let t = target(kind);
+    let (mut m, _cfg, port) = mount_in(&t, io, vec![]);
+    fs::write(m.path("a"), b"v1\n").unwrap();
+    fs::hard_link(m.path("a"), m.path("b")).unwrap();
+    expect_objects(&t, &m, &[("a", b"v1\n"), ("b", b"v1\n")], &[]);
+    append(&m.path("a"), b"v2\n");
+    expect_objects(&t, &m, &[("a", b"v1\nv2\n"), ("b", b"v1\nv2\n")], &[]);
+    append(&m.path("b"), b"v3\n");
+    let v3: &[u8] = b"v1\nv2\nv3\n";
+    expect_objects(&t, &m, &[("a", v3), ("b", v3)], &[]);
+
+    fs::create_dir(m.path("d")).unwrap();
+    fs::hard_link(m.path("a"), m.path("d/c")).unwrap();
+    append(&m.path("d/c"), b"v4\n");
+    let v4: &[u8] = b"v1\nv2\nv3\nv4\n";
+    expect_objects(&t, &m, &[("a", v4), ("b", v4), ("d/c", v4)], &[]);
+
+    fs::rename(m.path("b"), m.path("d/b2")).unwrap();
+    append(&m.path("a"), b"v5\n");
+    let v5: &[u8] = b"v1\nv2\nv3\nv4\nv5\n";
+    expect_objects(&t, &m, &[("a", v5), ("d/b2", v5), ("d/c", v5)], &["b"]);
+
+    fs::remove_file(m.path("a")).unwrap();
+    append(&m.path("d/c"), b"v6\n");
+    let v6: &[u8] = b"v1\nv2\nv3\nv4\nv5\nv6\n";
+    expect_objects(&t, &m, &[("d/b2", v6), ("d/c", v6)], &["a", "b"]);
+    settle_and_stop(&t, &mut m, port);
+}
+
+/// The second sequence (`echo v1 >c; ln c d; rm d; echo v2 >>c`), and the unlink of
+/// the first name instead.
+fn unlinking_one_name_keeps_the_others_mirrored(kind: &str, io: Io) {
+    let t = target(kind);
+    let (mut m, _cfg, port) = mount_in(&t, io, vec![]);
+    fs::write(m.path("c"), b"v1\n").unwrap();
+    fs::hard_link(m.path("c"), m.path("d")).unwrap();
+    expect_objects(&t, &m, &[("c", b"v1\n"), ("d", b"v1\n")], &[]);
+    fs::remove_file(m.path("d")).unwrap();
+    append(&m.path("c"), b"v2\n");
+    expect_objects(&t, &m, &[("c", b"v1\nv2\n")], &["d"]);
+
+    fs::hard_link(m.path("c"), m.path("e")).unwrap();
+    expect_objects(&t, &m, &[("e", b"v1\nv2\n")], &[]);
+    fs::remove_file(m.path("c")).unwrap();
+    append(&m.path("e"), b"v3\n");
+    expect_objects(&t, &m, &[("e", b"v1\nv2\nv3\n")], &["c", "d"]);
+    settle_and_stop(&t, &mut m, port);
+}
+
+/// Links made while etlfs was not running: the kernel only ever uses the name written
+/// through, and the other names are uploaded all the same.
+fn links_made_before_the_mount_are_mirrored(kind: &str, io: Io) {
+    let t = target(kind);
+    let files = vec![("a".to_string(), b"v1".to_vec())];
+    let (mut m, _cfg, port) = mount_in(&t, io, files);
+    expect_objects(&t, &m, &[("a", b"v1")], &[]);
+    assert!(m.stop().success());
+    fs::hard_link(m.local.join("a"), m.local.join("b")).unwrap();
+    fs::create_dir(m.local.join("sub")).unwrap();
+    fs::hard_link(m.local.join("a"), m.local.join("sub/c")).unwrap();
+    m.respawn();
+    expect_objects(&t, &m, &[("b", b"v1"), ("sub/c", b"v1")], &[]);
+    append(&m.path("a"), b"v2");
+    expect_objects(
+        &t,
+        &m,
+        &[("a", b"v1v2"), ("b", b"v1v2"), ("sub/c", b"v1v2")],
+        &[],
+    );
+    settle_and_stop(&t, &mut m, port);
+}
+
+/// Creates, rewrites, appends, links (within and across directories), renames (over other
+/// files too) and unlinks, drawn at random over a small namespace: afterwards the bucket
+/// holds exactly what the mount shows.
+fn a_random_workload_with_links_is_mirrored_exactly(kind: &str, io: Io) {
+    let t = target(kind);
+    let (mut m, _cfg, port) = mount_in(&t, io, vec![]);
+    for d in ["x", "y"] {
+        fs::create_dir(m.path(d)).unwrap();
+    }
+    let names: Vec<String> = ["", "x/", "y/"]
+        .iter()
+        .flat_map(|d| (0..8).map(move |i| format!("{d}n{i}")))
+        .collect();
+    let mut rng = 0x6c69_6e6b_u64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng % n as u64) as usize
+    };
+    for step in 0..400u64 {
+        let (p, q) = (
+            m.path(&names[next(names.len())]),
+            m.path(&names[next(names.len())]),
+        );
+        let body = bucket::data(step, 1 + next(3000));
+        match (next(6), p.exists()) {
+            (_, false) => fs::write(&p, &body).unwrap(),
+            (0, true) => fs::write(&p, &body).unwrap(),
+            (1, true) => append(&p, &body),
+            (2, true) if !q.exists() => fs::hard_link(&p, &q).unwrap(),
+            (3, true) => fs::rename(&p, &q).unwrap(),
+            (4, true) => fs::remove_file(&p).unwrap(),
+            _ => append(&p, &body[..16.min(body.len())]),
+        }
+        if step % 40 == 39 {
+            // Let some uploads run between the steps, so they meet later changes mid-way.
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+    let linked = local_tree(&m.mnt).len();
+    assert!(linked > 10, "the workload left too little: {linked}");
+    settle_and_stop(&t, &mut m, port);
+}

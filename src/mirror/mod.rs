@@ -21,6 +21,10 @@
 //!   the path is retried;
 //! - a successful upload is recorded (`records.rs`) with that identity and the checksum.
 //!
+//! A file with several hard links is one object per name, each uploaded like any file: a
+//! change reported for the inode makes every name of it due, those the overlay knows and those
+//! `links.rs` noted (links made before the mount).
+//!
 //! # Removals and renames
 //!
 //! Deleting objects is only ever done on behalf of an [`Intent`] the application caused, and
@@ -53,6 +57,7 @@
 //! directory needs no HEAD per object: at most once a minute while things change, and at the
 //! end of a drain. Uploads record the e_tag their put returned for it.
 
+mod links;
 mod manifest;
 mod records;
 mod worker;
@@ -79,11 +84,13 @@ pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     /// A handle with write access to the local inode `ino` was opened.
     fn writer_opened(&self, ino: u64);
-    /// The last write handle of `ino` was released; `path` is its current name, if any.
-    fn writer_closed(&self, ino: u64, path: Option<&Path>);
-    /// `path` changed without a write handle (truncate, chmod, utimens, mkdir, link), or was
-    /// fsynced (`urgent`: upload now the state it has now, even if it is still open).
-    fn changed(&self, path: &Path, urgent: bool);
+    /// The last write handle of `ino` was released; `paths` are the names of it the overlay
+    /// knows (none once they were all removed; a file with several links may have others).
+    fn writer_closed(&self, ino: u64, paths: &[PathBuf]);
+    /// The local inode `ino`, known by `paths`, changed without a write handle (truncate,
+    /// chmod, utimens, mkdir, link), or was fsynced (`urgent`: upload now the state it has
+    /// now, even if it is still open).
+    fn changed(&self, ino: u64, paths: &[PathBuf], urgent: bool);
     /// Records an intent durably, before the local operation. Returns a token for
     /// [`ChangeSink::finish`].
     fn intent(&self, intent: Intent) -> io::Result<u64>;
@@ -104,8 +111,8 @@ pub struct NullSink;
 
 impl ChangeSink for NullSink {
     fn writer_opened(&self, _: u64) {}
-    fn writer_closed(&self, _: u64, _: Option<&Path>) {}
-    fn changed(&self, _: &Path, _: bool) {}
+    fn writer_closed(&self, _: u64, _: &[PathBuf]) {}
+    fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
     fn intent(&self, _: Intent) -> io::Result<u64> {
         Ok(0)
     }
@@ -187,6 +194,8 @@ pub(crate) struct Shared {
     pub opts: MirrorOptions,
     /// Bucket-only files, whose objects move when they are renamed.
     pub index: Option<Arc<crate::index::Index>>,
+    /// Names of files with several hard links.
+    pub links: links::Links,
 }
 
 impl Shared {
@@ -239,6 +248,7 @@ impl Mirror {
             stats: Stats::default(),
             opts,
             index,
+            links: links::Links::default(),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
@@ -307,37 +317,48 @@ impl ChangeSink for Mirror {
             .or_insert(0) += 1;
     }
 
-    fn writer_closed(&self, ino: u64, path: Option<&Path>) {
-        {
+    fn writer_closed(&self, ino: u64, paths: &[PathBuf]) {
+        let last = {
             let mut busy = self.shared.busy.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = busy.get_mut(&ino) {
-                *n = n.saturating_sub(1);
-                if *n == 0 {
+            match busy.get_mut(&ino) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                _ => {
                     busy.remove(&ino);
+                    true
                 }
             }
-        }
-        if let Some(path) = path {
-            self.send(Msg::Touch {
-                path: path.to_owned(),
-                urgent: None,
-            });
+        };
+        // The names the overlay does not know are due once the file is closed for good.
+        let paths = if last {
+            self.shared.links.with_names(ino, paths)
+        } else {
+            paths.to_vec()
+        };
+        for path in paths {
+            self.send(Msg::Touch { path, urgent: None });
         }
     }
 
-    fn changed(&self, path: &Path, urgent: bool) {
+    fn changed(&self, ino: u64, paths: &[PathBuf], urgent: bool) {
+        let paths = self.shared.links.with_names(ino, paths);
         // An fsync vouches for the state it flushed, not for what is written after it while
         // the file stays open: note which state that is, now (the application waits for this
-        // reply before it writes on), so that only it is published.
+        // reply before it writes on), so that only it is published. (A name that no longer
+        // leads to the inode vouches for nothing.)
         let urgent = urgent
-            .then(|| self.shared.local.stat_beneath(path).ok())
-            .flatten()
-            .filter(|st| st.is_file())
-            .map(|st| Identity::of(&st));
-        self.send(Msg::Touch {
-            path: path.to_owned(),
-            urgent,
-        });
+            .then(|| {
+                paths.iter().find_map(|p| {
+                    let st = self.shared.local.stat_beneath(p).ok()?;
+                    (st.is_file() && st.ino == ino).then(|| Identity::of(&st))
+                })
+            })
+            .flatten();
+        for path in paths {
+            self.send(Msg::Touch { path, urgent });
+        }
     }
 
     fn intent(&self, intent: Intent) -> io::Result<u64> {

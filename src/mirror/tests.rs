@@ -134,6 +134,135 @@ impl Env {
         self.ov.release(fh).unwrap();
         ino
     }
+
+    /// Appends to the file of node `ino` by an open of the node itself: what `echo >>` does
+    /// through a name whose dentry the kernel still has (no lookup, so the overlay does not
+    /// learn which name was used).
+    fn append(&self, ino: u64, data: &[u8]) {
+        let o = self.ov.open(ino, libc::O_WRONLY).unwrap();
+        let size = self.ov.getattr(ino).unwrap().size;
+        self.ov.write(o.fh, size, data).unwrap();
+        self.ov.release(o.fh).unwrap();
+    }
+
+    fn link(&self, ino: u64, parent: u64, name: &str) {
+        self.ov.link(ino, parent, OsStr::new(name)).unwrap();
+    }
+
+    /// Stops this mount as a crash would (nothing drained) and starts again over the same
+    /// directory and bucket.
+    fn restart(self) -> Env {
+        let (tmp, store) = (self.tmp, self.store.clone());
+        drop(self.ov);
+        drop(self.mirror);
+        self.rt.shutdown_timeout(Duration::from_secs(1));
+        Env::with(tmp, store, 0)
+    }
+}
+
+#[test]
+fn a_write_through_one_name_of_a_hard_linked_file_reaches_every_name() {
+    let env = Env::new(0);
+    let x = env.kubecost_write(ROOT, "a", b"v1\n");
+    env.link(x, ROOT, "b");
+    let dir = env.ov.mkdir(ROOT, OsStr::new("dir"), 0o755, ME).unwrap();
+    env.link(x, dir.ino, "c");
+    env.drain();
+    assert_eq!(env.keys(), vec!["a", "b", "dir/", "dir/c"]);
+    // The kernel looked up "dir/c" last; the write comes through "a" without a lookup.
+    env.append(x, b"v2\n");
+    env.drain();
+    for k in ["a", "b", "dir/c"] {
+        assert_eq!(env.object(k).unwrap(), b"v1\nv2\n", "{k}");
+    }
+    // A truncate without a handle, too.
+    env.ov
+        .setattr(
+            x,
+            None,
+            crate::overlay::SetAttr {
+                size: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    env.drain();
+    for k in ["a", "b", "dir/c"] {
+        assert_eq!(env.object(k).unwrap(), b"v", "{k}");
+    }
+}
+
+#[test]
+fn unlinking_one_name_of_a_hard_linked_file_leaves_the_others_mirrored() {
+    let env = Env::new(0);
+    let x = env.kubecost_write(ROOT, "c", b"v1\n");
+    env.link(x, ROOT, "d");
+    env.drain();
+    // "d", the name the kernel looked up last, goes; "c" is written.
+    env.ov.unlink(ROOT, OsStr::new("d")).unwrap();
+    env.append(x, b"v2\n");
+    env.drain();
+    assert_eq!(env.keys(), vec!["c"]);
+    assert_eq!(env.object("c").unwrap(), b"v1\nv2\n");
+    // And the other way round: the first name goes, the new one is written.
+    env.link(x, ROOT, "e");
+    env.drain();
+    env.ov.unlink(ROOT, OsStr::new("c")).unwrap();
+    env.append(x, b"v3\n");
+    env.drain();
+    assert_eq!(env.keys(), vec!["e"]);
+    assert_eq!(env.object("e").unwrap(), b"v1\nv2\nv3\n");
+    // A rename of one name moves only that name.
+    env.link(x, ROOT, "f");
+    env.ov
+        .rename(ROOT, OsStr::new("e"), ROOT, OsStr::new("g"), 0)
+        .unwrap();
+    env.append(x, b"v4\n");
+    env.drain();
+    assert_eq!(env.keys(), vec!["f", "g"]);
+    for k in ["f", "g"] {
+        assert_eq!(env.object(k).unwrap(), b"v1\nv2\nv3\nv4\n", "{k}");
+    }
+}
+
+#[test]
+fn names_the_kernel_never_used_are_mirrored_too() {
+    // Links made before the mount: the kernel will only ever look up "a".
+    let env = Env::new(0);
+    env.kubecost_write(ROOT, "a", b"v1");
+    env.drain();
+    let root = env.tmp.path().join("d");
+    fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    fs::create_dir(root.join("sub")).unwrap();
+    fs::hard_link(root.join("a"), root.join("sub/c")).unwrap();
+    let env = env.restart();
+    env.drain();
+    assert_eq!(env.keys(), vec!["a", "b", "sub/", "sub/c"]);
+    let x = env.ov.lookup(ROOT, OsStr::new("a")).unwrap().ino;
+    env.append(x, b"v2");
+    env.drain();
+    for k in ["a", "b", "sub/c"] {
+        assert_eq!(env.object(k).unwrap(), b"v1v2", "{k}");
+    }
+    // A link made through the mount, whose node the kernel then forgets: looked up again by
+    // one name only, the file still has both (the mirror noted them when it uploaded them).
+    let y = env.kubecost_write(ROOT, "p", b"w1");
+    env.link(y, ROOT, "q");
+    env.drain();
+    env.ov.forget(y, 2);
+    assert_eq!(env.ov.lookup(ROOT, OsStr::new("p")).unwrap().ino, y);
+    env.append(y, b"w2");
+    env.drain();
+    assert_eq!(env.object("q").unwrap(), b"w1w2");
+    // Even with no name of it known to the overlay any more: "p" goes, the file is written
+    // through the handle.
+    let o = env.ov.open(y, libc::O_WRONLY).unwrap();
+    env.ov.unlink(ROOT, OsStr::new("p")).unwrap();
+    env.ov.write(o.fh, 4, b"w3").unwrap();
+    env.ov.release(o.fh).unwrap();
+    env.drain();
+    assert_eq!(env.keys(), vec!["a", "b", "q", "sub/", "sub/c"]);
+    assert_eq!(env.object("q").unwrap(), b"w1w2w3");
 }
 
 #[test]

@@ -601,7 +601,10 @@ async fn sync(
     let st = match shared.local.stat_beneath(path) {
         Ok(st) => st,
         // Removed since: the removal's intent takes care of the bucket.
-        Err(e) if is_gone(&e) => return Ok(Outcome::Done),
+        Err(e) if is_gone(&e) => {
+            shared.links.gone(path);
+            return Ok(Outcome::Done);
+        }
         Err(e)
             if e.raw_os_error() == Some(libc::EXDEV) || e.raw_os_error() == Some(libc::ELOOP) =>
         {
@@ -626,6 +629,7 @@ async fn sync(
         );
         return Ok(Outcome::Done);
     }
+    shared.links.note(path, &st);
     if !st.is_file() {
         return Ok(Outcome::Done); // symlinks, fifos, sockets and devices are not mirrored
     }
@@ -974,11 +978,14 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         .map_err(local_err(Path::new(".")))?;
     let mut seen = HashSet::new();
     let mut touch = Vec::new();
+    // Names of files with several links found in the bucket already: looked at again below.
+    let mut linked = Vec::new();
     for (path, st) in &local {
         if !(st.is_file() || st.is_dir()) {
             continue;
         }
         seen.insert(path.as_path());
+        shared.links.note(path, st);
         let rec = shared.records.get(path);
         let fresh = match (&rec, in_bucket.get(path.as_path())) {
             // A directory needs nothing but its marker in the bucket.
@@ -1001,6 +1008,21 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         if !fresh {
             // Forget a record the bucket no longer backs, so the sync uploads again.
             shared.records.remove(path);
+            touch.push(path.clone());
+        } else if st.is_file() && st.nlink > 1 {
+            linked.push(path);
+        }
+    }
+    // The mount serves while this runs: a file changed through another name before this name
+    // was noted above made nothing due here. Its state now tells.
+    for path in linked {
+        let moved = shared.local.stat_beneath(path).is_ok_and(|st| {
+            !shared
+                .records
+                .get(path)
+                .is_some_and(|r| r.id == Identity::of(&st))
+        });
+        if moved {
             touch.push(path.clone());
         }
     }

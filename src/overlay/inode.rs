@@ -11,8 +11,12 @@
 //!   number cannot be reused by another file. Files on other devices (a bind mount inside the
 //!   directory) get synthetic ids above [`SYNTHETIC_BASE`]; so will bucket-only files later.
 //! - `parent` and `name` are the node's last known place in the tree (kept up to date on
-//!   rename and unlink). They give the node's path for the mirror; hard links have one
-//!   "primary" name, the one last looked up.
+//!   rename and unlink): its *primary* name, the one last looked up, which parking reopens.
+//!   A file with several hard links also keeps, in `links`, every other name of it that the
+//!   kernel used through this mount (looked up, created by `link`, renamed to); each name is
+//!   an object of its own, so the mirror is told about all of them. Unlinking one name leaves
+//!   the others: the primary name passes to another known one. Names the kernel never used
+//!   (links made before the mount) are not here; the mirror finds those itself.
 //! - Descriptors are bounded: past [`InodeTable::new`]'s budget, the oldest idle files (not
 //!   directories, not open, still named) are *parked*: their descriptor is closed and opened
 //!   again by name when next needed, checked to be the same inode. A `find` over 100,000 files
@@ -58,6 +62,9 @@ pub struct Node {
     pub parent: Ino,
     /// Empty once the last known name was unlinked.
     pub name: OsString,
+    /// The other names of a file with several hard links, as `(parent, name)`; empty for
+    /// nearly every node (no allocation then).
+    pub links: Vec<(Ino, OsString)>,
     pub lookups: u64,
     pub residency: Residency,
     /// Open handles with write access; the file is "closed" for the mirror when this drops
@@ -65,6 +72,36 @@ pub struct Node {
     pub writers: u32,
     /// Open handles of any kind; a file with open handles is never evicted.
     pub openers: u32,
+}
+
+impl Node {
+    fn is_primary(&self, parent: Ino, name: &OsStr) -> bool {
+        self.parent == parent && self.name == name
+    }
+
+    /// A lookup found this node as `name` in `parent`, the file having `nlink` links: that
+    /// becomes its primary name. The previous one stays known as another link while the file
+    /// has several; with one link (or for a directory), the name just moved.
+    fn named(&mut self, parent: Ino, name: &OsStr, nlink: u64) {
+        let several = nlink > 1 && !self.is_dir;
+        if !several {
+            self.links.clear();
+        }
+        if self.is_primary(parent, name) {
+            return;
+        }
+        let old = (
+            self.parent,
+            std::mem::replace(&mut self.name, name.to_owned()),
+        );
+        self.parent = parent;
+        if several {
+            self.links.retain(|(p, n)| !(*p == parent && n == name));
+            if !old.1.is_empty() {
+                self.links.push(old);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +151,7 @@ impl InodeTable {
                 is_dir: true,
                 parent: ROOT,
                 name: OsString::new(),
+                links: Vec::new(),
                 lookups: 1,
                 residency: Residency::Local,
                 writers: 0,
@@ -175,8 +213,7 @@ impl InodeTable {
             Some(node) => {
                 node.lookups += 1;
                 if id != ROOT {
-                    node.parent = parent;
-                    node.name = name.to_owned();
+                    node.named(parent, name, st.nlink);
                 }
                 if node.parked {
                     // The lookup just opened it: keep that descriptor.
@@ -194,6 +231,7 @@ impl InodeTable {
                         is_dir: st.is_dir(),
                         parent,
                         name: name.to_owned(),
+                        links: Vec::new(),
                         lookups: 1,
                         residency: Residency::Local,
                         writers: 0,
@@ -313,6 +351,7 @@ impl InodeTable {
                 is_dir: false,
                 parent,
                 name: name.to_owned(),
+                links: Vec::new(),
                 lookups: 1,
                 residency: Residency::Remote,
                 writers: 0,
@@ -420,35 +459,87 @@ impl InodeTable {
         self.write().nodes.get_mut(&id).map(f)
     }
 
-    /// Moves a node to a new place in the tree after a successful rename.
-    pub fn renamed(&self, id: Ino, new_parent: Ino, new_name: &OsStr) {
-        if let Some(node) = self.write().nodes.get_mut(&id) {
-            node.parent = new_parent;
-            node.name = new_name.to_owned();
+    /// Moves the name `old_name` in `old_parent` of a node to a new place in the tree after a
+    /// successful rename.
+    pub fn renamed(
+        &self,
+        id: Ino,
+        (old_parent, old_name): (Ino, &OsStr),
+        (new_parent, new_name): (Ino, &OsStr),
+    ) {
+        let mut t = self.write();
+        let Some(node) = t.nodes.get_mut(&id) else {
+            return;
+        };
+        let old = |(p, n): &(Ino, OsString)| *p == old_parent && n == old_name;
+        let new = (new_parent, new_name.to_owned());
+        // A name the rename replaced is gone (a name of this very file included).
+        node.links
+            .retain(|(p, n)| !(*p == new_parent && n == new_name));
+        if let Some(link) = node.links.iter_mut().find(|l| old(l)) {
+            *link = new;
+        } else if node.is_primary(old_parent, old_name) || node.links.is_empty() {
+            (node.parent, node.name) = new;
+        } else {
+            // A name of it the kernel never showed us (it always does, but a name we do not
+            // know is still a name).
+            node.links.push(new);
         }
     }
 
-    /// Forgets the name of a node whose last known name was removed.
+    /// Forgets a removed name of a node. Its primary name passes to another known link, if it
+    /// has one; otherwise the node has no name any more.
     pub fn unlinked(&self, id: Ino, parent: Ino, name: &OsStr) {
         if let Some(node) = self.write().nodes.get_mut(&id) {
-            if node.parent == parent && node.name == name {
-                node.name.clear();
+            if node.is_primary(parent, name) {
+                (node.parent, node.name) =
+                    node.links.pop().unwrap_or((node.parent, OsString::new()));
+            } else {
+                node.links.retain(|(p, n)| !(*p == parent && n == name));
             }
         }
     }
 
-    /// The node's path relative to the served directory, or `None` if it (or a parent) has
-    /// no name any more.
-    pub fn path(&self, mut id: Ino) -> Option<PathBuf> {
+    /// The node's path (its primary name) relative to the served directory, or `None` if it
+    /// (or a parent) has no name any more.
+    pub fn path(&self, id: Ino) -> Option<PathBuf> {
         let t = self.read();
-        let mut parts = Vec::new();
-        while id != ROOT {
-            let node = t.nodes.get(&id)?;
+        if id == ROOT {
+            return Some(PathBuf::new());
+        }
+        let node = t.nodes.get(&id)?;
+        Self::path_in(&t, node.parent, &node.name)
+    }
+
+    /// Every path of the node the kernel knows, the primary one first: one for anything but a
+    /// file with several hard links.
+    pub fn paths(&self, id: Ino) -> Vec<PathBuf> {
+        let t = self.read();
+        if id == ROOT {
+            return vec![PathBuf::new()];
+        }
+        let Some(node) = t.nodes.get(&id) else {
+            return Vec::new();
+        };
+        std::iter::once((node.parent, &node.name))
+            .chain(node.links.iter().map(|(p, n)| (*p, n)))
+            .filter_map(|(p, n)| Self::path_in(&t, p, n))
+            .collect()
+    }
+
+    /// The path of `name` in the directory node `parent`, if both still have a place.
+    fn path_in(t: &Table, mut parent: Ino, name: &OsStr) -> Option<PathBuf> {
+        if name.is_empty() {
+            return None;
+        }
+        let mut parts = vec![name.to_owned()];
+        while parent != ROOT {
+            let node = t.nodes.get(&parent)?;
             if node.name.is_empty() {
                 return None;
             }
             parts.push(node.name.clone());
-            id = node.parent;
+            parent = node.parent;
         }
         Some(parts.iter().rev().collect())
     }

@@ -323,6 +323,11 @@ impl Overlay {
                     continue;
                 }
             };
+            if st.nlink > 1 {
+                // Removing one name of a file with several frees nothing, and would make the
+                // name come back from the bucket as a file of its own, no longer linked.
+                continue;
+            }
             // Only what the bucket holds exactly, and nothing open.
             let Some(sha256) = self.sink.in_bucket(&path, &st) else {
                 continue;
@@ -523,10 +528,23 @@ impl Overlay {
         Some(self.inodes.path(parent)?.join(name))
     }
 
-    /// Reports a change of a node to the mirror.
+    /// Reports a change of a node to the mirror, under every name of it the kernel knows.
     fn changed(&self, ino: Ino, urgent: bool) {
-        if let Some(path) = self.inodes.path(ino) {
-            self.sink.changed(&path, urgent);
+        let paths = self.inodes.paths(ino);
+        self.sink.changed(self.local_ino_of(ino), &paths, urgent);
+    }
+
+    /// The local inode number of a node (see [`local_ino`]): its id, unless that is synthetic.
+    fn local_ino_of(&self, ino: Ino) -> u64 {
+        if ino == ROOT {
+            return self.local.root_stat().ino;
+        }
+        if ino < inode::SYNTHETIC_BASE {
+            return ino;
+        }
+        match self.fd_of(ino) {
+            Some((Some(fd), _)) => self.local.stat(fd.as_fd()).map_or(ino, |st| st.ino),
+            _ => ino,
         }
     }
 
@@ -718,9 +736,9 @@ impl Overlay {
             .link(fd.as_fd(), dir.as_fd(), new_name)
             .map_err(OverlayError::local("link"))?;
         let entry = self.lookup(new_parent, new_name)?;
-        if let Some(path) = self.child_path(new_parent, new_name) {
-            self.sink.changed(&path, false);
-        }
+        // Every name of it: the new one is a new object, and the mirror learns that the file
+        // has several (the link moved its ctime, so the others are uploaded again too).
+        self.changed(entry.ino, false);
         Ok(entry)
     }
 
@@ -894,11 +912,13 @@ impl Overlay {
         }
         let (moved, replaced) = (moved.map(|(i, _)| i), replaced.map(|(i, _)| i));
         if let Some(id) = moved {
-            self.inodes.renamed(id, new_parent, new_name);
+            self.inodes
+                .renamed(id, (parent, name), (new_parent, new_name));
         }
         if let Some(id) = replaced.filter(|r| Some(*r) != moved) {
             if exchange {
-                self.inodes.renamed(id, parent, name);
+                self.inodes
+                    .renamed(id, (new_parent, new_name), (parent, name));
             } else {
                 self.inodes.unlinked(id, new_parent, new_name);
             }
@@ -941,7 +961,8 @@ impl Overlay {
             self.inodes.unlinked(id, new_parent, new_name);
         }
         if let Some(id) = self.inodes.find_remote(parent, name, from) {
-            self.inodes.renamed(id, new_parent, new_name);
+            self.inodes
+                .renamed(id, (parent, name), (new_parent, new_name));
         }
         Ok(())
     }
@@ -1067,9 +1088,13 @@ impl Overlay {
                     n.writers == 0
                 })
                 .unwrap_or(false);
-            let path = if last { self.inodes.path(h.ino) } else { None };
+            let paths = if last {
+                self.inodes.paths(h.ino)
+            } else {
+                Vec::new()
+            };
             let local = local_ino(&h.file, h.ino);
-            self.sink.writer_closed(local, path.as_deref());
+            self.sink.writer_closed(local, &paths);
             if last {
                 self.closed(h.ino);
             }
@@ -1090,7 +1115,8 @@ impl Overlay {
         .map_err(OverlayError::local("fsync"))?;
         // An fsync is the application saying "this state is complete": upload it now.
         if let Some(ino) = self.handles.file_ino(fh) {
-            self.changed(ino, true);
+            let paths = self.inodes.paths(ino);
+            self.sink.changed(local_ino(&file, ino), &paths, true);
         }
         Ok(())
     }

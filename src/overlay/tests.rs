@@ -3,7 +3,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::*;
 
@@ -176,6 +176,90 @@ fn rename_and_unlink_keep_paths_current() {
     ov.unlink(ROOT, name("g")).unwrap();
     assert_eq!(ov.path_of(f.ino), None);
     assert!(!tmp.path().join("g").exists());
+}
+
+/// Records the names the overlay reports for each change.
+#[derive(Debug, Default)]
+struct Names(std::sync::Mutex<Vec<Vec<PathBuf>>>);
+
+impl Names {
+    fn last(&self) -> Vec<PathBuf> {
+        let mut v = self.0.lock().unwrap().last().cloned().unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+impl ChangeSink for Names {
+    fn writer_opened(&self, _: u64) {}
+    fn writer_closed(&self, _: u64, paths: &[PathBuf]) {
+        self.0.lock().unwrap().push(paths.to_vec());
+    }
+    fn changed(&self, _: u64, paths: &[PathBuf], _: bool) {
+        self.0.lock().unwrap().push(paths.to_vec());
+    }
+    fn intent(&self, _: Intent) -> std::io::Result<u64> {
+        Ok(0)
+    }
+    fn finish(&self, _: u64, _: bool) {}
+    fn fetched(&self, _: &Path, _: &Stat, _: &str) {}
+    fn in_bucket(&self, _: &Path, _: &Stat) -> Option<String> {
+        None
+    }
+}
+
+#[test]
+fn every_known_name_of_a_hard_linked_file_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = Arc::new(Names::default());
+    let ov = Overlay::new(LocalDir::open(tmp.path()).unwrap(), None, names.clone()).unwrap();
+    let paths = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+    let write = |ino| {
+        let o = ov.open(ino, libc::O_WRONLY).unwrap();
+        ov.write(o.fh, 0, b"x").unwrap();
+        ov.release(o.fh).unwrap();
+        names.last()
+    };
+    let (f, o) = ov
+        .create(ROOT, name("a"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    ov.release(o.fh).unwrap();
+    assert_eq!(names.last(), paths(&["a"]));
+    let d = ov.mkdir(ROOT, name("d"), 0o755, ME).unwrap();
+    // A link reports every name: the new one is a new object, the others changed ctime.
+    ov.link(f.ino, d.ino, name("b")).unwrap();
+    assert_eq!(names.last(), paths(&["a", "d/b"]));
+    ov.link(f.ino, ROOT, name("c")).unwrap();
+    assert_eq!(write(f.ino), paths(&["a", "c", "d/b"]));
+    // Renaming one name, or its directory, moves just that name.
+    ov.rename(ROOT, name("a"), d.ino, name("a2"), 0).unwrap();
+    ov.rename(ROOT, name("d"), ROOT, name("e"), 0).unwrap();
+    assert_eq!(write(f.ino), paths(&["c", "e/a2", "e/b"]));
+    // Unlinking any name, the primary one included, leaves the others.
+    assert_eq!(ov.path_of(f.ino).unwrap(), Path::new("c"), "last looked up");
+    ov.unlink(ROOT, name("c")).unwrap();
+    assert_eq!(write(f.ino), paths(&["e/a2", "e/b"]));
+    ov.unlink(d.ino, name("a2")).unwrap();
+    assert_eq!(write(f.ino), paths(&["e/b"]));
+    // A name replaced by another file's rename is no longer one of this file's.
+    ov.link(f.ino, ROOT, name("g")).unwrap();
+    let (h, o) = ov
+        .create(ROOT, name("h"), 0o644, libc::O_WRONLY, ME)
+        .unwrap();
+    ov.release(o.fh).unwrap();
+    ov.rename(ROOT, name("h"), d.ino, name("b"), 0).unwrap();
+    assert_eq!(write(f.ino), paths(&["g"]));
+    assert_eq!(write(h.ino), paths(&["e/b"]));
+    // Looked up by a name it was not known by (a link made before the mount): known now.
+    fs::hard_link(tmp.path().join("g"), tmp.path().join("pre")).unwrap();
+    assert_eq!(ov.lookup(ROOT, name("pre")).unwrap().ino, f.ino);
+    assert_eq!(write(f.ino), paths(&["g", "pre"]));
+    // With one link left, the other names it was known by are stale.
+    fs::remove_file(tmp.path().join("g")).unwrap(); // behind etlfs' back (a test only)
+    assert_eq!(ov.lookup(ROOT, name("pre")).unwrap().ino, f.ino);
+    assert_eq!(write(f.ino), paths(&["pre"]));
+    ov.unlink(ROOT, name("pre")).unwrap();
+    assert_eq!(write(f.ino), paths(&[]));
 }
 
 #[test]
