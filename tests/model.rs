@@ -7,7 +7,9 @@
 //!
 //! - **application**: open (creating, truncating), write at random offsets, ftruncate,
 //!   truncate by path, close, fsync, read, rename (plain, `RENAME_NOREPLACE`,
-//!   `RENAME_EXCHANGE`, files and directories, over existing files), unlink, mkdir, rmdir. The
+//!   `RENAME_EXCHANGE`, files and directories, over existing files), unlink, mkdir, rmdir,
+//!   hard links (a name of a file is one of several: writes through one show under all, each
+//!   is an object of its own, and a lost disk brings them back as separate files). The
 //!   namespace is tiny (names `a`, `b`, `c`, three levels deep) so that renames over existing
 //!   files, rmdir of non-empty directories, renames into oneself and the like happen often.
 //!   Before calling the overlay, the driver makes the checks the kernel's VFS makes (a rename
@@ -37,13 +39,17 @@
 //! outside object) — never torn, never a mix — and after every start the namespace (names,
 //! kinds, sizes) is exactly the model's: nothing removed comes back, nothing moved is lost.
 //! At the end of each case (and before a disk loss) the bucket comes back (faults off),
-//! everything is drained, etlfs restarts and drains again, and then the bucket must hold
-//! exactly the model: each file under its key with identical bytes, a marker per directory,
-//! and nothing else; finally every file is read back through the overlay.
+//! everything is drained (SIGTERM, in half the cases: then the bucket must already be the
+//! model, but for what someone else changed, before any start repairs anything), etlfs
+//! restarts and drains again, and then the bucket must hold exactly the model: each file
+//! under its key with identical bytes, a marker per directory, and nothing else; finally
+//! every file is read back through the overlay.
 //!
 //! Not drawn: `RENAME_EXCHANGE` involving a directory (known bugs, see the ignored tests at
-//! the end; `MODEL_EXCHANGE_DIRS=1` draws it anyway), and a file whose object someone else
-//! deleted renamed over another file (two writers on one key).
+//! the end; `MODEL_EXCHANGE_DIRS=1` draws it anyway), a new file or directory at a path a
+//! bucket-only file was renamed away from before the mirror carried the rename out (a known
+//! bug too; `MODEL_REMAKE_MOVED=1` draws it), and a file whose object someone else deleted
+//! renamed over another file (two writers on one key).
 //!
 //! Run with `cargo nextest run --test model --no-capture` to see the summary line. The case
 //! count defaults to [`DEFAULT_CASES`] (about 45 s in a debug build on 2 cores);
@@ -164,6 +170,11 @@ enum Step {
     Rmdir {
         at: Pick,
     },
+    /// `link`: another name for a file.
+    Link {
+        from: Pick,
+        to: Pick,
+    },
     /// Someone else puts an object under a fresh key (`x<N>`, or `xd<N>/y` in a fresh
     /// directory).
     OutsidePut {
@@ -229,6 +240,7 @@ fn step() -> impl Strategy<Value = Step> {
         8 => (pick(), pick(), kind).prop_map(|(from, to, kind)| Step::Rename { from, to, kind }),
         4 => pick().prop_map(|at| Step::Unlink { at }),
         5 => pick().prop_map(|at| Step::Mkdir { at }),
+        4 => (pick(), pick()).prop_map(|(from, to)| Step::Link { from, to }),
         3 => pick().prop_map(|at| Step::Rmdir { at }),
         3 => (any::<bool>(), 0..3000u16)
             .prop_map(|(nested, len)| Step::OutsidePut { nested, len }),
@@ -390,6 +402,9 @@ struct Model {
     /// Outside objects not shown yet (until the next start).
     pending_outside: Vec<(PathBuf, Vec<u8>)>,
     next_outside: u32,
+    /// Local files an object of which someone else deleted since the last start: the next
+    /// start uploads them again, not a drain before it.
+    lost_objects: HashSet<Id>,
 }
 
 fn sha(data: &[u8]) -> [u8; 32] {
@@ -530,9 +545,32 @@ impl Model {
         }
     }
 
+    /// The bucket knows no hard links: every name of a file past the first becomes a file of
+    /// its own, with the same bytes (what a restore from the bucket gives).
+    fn unlink_names(&mut self) {
+        let mut seen = HashSet::new();
+        let paths: Vec<(PathBuf, Id)> = self
+            .tree
+            .iter()
+            .filter_map(|(p, n)| match n {
+                Node::File(id) => Some((p.clone(), *id)),
+                Node::Dir => None,
+            })
+            .collect();
+        for (p, id) in paths {
+            if !seen.insert(id) {
+                let f = self.files[&id].clone();
+                // (an object etlfs wrote: the application made the name)
+                let copy = self.new_file(f.data, f.resident, false);
+                self.tree.insert(p, Node::File(copy));
+            }
+        }
+    }
+
     /// A new start: handles are gone, outside objects show up, vanished files are gone.
     fn restarted(&mut self) {
         self.handles.clear();
+        self.lost_objects.clear();
         let ids: Vec<Id> = self
             .tree
             .values()
@@ -741,6 +779,9 @@ struct Run {
     step_no: u64,
     /// Faults could be injected during this step (a "fail the next N" is used up by it).
     faulty: bool,
+    /// Paths a bucket-only file (or a directory holding one) was renamed away from since the
+    /// mirror was last seen idle.
+    moved_away: Vec<PathBuf>,
 }
 
 fn errno(e: etlfs::overlay::OverlayError) -> i32 {
@@ -793,6 +834,7 @@ impl Run {
             drain_first: case.drain_first,
             step_no: 0,
             faulty: false,
+            moved_away: Vec::new(),
         })
     }
 
@@ -921,6 +963,7 @@ impl Run {
             Step::Unlink { at } => self.remove(self.model.pick(at), false),
             Step::Rmdir { at } => self.remove(self.model.pick(at), true),
             Step::Mkdir { at } => self.mkdir(self.model.pick(at)),
+            Step::Link { from, to } => self.link(self.model.pick(from), self.model.pick(to)),
             Step::OutsidePut { nested, len } => {
                 self.model.next_outside += 1;
                 let n = self.model.next_outside;
@@ -963,6 +1006,8 @@ impl Run {
                 block(self.inner.delete(&key)).map_err(|e| format!("outside delete: {e}"))?;
                 if vanishes {
                     self.model.files.get_mut(id).expect("known").vanished = true;
+                } else {
+                    self.model.lost_objects.insert(*id);
                 }
                 add(&TOTALS.outside_deletes, 1);
                 Ok(())
@@ -982,7 +1027,9 @@ impl Run {
             }
             Step::Wait => {
                 let t = Instant::now();
-                self.idle_within(Duration::from_millis(500));
+                if self.idle_within(Duration::from_millis(500)) {
+                    self.moved_away.clear();
+                }
                 add(&TOTALS.ms_wait, t.elapsed().as_millis() as u64);
                 Ok(())
             }
@@ -1051,6 +1098,7 @@ impl Run {
                 for f in self.model.files.values_mut() {
                     f.resident = false;
                 }
+                self.model.unlink_names();
                 self.start()
             }
         }
@@ -1071,7 +1119,17 @@ impl Run {
         self.check_namespace("after a start")
     }
 
+    /// Whether making something at `p` now is the known bug that is not drawn (see
+    /// [`a_file_made_where_a_bucket_only_file_was_renamed_from_keeps_it`]).
+    fn remakes_moved(&self, p: &Path) -> bool {
+        std::env::var_os("MODEL_REMAKE_MOVED").is_none()
+            && self.moved_away.iter().any(|m| p.starts_with(m))
+    }
+
     fn open(&mut self, p: PathBuf, write: bool, trunc: bool) -> Result<(), String> {
+        if write && matches!(self.model.lookup(&p), Ok(None)) && self.remakes_moved(&p) {
+            return self.skip();
+        }
         let expect = match self.model.lookup(&p) {
             Err(e) => Expect::Err(e),
             Ok(Some(Node::Dir)) => return self.skip(),
@@ -1235,6 +1293,9 @@ impl Run {
     }
 
     fn mkdir(&mut self, p: PathBuf) -> Result<(), String> {
+        if matches!(self.model.lookup(&p), Ok(None)) && self.remakes_moved(&p) {
+            return self.skip();
+        }
         let expect = match self.model.lookup(&p) {
             Err(e) => Expect::Err(e),
             Ok(Some(_)) => Expect::Err(libc::EEXIST),
@@ -1253,6 +1314,45 @@ impl Run {
         if self.check(&format!("mkdir {}", p.display()), expect, &got)? {
             self.model.tree.insert(p, Node::Dir);
         }
+        Ok(())
+    }
+
+    fn link(&mut self, from: PathBuf, to: PathBuf) -> Result<(), String> {
+        if self.remakes_moved(&to) {
+            return self.skip();
+        }
+        // In the order the VFS checks: the source, the new name's directory, the new name,
+        // then that the source is no directory.
+        let expect = match (self.model.lookup(&from), self.model.lookup(&to)) {
+            (Err(e), _) => Expect::Err(e),
+            (Ok(None), _) => Expect::Err(libc::ENOENT),
+            (_, Err(e)) => Expect::Err(e),
+            (_, Ok(Some(_))) => Expect::Err(libc::EEXIST),
+            (Ok(Some(Node::Dir)), _) => Expect::Err(libc::EPERM),
+            (Ok(Some(Node::File(id))), Ok(None)) => self.fetch_expect(id),
+        };
+        let (parent, name) = split(&to);
+        let got = self.resolve(&from).and_then(|(ino, kind, _)| {
+            let (pino, ..) = self.resolve(&parent)?;
+            match self.ov().lookup(pino, name) {
+                Ok(_) => return Err(libc::EEXIST),
+                Err(e) if e.errno() != libc::ENOENT => return Err(e.errno()),
+                Err(_) => {}
+            }
+            if kind == FileKind::Dir {
+                return Err(libc::EPERM);
+            }
+            self.ov().link(ino, pino, name).map_err(errno)
+        });
+        let what = format!("link {} -> {}", from.display(), to.display());
+        if !self.check(&what, expect, &got)? {
+            return Ok(());
+        }
+        let Some(Node::File(id)) = self.model.tree.get(&from).copied() else {
+            return Err(format!("{what}: not a file in the model"));
+        };
+        self.model.files.get_mut(&id).expect("known").resident = true;
+        self.model.tree.insert(to, Node::File(id));
         Ok(())
     }
 
@@ -1309,6 +1409,9 @@ impl Run {
             // Known bugs (see the ignored tests at the end): not drawn unless asked for.
             return self.skip();
         }
+        if self.remakes_moved(&to) || self.remakes_moved(&from) {
+            return self.skip();
+        }
         let expect = self.rename_expect(&from, &to, kind);
         let flags = match kind {
             RenameKind::Plain => 0,
@@ -1343,6 +1446,10 @@ impl Run {
                     _ => libc::ENOTEMPTY,
                 });
             }
+            if dst.is_some_and(|d| d.ino == src.ino) {
+                // Two names of one file: the VFS does nothing, successfully.
+                return Ok(());
+            }
             if let (Some(_), false) = (dst, matches!(kind, RenameKind::Exchange)) {
                 if src_dir && !dst_dir {
                     return Err(libc::ENOTDIR);
@@ -1359,9 +1466,19 @@ impl Run {
         if !self.check(&what, expect, &got)? {
             return Ok(());
         }
+        let m = &self.model;
+        let bucket_only_below = m.tree.iter().any(|(q, n)| {
+            q.starts_with(&from) && matches!(n, Node::File(id) if !m.files[id].resident)
+        });
+        if bucket_only_below && matches!(kind, RenameKind::Plain) {
+            self.moved_away.push(from.clone());
+        }
         let m = &mut self.model;
         let src = m.tree[&from];
         let dst = m.tree.get(&to).copied();
+        if matches!(src, Node::File(_)) && dst == Some(src) {
+            return Ok(()); // two names of one file
+        }
         let fetched = |m: &mut Model, n: Option<Node>| {
             if let Some(Node::File(id)) = n {
                 let f = m.files.get_mut(&id).expect("known");
@@ -1416,6 +1533,9 @@ impl Run {
             });
         }
         let exchange = matches!(kind, RenameKind::Exchange);
+        if matches!(src, Node::File(_)) && dst == Some(src) {
+            return Expect::Ok; // two names of one file: nothing to do
+        }
         match (src, dst) {
             (Node::Dir, Some(Node::File(_))) if !exchange => return Expect::Err(libc::ENOTDIR),
             (Node::File(_), Some(Node::Dir)) if !exchange => return Expect::Err(libc::EISDIR),
@@ -1553,9 +1673,13 @@ impl Run {
                 "not drained within {SETTLE:?} of the bucket's return"
             ));
         }
+        if self.drain_first {
+            self.check_drained()?;
+        }
         env.kill();
         self.start()?;
         self.quiesce()?;
+        self.moved_away.clear();
         add(&TOTALS.ms_settle, t.elapsed().as_millis() as u64);
         let got = self.bucket()?;
         let mut want = BTreeMap::new();
@@ -1580,6 +1704,57 @@ impl Run {
                 }
             }
             return Err(format!("the settled bucket differs from the model:\n{msg}"));
+        }
+        Ok(())
+    }
+
+    /// After a drain said everything is in the bucket, before any start repairs anything: the
+    /// bucket is the model, every name of every file with the bytes it has now and nothing
+    /// removed left (but what someone else changed: objects deleted under local files, which
+    /// the next start uploads again, and objects put that the next start shows).
+    fn check_drained(&self) -> Result<(), String> {
+        let m = &self.model;
+        let got = self.bucket()?;
+        let mut want = BTreeMap::new();
+        let mut either = HashSet::new();
+        for (p, n) in &m.tree {
+            let key = p.display().to_string();
+            match n {
+                Node::Dir => {
+                    want.insert(format!("{key}/.etlfs-dir"), Vec::new());
+                }
+                Node::File(id) if m.files[id].vanished => {}
+                Node::File(id) if m.lost_objects.contains(id) => {
+                    either.insert(key);
+                }
+                Node::File(id) => {
+                    want.insert(key, m.files[id].data.clone());
+                }
+            }
+        }
+        for (p, data) in &m.pending_outside {
+            want.insert(p.display().to_string(), data.clone());
+            if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()) {
+                either.insert(format!("{}/.etlfs-dir", d.display()));
+            }
+        }
+        let got: BTreeMap<String, Vec<u8>> = got
+            .into_iter()
+            .filter(|(k, _)| !either.contains(k))
+            .collect();
+        if got != want {
+            let short = |m: &BTreeMap<String, Vec<u8>>| -> BTreeMap<PathBuf, (bool, u64)> {
+                m.iter()
+                    .map(|(k, v)| (PathBuf::from(k), (false, v.len() as u64)))
+                    .collect()
+            };
+            let mut msg = diff(&short(&want), &short(&got));
+            for (k, v) in &want {
+                if got.get(k).is_some_and(|g| g != v) {
+                    let _ = writeln!(msg, "  {k}: other bytes of the same size");
+                }
+            }
+            return Err(format!("the drained bucket differs from the model:\n{msg}"));
         }
         Ok(())
     }
@@ -2081,6 +2256,150 @@ fn a_directory_rename_that_never_ran_moves_nothing() {
             },
             Step::Wait,
             Step::Crash,
+        ],
+    });
+}
+
+/// KNOWN BUG (a new file where a bucket-only file was renamed from, before the mirror carried
+/// the rename out, here while the bucket is out): the mirror takes a local file at the old
+/// name for "the renamed file was local", so it neither copies the object to the new name nor
+/// deletes it; the new file's upload then overwrites it. The renamed file is lost (the next
+/// start no longer shows it). Across a crash, the start's replay makes the same mistake. (Not
+/// drawn, so it only shows with `MODEL_REMAKE_MOVED=1`.)
+#[test]
+#[ignore = "known bug: a bucket-only file renamed away from a name made again is lost"]
+fn a_file_made_where_a_bucket_only_file_was_renamed_from_keeps_it() {
+    check(Case {
+        delay_ms: 0,
+        seed: 1,
+        drain_first: true,
+        faults: None,
+        steps: vec![
+            Step::Open {
+                at: New { dir: 0, name: 2 },
+                write: true,
+                trunc: true,
+            },
+            Step::LoseDisk,
+            Step::Faults { mix: 7 },
+            Step::Rename {
+                from: Existing(0),
+                to: New { dir: 0, name: 0 },
+                kind: RenameKind::Plain,
+            },
+            Step::Open {
+                at: New { dir: 0, name: 2 },
+                write: true,
+                trunc: true,
+            },
+            Step::FaultsOff,
+            Step::Wait,
+        ],
+    });
+}
+
+/// A write through one name of a file with two (made through the mount) must reach the object
+/// of the other as well, before any start: only a restart's reconcile used to upload it.
+#[test]
+fn a_write_through_one_name_reaches_the_other_names_object() {
+    check(Case {
+        delay_ms: 0,
+        seed: 1,
+        drain_first: true,
+        faults: None,
+        steps: vec![
+            Step::Open {
+                at: New { dir: 0, name: 0 },
+                write: true,
+                trunc: false,
+            },
+            Step::Write {
+                h: 0,
+                off: 0,
+                len: 10,
+            },
+            Step::Close { h: 0 },
+            Step::Link {
+                from: Existing(0),
+                to: New { dir: 0, name: 1 },
+            },
+            Step::Wait,
+            Step::Open {
+                at: Existing(0),
+                write: true,
+                trunc: false,
+            },
+            Step::Write {
+                h: 0,
+                off: 0,
+                len: 20,
+            },
+            Step::Close { h: 0 },
+        ],
+    });
+}
+
+/// The same for links made before the start: the overlay only ever hears of the name the
+/// application uses; the other one's object must follow all the same. And the name looked up
+/// last going does not orphan the first.
+#[test]
+fn a_write_reaches_the_names_made_before_the_start() {
+    check(Case {
+        delay_ms: 0,
+        seed: 1,
+        drain_first: true,
+        faults: None,
+        steps: vec![
+            Step::Mkdir {
+                at: New { dir: 0, name: 2 },
+            },
+            Step::Open {
+                at: New { dir: 0, name: 0 },
+                write: true,
+                trunc: false,
+            },
+            Step::Write {
+                h: 0,
+                off: 0,
+                len: 10,
+            },
+            Step::Close { h: 0 },
+            // a -> c/b
+            Step::Link {
+                from: Existing(0),
+                to: New { dir: 1, name: 1 },
+            },
+            Step::Restart,
+            Step::Open {
+                at: Existing(0),
+                write: true,
+                trunc: false,
+            },
+            Step::Write {
+                h: 0,
+                off: 5,
+                len: 20,
+            },
+            Step::Close { h: 0 },
+            Step::Wait,
+            // A link made while a is open (c/a, the name last looked up) goes again: the
+            // write still reaches a, and c/b, which the overlay never heard of since the start.
+            Step::Open {
+                at: Existing(0),
+                write: true,
+                trunc: false,
+            },
+            Step::Link {
+                from: Existing(0),
+                to: New { dir: 1, name: 0 },
+            },
+            Step::Unlink { at: Existing(2) },
+            Step::Write {
+                h: 0,
+                off: 0,
+                len: 30,
+            },
+            Step::Close { h: 0 },
         ],
     });
 }
