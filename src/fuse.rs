@@ -11,11 +11,16 @@
 //! and shared by all handles open on it; the last `release` drops the id. If registering fails
 //! (no capability, e.g. inside a user namespace) we fall back, once and for good, to serving
 //! reads and writes here.
+//!
+//! Writes through a shared mapping of a passthrough file change the file's times on the disk
+//! underneath without the kernel's FUSE inode noticing, so attributes of an inode with a
+//! passthrough handle open for writing are given to the kernel without a cache validity
+//! (see [`EtlFs::attr_ttl`]); every other reply keeps [`TTL`].
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -34,7 +39,8 @@ use crate::overlay::{
 /// How long the kernel may cache names and attributes. Every change to the served directory
 /// goes through this mount (it hides the directory underneath), and the kernel updates its
 /// caches on the operations it sends us, so a long validity is safe; it is what makes a
-/// repeated `stat` as cheap as on the native disk.
+/// repeated `stat` as cheap as on the native disk. The one change the kernel does not see is
+/// a write through a shared mapping of a passthrough file (see [`EtlFs::attr_ttl`]).
 const TTL: Duration = Duration::from_secs(60);
 
 /// Logs a failed request at the error's level and replies with its errno.
@@ -63,6 +69,10 @@ pub struct FuseOptions {
 struct BackingCache {
     by_inode: HashMap<Ino, Weak<BackingId>>,
     by_handle: HashMap<u64, Arc<BackingId>>,
+    /// Passthrough handles with write access, per inode.
+    writers: HashMap<Ino, u32>,
+    /// The handles counted in `writers`.
+    writable: std::collections::HashSet<u64>,
 }
 
 /// The `fuser::Filesystem` over an [`Overlay`].
@@ -72,6 +82,10 @@ pub struct EtlFs {
     /// Shared with `/metrics`, which shows whether passthrough is (still) on.
     passthrough: Arc<AtomicBool>,
     backing: Mutex<BackingCache>,
+    /// Opens and releases of passthrough handles with write access so far, and how many are
+    /// open now (see [`EtlFs::attr_ttl`]).
+    write_events: AtomicU64,
+    writers_open: AtomicU64,
     xattrs: bool,
 }
 
@@ -81,6 +95,8 @@ impl EtlFs {
             overlay,
             passthrough: Arc::new(AtomicBool::new(opts.passthrough)),
             backing: Mutex::new(BackingCache::default()),
+            write_events: AtomicU64::new(0),
+            writers_open: AtomicU64::new(0),
             xattrs: opts.xattrs,
         }
     }
@@ -96,11 +112,13 @@ impl EtlFs {
     }
 
     /// The backing id for `ino`, registering `opened.file` if the inode has none yet.
-    /// `None` means passthrough is off (or just failed and is now off).
+    /// `None` means passthrough is off (or just failed and is now off). `flags` are the
+    /// open's: a handle with write access is counted (see [`EtlFs::attr_ttl`]).
     fn backing_for(
         &self,
         ino: Ino,
         opened: &Opened,
+        flags: i32,
         register: impl FnOnce(&std::fs::File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
         if !self.passthrough.load(Ordering::Relaxed) {
@@ -125,11 +143,27 @@ impl EtlFs {
             },
         };
         cache.by_handle.insert(opened.fh, Arc::clone(&id));
+        if flags & libc::O_ACCMODE != libc::O_RDONLY {
+            *cache.writers.entry(ino).or_insert(0) += 1;
+            cache.writable.insert(opened.fh);
+            self.writers_open.fetch_add(1, Ordering::SeqCst);
+            self.write_events.fetch_add(1, Ordering::SeqCst);
+        }
         Some(id)
     }
 
     fn drop_backing(&self, ino: Ino, fh: u64) {
         let mut cache = self.backing();
+        if cache.writable.remove(&fh) {
+            if let Some(n) = cache.writers.get_mut(&ino) {
+                *n -= 1;
+                if *n == 0 {
+                    cache.writers.remove(&ino);
+                }
+            }
+            self.writers_open.fetch_sub(1, Ordering::SeqCst);
+            self.write_events.fetch_add(1, Ordering::SeqCst);
+        }
         if cache.by_handle.remove(&fh).is_some()
             && cache
                 .by_inode
@@ -138,6 +172,37 @@ impl EtlFs {
         {
             cache.by_inode.remove(&ino);
         }
+    }
+
+    /// Runs `get` (which reads the attributes of a node from the disk) and says how long the
+    /// kernel may cache what it returned: [`TTL`], or nothing for an inode with a passthrough
+    /// handle open for writing. The kernel itself writes such a file's shared mappings to the
+    /// disk underneath, and the times that moves (as on any filesystem, at the first write to
+    /// a page) never reach its cached attributes: `stat` would show the old mtime and ctime
+    /// for a minute. (An `mmap` marks the attributes stale, so the ones cached before it are
+    /// asked for again.) Without a validity the kernel asks again at each `stat` while the
+    /// file is open for writing, and once after its release. An open or release of such a
+    /// handle while `get` ran counts as open: `get` may have read the times before the writes.
+    /// Files not open for writing pay two atomic loads (and a lookup in a map while another
+    /// file is); outside passthrough mode there are no such handles (the kernel sees every
+    /// write then).
+    fn attr_ttl<T>(
+        &self,
+        get: impl FnOnce() -> Result<T, OverlayError>,
+        ino: impl Fn(&T) -> Ino,
+    ) -> (Duration, Result<T, OverlayError>) {
+        let events = self.write_events.load(Ordering::SeqCst);
+        let got = get();
+        let quiet = |ino: Ino| {
+            self.write_events.load(Ordering::SeqCst) == events
+                && (self.writers_open.load(Ordering::SeqCst) == 0
+                    || !self.backing().writers.contains_key(&ino))
+        };
+        let ttl = match &got {
+            Ok(v) if !quiet(ino(v)) => Duration::ZERO,
+            _ => TTL,
+        };
+        (ttl, got)
     }
 
     /// Flags for an opened file without passthrough: keep the page cache across opens (all
@@ -242,9 +307,9 @@ impl Filesystem for EtlFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.overlay.lookup(parent.0, name) {
-            Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
-            Err(e) => fail!(reply, "lookup", e),
+        match self.attr_ttl(|| self.overlay.lookup(parent.0, name), |e| e.ino) {
+            (ttl, Ok(e)) => reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0)),
+            (_, Err(e)) => fail!(reply, "lookup", e),
         }
     }
 
@@ -253,9 +318,9 @@ impl Filesystem for EtlFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.overlay.getattr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => fail!(reply, "getattr", e),
+        match self.attr_ttl(|| self.overlay.getattr(ino.0), |a| a.ino) {
+            (ttl, Ok(a)) => reply.attr(&ttl, &file_attr(&a)),
+            (_, Err(e)) => fail!(reply, "getattr", e),
         }
     }
 
@@ -285,9 +350,12 @@ impl Filesystem for EtlFs {
             atime: time_set(atime),
             mtime: time_set(mtime),
         };
-        match self.overlay.setattr(ino.0, fh.map(|f| f.0), set) {
-            Ok(a) => reply.attr(&TTL, &file_attr(&a)),
-            Err(e) => fail!(reply, "setattr", e),
+        match self.attr_ttl(
+            || self.overlay.setattr(ino.0, fh.map(|f| f.0), set),
+            |a| a.ino,
+        ) {
+            (ttl, Ok(a)) => reply.attr(&ttl, &file_attr(&a)),
+            (_, Err(e)) => fail!(reply, "setattr", e),
         }
     }
 
@@ -387,9 +455,9 @@ impl Filesystem for EtlFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.overlay.link(ino.0, newparent.0, newname) {
-            Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
-            Err(e) => fail!(reply, "link", e),
+        match self.attr_ttl(|| self.overlay.link(ino.0, newparent.0, newname), |e| e.ino) {
+            (ttl, Ok(e)) => reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0)),
+            (_, Err(e)) => fail!(reply, "link", e),
         }
     }
 
@@ -398,7 +466,7 @@ impl Filesystem for EtlFs {
             Ok(o) => o,
             Err(e) => return fail!(reply, "open", e),
         };
-        match self.backing_for(ino.0, &opened, |f| reply.open_backing(f)) {
+        match self.backing_for(ino.0, &opened, flags.0, |f| reply.open_backing(f)) {
             Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
             None => reply.opened(FileHandle(opened.fh), Self::open_flags()),
         }
@@ -535,22 +603,21 @@ impl Filesystem for EtlFs {
             let dot = item.name == "." || item.name == "..";
             // Every entry but the dot entries counts as a lookup in the kernel, so it is
             // looked up here too; one that vanished since opendir is skipped.
-            let attr = if dot {
-                match self.overlay.getattr(item.ino) {
-                    Ok(a) => a,
-                    Err(_) => continue,
-                }
+            let (ttl, attr) = if dot {
+                self.attr_ttl(|| self.overlay.getattr(item.ino), |a| a.ino)
             } else {
-                match self.overlay.lookup(ino.0, &item.name) {
-                    Ok(e) => e.attr,
-                    Err(_) => continue,
-                }
+                self.attr_ttl(
+                    || self.overlay.lookup(ino.0, &item.name).map(|e| e.attr),
+                    |a| a.ino,
+                )
             };
+            let Ok(attr) = attr else { continue };
+            // (one validity for the name and the attributes here)
             let full = reply.add(
                 INodeNo(attr.ino),
                 item.next_offset,
                 &item.name,
-                &TTL,
+                &ttl,
                 &file_attr(&attr),
                 Generation(0),
             );
@@ -679,7 +746,9 @@ impl Filesystem for EtlFs {
             Err(e) => return fail!(reply, "create", e),
         };
         let attr = file_attr(&entry.attr);
-        match self.backing_for(entry.ino, &opened, |f| reply.open_backing(f)) {
+        // The full TTL even for a handle with write access: the kernel has not mapped it yet,
+        // and mapping it marks these attributes stale.
+        match self.backing_for(entry.ino, &opened, flags, |f| reply.open_backing(f)) {
             Some(id) => reply.created_passthrough(
                 &TTL,
                 &attr,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::fs::{self};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bucket::{Target, kubecost_write, poll, rt, snapshot, target, wait_for};
 use common::{Mounted, Opts};
@@ -362,7 +362,8 @@ fn restart_after_a_clean_stop_uploads_nothing_again() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hard links, in both I/O modes: a write reaches the bucket under every name of the file.
+// Hard links and shared mappings, in both I/O modes: a write reaches the bucket under every
+// name of the file, however it was made.
 
 #[derive(Clone, Copy, Debug)]
 enum Io {
@@ -389,6 +390,7 @@ on_filesystem_and_s3_in_both_modes!(
     unlinking_one_name_keeps_the_others_mirrored,
     links_made_before_the_mount_are_mirrored,
     a_random_workload_with_links_is_mirrored_exactly,
+    writes_through_a_shared_mapping_are_uploaded,
 );
 
 /// A mount mirroring into `t` in I/O mode `io`, its status server on the returned port.
@@ -625,5 +627,46 @@ fn a_random_workload_with_links_is_mirrored_exactly(kind: &str, io: Io) {
     }
     let linked = local_tree(&m.mnt).len();
     assert!(linked > 10, "the workload left too little: {linked}");
+    settle_and_stop(&t, &mut m, port);
+}
+
+/// A file written through a shared writable mapping (kept past the close of its descriptor)
+/// is uploaded with those bytes once the mapping is gone, and `stat` through the mount shows
+/// the new modification time.
+fn writes_through_a_shared_mapping_are_uploaded(kind: &str, io: Io) {
+    let t = target(kind);
+    let (mut m, _cfg, port) = mount_in(&t, io, vec![]);
+    let p = m.path("mapped");
+    fs::write(&p, vec![b'.'; 2 * 4096]).unwrap();
+    expect_objects(&t, &m, &[("mapped", &vec![b'.'; 2 * 4096])], &[]);
+    let before = fs::metadata(&p).unwrap().modified().unwrap();
+    // Times move on at a clock tick: wait until the clock has left the file's mtime behind.
+    assert!(poll(10, || SystemTime::now()
+        .duration_since(before)
+        .is_ok_and(|d| d > Duration::from_millis(50))));
+    let script = r#"
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 0, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+os.fstat(fd)  # as xfs_io does: the attributes are read again after the mmap
+os.close(fd)
+m[4096:4096+6] = b'MAPPED'
+m.close()
+"#;
+    let st = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&p)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    // (stat first: a read marks the kernel's cached attributes stale)
+    assert!(
+        fs::metadata(&p).unwrap().modified().unwrap() > before,
+        "stat shows the mtime from before the mapped write"
+    );
+    let mut want = vec![b'.'; 2 * 4096];
+    want[4096..4102].copy_from_slice(b"MAPPED");
+    assert_eq!(fs::read(&p).unwrap(), want);
+    expect_objects(&t, &m, &[("mapped", &want)], &[]);
     settle_and_stop(&t, &mut m, port);
 }

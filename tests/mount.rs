@@ -58,6 +58,7 @@ both_modes!(
     fallocate_and_seek_data_hole,
     flock_and_fcntl_locks,
     shared_writable_mmap,
+    a_mapped_write_moves_the_times_stat_shows,
     fsync_and_fsyncdir,
     statfs_reports_the_disk_underneath,
     state_dir_is_invisible,
@@ -556,6 +557,81 @@ os.close(fd)
     let local = m.local.join("mapped");
     assert!(m.stop().success());
     assert_eq!(&fs::read(local).unwrap()[4096..4102], b"MAPPED");
+}
+
+/// `xfs_io -f -c "pwrite 0 4k" -c fsync f; stat f; xfs_io -c "mmap 0 4k" -c "mwrite 0 4k" f;
+/// stat f`: the second `stat` shows the mtime and ctime the write through the mapping gave
+/// the file, as on the disk underneath. In passthrough mode the kernel writes the mapping to
+/// the disk itself, so it is etlfs that must not let the kernel keep the old times; while the
+/// mapping is still there too. (In daemon mode the times move when the mapping's pages reach
+/// etlfs, at the latest when it is unmapped.)
+fn a_mapped_write_moves_the_times_stat_shows(mode: Mode) {
+    let m = Mounted::with(Opts {
+        separate_local: true,
+        ..mode.opts()
+    });
+    let p = m.path("f");
+    let mut f = File::create(&p).unwrap();
+    f.write_all(&[b'.'; 4096]).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    let before = fs::metadata(&p).unwrap();
+    let times = |md: &fs::Metadata| ((md.mtime(), md.mtime_nsec()), (md.ctime(), md.ctime_nsec()));
+    // Times move on at a clock tick: wait until the clock has left the file's times behind.
+    let start = before.modified().unwrap();
+    while SystemTime::now()
+        .duration_since(start)
+        .is_ok_and(|d| d < Duration::from_millis(50))
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Python's mmap is a real MAP_SHARED mapping (no unsafe code here). The fstat after the
+    // mmap is what xfs_io does: the kernel caches what it returns.
+    let script = r#"
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR)
+m = mmap.mmap(fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+os.fstat(fd)
+m[0:4096] = b'M' * 4096
+st = os.stat(sys.argv[1])
+print(st.st_mtime_ns, st.st_ctime_ns)
+m.close()
+os.close(fd)
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let after = fs::metadata(&p).unwrap();
+    assert_eq!(fs::read(&p).unwrap(), vec![b'M'; 4096]);
+    assert!(
+        times(&after).0 > times(&before).0 && times(&after).1 > times(&before).1,
+        "stat after the mapped write: {:?}, before it: {:?}",
+        times(&after),
+        times(&before)
+    );
+    let under = fs::metadata(m.local.join("f")).unwrap();
+    assert_eq!(
+        times(&after),
+        times(&under),
+        "through the mount vs. underneath"
+    );
+    if let Mode::Passthrough = mode {
+        let during = String::from_utf8(out.stdout).unwrap();
+        let mtime_during: i128 = during.split_whitespace().next().unwrap().parse().unwrap();
+        let mtime_before =
+            i128::from(before.mtime()) * 1_000_000_000 + i128::from(before.mtime_nsec());
+        assert!(
+            mtime_during > mtime_before,
+            "stat while mapped: {during}, before: {mtime_before}"
+        );
+    }
 }
 
 fn fsync_and_fsyncdir(mode: Mode) {
