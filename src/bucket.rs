@@ -348,6 +348,17 @@ impl Bucket {
         &self.fence
     }
 
+    /// The same bucket as another process sees it: its own health and fence (a second writer,
+    /// in tests).
+    #[cfg(test)]
+    pub fn with_own_fence(&self) -> Bucket {
+        Bucket {
+            health: Arc::default(),
+            fence: Arc::default(),
+            ..self.clone()
+        }
+    }
+
     /// Whether the bucket answers, as the operations made through this bucket saw it.
     pub fn health(&self) -> &Arc<crate::counters::Health> {
         &self.health
@@ -986,6 +997,18 @@ impl Upload {
             .await
             .map_err(BucketError::store("abort upload", &self.key))
     }
+}
+
+/// A bucket in memory, for the unit tests of the modules above this one (which may not name
+/// `object_store` themselves).
+#[cfg(test)]
+pub fn in_memory(prefix: &str) -> Bucket {
+    Bucket::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        prefix,
+        true,
+        vec![],
+    )
 }
 
 #[cfg(test)]
