@@ -281,22 +281,8 @@ mod tests {
     /// acknowledged intent. (A tiny tmpfs: deterministic, and a line straddles its end.)
     #[test]
     fn a_partial_append_on_a_full_disk_is_cut_off() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("small");
-        std::fs::create_dir(&dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        struct Unmount<'a>(&'a std::path::Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&dir);
+        let small = crate::state::tests::SmallTmpfs::new();
+        let dir = small.path().to_owned();
         let (j, _) = Journal::open(&StateDir::open(&dir).unwrap()).unwrap();
         let mut acked = Vec::new();
         let err = loop {

@@ -40,16 +40,7 @@ fn version(name: &str, round: u32) -> Vec<u8> {
         .into_bytes()
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(
+crate::on_every_backend!(
     kubecost_cycles_land_with_final_bytes_only,
     rename_and_delete_follow,
     preexisting_files_are_uploaded_at_first_mount
