@@ -646,6 +646,19 @@ fn unmount(mountpoint: &Path) {
     }
 }
 
+/// Waits `d` before a retry at start; `true` if a signal (or the end of the signal thread)
+/// asked us to stop meanwhile.
+fn stopped_while_waiting(signals: &mpsc::Receiver<Event>, d: std::time::Duration) -> bool {
+    match signals.recv_timeout(d) {
+        Ok(Event::Signal(sig)) => {
+            info!(signal = sig, "stopping before the mount");
+            true
+        }
+        Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => false,
+        Err(mpsc::RecvTimeoutError::Disconnected) => true,
+    }
+}
+
 /// Takes the lease, retrying with backoff while the bucket is unreachable. `None` if a signal
 /// asked us to stop first; a live holder, an unreadable lease or a bucket without conditional
 /// writes is a [`UsageError`] (exit code 2).
@@ -673,13 +686,8 @@ fn take_lease(
                 w
             }
         };
-        match signals.recv_timeout(next) {
-            Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "stopping before the mount");
-                return Ok(None);
-            }
-            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        if stopped_while_waiting(signals, next) {
+            return Ok(None);
         }
     }
 }
@@ -715,13 +723,8 @@ fn load_index(
                 warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
             }
         }
-        match signals.recv_timeout(wait) {
-            Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "stopping before the mount");
-                return Ok(None);
-            }
-            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        if stopped_while_waiting(signals, wait) {
+            return Ok(None);
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }
