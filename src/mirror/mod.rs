@@ -77,6 +77,13 @@ pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
+    /// A file is about to be created at `path` (and opened: [`ChangeSink::writer_opened`]
+    /// follows). Until [`ChangeSink::create_done`], it is not uploaded even if found meanwhile
+    /// (by the start's reconcile): between the creating syscall and the writer's registration
+    /// it is a new, empty file that nobody closed.
+    fn create_started(&self, path: &Path);
+    /// The create of `path` ended (its writer is registered, or it failed).
+    fn create_done(&self, path: &Path);
     /// A handle with write access to the local inode `ino` was opened.
     fn writer_opened(&self, ino: u64);
     /// The last write handle of `ino` was released; `path` is its current name, if any.
@@ -103,6 +110,8 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
 pub struct NullSink;
 
 impl ChangeSink for NullSink {
+    fn create_started(&self, _: &Path) {}
+    fn create_done(&self, _: &Path) {}
     fn writer_opened(&self, _: u64) {}
     fn writer_closed(&self, _: u64, _: Option<&Path>) {}
     fn changed(&self, _: &Path, _: bool) {}
@@ -181,6 +190,8 @@ pub(crate) struct Shared {
     pub journal: Journal,
     /// Open write handles per local inode.
     pub busy: Mutex<HashMap<u64, u32>>,
+    /// Creates in flight per path ([`ChangeSink::create_started`]).
+    pub creating: Mutex<HashMap<PathBuf, u32>>,
     /// The state directory, relative to the served one, when it lives inside it.
     pub skip: Option<PathBuf>,
     pub stats: Stats,
@@ -190,12 +201,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn is_busy(&self, ino: u64) -> bool {
-        self.busy
+    /// Whether the file (local inode `ino`, at `path`) is open for writing or being created:
+    /// its content is not a state anybody closed.
+    pub fn is_busy(&self, ino: u64, path: &Path) -> bool {
+        let open = self
+            .busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
-            .is_some_and(|n| *n > 0)
+            .is_some_and(|n| *n > 0);
+        open || self
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(path)
     }
 }
 
@@ -235,6 +254,7 @@ impl Mirror {
             records,
             journal,
             busy: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashMap::new()),
             skip,
             stats: Stats::default(),
             opts,
@@ -297,6 +317,30 @@ impl Mirror {
 }
 
 impl ChangeSink for Mirror {
+    fn create_started(&self, path: &Path) {
+        *self
+            .shared
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    fn create_done(&self, path: &Path) {
+        let mut creating = self
+            .shared
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = creating.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                creating.remove(path);
+            }
+        }
+    }
+
     fn writer_opened(&self, ino: u64) {
         *self
             .shared
@@ -385,7 +429,7 @@ impl ChangeSink for Mirror {
 
     fn in_bucket(&self, path: &Path, st: &crate::local::Stat) -> Option<String> {
         let rec = self.shared.records.get(path)?;
-        (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino))
+        (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino, path))
             .then_some(rec.sha256)
     }
 }

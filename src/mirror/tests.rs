@@ -76,7 +76,8 @@ impl Env {
     /// a debug build on two busy cores).
     fn drain(&self) {
         assert!(
-            self.rt.block_on(self.mirror.drain(Duration::from_secs(120))),
+            self.rt
+                .block_on(self.mirror.drain(Duration::from_secs(120))),
             "drain timed out"
         );
     }

@@ -640,7 +640,7 @@ async fn sync(
     // An open file is published only in the state an fsync vouched for: what was written
     // since is not complete (its last close makes it due again).
     let fsynced = urgent == Some(id);
-    if shared.is_busy(st.ino) && !fsynced {
+    if shared.is_busy(st.ino, path) && !fsynced {
         return Ok(Outcome::Done);
     }
     upload(shared, path, &st, fsynced).await
@@ -802,7 +802,7 @@ async fn upload(
     let id = Identity::of(st);
     let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
         let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
-        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
+        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino, path)))
     };
     let up = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
         Snapshot::Uploaded(up) => up,

@@ -1016,15 +1016,26 @@ impl Overlay {
     ) -> Result<(Entry, Opened)> {
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
-        let (file, fd, st) = self
-            .local
-            .create(dir.as_fd(), name, flags, mode, creds)
-            .map_err(OverlayError::local("create"))?;
-        let entry = self.entry(parent, name, fd, st);
-        // A created file is new content for the mirror even if nobody writes to it, so it
-        // counts as a writer until released whatever the access mode.
-        let opened = self.register_open(entry.ino, file, true);
-        Ok((entry, opened))
+        // The mirror must not take the new, empty file for a closed one before its writer is
+        // registered (the start's reconcile can find it in between).
+        let path = self.child_path(parent, name);
+        if let Some(p) = &path {
+            self.sink.create_started(p);
+        }
+        let created = self.local.create(dir.as_fd(), name, flags, mode, creds);
+        let res = created
+            .map_err(OverlayError::local("create"))
+            .map(|(file, fd, st)| {
+                let entry = self.entry(parent, name, fd, st);
+                // A created file is new content for the mirror even if nobody writes to it, so it
+                // counts as a writer until released whatever the access mode.
+                let opened = self.register_open(entry.ino, file, true);
+                (entry, opened)
+            });
+        if let Some(p) = &path {
+            self.sink.create_done(p);
+        }
+        res
     }
 
     fn handle_file(&self, fh: u64) -> Result<(Arc<File>, bool)> {
