@@ -398,7 +398,11 @@ impl Filesystem for EtlFs {
             Ok(o) => o,
             Err(e) => return fail!(reply, "open", e),
         };
-        match self.backing_for(ino.0, &opened, |f| reply.open_backing(f)) {
+        // Under `noatime`, a twin of the file on a noatime mount (`Overlay::noatime_backing`).
+        let register = |f: &std::fs::File| {
+            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
+        };
+        match self.backing_for(ino.0, &opened, register) {
             Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
             None => reply.opened(FileHandle(opened.fh), Self::open_flags()),
         }
@@ -679,7 +683,10 @@ impl Filesystem for EtlFs {
             Err(e) => return fail!(reply, "create", e),
         };
         let attr = file_attr(&entry.attr);
-        match self.backing_for(entry.ino, &opened, |f| reply.open_backing(f)) {
+        let register = |f: &std::fs::File| {
+            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
+        };
+        match self.backing_for(entry.ino, &opened, register) {
             Some(id) => reply.created_passthrough(
                 &TTL,
                 &attr,

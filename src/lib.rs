@@ -18,6 +18,7 @@ pub mod journal;
 pub mod lease;
 pub mod local;
 pub mod mirror;
+pub mod mountopts;
 pub mod oneshot;
 pub mod overlay;
 pub mod run;

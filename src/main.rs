@@ -100,6 +100,11 @@ enum Command {
         /// without a renewal.
         #[arg(long, default_value = "10s", value_parser = parse_period, value_name = "DURATION")]
         lease_period: std::time::Duration,
+        /// Mount options, comma-separated, repeatable (`-o ro,noatime -o nodev`): ro, nosuid
+        /// and nodev (the default) or suid and dev, noexec, sync, dirsync, noatime, nodiratime,
+        /// ...; what fstab passes for mount(8) (defaults, nofail, x-*, ...) is ignored.
+        #[arg(short = 'o', long = "options", value_name = "OPT[,OPT...]")]
+        options: Vec<String>,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
             takeover,
             no_lease,
             lease_period,
+            options,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -272,6 +278,7 @@ fn main() -> ExitCode {
                 takeover,
                 period: lease_period,
             }),
+            options,
         }),
         Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
         Command::Backup {

@@ -31,7 +31,8 @@ use crate::fuse::{EtlFs, FuseOptions};
 use crate::index::Index;
 use crate::local::LocalDir;
 use crate::mirror::{ChangeSink, Intent, Mirror, MirrorOptions};
-use crate::overlay::{Overlay, Remote};
+use crate::mountopts::{Atime, MountOptions};
+use crate::overlay::{Overlay, Policy, Remote};
 use crate::state::StateDir;
 use crate::sys;
 
@@ -68,6 +69,8 @@ pub struct MountArgs {
     pub degraded_after: std::time::Duration,
     /// The lease that makes this mount the one writer of its prefix (`None`: `--no-lease`).
     pub lease: Option<LeaseArgs>,
+    /// The `-o` arguments, as given (each may hold several comma-separated options).
+    pub options: Vec<String>,
 }
 
 /// How a writer takes and keeps the lease (see [`crate::lease`]).
@@ -117,6 +120,8 @@ pub enum UsageError {
     FdBudget(String),
     #[error(transparent)]
     Lease(Box<crate::lease::LeaseError>),
+    #[error(transparent)]
+    MountOption(#[from] crate::mountopts::UnknownOption),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -260,6 +265,7 @@ enum Event {
 /// [`UsageError`] inside for invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     sys::tune_allocator();
+    let options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.
@@ -425,6 +431,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
     let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
         .context("setting up the overlay")?
+        .with_policy(Policy {
+            read_only: options.read_only,
+            noatime_files: options.atime == Atime::Never,
+            noatime_dirs: options.dirs_noatime(),
+        })
         .with_fd_budget(fd_budget)
         .with_remote(Remote {
             index: Arc::clone(&index),
@@ -459,15 +470,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     });
 
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("etlfs:{}", plan.local.display())),
-        MountOption::Subtype("etlfs".into()),
-        MountOption::DefaultPermissions,
-        // The bucket is not trusted: nothing restored from it may grant privilege, and a
-        // set-uid file or a device node planted through another path must not either.
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
+    config.mount_options = fuser_options(&plan.local, &options);
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
@@ -488,6 +491,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         local = %esc(&plan.local),
         state_dir = %esc(&plan.state_dir),
         threads = args.threads,
+        read_only = options.read_only,
+        atime = ?options.atime,
         "mounted"
     );
     status.set_ready();
@@ -560,6 +565,32 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     info!(open_handles = overlay.open_handles(), "stopped cleanly");
     Ok(())
+}
+
+/// The kernel's mount options for `-o` `options`. Always: the source shown in the mount
+/// table, `default_permissions` (the kernel checks modes, as on the disk underneath), and
+/// `nosuid`/`nodev` unless `suid`/`dev` were asked for. `strictatime` and `nodiratime` have
+/// no fuser counterpart, and nothing to do in the kernel anyway (it leaves a FUSE file's
+/// access time to the filesystem): the mount table shows the kernel's default, `relatime`.
+fn fuser_options(local: &Path, options: &MountOptions) -> Vec<MountOption> {
+    let mut out = vec![
+        MountOption::FSName(format!("etlfs:{}", local.display())),
+        MountOption::Subtype("etlfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    let flags = [
+        (options.read_only, MountOption::RO),
+        (options.suid, MountOption::Suid),
+        (!options.suid, MountOption::NoSuid),
+        (options.dev, MountOption::Dev),
+        (!options.dev, MountOption::NoDev),
+        (!options.exec, MountOption::NoExec),
+        (options.sync, MountOption::Sync),
+        (options.dirsync, MountOption::DirSync),
+        (options.atime == Atime::Never, MountOption::NoAtime),
+    ];
+    out.extend(flags.into_iter().filter(|(on, _)| *on).map(|(_, o)| o));
+    out
 }
 
 /// The bucket named by `--config` and `--prefix`, for `mount` and the one-shot commands alike:

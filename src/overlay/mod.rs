@@ -32,7 +32,7 @@ mod inode;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -76,24 +76,6 @@ impl FileKind {
             libc::S_IFCHR => FileKind::CharDevice,
             libc::S_IFBLK => FileKind::BlockDevice,
             _ => FileKind::File,
-        }
-    }
-
-    fn from_std(t: std::fs::FileType) -> FileKind {
-        if t.is_dir() {
-            FileKind::Dir
-        } else if t.is_symlink() {
-            FileKind::Symlink
-        } else if t.is_fifo() {
-            FileKind::Fifo
-        } else if t.is_socket() {
-            FileKind::Socket
-        } else if t.is_char_device() {
-            FileKind::CharDevice
-        } else if t.is_block_device() {
-            FileKind::BlockDevice
-        } else {
-            FileKind::File
         }
     }
 }
@@ -210,6 +192,23 @@ pub struct Overlay {
     evict_lock: RwLock<()>,
     /// Files evicted to the bucket since start (for `/metrics`).
     evictions: std::sync::atomic::AtomicU64,
+    /// What the mount options ask of the served files.
+    policy: Policy,
+    /// Whether the kernel refused a private noatime mount for a backing file (said once).
+    noatime_refused: std::sync::atomic::AtomicBool,
+}
+
+/// What the mount's `-o` options ask of the overlay itself (see [`crate::mountopts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `ro`: every change is refused with EROFS. The kernel refuses them first on a read-only
+    /// mount; this holds whatever reaches us anyway.
+    pub read_only: bool,
+    /// `noatime`: files are opened for the application with `O_NOATIME`, so that reads etlfs
+    /// serves leave the access time of the file underneath alone.
+    pub noatime_files: bool,
+    /// `noatime` or `nodiratime`: the same for directories.
+    pub noatime_dirs: bool,
 }
 
 /// What the overlay needs to show and fetch files that are only in the bucket.
@@ -269,7 +268,67 @@ impl Overlay {
             cache: None,
             evict_lock: RwLock::new(()),
             evictions: Default::default(),
+            policy: Policy::default(),
+            noatime_refused: Default::default(),
         })
+    }
+
+    /// Serves under what the mount options ask (read-only, no access times).
+    pub fn with_policy(mut self, policy: Policy) -> Overlay {
+        self.policy = policy;
+        self
+    }
+
+    /// Under `noatime`, what to hand the kernel as the passthrough backing file of `file` (an
+    /// open local file) instead of `file` itself: the same file reached through a private
+    /// noatime mount, see [`LocalDir::noatime_twin`]. `None` without `noatime`, or when that
+    /// mount cannot be made (said once: passthrough reads then update access times as the
+    /// disk underneath does).
+    pub fn noatime_backing(&self, file: &File) -> Option<File> {
+        if !self.policy.noatime_files {
+            return None;
+        }
+        match self.local.noatime_twin(file.as_fd()) {
+            Ok(twin) => Some(twin),
+            Err(e) => {
+                if !self
+                    .noatime_refused
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(error = %e, "noatime: no private noatime mount for passthrough; \
+                        reads the kernel serves update access times as the disk underneath does");
+                }
+                None
+            }
+        }
+    }
+
+    /// EROFS on a read-only mount: called first by every request that would change something.
+    fn writable(&self) -> Result<()> {
+        if self.policy.read_only {
+            return Err(OverlayError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// The flags to open a local file (or directory) with for the application: the
+    /// application's own, less `O_DIRECT`, plus `O_NOATIME` under `noatime`.
+    ///
+    /// `O_DIRECT` stays with the kernel: it already serves a FUSE file opened with `O_DIRECT`
+    /// without its page cache (each read and write of that handle reaches us, or the backing
+    /// file, which passthrough opens with the application's own flags). Our descriptor serves
+    /// daemon-mode requests, whose buffers, offsets and sizes are the kernel's, not aligned
+    /// for the disk underneath, which would refuse them with EINVAL. The data then goes
+    /// through the local file's page cache, which the disk writes back as for any write; an
+    /// application that needs it on the disk asks with fsync or O_SYNC, as with O_DIRECT on
+    /// most filesystems.
+    fn local_flags(&self, flags: i32, dir: bool) -> i32 {
+        let noatime = if dir {
+            self.policy.noatime_dirs
+        } else {
+            self.policy.noatime_files
+        };
+        (flags & !libc::O_DIRECT) | if noatime { libc::O_NOATIME } else { 0 }
     }
 
     /// Holds at most `budget` descriptors for files the kernel knows; past it, idle files'
@@ -606,6 +665,7 @@ impl Overlay {
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        self.writable()?;
         let fd = match self.fd_of(ino) {
             Some((None, _)) if set.size == Some(0) => self.materialize_empty(ino)?,
             _ => self.node_fd(ino)?,
@@ -679,6 +739,7 @@ impl Overlay {
         rdev: u32,
         creds: Creds,
     ) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -689,6 +750,7 @@ impl Overlay {
     }
 
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, creds: Creds) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -701,6 +763,7 @@ impl Overlay {
     }
 
     pub fn symlink(&self, parent: Ino, name: &OsStr, target: &Path, creds: Creds) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -711,6 +774,7 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(new_parent, new_name)?;
         let fd = self.node_fd(ino)?;
         let dir = self.dir_fd(new_parent)?;
@@ -733,6 +797,7 @@ impl Overlay {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
@@ -804,6 +869,7 @@ impl Overlay {
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         self.check_reserved(new_parent, new_name)?;
         let old_dir = self.dir_fd(parent)?;
@@ -975,6 +1041,9 @@ impl Overlay {
     }
 
     fn open_locked(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        if is_writable(flags) {
+            self.writable()?;
+        }
         let (fd, is_dir) = self.fd_of(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(OverlayError::local("open")(
@@ -1001,7 +1070,7 @@ impl Overlay {
         };
         let file = self
             .local
-            .reopen(fd.as_fd(), flags)
+            .reopen(fd.as_fd(), self.local_flags(flags, is_dir))
             .map_err(OverlayError::local("open"))?;
         Ok(self.register_open(ino, file, is_writable(flags)))
     }
@@ -1014,6 +1083,7 @@ impl Overlay {
         flags: i32,
         creds: Creds,
     ) -> Result<(Entry, Opened)> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         // The mirror must not take the new, empty file for a closed one before its writer is
@@ -1022,7 +1092,13 @@ impl Overlay {
         if let Some(p) = &path {
             self.sink.create_started(p);
         }
-        let created = self.local.create(dir.as_fd(), name, flags, mode, creds);
+        let created = self.local.create(
+            dir.as_fd(),
+            name,
+            self.local_flags(flags, false),
+            mode,
+            creds,
+        );
         let res = created
             .map_err(OverlayError::local("create"))
             .map(|(file, fd, st)| {
@@ -1059,6 +1135,7 @@ impl Overlay {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.writable()?;
         let (file, _) = self.handle_file(fh)?;
         file.write_all_at(data, offset)
             .map_err(OverlayError::local("write"))?;
@@ -1107,6 +1184,7 @@ impl Overlay {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
         let (file, _) = self.handle_file(fh)?;
         local::fallocate(&file, mode, offset, len).map_err(OverlayError::local("fallocate"))?;
         Ok(())
@@ -1144,11 +1222,14 @@ impl Overlay {
         let fd = self.dir_fd(ino)?;
         let file = self
             .local
-            .reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .reopen(
+                fd.as_fd(),
+                self.local_flags(libc::O_RDONLY | libc::O_DIRECTORY, true),
+            )
             .map_err(OverlayError::local("opendir"))?;
         let listing = self
             .local
-            .read_dir(fd.as_fd())
+            .read_dir(fd.as_fd(), self.policy.noatime_dirs)
             .map_err(OverlayError::local("readdir"))?;
         let root_dev = self.local.root_stat().dev;
         let mut entries: Vec<DirSnapshotEntry> = listing
@@ -1156,7 +1237,7 @@ impl Overlay {
             .filter(|e| !self.is_hidden(ino, &e.name))
             .map(|e| DirSnapshotEntry {
                 ino: self.inodes.id_of(root_dev, e.ino).unwrap_or(e.ino),
-                kind: FileKind::from_std(e.file_type),
+                kind: FileKind::from_mode(e.file_type),
                 name: e.name,
             })
             .collect();
@@ -1282,6 +1363,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
         let fd = self.node_fd(ino)?;
         self.local
             .set_xattr(fd.as_fd(), name, value, flags)
@@ -1289,6 +1371,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        self.writable()?;
         let fd = self.node_fd(ino)?;
         self.local
             .remove_xattr(fd.as_fd(), name)
