@@ -564,18 +564,40 @@ impl Bucket {
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
         self.fence.check()?;
         let (fk, tk) = (self.key(from)?, self.key(to)?);
-        self.store
-            .copy(&fk, &tk)
-            .await
-            .map_err(BucketError::store("copy", &fk))?;
+        self.copy_key(&fk, &tk).await?;
         if !self.user_metadata {
             let (fm, tm) = (self.meta_key(from)?, self.meta_key(to)?);
-            self.store
-                .copy(&fm, &tm)
-                .await
-                .map_err(BucketError::store("copy", &fm))?;
+            self.copy_key(&fm, &tm).await?;
         }
         Ok(())
+    }
+
+    /// Copies one object, unless `to` already is `from`.
+    ///
+    /// FILESYSTEM (the one backend without user metadata) copies by hard-linking `from` to a
+    /// staged `to#N` and renaming that onto `to`. When `to` already is a link of the same file
+    /// (a rename back and forth copies `a` to `b` and later `b` to `a` while both keys are
+    /// links of one file), rename(2) does nothing and reports success, so `to#N` stays behind:
+    /// never listed, never deleted, and keeping the bytes alive after both keys are gone.
+    /// Its e_tag is the file's inode, mtime and size, so equal e_tags mean `to` already holds
+    /// exactly `from`, and there is nothing to copy. Only this process writes the prefix (the
+    /// lease), so nothing changes either key between the check and the copy.
+    async fn copy_key(&self, from: &Key, to: &Key) -> Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        if !self.user_metadata {
+            let (a, b) = futures::join!(self.store.head(from), self.store.head(to));
+            if let (Ok(a), Ok(b)) = (a, b) {
+                if a.e_tag.is_some() && a.e_tag == b.e_tag {
+                    return Ok(());
+                }
+            }
+        }
+        self.store
+            .copy(from, to)
+            .await
+            .map_err(BucketError::store("copy", from))
     }
 
     /// Creates the marker object of a directory.
@@ -1026,6 +1048,63 @@ mod tests {
         assert!(b.key(not_utf8).unwrap_err().to_string().contains("UTF-8"));
         // `.etlfs` deeper down is an ordinary name.
         assert!(b.key(Path::new("d/.etlfs")).is_ok());
+    }
+
+    /// LocalFileSystem copies through a hard-linked `to#N` renamed onto `to`; when `to` is a
+    /// link of `from` already, that rename is a no-op and `to#N` stayed behind (renames back
+    /// and forth piled them up). Such a copy is skipped: no staged file is left, and the bytes
+    /// and metadata are where they belong.
+    #[tokio::test]
+    async fn filesystem_copies_back_and_forth_leave_no_staged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let b = Bucket::new(store, "etl", false, vec![]);
+        let meta = FileMeta {
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: "cd".repeat(32),
+            owner: None,
+        };
+        let (a, z) = (Path::new("d1/a"), Path::new("d2/b"));
+        b.put_bytes(a, Bytes::from_static(b"x"), &meta)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            b.copy(a, z).await.unwrap();
+            b.copy(z, a).await.unwrap();
+            b.copy(a, a).await.unwrap();
+        }
+        b.delete(z).await.unwrap();
+        b.copy(a, z).await.unwrap();
+        b.delete(a).await.unwrap();
+        b.copy(z, a).await.unwrap();
+        let mut left = Vec::new();
+        let mut todo = vec![dir.path().to_owned()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    left.push(e.path().strip_prefix(dir.path()).unwrap().to_owned());
+                }
+            }
+        }
+        left.sort();
+        let want: Vec<PathBuf> = [
+            "etl/.etlfs/meta/d1/a",
+            "etl/.etlfs/meta/d2/b",
+            "etl/d1/a",
+            "etl/d2/b",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        assert_eq!(left, want);
+        for p in [a, z] {
+            assert_eq!(b.get(p).await.unwrap(), Bytes::from_static(b"x"));
+            assert_eq!(b.meta(p).await.unwrap(), Some(meta.clone()));
+        }
     }
 
     #[test]
