@@ -372,6 +372,35 @@ impl Bucket {
 
     /// The key of a relative path. Refuses anything that could not come back as the same path.
     pub fn key(&self, rel: &Path) -> Result<Key> {
+        let key = self.key_below(rel)?;
+        if rel.file_name().is_some_and(|n| n == DIR_MARKER) {
+            // Its key would read back as the marker of the directory it is in.
+            return Err(BucketError::BadKey {
+                path: rel.to_owned(),
+                reason: "the name .etlfs-dir is reserved for etlfs' directory markers",
+            });
+        }
+        Ok(key)
+    }
+
+    /// Whether `rel` can be a key: a path refused here is never in the bucket, so there is
+    /// nothing to delete, move or copy for it.
+    pub fn can_hold(&self, rel: &Path) -> bool {
+        self.key(rel).is_ok()
+    }
+
+    /// Whether anything at or below the directory `dir` can be a key. Every rule of
+    /// [`Bucket::key`] that refuses a path refuses everything below it too (a name that is
+    /// not UTF-8 or holds a control character, `.`, `..`, the reserved top level, a key too
+    /// long), except the marker name: a directory named `.etlfs-dir` has no marker, but what
+    /// it holds is mirrored.
+    pub fn can_hold_below(&self, dir: &Path) -> bool {
+        self.key_below(dir).is_ok()
+    }
+
+    /// The key of `rel` by every rule of [`Bucket::key`] but the marker name: as a file's key,
+    /// or the prefix of every key below the directory `rel`.
+    fn key_below(&self, rel: &Path) -> Result<Key> {
         let bad = |reason| BucketError::BadKey {
             path: rel.to_owned(),
             reason,
@@ -398,12 +427,6 @@ impl Bucket {
         {
             // (object_store refuses them in keys: newlines, tabs, NUL, DEL, ...)
             return Err(bad("contains an ASCII control character"));
-        }
-        if parts.last() == Some(&DIR_MARKER) {
-            // Its key would read back as the marker of the directory it is in.
-            return Err(bad(
-                "the name .etlfs-dir is reserved for etlfs' directory markers",
-            ));
         }
         let key =
             Key::parse(self.join(&parts.join("/"))).map_err(|_| bad("not a valid object key"))?;
@@ -617,7 +640,8 @@ impl Bucket {
 
     /// Every user object below `dir` (the whole bucket prefix for `None`), markers included.
     /// Keys that are not user paths are skipped, and etlfs' reserved `.etlfs/` is not even
-    /// listed.
+    /// listed. A `dir` below which nothing can be a key ([`Bucket::can_hold_below`]) is
+    /// refused with [`BucketError::BadKey`].
     ///
     /// The tree is walked one directory per request, [`LIST_CONCURRENCY`] at a time, rather
     /// than in one flat paginated listing: a flat listing is a chain of requests, each waiting
@@ -628,7 +652,7 @@ impl Bucket {
     /// flat listing, never one request per directory.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
         let root = match dir {
-            Some(d) => Some(self.key(d)?),
+            Some(d) => Some(self.key_below(d)?),
             None if self.prefix.is_empty() => None,
             None => Some(Key::parse(&self.prefix).expect("normalized prefix")),
         };
@@ -1048,6 +1072,31 @@ mod tests {
         assert!(b.key(not_utf8).unwrap_err().to_string().contains("UTF-8"));
         // `.etlfs` deeper down is an ordinary name.
         assert!(b.key(Path::new("d/.etlfs")).is_ok());
+    }
+
+    #[test]
+    fn what_cannot_be_a_key_has_nothing_below_it_but_for_the_marker_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let b = bucket("p", true);
+        let raw = |s: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(s));
+        for bad in [
+            raw(b"caf\xe9"),
+            raw(b"d\xff/x"),
+            "tab\there".into(),
+            "nl\n/x".into(),
+            ".etlfs".into(),
+            "a/../b".into(),
+            PathBuf::from("x".repeat(1030)),
+        ] {
+            assert!(!b.can_hold(&bad), "{bad:?}");
+            assert!(!b.can_hold_below(&bad), "{bad:?}");
+            assert!(!b.can_hold(&bad.join("below")), "{bad:?}");
+        }
+        // A directory named like the marker has none, but what it holds is mirrored.
+        assert!(!b.can_hold(Path::new("d/.etlfs-dir")));
+        assert!(b.can_hold_below(Path::new("d/.etlfs-dir")));
+        assert!(b.can_hold(Path::new("d/.etlfs-dir/x")));
+        assert!(b.can_hold(Path::new("d/x")) && b.can_hold_below(Path::new("d")));
     }
 
     /// LocalFileSystem copies through a hard-linked `to#N` renamed onto `to`; when `to` is a
