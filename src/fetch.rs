@@ -116,6 +116,11 @@ impl Fetcher {
         })
     }
 
+    /// The bucket files are fetched from.
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
+    }
+
     /// Makes `path` local: downloads it unless it is local already. Concurrent calls for the
     /// same path share one download.
     pub async fn fetch(self: &Arc<Self>, path: &Path) -> Result<(), Arc<FetchError>> {

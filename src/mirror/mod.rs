@@ -31,6 +31,12 @@
 //! directory made at its path does not keep it), a marker unless a directory is. A renamed
 //! file whose record still matches is copied server-side rather than uploaded again.
 //!
+//! A name the bucket can never hold (not UTF-8, a control character: see `Bucket::key`) has
+//! no object, so its side of an intent needs nothing: removing it is a no-op, renaming it to
+//! an ordinary name uploads what arrives there (everything below, for a directory), and
+//! renaming an ordinary name to it deletes the old objects, as a removal would (the overlay
+//! fetches bucket-only files first, so their bytes are local before their object goes).
+//!
 //! # Failures
 //!
 //! Every failed operation is logged, counted and retried with exponential backoff (100 ms up to

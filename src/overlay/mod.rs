@@ -893,6 +893,7 @@ impl Overlay {
             }
         }
         if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
+            let bucket = remote.fetcher.bucket();
             let from_remote = moved.is_none() && remote.index.file(from).is_some();
             let to_remote = replaced.is_none() && remote.index.file(to).is_some();
             if flags & libc::RENAME_NOREPLACE != 0 && to_remote {
@@ -900,19 +901,38 @@ impl Overlay {
                     std::io::Error::from_raw_os_error(libc::EEXIST),
                 ));
             }
-            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) {
+            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) && bucket.can_hold(to)
+            {
                 return self.rename_remote(
                     parent, name, new_parent, new_name, from, to, &new_dir, replaced,
                 );
             }
-            // The rare cases (exchange, no-replace, over a directory) work on local files.
-            for (needed, path) in [(from_remote, from), (to_remote && exchange, to)] {
-                if needed {
-                    remote
-                        .rt
-                        .block_on(remote.fetcher.fetch(path))
-                        .map_err(OverlayError::Fetch)?;
-                }
+            // The rare cases (exchange, no-replace, over a directory, to a name the bucket
+            // cannot hold) work on local files.
+            let mut fetch = Vec::new();
+            if from_remote {
+                fetch.push(from.clone());
+            }
+            if to_remote && exchange {
+                fetch.push(to.clone());
+            }
+            // Bucket-only files below a moving directory are fetched too where their new name
+            // cannot be a key (the mirror could not move their object there, and it goes with
+            // the old name), and for an exchange (which the index does not follow): they then
+            // move as local files do.
+            if moved.is_some_and(|(_, d)| d) && remote.index.has_children(from) {
+                fetch.extend(remote.index.files_below(from).into_iter().filter(|p| {
+                    exchange || !bucket.can_hold(&crate::index::moved_path(p, from, to))
+                }));
+            }
+            if exchange && replaced.is_some_and(|(_, d)| d) {
+                fetch.extend(remote.index.files_below(to));
+            }
+            for path in &fetch {
+                remote
+                    .rt
+                    .block_on(remote.fetcher.fetch(path))
+                    .map_err(OverlayError::Fetch)?;
             }
             moved = self.child_id(&old_dir, name);
             replaced = self.child_id(&new_dir, new_name);
