@@ -83,13 +83,13 @@ pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
-    /// A file is about to be created at `path` (and opened: [`ChangeSink::writer_opened`]
-    /// follows). Until [`ChangeSink::create_done`], it is not uploaded even if found meanwhile
-    /// (by the start's reconcile): between the creating syscall and the writer's registration
-    /// it is a new, empty file that nobody closed.
-    fn create_started(&self, path: &Path);
-    /// The create of `path` ended (its writer is registered, or it failed).
-    fn create_done(&self, path: &Path);
+    /// A file is about to be created, or truncated by an `O_TRUNC` open, at `path` (a writer
+    /// registers next: [`ChangeSink::writer_opened`]). Until [`ChangeSink::opening_done`] it
+    /// is not uploaded even if found meanwhile (by the start's reconcile, or a pending upload):
+    /// between the syscall and the writer's registration it is an empty file nobody closed.
+    fn opening_started(&self, path: &Path);
+    /// The open of `path` ended (its writer is registered, or it failed).
+    fn opening_done(&self, path: &Path);
     /// A handle with write access to the local inode `ino` was opened.
     fn writer_opened(&self, ino: u64);
     /// The last write handle of `ino` was released; `path` is its current name, if any.
@@ -116,8 +116,8 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
 pub struct NullSink;
 
 impl ChangeSink for NullSink {
-    fn create_started(&self, _: &Path) {}
-    fn create_done(&self, _: &Path) {}
+    fn opening_started(&self, _: &Path) {}
+    fn opening_done(&self, _: &Path) {}
     fn writer_opened(&self, _: u64) {}
     fn writer_closed(&self, _: u64, _: Option<&Path>) {}
     fn changed(&self, _: &Path, _: bool) {}
@@ -196,7 +196,7 @@ pub(crate) struct Shared {
     pub journal: Journal,
     /// Open write handles per local inode.
     pub busy: Mutex<HashMap<u64, u32>>,
-    /// Creates in flight per path ([`ChangeSink::create_started`]).
+    /// Creating or truncating opens in flight per path ([`ChangeSink::opening_started`]).
     pub creating: Mutex<HashMap<PathBuf, u32>>,
     /// The state directory, relative to the served one, when it lives inside it.
     pub skip: Option<PathBuf>,
@@ -207,8 +207,8 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    /// Whether the file (local inode `ino`, at `path`) is open for writing or being created:
-    /// its content is not a state anybody closed.
+    /// Whether the file (local inode `ino`, at `path`) is open for writing, or being created
+    /// or truncated by an open: its content is not a state anybody closed.
     pub fn is_busy(&self, ino: u64, path: &Path) -> bool {
         let open = self
             .busy
@@ -323,7 +323,7 @@ impl Mirror {
 }
 
 impl ChangeSink for Mirror {
-    fn create_started(&self, path: &Path) {
+    fn opening_started(&self, path: &Path) {
         *self
             .shared
             .creating
@@ -333,7 +333,7 @@ impl ChangeSink for Mirror {
             .or_insert(0) += 1;
     }
 
-    fn create_done(&self, path: &Path) {
+    fn opening_done(&self, path: &Path) {
         let mut creating = self
             .shared
             .creating

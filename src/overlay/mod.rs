@@ -1064,6 +1064,23 @@ impl Overlay {
         if is_writable(flags) {
             self.writable()?;
         }
+        // An O_TRUNC open empties the file before its writer is registered: the mirror must
+        // not take that empty file for a closed one in between.
+        let emptying = (flags & libc::O_TRUNC != 0 && is_writable(flags))
+            .then(|| self.inodes.path(ino))
+            .flatten();
+        if let Some(p) = &emptying {
+            self.sink.opening_started(p);
+        }
+        let res = self.open_file(ino, flags);
+        if let Some(p) = &emptying {
+            self.sink.opening_done(p);
+        }
+        res
+    }
+
+    /// Opens the local file behind `ino` (fetching or materializing a bucket-only one).
+    fn open_file(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let (fd, is_dir) = self.fd_of(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(OverlayError::local("open")(
@@ -1110,7 +1127,7 @@ impl Overlay {
         // registered (the start's reconcile can find it in between).
         let path = self.child_path(parent, name);
         if let Some(p) = &path {
-            self.sink.create_started(p);
+            self.sink.opening_started(p);
         }
         let created = self.local.create(
             dir.as_fd(),
@@ -1129,7 +1146,7 @@ impl Overlay {
                 (entry, opened)
             });
         if let Some(p) = &path {
-            self.sink.create_done(p);
+            self.sink.opening_done(p);
         }
         res
     }
