@@ -725,6 +725,17 @@ impl Bucket {
         })
     }
 
+    /// The object's size and last-modified.
+    pub async fn head(&self, rel: &Path) -> Result<(u64, SystemTime)> {
+        let key = self.key(rel)?;
+        let m = self
+            .store
+            .head(&key)
+            .await
+            .map_err(BucketError::store("head", &key))?;
+        Ok((m.size, SystemTime::from(m.last_modified)))
+    }
+
     /// The object's bytes.
     pub async fn get(&self, rel: &Path) -> Result<Bytes> {
         let key = self.key(rel)?;

@@ -68,6 +68,8 @@ pub struct MountArgs {
     pub degraded_after: std::time::Duration,
     /// The lease that makes this mount the one writer of its prefix (`None`: `--no-lease`).
     pub lease: Option<LeaseArgs>,
+    /// How versions that uploads and deletes would destroy are kept (`bucket/history.rs`).
+    pub history: crate::bucket::history::Settings,
 }
 
 /// How a writer takes and keeps the lease (see [`crate::lease`]).
@@ -284,7 +286,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         "open file limit; descriptors held for known files"
     );
 
-    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?;
+    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
+        .with_history(args.history);
 
     // Signal handlers go in first: a SIGTERM while the bucket listing loads must stop us, and
     // one that arrives right after the mount must unmount it, not kill us and leave a dead
@@ -373,6 +376,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             Some(lease)
         }
     };
+    // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
+    rt.spawn(crate::bucket::history::gc_loop(bucket.clone()));
+    status.watch_history(Arc::clone(bucket.history_stats()));
 
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for

@@ -134,6 +134,8 @@ pub struct Status {
     /// Whether this mount may write the bucket (the lease; see [`crate::lease`]).
     fence: Arc<Fence>,
     sources: OnceLock<Sources>,
+    /// What the bucket's history did (kept versions, garbage collected).
+    history: OnceLock<Arc<crate::bucket::history::Stats>>,
     mountpoint: String,
     started: SystemTime,
 }
@@ -164,6 +166,10 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
+    pub history_versions_kept: u64,
+    pub history_bytes_kept: u64,
+    pub history_gc_deletions: u64,
+    pub history_empty_replacements: u64,
     pub passthrough: bool,
     pub bucket_failures: u64,
     pub bucket_last_success_ms: u64,
@@ -188,9 +194,15 @@ impl Status {
             health,
             fence,
             sources: OnceLock::new(),
+            history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
         })
+    }
+
+    /// The history counters to show (a second call is ignored).
+    pub fn watch_history(&self, stats: Arc<crate::bucket::history::Stats>) {
+        let _ = self.history.set(stats);
     }
 
     /// The counters to show, once the parts exist (a second call is ignored).
@@ -240,6 +252,13 @@ impl Status {
             writes_stopped: self.fence.reason(),
             ..Figures::default()
         };
+        if let Some(h) = self.history.get() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            f.history_versions_kept = get(&h.versions_kept);
+            f.history_bytes_kept = get(&h.bytes_kept);
+            f.history_gc_deletions = get(&h.gc_deletions);
+            f.history_empty_replacements = get(&h.empty_replacements);
+        }
         let Some(s) = self.sources.get() else {
             return f;
         };

@@ -447,6 +447,12 @@ impl Bucket {
         })
     }
 
+    /// The full key of a `source`, for messages and for people who recover by hand.
+    pub fn source_key_name(&self, source: &Path) -> String {
+        self.source_key(source)
+            .map_or_else(|_| source.display().to_string(), |k| k.to_string())
+    }
+
     /// The bytes of a `source` as a stream: a user path's object, or a kept version.
     pub async fn get_stream_source(
         &self,

@@ -221,6 +221,30 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             e,
+            "etlfs_history_versions_kept",
+            "Old versions kept under .etlfs/history/ before an upload, copy or delete replaced them",
+            f.history_versions_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_bytes_kept",
+            "Bytes of the versions kept (server-side copies)",
+            f.history_bytes_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_gc_deletions",
+            "Kept versions deleted past --history-retention",
+            f.history_gc_deletions,
+        )?;
+        counter(
+            e,
+            "etlfs_history_empty_replacements",
+            "Files replaced by an empty one (a writer killed mid-rewrite?) whose previous version was kept",
+            f.history_empty_replacements,
+        )?;
+        counter(
+            e,
             "etlfs_bucket_failures",
             "Bucket operations that failed after object_store's own retries (outages, refusals)",
             f.bucket_failures,
