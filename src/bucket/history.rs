@@ -292,8 +292,8 @@ impl Bucket {
             return Ok(());
         };
         let now = SystemTime::now();
-        let empty = change == Change::Replace { new_size: Some(0) };
-        let always = empty || change == Change::Delete;
+        let mut empty = change == Change::Replace { new_size: Some(0) };
+        let mut always = empty || change == Change::Delete;
         let interval = h.settings.interval;
         let recent = |last: Option<SystemTime>| {
             last.is_some_and(|l| now.duration_since(l).unwrap_or_default() < interval)
@@ -309,8 +309,12 @@ impl Bucket {
             Err(e) => return Err(BucketError::store("head", &key)(e)),
         };
         if empty && head.size == 0 {
-            // Empty over empty: nothing worth recovering.
-            return Ok(());
+            // Empty over empty is no damage: an ordinary replacement (still kept when due,
+            // or a point in time before it would not know the file existed).
+            (empty, always) = (false, false);
+            if recent(known) {
+                return Ok(());
+            }
         }
         if !always && known.is_none() {
             let last = self
