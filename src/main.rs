@@ -144,7 +144,7 @@ enum Command {
         #[command(flatten)]
         target: OneshotArgs,
     },
-    /// Print the points in time the bucket can be restored to (`restore --as-of`), or with
+    /// Print the points in time a restore can rebuild from the versions history kept, or with
     /// PATH the kept versions of that file, those replaced by an empty file first.
     History {
         /// Thanos-style object-store.yaml describing the bucket (S3, GCS, AZURE, FILESYSTEM).
