@@ -417,6 +417,11 @@ impl Bucket {
             let Some((from, until, kind)) = parse_version_name(name) else {
                 continue;
             };
+            // Only paths etlfs itself could have kept: a key written by someone else that
+            // names `.etlfs/...` (the state directory) or no valid path is never restored.
+            if self.key(Path::new(path)).is_err() {
+                continue;
+            }
             out.push(KeptVersion {
                 rel: PathBuf::from(path),
                 from,
@@ -618,6 +623,42 @@ mod tests {
             assert_eq!(s.empty_replacements.load(Ordering::Relaxed), 1);
             assert!(b.list(None).await.unwrap().is_empty(), "not user files");
         }
+    }
+
+    #[tokio::test]
+    async fn a_multipart_upload_keeps_what_it_replaces_before_it_completes() {
+        let b = bucket(true, Duration::ZERO);
+        let p = Path::new("big");
+        b.put_bytes(p, Bytes::from("small"), &meta(0o600))
+            .await
+            .unwrap();
+        let mut up = b.start_upload(p, &meta(0o644)).await.unwrap();
+        up.write(&vec![1u8; crate::bucket::PART_SIZE + 3])
+            .await
+            .unwrap();
+        assert!(b.kept_versions(None).await.unwrap().is_empty(), "not yet");
+        up.finish(&b).await.unwrap();
+        let v = b.kept_versions(Some(p)).await.unwrap();
+        assert_eq!((v.len(), v[0].size, v[0].kind), (1, 5, Kind::Replaced));
+        assert_eq!(b.kept_meta(&v[0]).await.unwrap(), Some(meta(0o600)));
+    }
+
+    #[tokio::test]
+    async fn history_keys_that_name_no_path_are_ignored() {
+        let b = bucket(true, Duration::ZERO);
+        for k in [
+            "etl/.etlfs/history/.etlfs/journal.jsonl/1-2.r",
+            "etl/.etlfs/history/ok/1-2.d",
+            "etl/.etlfs/history/ok/notes.txt",
+        ] {
+            b.store
+                .put(&Key::from(k), object_store::PutPayload::new())
+                .await
+                .unwrap();
+        }
+        let v = b.kept_versions(None).await.unwrap();
+        let rels: Vec<_> = v.iter().map(|v| v.rel.clone()).collect();
+        assert_eq!(rels, [PathBuf::from("ok")]);
     }
 
     #[tokio::test]
