@@ -33,6 +33,14 @@
 //!   kept version as if the file still existed. A path is removed once, so this costs at most
 //!   one copy per removal.
 //!
+//! **Tripwire**: a corruption storm (a bug that truncates or deletes many files at once) must
+//! not lose versions to thinning. When more than [`TRIPWIRE_FILES`] replacements that shrink a
+//! file (to nothing or not) and deletions are seen within [`TRIPWIRE_WINDOW`], a warning is
+//! logged, [`Stats`] count the trip and say since when, and every version is kept whatever the
+//! interval until a window passes without trips. A shrink is seen when the object is looked at,
+//! i.e. whenever its version might be kept: replacements thinned away before the trip are not
+//! counted (deletions and empty replacements always are).
+//!
 //! **Garbage collection** ([`Bucket::gc_history`]) deletes kept versions whose `until` is older
 //! than [`Settings::retention`], at most a bounded number per run. It is crash-safe without any
 //! bookkeeping: a version exists only once its server-side copy completed, and is deleted only
@@ -69,6 +77,11 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const GC_MAX_DELETES: usize = 1000;
 /// How often a mount collects garbage.
 pub const GC_EVERY: Duration = Duration::from_secs(600);
+/// The tripwire's threshold: this many shrinking replacements or deletions within
+/// [`TRIPWIRE_WINDOW`] look like corruption rather than Kubecost's own rewrites and clean-ups.
+pub const TRIPWIRE_FILES: usize = 50;
+/// The tripwire's window; a trip also lasts this long after the last destructive change.
+pub const TRIPWIRE_WINDOW: Duration = Duration::from_secs(300);
 
 /// How history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,6 +115,21 @@ pub struct Stats {
     pub bytes_kept: AtomicU64,
     pub gc_deletions: AtomicU64,
     pub empty_replacements: AtomicU64,
+    /// Times the tripwire went off.
+    pub tripwire_trips: AtomicU64,
+    /// Unix ms of the current trip's start, 0 when not tripped.
+    pub tripped_since_ms: AtomicU64,
+    /// Unix ms until which the current trip lasts.
+    pub tripped_until_ms: AtomicU64,
+}
+
+impl Stats {
+    /// Since when the tripwire says many files are being destroyed, if it does now.
+    pub fn tripped_since(&self) -> Option<SystemTime> {
+        let until = self.tripped_until_ms.load(Ordering::Relaxed);
+        let since = self.tripped_since_ms.load(Ordering::Relaxed);
+        (since != 0 && ms(SystemTime::now()) < until).then(|| from_ms(since))
+    }
 }
 
 /// Why a version was kept: the last letter of its key.
@@ -183,6 +211,9 @@ pub struct History {
     settings: Settings,
     /// Path → `until` of its newest kept version, as far as this process knows.
     last_kept: Mutex<HashMap<PathBuf, SystemTime>>,
+    /// Times of the recent destructive changes (for the tripwire), oldest first.
+    destructive: Mutex<std::collections::VecDeque<SystemTime>>,
+    tripwire: (usize, Duration),
 }
 
 impl History {
@@ -190,7 +221,34 @@ impl History {
         History {
             settings,
             last_kept: Mutex::default(),
+            destructive: Mutex::default(),
+            tripwire: (TRIPWIRE_FILES, TRIPWIRE_WINDOW),
         }
+    }
+
+    /// Records a destructive change at `now`; true if that sets the tripwire off (again).
+    fn note_destructive(&self, now: SystemTime, stats: &Stats) -> bool {
+        let (files, window) = self.tripwire;
+        let mut q = self.destructive.lock().unwrap_or_else(|e| e.into_inner());
+        q.push_back(now);
+        while q
+            .front()
+            .is_some_and(|t| now.duration_since(*t).unwrap_or_default() > window)
+        {
+            q.pop_front();
+        }
+        if q.len() <= files {
+            return false;
+        }
+        let was = stats.tripped_since().is_some();
+        stats
+            .tripped_until_ms
+            .store(ms(now + window), Ordering::Relaxed);
+        if !was {
+            stats.tripped_since_ms.store(ms(now), Ordering::Relaxed);
+            stats.tripwire_trips.fetch_add(1, Ordering::Relaxed);
+        }
+        !was
     }
 
     pub fn settings(&self) -> Settings {
@@ -299,7 +357,9 @@ impl Bucket {
             last.is_some_and(|l| now.duration_since(l).unwrap_or_default() < interval)
         };
         let known = h.lock().get(rel).copied();
-        if !always && recent(known) {
+        // While the tripwire is set off, nothing is thinned.
+        let tripped = || self.history_stats.tripped_since().is_some();
+        if !always && recent(known) && !tripped() {
             return Ok(());
         }
         let key = self.key(rel)?;
@@ -308,13 +368,28 @@ impl Bucket {
             Err(object_store::Error::NotFound { .. }) => return Ok(()),
             Err(e) => return Err(BucketError::store("head", &key)(e)),
         };
+        let destructive = match change {
+            Change::Delete => true,
+            Change::Replace { new_size } => new_size.is_some_and(|n| n < head.size),
+        };
+        if destructive && h.note_destructive(now, &self.history_stats) {
+            warn!(
+                within = %humantime::format_duration(h.tripwire.1),
+                more_than = h.tripwire.0,
+                path = %esc(rel),
+                "many files truncated, shrunk or deleted at once: possible corruption; every version is kept until it stops (see `etlfs history`)"
+            );
+        }
         if empty && head.size == 0 {
             // Empty over empty is no damage: an ordinary replacement (still kept when due,
             // or a point in time before it would not know the file existed).
             (empty, always) = (false, false);
-            if recent(known) {
+            if recent(known) && !tripped() {
                 return Ok(());
             }
+        }
+        if tripped() {
+            always = true;
         }
         if !always && known.is_none() {
             let last = self
@@ -659,6 +734,38 @@ mod tests {
         let v = b.kept_versions(None).await.unwrap();
         let rels: Vec<_> = v.iter().map(|v| v.rel.clone()).collect();
         assert_eq!(rels, [PathBuf::from("ok")]);
+    }
+
+    #[tokio::test]
+    async fn many_deletions_at_once_set_the_tripwire_off_and_stop_thinning() {
+        let b = bucket(true, Duration::from_secs(3600));
+        let stats = Arc::clone(b.history_stats());
+        let victim = Path::new("victim");
+        for body in ["1", "2", "3"] {
+            b.put_bytes(victim, Bytes::from(body), &meta(0o644))
+                .await
+                .unwrap();
+        }
+        assert_eq!(b.kept_versions(Some(victim)).await.unwrap().len(), 1);
+        for i in 0..TRIPWIRE_FILES {
+            let p = PathBuf::from(format!("d/{i}"));
+            b.put_bytes(&p, Bytes::from("x"), &meta(0o644))
+                .await
+                .unwrap();
+            b.delete(&p).await.unwrap();
+        }
+        assert!(stats.tripped_since().is_none(), "at the threshold: not yet");
+        b.put_bytes(Path::new("last"), Bytes::from("x"), &meta(0o644))
+            .await
+            .unwrap();
+        b.delete(Path::new("last")).await.unwrap();
+        assert!(stats.tripped_since().is_some());
+        assert_eq!(stats.tripwire_trips.load(Ordering::Relaxed), 1);
+        // Thinning is off now: this replacement within the interval is kept too.
+        b.put_bytes(victim, Bytes::from("4"), &meta(0o644))
+            .await
+            .unwrap();
+        assert_eq!(b.kept_versions(Some(victim)).await.unwrap().len(), 2);
     }
 
     #[tokio::test]

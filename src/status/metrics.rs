@@ -245,6 +245,18 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             e,
+            "etlfs_history_tripwire_trips",
+            "Times many files were truncated, shrunk or deleted at once (possible corruption)",
+            f.history_tripwire_trips,
+        )?;
+        gauge(
+            e,
+            "etlfs_history_corruption_suspected",
+            "1 while many files are being truncated, shrunk or deleted at once; every version is kept meanwhile",
+            i64::from(f.history_tripped_since_ms != 0),
+        )?;
+        counter(
+            e,
             "etlfs_bucket_failures",
             "Bucket operations that failed after object_store's own retries (outages, refusals)",
             f.bucket_failures,
