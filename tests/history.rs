@@ -40,7 +40,8 @@ macro_rules! on_every_backend {
 
 on_every_backend!(
     restore_as_of_undoes_rewrites_truncation_deletes_and_renames,
-    gc_removes_only_versions_past_retention
+    gc_removes_only_versions_past_retention,
+    a_mount_collects_garbage_in_the_background
 );
 
 /// What a one-shot command did.
@@ -388,4 +389,65 @@ fn gc_removes_only_versions_past_retention(kind: &str) {
     fs::write(&f, b"v4").unwrap();
     backup("0").assert_ok("backup without history");
     assert_eq!(history_keys(store.as_ref()), left);
+}
+
+/// The mount's own garbage collection (at start, then every 10 minutes) deletes what is past
+/// its retention, and counts it on /metrics.
+fn a_mount_collects_garbage_in_the_background(kind: &str) {
+    let t = target(kind);
+    let cfg_file = config_file(&t);
+    let cfg = cfg_file.path();
+    let store = t.store();
+    let (_tmp, dir) = workdir("etl");
+    let f = dir.join("f");
+    for body in ["1", "22", "333"] {
+        fs::write(&f, body).unwrap();
+        etlfs(
+            "backup",
+            cfg,
+            &["--history-interval", "0s", dir.to_str().unwrap()],
+        )
+        .assert_ok("backup");
+    }
+    let old = history_keys(store.as_ref());
+    assert_eq!(old.len(), 2);
+    // Both versions were replaced more than a second ago once the mount starts.
+    std::thread::sleep(Duration::from_millis(1100));
+    let port = common::free_port();
+    let m = Mounted::with(Opts {
+        args: vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--history-retention".into(),
+            "1s".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--local".into(),
+            dir.display().to_string(),
+        ],
+        ..Opts::default()
+    });
+    // (A mount that uploads the file again at start keeps a new version: that one stays.)
+    let gone = || {
+        let now = history_keys(store.as_ref());
+        old.iter().all(|k| !now.contains(k))
+    };
+    assert!(
+        poll(30, gone),
+        "{:?}\n{}",
+        history_keys(store.as_ref()),
+        m.log()
+    );
+    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    assert!(
+        metrics.contains("etlfs_history_gc_deletions_total 2"),
+        "{metrics}"
+    );
+    // The live file is untouched.
+    assert_eq!(
+        snapshot(&rt(), store.as_ref(), None)
+            .get("f")
+            .map(Vec::as_slice),
+        Some(&b"333"[..])
+    );
 }
