@@ -77,6 +77,8 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const GC_MAX_DELETES: usize = 1000;
 /// How often a mount collects garbage.
 pub const GC_EVERY: Duration = Duration::from_secs(600);
+/// Paths whose last kept version the thinning remembers before it forgets stale ones.
+const THINNING_MEMORY: usize = 100_000;
 /// The tripwire's threshold: this many shrinking replacements or deletions within
 /// [`TRIPWIRE_WINDOW`] look like corruption rather than Kubecost's own rewrites and clean-ups.
 pub const TRIPWIRE_FILES: usize = 50;
@@ -439,7 +441,15 @@ impl Bucket {
                 Err(e) => return Err(BucketError::store("keep the metadata of", &from_meta)(e)),
             }
         }
-        h.lock().insert(rel.to_owned(), now);
+        {
+            let mut last = h.lock();
+            if last.len() >= THINNING_MEMORY {
+                // Entries older than the interval thin nothing any more; forgetting them costs
+                // one listing at the path's next replacement, which keeps a version anyway.
+                last.retain(|_, t| now.duration_since(*t).unwrap_or_default() < interval);
+            }
+            last.insert(rel.to_owned(), now);
+        }
         let stats = &self.history_stats;
         stats.versions_kept.fetch_add(1, Ordering::Relaxed);
         stats.bytes_kept.fetch_add(head.size, Ordering::Relaxed);
