@@ -194,6 +194,24 @@ pub async fn state_at(
     Ok(out)
 }
 
+/// The bucket index of a point-in-time mount (`mount --as-of`): the files of [`state_at`] as
+/// bucket-only files, each fetched on first open from its live object or kept version.
+/// Directories are those of the files (an empty directory of then is not shown).
+pub async fn index_at(bucket: &Bucket, t: SystemTime) -> Result<Index, BucketError> {
+    let live = Index::load(bucket).await?;
+    let pit = state_at(bucket, &live, t).await?;
+    let index = Index::default();
+    for (rel, f) in pit.files {
+        index.insert(&rel, f);
+    }
+    tracing::info!(
+        as_of = %humantime::format_rfc3339_millis(t),
+        files = index.len(),
+        "serving a point in time, read-only"
+    );
+    Ok(index)
+}
+
 /// `etlfs history` for the whole bucket: when versions were kept, newest first, one line per
 /// second with how many of each kind.
 pub fn summary_lines(kept: &[KeptVersion]) -> Vec<String> {

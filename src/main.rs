@@ -102,6 +102,8 @@ enum Command {
         lease_period: std::time::Duration,
         #[command(flatten)]
         history: HistoryArgs,
+        #[command(flatten)]
+        as_of: AsOfMountArgs,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -160,6 +162,19 @@ enum Command {
         /// A file, relative to the served directory.
         path: Option<PathBuf>,
     },
+}
+
+/// A read-only mount of a point in time.
+#[derive(Debug, Clone, clap::Args)]
+struct AsOfMountArgs {
+    /// Serve the directory as the bucket held it at TIME (RFC 3339, or a duration ago: `3h`),
+    /// fetching each file on first open from the versions history kept. Needs --read-only and
+    /// an empty directory; writes nothing to the bucket.
+    #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of, requires = "read_only")]
+    as_of: Option<std::time::SystemTime>,
+    /// Mount read-only (only with --as-of for now).
+    #[arg(long, requires = "as_of")]
+    read_only: bool,
 }
 
 /// How the bucket keeps the versions it would otherwise overwrite or delete.
@@ -300,6 +315,7 @@ fn main() -> ExitCode {
             no_lease,
             lease_period,
             history,
+            as_of,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -322,6 +338,7 @@ fn main() -> ExitCode {
                 period: lease_period,
             }),
             history: history.into(),
+            as_of: as_of.as_of,
         }),
         Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
         Command::Backup {

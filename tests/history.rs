@@ -41,7 +41,8 @@ macro_rules! on_every_backend {
 on_every_backend!(
     restore_as_of_undoes_rewrites_truncation_deletes_and_renames,
     gc_removes_only_versions_past_retention,
-    a_mount_collects_garbage_in_the_background
+    a_mount_collects_garbage_in_the_background,
+    a_point_in_time_mounts_read_only_and_writes_nothing
 );
 
 /// What a one-shot command did.
@@ -450,4 +451,89 @@ fn a_mount_collects_garbage_in_the_background(kind: &str) {
             .map(Vec::as_slice),
         Some(&b"333"[..])
     );
+}
+
+/// Every key in the bucket (etlfs' own included) with its size.
+fn all_keys(store: &dyn ObjectStore) -> BTreeMap<String, u64> {
+    rt().block_on(async {
+        let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
+        metas
+            .into_iter()
+            .map(|m| (m.location.to_string(), m.size))
+            .collect()
+    })
+}
+
+/// `mount --as-of T --read-only` over an empty directory serves the point in time lazily (each
+/// file fetched on first open, from its kept version where it changed since), refuses writes,
+/// and writes nothing to the bucket.
+fn a_point_in_time_mounts_read_only_and_writes_nothing(kind: &str) {
+    let t = target(kind);
+    let cfg_file = config_file(&t);
+    let cfg = cfg_file.path();
+    let store = t.store();
+    let (_tmp, dir) = workdir("etl");
+    let before = tree();
+    write_tree(&dir, &before);
+    etlfs("backup", cfg, &[dir.to_str().unwrap()]).assert_ok("backup");
+    std::thread::sleep(Duration::from_millis(1100));
+    let as_of = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
+    std::thread::sleep(Duration::from_millis(1100));
+    fs::write(dir.join(A), b"damaged").unwrap();
+    fs::write(dir.join(B), b"").unwrap();
+    etlfs("backup", cfg, &[dir.to_str().unwrap()]).assert_ok("backup of the damage");
+    let keys = all_keys(store.as_ref());
+
+    let mut m = Mounted::with(Opts {
+        args: vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--as-of".into(),
+            as_of.clone(),
+            "--read-only".into(),
+        ],
+        ..Opts::default()
+    });
+    let mut served = BTreeMap::new();
+    for rel in before.keys() {
+        let p = m.path(rel);
+        let md = fs::metadata(&p).unwrap_or_else(|e| panic!("{rel}: {e}\n{}", m.log()));
+        served.insert(
+            rel.to_string(),
+            Spec {
+                data: fs::read(&p).unwrap_or_else(|e| panic!("{rel}: {e}\n{}", m.log())),
+                mode: md.mode() & 0o7777,
+                mtime: md.modified().unwrap(),
+            },
+        );
+    }
+    assert_eq!(served, owned(&before), "{}", m.log());
+    let e = fs::write(m.path("new"), b"x").unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    let e = fs::remove_file(m.path(TOP)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+    m.stop();
+    assert_eq!(
+        all_keys(store.as_ref()),
+        keys,
+        "the bucket was written:\n{}",
+        m.log()
+    );
+    // No lease either: its renewal would let writes through again.
+    assert!(!m.log().contains("holding the lease"), "{}", m.log());
+
+    // A directory with files in it would hide the point in time: refused.
+    let (st, log) = Mounted::refused(Opts {
+        args: vec![
+            "--config".into(),
+            cfg.display().to_string(),
+            "--as-of".into(),
+            as_of,
+            "--read-only".into(),
+        ],
+        files: vec![("x".into(), b"x".to_vec())],
+        ..Opts::default()
+    });
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(log.contains("needs an empty directory"), "{log}");
 }
