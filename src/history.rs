@@ -268,11 +268,15 @@ pub fn path_lines(
             )
         })
         .collect();
-    if let Some((size, lm)) = live {
-        out.push(format!(
+    match live {
+        Some((size, lm)) => out.push(format!(
             "current  from {}  {size} bytes",
             humantime::format_rfc3339_millis(lm)
-        ));
+        )),
+        None if out.is_empty() => {
+            out.push("no kept versions, and no such file in the bucket now".to_owned())
+        }
+        None => out.push("current  none (deleted)".to_owned()),
     }
     out
 }
