@@ -22,6 +22,7 @@
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
 
 pub mod fault;
+pub mod history;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,6 +297,10 @@ pub struct Bucket {
     health: Arc<crate::counters::Health>,
     /// Shared by every clone: whether writes are allowed.
     fence: Arc<Fence>,
+    /// Versions kept before they are replaced or removed (`None`: history is off).
+    history: Option<Arc<history::History>>,
+    /// Shared by every clone: what history did, for /metrics.
+    history_stats: Arc<history::Stats>,
 }
 
 /// Directory listings in flight at once while walking the bucket.
@@ -340,6 +345,8 @@ impl Bucket {
             extra_metadata,
             health: Arc::default(),
             fence: Arc::default(),
+            history: None,
+            history_stats: Arc::default(),
         }
     }
 
@@ -542,6 +549,9 @@ impl Bucket {
     ) -> Result<Option<String>> {
         let key = self.key(rel)?;
         self.fence.check()?;
+        let new_size = Some(body.len() as u64);
+        self.keep_before(rel, history::Change::Replace { new_size })
+            .await?;
         let opts = PutOptions {
             attributes: self.attributes(meta),
             ..Default::default()
@@ -573,12 +583,14 @@ impl Bucket {
             key,
             rel: rel.to_owned(),
             meta: meta.clone(),
+            written: 0,
         })
     }
 
     /// Deletes a file's object (and its sidecar metadata). A missing object is not an error.
     pub async fn delete(&self, rel: &Path) -> Result<()> {
         let key = self.key(rel)?;
+        self.keep_before(rel, history::Change::Delete).await?;
         self.delete_key(&key).await?;
         if !self.user_metadata {
             self.delete_key(&self.meta_key(rel)?).await?;
@@ -594,10 +606,13 @@ impl Bucket {
         }
     }
 
-    /// Server-side copy of a file's object (and sidecar) to another path.
+    /// Server-side copy of a file's object (and sidecar) to another path. A destination that
+    /// exists is replaced (its version kept first, see [`history`]).
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
         self.fence.check()?;
         let (fk, tk) = (self.key(from)?, self.key(to)?);
+        self.keep_before(to, history::Change::Replace { new_size: None })
+            .await?;
         self.copy_key(&fk, &tk).await?;
         if !self.user_metadata {
             let (fm, tm) = (self.meta_key(from)?, self.meta_key(to)?);
@@ -756,6 +771,17 @@ impl Bucket {
         })
     }
 
+    /// The object's size and last-modified.
+    pub async fn head(&self, rel: &Path) -> Result<(u64, SystemTime)> {
+        let key = self.key(rel)?;
+        let m = self
+            .store
+            .head(&key)
+            .await
+            .map_err(BucketError::store("head", &key))?;
+        Ok((m.size, SystemTime::from(m.last_modified)))
+    }
+
     /// The object's bytes.
     pub async fn get(&self, rel: &Path) -> Result<Bytes> {
         let key = self.key(rel)?;
@@ -772,7 +798,13 @@ impl Bucket {
         &self,
         rel: &Path,
     ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-        let key = self.key(rel)?;
+        self.get_stream_key(self.key(rel)?).await
+    }
+
+    async fn get_stream_key(
+        &self,
+        key: Key,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         let res = self
             .store
             .get(&key)
@@ -798,8 +830,19 @@ impl Bucket {
 
     /// The etlfs metadata of an object, and which version of it (or of its sidecar) was read.
     pub async fn meta_read(&self, rel: &Path) -> Result<MetaRead> {
+        let key = self.key(rel)?;
+        let sidecar = if self.user_metadata {
+            key.clone()
+        } else {
+            self.meta_key(rel)?
+        };
+        self.meta_read_at(&key, sidecar).await
+    }
+
+    /// [`Bucket::meta_read`] of the object at `key`, whose sidecar (FILESYSTEM) is `sidecar`.
+    async fn meta_read_at(&self, key: &Key, sidecar: Key) -> Result<MetaRead> {
         if !self.user_metadata {
-            let key = self.meta_key(rel)?;
+            let key = sidecar;
             return match self.store.get(&key).await {
                 Ok(r) => {
                     let last_modified = SystemTime::from(r.meta.last_modified);
@@ -825,16 +868,15 @@ impl Bucket {
                 Err(e) => Err(BucketError::store("get", &key)(e)),
             };
         }
-        let key = self.key(rel)?;
         let opts = object_store::GetOptions {
             head: true,
             ..Default::default()
         };
         let res = self
             .store
-            .get_opts(&key, opts)
+            .get_opts(key, opts)
             .await
-            .map_err(BucketError::store("head", &key))?;
+            .map_err(BucketError::store("head", key))?;
         let seen = |meta| MetaRead {
             meta,
             size: Some(res.meta.size),
@@ -1005,6 +1047,8 @@ pub struct Upload {
     key: Key,
     rel: PathBuf,
     meta: FileMeta,
+    /// Bytes queued so far: the size of the object `finish` makes.
+    written: u64,
 }
 
 impl std::fmt::Debug for Upload {
@@ -1021,6 +1065,7 @@ impl Upload {
             .await
             .map_err(BucketError::store("upload", &self.key))?;
         self.writer.write(buf);
+        self.written += buf.len() as u64;
         Ok(())
     }
 
@@ -1028,6 +1073,10 @@ impl Upload {
     pub async fn finish(self, bucket: &Bucket) -> Result<Option<String>> {
         // Completion is what makes the object visible: a fence raised during the upload holds.
         bucket.fence.check()?;
+        let new_size = Some(self.written);
+        bucket
+            .keep_before(&self.rel, history::Change::Replace { new_size })
+            .await?;
         let res = self
             .writer
             .finish()

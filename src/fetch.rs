@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use crate::bucket::history::is_history_source;
 use crate::bucket::{Bucket, BucketError};
 use crate::escape::esc;
 use crate::index::{Index, RemoteFile};
@@ -278,9 +279,12 @@ async fn write_verified(
             source,
         }
     };
-    let mut stream = match bucket.get_stream(&remote.source).await {
+    // The source may also be a kept version (`restore --as-of`), which never moves.
+    let mut stream = match bucket.get_stream_source(&remote.source).await {
         // Renamed while bucket-only, and the mirror has moved the object meanwhile.
-        Err(BucketError::NotFound { .. }) if remote.source != path => {
+        Err(BucketError::NotFound { .. })
+            if remote.source != path && !is_history_source(&remote.source) =>
+        {
             bucket.get_stream(path).await.map_err(bucket_err)?
         }
         other => other.map_err(bucket_err)?,

@@ -13,6 +13,7 @@ pub mod counters;
 pub mod escape;
 pub mod fetch;
 pub mod fuse;
+pub mod history;
 pub mod index;
 pub mod journal;
 pub mod lease;

@@ -71,6 +71,11 @@ pub struct MountArgs {
     pub lease: Option<LeaseArgs>,
     /// The `-o` arguments, as given (each may hold several comma-separated options).
     pub options: Vec<String>,
+    /// How versions that uploads and deletes would destroy are kept (`bucket/history.rs`).
+    pub history: crate::bucket::history::Settings,
+    /// Serve the directory as the bucket held it then, read-only, writing nothing to the
+    /// bucket (`crate::history`); the served directory must be empty.
+    pub as_of: Option<std::time::SystemTime>,
 }
 
 /// How a writer takes and keeps the lease (see [`crate::lease`]).
@@ -122,6 +127,8 @@ pub enum UsageError {
     Lease(Box<crate::lease::LeaseError>),
     #[error(transparent)]
     MountOption(#[from] crate::mountopts::UnknownOption),
+    #[error("{}: a point-in-time mount (--as-of) needs an empty directory to fetch into", esc(.0))]
+    AsOfNotEmpty(PathBuf),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -265,7 +272,9 @@ enum Event {
 /// [`UsageError`] inside for invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     sys::tune_allocator();
-    let options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
+    let mut options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
+    // A point in time is served read-only.
+    options.read_only |= args.as_of.is_some();
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.
@@ -290,7 +299,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         "open file limit; descriptors held for known files"
     );
 
-    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?;
+    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
+        .with_history(args.history);
+    if args.as_of.is_some() {
+        as_of_checks(&plan.local, &bucket)?;
+    }
 
     // Signal handlers go in first: a SIGTERM while the bucket listing loads must stop us, and
     // one that arrives right after the mount must unmount it, not kill us and leave a dead
@@ -355,6 +368,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // One writer per prefix: the lease first, so that a second mount is refused before it
     // shows anything or writes anything.
     let lease = match &args.lease {
+        // It writes nothing: no lease to take (whose renewal would lift the fence).
+        _ if args.as_of.is_some() => None,
         None => {
             warn!("--no-lease: nothing stops a second etlfs from writing this prefix too");
             None
@@ -379,11 +394,23 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             Some(lease)
         }
     };
+    // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
+    if args.as_of.is_none() {
+        rt.spawn(crate::bucket::history::gc_loop(bucket.clone()));
+    }
+    status.watch_history(Arc::clone(bucket.history_stats()));
 
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
     // the listing, retrying, until it loads or we are told to stop.
-    let Some(index) = load_index(&rt, &bucket, &rx)? else {
+    let loaded = match args.as_of {
+        Some(t) => Some(
+            rt.block_on(crate::history::index_at(&bucket, t))
+                .context("reading the point in time")?,
+        ),
+        None => load_index(&rt, &bucket, &rx)?,
+    };
+    let Some(index) = loaded else {
         return Ok(());
     };
     let index = Arc::new(index);
@@ -535,7 +562,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Nothing can change any more: upload what is pending, within the deadline. What is left
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::mirror::Stats::get(&mirror.stats().pending);
-    if lease.as_ref().is_some_and(|l| l.lost()) {
+    if args.as_of.is_some() {
+        // The files fetched from a point in time look new to the mirror; none may be uploaded.
+        info!("a point-in-time mount uploads nothing");
+    } else if lease.as_ref().is_some_and(|l| l.lost()) {
         // Another node writes the prefix now; ours stay in the journal and the upload records.
         warn!(
             pending,
@@ -591,6 +621,26 @@ fn fuser_options(local: &Path, options: &MountOptions) -> Vec<MountOption> {
     ];
     out.extend(flags.into_iter().filter(|(on, _)| *on).map(|(_, o)| o));
     out
+}
+
+/// A point-in-time mount fetches into the served directory, which must hold nothing that
+/// would hide the point in time; and it never writes the bucket (the fence stops every write,
+/// whatever the mirror attempts).
+fn as_of_checks(local: &Path, bucket: &Bucket) -> Result<(), UsageError> {
+    let inaccessible = |source| UsageError::Inaccessible {
+        what: "local directory",
+        path: local.to_owned(),
+        source,
+    };
+    for e in std::fs::read_dir(local).map_err(inaccessible)? {
+        if e.map_err(inaccessible)?.file_name() != DEFAULT_STATE_DIR {
+            return Err(UsageError::AsOfNotEmpty(local.to_owned()));
+        }
+    }
+    bucket
+        .fence()
+        .raise("a point-in-time mount (--as-of) is read-only and never writes the bucket".into());
+    Ok(())
 }
 
 /// The bucket named by `--config` and `--prefix`, for `mount` and the one-shot commands alike:

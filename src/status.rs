@@ -134,6 +134,8 @@ pub struct Status {
     /// Whether this mount may write the bucket (the lease; see [`crate::lease`]).
     fence: Arc<Fence>,
     sources: OnceLock<Sources>,
+    /// What the bucket's history did (kept versions, garbage collected).
+    history: OnceLock<Arc<crate::bucket::history::Stats>>,
     mountpoint: String,
     started: SystemTime,
 }
@@ -164,6 +166,13 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
+    pub history_versions_kept: u64,
+    pub history_bytes_kept: u64,
+    pub history_gc_deletions: u64,
+    pub history_empty_replacements: u64,
+    pub history_tripwire_trips: u64,
+    /// Unix ms since when many files are being destroyed at once (the tripwire), 0 if not.
+    pub history_tripped_since_ms: u64,
     pub passthrough: bool,
     pub bucket_failures: u64,
     pub bucket_last_success_ms: u64,
@@ -188,9 +197,15 @@ impl Status {
             health,
             fence,
             sources: OnceLock::new(),
+            history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
         })
+    }
+
+    /// The history counters to show (a second call is ignored).
+    pub fn watch_history(&self, stats: Arc<crate::bucket::history::Stats>) {
+        let _ = self.history.set(stats);
     }
 
     /// The counters to show, once the parts exist (a second call is ignored).
@@ -240,6 +255,18 @@ impl Status {
             writes_stopped: self.fence.reason(),
             ..Figures::default()
         };
+        if let Some(h) = self.history.get() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            f.history_versions_kept = get(&h.versions_kept);
+            f.history_bytes_kept = get(&h.bytes_kept);
+            f.history_gc_deletions = get(&h.gc_deletions);
+            f.history_empty_replacements = get(&h.empty_replacements);
+            f.history_tripwire_trips = get(&h.tripwire_trips);
+            f.history_tripped_since_ms = h.tripped_since().map_or(0, |t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            });
+        }
         let Some(s) = self.sources.get() else {
             return f;
         };
@@ -328,6 +355,13 @@ impl Status {
                 files_from_manifest: f.index_from_manifest,
                 heads: f.index_heads,
             },
+            history: HistoryReport {
+                versions_kept: f.history_versions_kept,
+                bytes_kept: f.history_bytes_kept,
+                gc_deletions: f.history_gc_deletions,
+                empty_replacements: f.history_empty_replacements,
+                corruption_suspected_since: time_of(f.history_tripped_since_ms),
+            },
             recent_events: recent::events(),
         }
     }
@@ -357,6 +391,9 @@ pub struct Report {
     /// How the bucket's metadata was loaded at start.
     #[serde(default)]
     pub index: IndexReport,
+    /// What the bucket's history kept and collected (see `bucket/history.rs`).
+    #[serde(default)]
+    pub history: HistoryReport,
     /// The last WARN and ERROR log events, oldest first.
     pub recent_events: Vec<recent::LogEvent>,
 }
@@ -406,6 +443,19 @@ pub struct FetchReport {
     pub done: u64,
     pub failed: u64,
     pub bytes: u64,
+}
+
+/// Versions history kept, and whether many files are being destroyed at once right now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryReport {
+    pub versions_kept: u64,
+    pub bytes_kept: u64,
+    pub gc_deletions: u64,
+    pub empty_replacements: u64,
+    /// Since when (RFC 3339) more files than usual are truncated, shrunk or deleted at once
+    /// (the tripwire): possible corruption; every version is kept meanwhile.
+    #[serde(default)]
+    pub corruption_suspected_since: Option<String>,
 }
 
 /// How the bucket index was loaded: files the manifest described, and metadata reads made.
@@ -639,6 +689,15 @@ pub fn human(addr: &str, r: &Report) -> String {
     line(&mut out, format!("bucket:   {bucket}"));
     if let Some(why) = &r.bucket.writes_stopped {
         line(&mut out, format!("writes:   STOPPED: {why}"));
+    }
+    if r.history.corruption_suspected_since.is_some() {
+        line(
+            &mut out,
+            format!(
+                "history:  POSSIBLE CORRUPTION: many files truncated, shrunk or deleted since {}; every version is kept",
+                ago(&r.history.corruption_suspected_since)
+            ),
+        );
     }
     let oldest = r
         .pending

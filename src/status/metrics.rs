@@ -221,6 +221,42 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         counter(
             e,
+            "etlfs_history_versions_kept",
+            "Old versions kept under .etlfs/history/ before an upload, copy or delete replaced them",
+            f.history_versions_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_bytes_kept",
+            "Bytes of the versions kept (server-side copies)",
+            f.history_bytes_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_gc_deletions",
+            "Kept versions deleted past --history-retention",
+            f.history_gc_deletions,
+        )?;
+        counter(
+            e,
+            "etlfs_history_empty_replacements",
+            "Files replaced by an empty one (a writer killed mid-rewrite?) whose previous version was kept",
+            f.history_empty_replacements,
+        )?;
+        counter(
+            e,
+            "etlfs_history_tripwire_trips",
+            "Times many files were truncated, shrunk or deleted at once (possible corruption)",
+            f.history_tripwire_trips,
+        )?;
+        gauge(
+            e,
+            "etlfs_history_corruption_suspected",
+            "1 while many files are being truncated, shrunk or deleted at once; every version is kept meanwhile",
+            i64::from(f.history_tripped_since_ms != 0),
+        )?;
+        counter(
+            e,
             "etlfs_bucket_failures",
             "Bucket operations that failed after object_store's own retries (outages, refusals)",
             f.bucket_failures,
