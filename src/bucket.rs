@@ -23,6 +23,7 @@
 
 pub mod fault;
 pub mod history;
+pub mod requests;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -301,6 +302,8 @@ pub struct Bucket {
     history: Option<Arc<history::History>>,
     /// Shared by every clone: what history did, for /metrics.
     history_stats: Arc<history::Stats>,
+    /// Shared by every clone: the requests sent, by kind (counted by the store's wrapper).
+    requests: Arc<requests::RequestCounts>,
 }
 
 /// Directory listings in flight at once while walking the bucket.
@@ -338,8 +341,9 @@ impl Bucket {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("/");
+        let requests = Arc::new(requests::RequestCounts::default());
         Bucket {
-            store,
+            store: Arc::new(requests::CountingStore::new(store, Arc::clone(&requests))),
             prefix,
             user_metadata,
             extra_metadata,
@@ -347,7 +351,13 @@ impl Bucket {
             fence: Arc::default(),
             history: None,
             history_stats: Arc::default(),
+            requests,
         }
+    }
+
+    /// The requests sent to the bucket so far, by kind.
+    pub fn requests(&self) -> &Arc<requests::RequestCounts> {
+        &self.requests
     }
 
     /// Whether writes are allowed ([`Fence`]).

@@ -301,6 +301,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
         .with_history(args.history);
+    let requests = Arc::clone(bucket.requests());
     if args.as_of.is_some() {
         as_of_checks(&plan.local, &bucket)?;
     }
@@ -494,6 +495,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         overlay: Arc::clone(&overlay),
         passthrough: fs.passthrough_flag(),
         walked_local_bytes,
+        requests,
     });
 
     let mut config = Config::default();

@@ -122,6 +122,8 @@ pub struct Sources {
     pub passthrough: Arc<AtomicBool>,
     /// Local file bytes as last counted by a walk, when the overlay does not keep count.
     pub walked_local_bytes: Arc<AtomicU64>,
+    /// The requests sent to the bucket ([`crate::bucket::Bucket::requests`]).
+    pub requests: Arc<crate::bucket::requests::RequestCounts>,
 }
 
 /// The state of a mount as the status server shows it. Shared by `run` (which moves the
@@ -166,6 +168,8 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
+    /// Requests sent to the bucket by kind, once the parts are attached.
+    pub bucket_requests: Vec<(&'static str, u64)>,
     pub history_versions_kept: u64,
     pub history_bytes_kept: u64,
     pub history_gc_deletions: u64,
@@ -301,6 +305,7 @@ impl Status {
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
         f.passthrough = s.passthrough.load(Ordering::Relaxed);
+        f.bucket_requests = s.requests.snapshot();
         f
     }
 

@@ -219,6 +219,18 @@ impl prometheus_client::collector::Collector for Collector {
             "1 when FUSE passthrough is on, 0 in daemon mode",
             i64::from(f.passthrough),
         )?;
+        {
+            let mut m = e.encode_descriptor(
+                "etlfs_bucket_requests",
+                "Requests sent to the bucket, by kind (put, multipart: the start of one, get, head, list: one page or one flat listing, delete, copy)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in &f.bucket_requests {
+                let labels = [("op", kind.to_string())];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
         counter(
             e,
             "etlfs_history_versions_kept",
