@@ -192,6 +192,14 @@ struct HistoryArgs {
     /// Delete kept versions this long after they were replaced; `0` keeps no history.
     #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
     history_retention: std::time::Duration,
+    /// Corruption tripwire: this many files truncated to zero, shrunk to less than half, or
+    /// deleted within --history-tripwire-window log a warning, raise a metric and /status flag,
+    /// and keep every version whatever the interval; `0` turns it off.
+    #[arg(long, default_value_t = etlfs::bucket::history::DEFAULT_TRIPWIRE_FILES, value_name = "N")]
+    history_tripwire: usize,
+    /// The tripwire's window; a trip lasts this long after the last such change.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    history_tripwire_window: std::time::Duration,
 }
 
 impl From<HistoryArgs> for etlfs::bucket::history::Settings {
@@ -199,6 +207,8 @@ impl From<HistoryArgs> for etlfs::bucket::history::Settings {
         etlfs::bucket::history::Settings {
             interval: a.history_interval,
             retention: a.history_retention,
+            tripwire_files: a.history_tripwire,
+            tripwire_window: a.history_tripwire_window,
         }
     }
 }

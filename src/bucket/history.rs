@@ -34,12 +34,13 @@
 //!   one copy per removal.
 //!
 //! **Tripwire**: a corruption storm (a bug that truncates or deletes many files at once) must
-//! not lose versions to thinning. When more than [`TRIPWIRE_FILES`] replacements that shrink a
-//! file (to nothing or not) and deletions are seen within [`TRIPWIRE_WINDOW`], a warning is
-//! logged, [`Stats`] count the trip and say since when, and every version is kept whatever the
-//! interval until a window passes without trips. A shrink is seen when the object is looked at,
-//! i.e. whenever its version might be kept: replacements thinned away before the trip are not
-//! counted (deletions and empty replacements always are).
+//! not lose versions to thinning. When [`Settings::tripwire_files`] destructive changes — a
+//! replacement by an empty file, one that shrinks a file to less than half its size, a
+//! deletion — are seen within [`Settings::tripwire_window`], a warning is logged, [`Stats`]
+//! count the trip and say since when, and every version is kept whatever the interval until a
+//! window passes without trips. A shrink is seen when the object is looked at, i.e. whenever
+//! its version might be kept: shrinks thinned away before the trip are not counted (deletions
+//! and empty replacements always are).
 //!
 //! **Garbage collection** ([`Bucket::gc_history`]) deletes kept versions whose `until` is older
 //! than [`Settings::retention`], at most a bounded number per run. It is crash-safe without any
@@ -79,11 +80,11 @@ pub const GC_MAX_DELETES: usize = 1000;
 pub const GC_EVERY: Duration = Duration::from_secs(600);
 /// Paths whose last kept version the thinning remembers before it forgets stale ones.
 const THINNING_MEMORY: usize = 100_000;
-/// The tripwire's threshold: this many shrinking replacements or deletions within
-/// [`TRIPWIRE_WINDOW`] look like corruption rather than Kubecost's own rewrites and clean-ups.
-pub const TRIPWIRE_FILES: usize = 50;
-/// The tripwire's window; a trip also lasts this long after the last destructive change.
-pub const TRIPWIRE_WINDOW: Duration = Duration::from_secs(300);
+/// Default `--history-tripwire`: this many destructive changes within the window look like
+/// corruption rather than Kubecost's own rewrites and clean-ups.
+pub const DEFAULT_TRIPWIRE_FILES: usize = 50;
+/// Default `--history-tripwire-window`.
+pub const DEFAULT_TRIPWIRE_WINDOW: Duration = Duration::from_secs(300);
 
 /// How history is kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +94,11 @@ pub struct Settings {
     pub interval: Duration,
     /// Kept versions are deleted this long after they were replaced. Zero: history is off.
     pub retention: Duration,
+    /// The tripwire goes off at this many destructive changes within `tripwire_window`;
+    /// zero turns it off.
+    pub tripwire_files: usize,
+    /// The tripwire's window; a trip also lasts this long after the last destructive change.
+    pub tripwire_window: Duration,
 }
 
 impl Default for Settings {
@@ -100,6 +106,8 @@ impl Default for Settings {
         Settings {
             interval: DEFAULT_INTERVAL,
             retention: DEFAULT_RETENTION,
+            tripwire_files: DEFAULT_TRIPWIRE_FILES,
+            tripwire_window: DEFAULT_TRIPWIRE_WINDOW,
         }
     }
 }
@@ -215,7 +223,6 @@ pub struct History {
     last_kept: Mutex<HashMap<PathBuf, SystemTime>>,
     /// Times of the recent destructive changes (for the tripwire), oldest first.
     destructive: Mutex<std::collections::VecDeque<SystemTime>>,
-    tripwire: (usize, Duration),
 }
 
 impl History {
@@ -224,13 +231,15 @@ impl History {
             settings,
             last_kept: Mutex::default(),
             destructive: Mutex::default(),
-            tripwire: (TRIPWIRE_FILES, TRIPWIRE_WINDOW),
         }
     }
 
     /// Records a destructive change at `now`; true if that sets the tripwire off (again).
     fn note_destructive(&self, now: SystemTime, stats: &Stats) -> bool {
-        let (files, window) = self.tripwire;
+        let (files, window) = (self.settings.tripwire_files, self.settings.tripwire_window);
+        if files == 0 {
+            return false;
+        }
         let mut q = self.destructive.lock().unwrap_or_else(|e| e.into_inner());
         q.push_back(now);
         while q
@@ -239,7 +248,7 @@ impl History {
         {
             q.pop_front();
         }
-        if q.len() <= files {
+        if q.len() < files {
             return false;
         }
         let was = stats.tripped_since().is_some();
@@ -372,12 +381,16 @@ impl Bucket {
         };
         let destructive = match change {
             Change::Delete => true,
-            Change::Replace { new_size } => new_size.is_some_and(|n| n < head.size),
+            // To nothing, or to less than half: a rewrite that merely trims a file is no
+            // sign of corruption, and counting it would set the tripwire off on routine work.
+            Change::Replace { new_size } => {
+                new_size.is_some_and(|n| n.saturating_mul(2) < head.size)
+            }
         };
         if destructive && h.note_destructive(now, &self.history_stats) {
             warn!(
-                within = %humantime::format_duration(h.tripwire.1),
-                more_than = h.tripwire.0,
+                within = %humantime::format_duration(h.settings.tripwire_window),
+                at_least = h.settings.tripwire_files,
                 path = %esc(rel),
                 "many files truncated, shrunk or deleted at once: possible corruption; every version is kept until it stops (see `etlfs history`)"
             );
@@ -648,7 +661,7 @@ mod tests {
         )
         .with_history(Settings {
             interval,
-            retention: DEFAULT_RETENTION,
+            ..Settings::default()
         })
     }
 
@@ -757,14 +770,17 @@ mod tests {
                 .unwrap();
         }
         assert_eq!(b.kept_versions(Some(victim)).await.unwrap().len(), 1);
-        for i in 0..TRIPWIRE_FILES {
+        for i in 0..DEFAULT_TRIPWIRE_FILES - 1 {
             let p = PathBuf::from(format!("d/{i}"));
             b.put_bytes(&p, Bytes::from("x"), &meta(0o644))
                 .await
                 .unwrap();
             b.delete(&p).await.unwrap();
         }
-        assert!(stats.tripped_since().is_none(), "at the threshold: not yet");
+        assert!(
+            stats.tripped_since().is_none(),
+            "below the threshold: not yet"
+        );
         b.put_bytes(Path::new("last"), Bytes::from("x"), &meta(0o644))
             .await
             .unwrap();
@@ -778,13 +794,76 @@ mod tests {
         assert_eq!(b.kept_versions(Some(victim)).await.unwrap().len(), 2);
     }
 
+    /// A bucket whose tripwire goes off at `files` destructive changes within an hour.
+    fn tripwire_bucket(files: usize) -> Bucket {
+        Bucket::new(
+            Arc::new(object_store::memory::InMemory::new()),
+            "etl",
+            true,
+            vec![],
+        )
+        .with_history(Settings {
+            interval: Duration::from_secs(3600),
+            tripwire_files: files,
+            tripwire_window: Duration::from_secs(3600),
+            ..Settings::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn only_truncation_to_zero_and_shrinking_by_more_than_half_count_as_damage() {
+        let b = tripwire_bucket(2);
+        let stats = Arc::clone(b.history_stats());
+        let put = |p: &'static str, body: &'static str| {
+            let b = &b;
+            async move {
+                b.put_bytes(Path::new(p), Bytes::from(body), &meta(0o644))
+                    .await
+                    .unwrap()
+            }
+        };
+        // Halving, growing, and empty over empty are not damage, however many (each first
+        // replacement of a path is looked at, thinning or not).
+        for p in ["a", "b", "c"] {
+            put(p, "12345678").await;
+            put(p, "1234").await;
+        }
+        put("g", "1").await;
+        put("g", "123").await;
+        put("z", "").await;
+        put("z", "").await;
+        assert_eq!(stats.tripwire_trips.load(Ordering::Relaxed), 0);
+        // Shrinking to less than half is, once; truncation to zero is the second.
+        put("s", "12345678").await;
+        put("s", "123").await;
+        assert!(stats.tripped_since().is_none());
+        put("b", "").await;
+        assert!(stats.tripped_since().is_some());
+        assert_eq!(stats.tripwire_trips.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_zero_tripwire_never_goes_off() {
+        let b = tripwire_bucket(0);
+        for i in 0..5 {
+            let p = PathBuf::from(format!("f{i}"));
+            b.put_bytes(&p, Bytes::from("x"), &meta(0o644))
+                .await
+                .unwrap();
+            b.delete(&p).await.unwrap();
+        }
+        let stats = b.history_stats();
+        assert_eq!(stats.tripwire_trips.load(Ordering::Relaxed), 0);
+        assert!(stats.tripped_since().is_none());
+    }
+
     #[tokio::test]
     async fn a_new_process_remembers_what_was_kept() {
         let store = Arc::new(object_store::memory::InMemory::new());
         let open = || {
             Bucket::new(store.clone(), "", true, vec![]).with_history(Settings {
                 interval: Duration::from_secs(3600),
-                retention: DEFAULT_RETENTION,
+                ..Settings::default()
             })
         };
         let p = Path::new("f");
@@ -888,6 +967,7 @@ mod tests {
         .with_history(Settings {
             interval: Duration::ZERO,
             retention: Duration::ZERO,
+            ..Settings::default()
         });
         b.put_bytes(Path::new("f"), Bytes::from("1"), &meta(0o644))
             .await
