@@ -209,7 +209,9 @@ impl Mounted {
         let deadline = Instant::now() + Duration::from_secs(20);
         // Mounted and answering: a dead mount from a killed daemon is in mountinfo too, but
         // every access to it fails with ENOTCONN.
-        while !(is_mounted(&self.mnt) && fs::metadata(&self.mnt).is_ok()) {
+        // (A listing, not a stat: the kernel can answer a stat of a dead mount's root from its
+        // attribute cache, but a listing needs the daemon.)
+        while !(is_mounted(&self.mnt) && fs::read_dir(&self.mnt).is_ok()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etlfs exited before mounting ({st}):\n{}", self.log());
             }
