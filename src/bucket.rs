@@ -22,6 +22,8 @@
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
 
 pub mod fault;
+pub mod history;
+pub mod requests;
 
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -296,6 +298,12 @@ pub struct Bucket {
     health: Arc<crate::counters::Health>,
     /// Shared by every clone: whether writes are allowed.
     fence: Arc<Fence>,
+    /// Versions kept before they are replaced or removed (`None`: history is off).
+    history: Option<Arc<history::History>>,
+    /// Shared by every clone: what history did, for /metrics.
+    history_stats: Arc<history::Stats>,
+    /// Shared by every clone: the requests sent, by kind (counted by the store's wrapper).
+    requests: Arc<requests::RequestCounts>,
 }
 
 /// Directory listings in flight at once while walking the bucket.
@@ -333,19 +341,39 @@ impl Bucket {
             .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("/");
+        let requests = Arc::new(requests::RequestCounts::default());
         Bucket {
-            store,
+            store: Arc::new(requests::CountingStore::new(store, Arc::clone(&requests))),
             prefix,
             user_metadata,
             extra_metadata,
             health: Arc::default(),
             fence: Arc::default(),
+            history: None,
+            history_stats: Arc::default(),
+            requests,
         }
+    }
+
+    /// The requests sent to the bucket so far, by kind.
+    pub fn requests(&self) -> &Arc<requests::RequestCounts> {
+        &self.requests
     }
 
     /// Whether writes are allowed ([`Fence`]).
     pub fn fence(&self) -> &Arc<Fence> {
         &self.fence
+    }
+
+    /// The same bucket as another process sees it: its own health and fence (a second writer,
+    /// in tests).
+    #[cfg(test)]
+    pub fn with_own_fence(&self) -> Bucket {
+        Bucket {
+            health: Arc::default(),
+            fence: Arc::default(),
+            ..self.clone()
+        }
     }
 
     /// Whether the bucket answers, as the operations made through this bucket saw it.
@@ -372,6 +400,35 @@ impl Bucket {
 
     /// The key of a relative path. Refuses anything that could not come back as the same path.
     pub fn key(&self, rel: &Path) -> Result<Key> {
+        let key = self.key_below(rel)?;
+        if rel.file_name().is_some_and(|n| n == DIR_MARKER) {
+            // Its key would read back as the marker of the directory it is in.
+            return Err(BucketError::BadKey {
+                path: rel.to_owned(),
+                reason: "the name .etlfs-dir is reserved for etlfs' directory markers",
+            });
+        }
+        Ok(key)
+    }
+
+    /// Whether `rel` can be a key: a path refused here is never in the bucket, so there is
+    /// nothing to delete, move or copy for it.
+    pub fn can_hold(&self, rel: &Path) -> bool {
+        self.key(rel).is_ok()
+    }
+
+    /// Whether anything at or below the directory `dir` can be a key. Every rule of
+    /// [`Bucket::key`] that refuses a path refuses everything below it too (a name that is
+    /// not UTF-8 or holds a control character, `.`, `..`, the reserved top level, a key too
+    /// long), except the marker name: a directory named `.etlfs-dir` has no marker, but what
+    /// it holds is mirrored.
+    pub fn can_hold_below(&self, dir: &Path) -> bool {
+        self.key_below(dir).is_ok()
+    }
+
+    /// The key of `rel` by every rule of [`Bucket::key`] but the marker name: as a file's key,
+    /// or the prefix of every key below the directory `rel`.
+    fn key_below(&self, rel: &Path) -> Result<Key> {
         let bad = |reason| BucketError::BadKey {
             path: rel.to_owned(),
             reason,
@@ -398,12 +455,6 @@ impl Bucket {
         {
             // (object_store refuses them in keys: newlines, tabs, NUL, DEL, ...)
             return Err(bad("contains an ASCII control character"));
-        }
-        if parts.last() == Some(&DIR_MARKER) {
-            // Its key would read back as the marker of the directory it is in.
-            return Err(bad(
-                "the name .etlfs-dir is reserved for etlfs' directory markers",
-            ));
         }
         let key =
             Key::parse(self.join(&parts.join("/"))).map_err(|_| bad("not a valid object key"))?;
@@ -508,6 +559,9 @@ impl Bucket {
     ) -> Result<Option<String>> {
         let key = self.key(rel)?;
         self.fence.check()?;
+        let new_size = Some(body.len() as u64);
+        self.keep_before(rel, history::Change::Replace { new_size })
+            .await?;
         let opts = PutOptions {
             attributes: self.attributes(meta),
             ..Default::default()
@@ -539,12 +593,14 @@ impl Bucket {
             key,
             rel: rel.to_owned(),
             meta: meta.clone(),
+            written: 0,
         })
     }
 
     /// Deletes a file's object (and its sidecar metadata). A missing object is not an error.
     pub async fn delete(&self, rel: &Path) -> Result<()> {
         let key = self.key(rel)?;
+        self.keep_before(rel, history::Change::Delete).await?;
         self.delete_key(&key).await?;
         if !self.user_metadata {
             self.delete_key(&self.meta_key(rel)?).await?;
@@ -560,22 +616,47 @@ impl Bucket {
         }
     }
 
-    /// Server-side copy of a file's object (and sidecar) to another path.
+    /// Server-side copy of a file's object (and sidecar) to another path. A destination that
+    /// exists is replaced (its version kept first, see [`history`]).
     pub async fn copy(&self, from: &Path, to: &Path) -> Result<()> {
         self.fence.check()?;
         let (fk, tk) = (self.key(from)?, self.key(to)?);
-        self.store
-            .copy(&fk, &tk)
-            .await
-            .map_err(BucketError::store("copy", &fk))?;
+        self.keep_before(to, history::Change::Replace { new_size: None })
+            .await?;
+        self.copy_key(&fk, &tk).await?;
         if !self.user_metadata {
             let (fm, tm) = (self.meta_key(from)?, self.meta_key(to)?);
-            self.store
-                .copy(&fm, &tm)
-                .await
-                .map_err(BucketError::store("copy", &fm))?;
+            self.copy_key(&fm, &tm).await?;
         }
         Ok(())
+    }
+
+    /// Copies one object, unless `to` already is `from`.
+    ///
+    /// FILESYSTEM (the one backend without user metadata) copies by hard-linking `from` to a
+    /// staged `to#N` and renaming that onto `to`. When `to` already is a link of the same file
+    /// (a rename back and forth copies `a` to `b` and later `b` to `a` while both keys are
+    /// links of one file), rename(2) does nothing and reports success, so `to#N` stays behind:
+    /// never listed, never deleted, and keeping the bytes alive after both keys are gone.
+    /// Its e_tag is the file's inode, mtime and size, so equal e_tags mean `to` already holds
+    /// exactly `from`, and there is nothing to copy. Only this process writes the prefix (the
+    /// lease), so nothing changes either key between the check and the copy.
+    async fn copy_key(&self, from: &Key, to: &Key) -> Result<()> {
+        if from == to {
+            return Ok(());
+        }
+        if !self.user_metadata {
+            let (a, b) = futures::join!(self.store.head(from), self.store.head(to));
+            if let (Ok(a), Ok(b)) = (a, b) {
+                if a.e_tag.is_some() && a.e_tag == b.e_tag {
+                    return Ok(());
+                }
+            }
+        }
+        self.store
+            .copy(from, to)
+            .await
+            .map_err(BucketError::store("copy", from))
     }
 
     /// Creates the marker object of a directory.
@@ -595,7 +676,8 @@ impl Bucket {
 
     /// Every user object below `dir` (the whole bucket prefix for `None`), markers included.
     /// Keys that are not user paths are skipped, and etlfs' reserved `.etlfs/` is not even
-    /// listed.
+    /// listed. A `dir` below which nothing can be a key ([`Bucket::can_hold_below`]) is
+    /// refused with [`BucketError::BadKey`].
     ///
     /// The tree is walked one directory per request, [`LIST_CONCURRENCY`] at a time, rather
     /// than in one flat paginated listing: a flat listing is a chain of requests, each waiting
@@ -606,7 +688,7 @@ impl Bucket {
     /// flat listing, never one request per directory.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
         let root = match dir {
-            Some(d) => Some(self.key(d)?),
+            Some(d) => Some(self.key_below(d)?),
             None if self.prefix.is_empty() => None,
             None => Some(Key::parse(&self.prefix).expect("normalized prefix")),
         };
@@ -699,6 +781,17 @@ impl Bucket {
         })
     }
 
+    /// The object's size and last-modified.
+    pub async fn head(&self, rel: &Path) -> Result<(u64, SystemTime)> {
+        let key = self.key(rel)?;
+        let m = self
+            .store
+            .head(&key)
+            .await
+            .map_err(BucketError::store("head", &key))?;
+        Ok((m.size, SystemTime::from(m.last_modified)))
+    }
+
     /// The object's bytes.
     pub async fn get(&self, rel: &Path) -> Result<Bytes> {
         let key = self.key(rel)?;
@@ -715,7 +808,13 @@ impl Bucket {
         &self,
         rel: &Path,
     ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
-        let key = self.key(rel)?;
+        self.get_stream_key(self.key(rel)?).await
+    }
+
+    async fn get_stream_key(
+        &self,
+        key: Key,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes>>> {
         let res = self
             .store
             .get(&key)
@@ -741,8 +840,19 @@ impl Bucket {
 
     /// The etlfs metadata of an object, and which version of it (or of its sidecar) was read.
     pub async fn meta_read(&self, rel: &Path) -> Result<MetaRead> {
+        let key = self.key(rel)?;
+        let sidecar = if self.user_metadata {
+            key.clone()
+        } else {
+            self.meta_key(rel)?
+        };
+        self.meta_read_at(&key, sidecar).await
+    }
+
+    /// [`Bucket::meta_read`] of the object at `key`, whose sidecar (FILESYSTEM) is `sidecar`.
+    async fn meta_read_at(&self, key: &Key, sidecar: Key) -> Result<MetaRead> {
         if !self.user_metadata {
-            let key = self.meta_key(rel)?;
+            let key = sidecar;
             return match self.store.get(&key).await {
                 Ok(r) => {
                     let last_modified = SystemTime::from(r.meta.last_modified);
@@ -768,16 +878,15 @@ impl Bucket {
                 Err(e) => Err(BucketError::store("get", &key)(e)),
             };
         }
-        let key = self.key(rel)?;
         let opts = object_store::GetOptions {
             head: true,
             ..Default::default()
         };
         let res = self
             .store
-            .get_opts(&key, opts)
+            .get_opts(key, opts)
             .await
-            .map_err(BucketError::store("head", &key))?;
+            .map_err(BucketError::store("head", key))?;
         let seen = |meta| MetaRead {
             meta,
             size: Some(res.meta.size),
@@ -948,6 +1057,8 @@ pub struct Upload {
     key: Key,
     rel: PathBuf,
     meta: FileMeta,
+    /// Bytes queued so far: the size of the object `finish` makes.
+    written: u64,
 }
 
 impl std::fmt::Debug for Upload {
@@ -964,6 +1075,7 @@ impl Upload {
             .await
             .map_err(BucketError::store("upload", &self.key))?;
         self.writer.write(buf);
+        self.written += buf.len() as u64;
         Ok(())
     }
 
@@ -971,6 +1083,10 @@ impl Upload {
     pub async fn finish(self, bucket: &Bucket) -> Result<Option<String>> {
         // Completion is what makes the object visible: a fence raised during the upload holds.
         bucket.fence.check()?;
+        let new_size = Some(self.written);
+        bucket
+            .keep_before(&self.rel, history::Change::Replace { new_size })
+            .await?;
         let res = self
             .writer
             .finish()
@@ -986,6 +1102,18 @@ impl Upload {
             .await
             .map_err(BucketError::store("abort upload", &self.key))
     }
+}
+
+/// A bucket in memory, for the unit tests of the modules above this one (which may not name
+/// `object_store` themselves).
+#[cfg(test)]
+pub fn in_memory(prefix: &str) -> Bucket {
+    Bucket::new(
+        Arc::new(object_store::memory::InMemory::new()),
+        prefix,
+        true,
+        vec![],
+    )
 }
 
 #[cfg(test)]
@@ -1026,6 +1154,88 @@ mod tests {
         assert!(b.key(not_utf8).unwrap_err().to_string().contains("UTF-8"));
         // `.etlfs` deeper down is an ordinary name.
         assert!(b.key(Path::new("d/.etlfs")).is_ok());
+    }
+
+    #[test]
+    fn what_cannot_be_a_key_has_nothing_below_it_but_for_the_marker_name() {
+        use std::os::unix::ffi::OsStrExt;
+        let b = bucket("p", true);
+        let raw = |s: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(s));
+        for bad in [
+            raw(b"caf\xe9"),
+            raw(b"d\xff/x"),
+            "tab\there".into(),
+            "nl\n/x".into(),
+            ".etlfs".into(),
+            "a/../b".into(),
+            PathBuf::from("x".repeat(1030)),
+        ] {
+            assert!(!b.can_hold(&bad), "{bad:?}");
+            assert!(!b.can_hold_below(&bad), "{bad:?}");
+            assert!(!b.can_hold(&bad.join("below")), "{bad:?}");
+        }
+        // A directory named like the marker has none, but what it holds is mirrored.
+        assert!(!b.can_hold(Path::new("d/.etlfs-dir")));
+        assert!(b.can_hold_below(Path::new("d/.etlfs-dir")));
+        assert!(b.can_hold(Path::new("d/.etlfs-dir/x")));
+        assert!(b.can_hold(Path::new("d/x")) && b.can_hold_below(Path::new("d")));
+    }
+
+    /// LocalFileSystem copies through a hard-linked `to#N` renamed onto `to`; when `to` is a
+    /// link of `from` already, that rename is a no-op and `to#N` stayed behind (renames back
+    /// and forth piled them up). Such a copy is skipped: no staged file is left, and the bytes
+    /// and metadata are where they belong.
+    #[tokio::test]
+    async fn filesystem_copies_back_and_forth_leave_no_staged_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Arc::new(object_store::local::LocalFileSystem::new_with_prefix(dir.path()).unwrap());
+        let b = Bucket::new(store, "etl", false, vec![]);
+        let meta = FileMeta {
+            mtime_ns: 1,
+            mode: 0o644,
+            sha256: "cd".repeat(32),
+            owner: None,
+        };
+        let (a, z) = (Path::new("d1/a"), Path::new("d2/b"));
+        b.put_bytes(a, Bytes::from_static(b"x"), &meta)
+            .await
+            .unwrap();
+        for _ in 0..5 {
+            b.copy(a, z).await.unwrap();
+            b.copy(z, a).await.unwrap();
+            b.copy(a, a).await.unwrap();
+        }
+        b.delete(z).await.unwrap();
+        b.copy(a, z).await.unwrap();
+        b.delete(a).await.unwrap();
+        b.copy(z, a).await.unwrap();
+        let mut left = Vec::new();
+        let mut todo = vec![dir.path().to_owned()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    todo.push(e.path());
+                } else {
+                    left.push(e.path().strip_prefix(dir.path()).unwrap().to_owned());
+                }
+            }
+        }
+        left.sort();
+        let want: Vec<PathBuf> = [
+            "etl/.etlfs/meta/d1/a",
+            "etl/.etlfs/meta/d2/b",
+            "etl/d1/a",
+            "etl/d2/b",
+        ]
+        .map(PathBuf::from)
+        .to_vec();
+        assert_eq!(left, want);
+        for p in [a, z] {
+            assert_eq!(b.get(p).await.unwrap(), Bytes::from_static(b"x"));
+            assert_eq!(b.meta(p).await.unwrap(), Some(meta.clone()));
+        }
     }
 
     #[test]

@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 
+use crate::bucket::history::is_history_source;
 use crate::bucket::{Bucket, BucketError};
 use crate::escape::esc;
 use crate::index::{Index, RemoteFile};
@@ -114,6 +115,11 @@ impl Fetcher {
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             stats: FetchStats::default(),
         })
+    }
+
+    /// The bucket files are fetched from.
+    pub fn bucket(&self) -> &Bucket {
+        &self.bucket
     }
 
     /// Makes `path` local: downloads it unless it is local already. Concurrent calls for the
@@ -273,9 +279,12 @@ async fn write_verified(
             source,
         }
     };
-    let mut stream = match bucket.get_stream(&remote.source).await {
+    // The source may also be a kept version (`restore --as-of`), which never moves.
+    let mut stream = match bucket.get_stream_source(&remote.source).await {
         // Renamed while bucket-only, and the mirror has moved the object meanwhile.
-        Err(BucketError::NotFound { .. }) if remote.source != path => {
+        Err(BucketError::NotFound { .. })
+            if remote.source != path && !is_history_source(&remote.source) =>
+        {
             bucket.get_stream(path).await.map_err(bucket_err)?
         }
         other => other.map_err(bucket_err)?,

@@ -466,7 +466,11 @@ impl Filesystem for EtlFs {
             Ok(o) => o,
             Err(e) => return fail!(reply, "open", e),
         };
-        match self.backing_for(ino.0, &opened, flags.0, |f| reply.open_backing(f)) {
+        // Under `noatime`, a twin of the file on a noatime mount (`Overlay::noatime_backing`).
+        let register = |f: &std::fs::File| {
+            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
+        };
+        match self.backing_for(ino.0, &opened, flags.0, register) {
             Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
             None => reply.opened(FileHandle(opened.fh), Self::open_flags()),
         }
@@ -746,9 +750,12 @@ impl Filesystem for EtlFs {
             Err(e) => return fail!(reply, "create", e),
         };
         let attr = file_attr(&entry.attr);
+        let register = |f: &std::fs::File| {
+            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
+        };
         // The full TTL even for a handle with write access: the kernel has not mapped it yet,
         // and mapping it marks these attributes stale.
-        match self.backing_for(entry.ino, &opened, flags, |f| reply.open_backing(f)) {
+        match self.backing_for(entry.ino, &opened, flags, register) {
             Some(id) => reply.created_passthrough(
                 &TTL,
                 &attr,

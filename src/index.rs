@@ -579,6 +579,16 @@ impl Index {
             .collect()
     }
 
+    /// The files at or below `path` (a directory, or a file itself).
+    pub fn files_below(&self, path: &Path) -> Vec<PathBuf> {
+        self.read()
+            .files
+            .keys()
+            .filter(|p| p.starts_with(path))
+            .cloned()
+            .collect()
+    }
+
     /// Calls `f` with every file whose object version is known, under the read lock (for a
     /// manifest writer, which encodes as it goes).
     pub fn for_each_versioned(&self, mut f: impl FnMut(&Path, &RemoteFile, &Version)) {

@@ -11,6 +11,12 @@
 //! line (a crash in the middle of an append) is ignored on replay. When no intent is pending
 //! the file is truncated, so it stays small.
 //!
+//! Paths are whatever bytes the application named, not necessarily UTF-8: a removal or rename
+//! of a name the bucket can never hold must still work locally, and a rename between such a
+//! name and an ordinary one matters to the bucket (see `mirror/`). A UTF-8 path is written as
+//! a JSON string (as in every journal before byte paths existed, so those replay unchanged),
+//! any other as the array of its bytes ([`raw_path`]).
+//!
 //! A full disk must not break it. A failed append (ENOSPC after part of the line) is cut off
 //! again, so the next line never merges with a torn one (which would hide it at replay), and
 //! the operation is refused. And [`RESERVE`] bytes are kept allocated beyond the end of the
@@ -36,13 +42,51 @@ use crate::state::StateDir;
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Intent {
     /// `unlink` (`dir: false`) or `rmdir` (`dir: true`) of a path.
-    Remove { path: PathBuf, dir: bool },
+    Remove {
+        #[serde(with = "raw_path")]
+        path: PathBuf,
+        dir: bool,
+    },
     /// `rename` of a file or a directory (everything below it moves).
     Rename {
+        #[serde(with = "raw_path")]
         from: PathBuf,
+        #[serde(with = "raw_path")]
         to: PathBuf,
         dir: bool,
     },
+}
+
+/// A path in the journal, losslessly: a JSON string when it is UTF-8, else an array of its
+/// bytes (`serde_json` refuses a `PathBuf` that is not UTF-8, which made every removal or
+/// rename of such a name fail).
+mod raw_path {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(path: &Path, ser: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => ser.serialize_str(text),
+            None => ser.collect_seq(path.as_os_str().as_bytes()),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(de: D) -> Result<PathBuf, D::Error> {
+        Ok(match Repr::deserialize(de)? {
+            Repr::Text(text) => PathBuf::from(text),
+            Repr::Bytes(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+        })
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -247,6 +291,70 @@ mod tests {
         assert!(j.append(rm("d")).unwrap() > c);
     }
 
+    /// Any byte string is a name: intents about names that are not UTF-8 (or hold control
+    /// characters) are written and replayed exactly, UTF-8 paths are written as strings as
+    /// before, and a journal an older etlfs wrote replays unchanged.
+    #[test]
+    fn paths_of_any_bytes_survive_a_reopen_and_old_lines_still_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let raw = |b: &[u8]| PathBuf::from(std::ffi::OsStr::from_bytes(b));
+        let dir = tempfile::tempdir().unwrap();
+        // Written by an etlfs before byte paths: the same form a UTF-8 path still takes.
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            concat!(
+                r#"{"seq":1,"intent":{"op":"remove","path":"old/a","dir":false}}"#,
+                "\n",
+                r#"{"seq":2,"intent":{"op":"rename","from":"x","to":"y","dir":true}}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let (j, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
+        let old = vec![
+            (1, rm("old/a")),
+            (
+                2,
+                Intent::Rename {
+                    from: "x".into(),
+                    to: "y".into(),
+                    dir: true,
+                },
+            ),
+        ];
+        assert_eq!(replay, old);
+        let odd = [
+            Intent::Remove {
+                path: raw(b"d\xff/caf\xe9"),
+                dir: true,
+            },
+            Intent::Rename {
+                from: raw(b"a\xff"),
+                to: raw(b"tab\tnew\nline \xe2\x9c\x93"),
+                dir: false,
+            },
+            Intent::Rename {
+                from: "utf8 \u{2713}".into(),
+                to: raw(b"\x80"),
+                dir: true,
+            },
+        ];
+        let mut want = old;
+        for i in &odd {
+            want.push((j.append(i.clone()).unwrap(), i.clone()));
+        }
+        drop(j);
+        let text = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        let text = String::from_utf8(text).expect("the journal stays UTF-8 JSON");
+        assert!(
+            text.contains(r#""path":[100,255,47,99,97,102,233]"#),
+            "{text}"
+        );
+        assert!(text.contains(r#""from":"utf8 ✓""#), "{text}");
+        let (_, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
+        assert_eq!(replay, want);
+    }
+
     #[test]
     fn a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
@@ -281,22 +389,8 @@ mod tests {
     /// acknowledged intent. (A tiny tmpfs: deterministic, and a line straddles its end.)
     #[test]
     fn a_partial_append_on_a_full_disk_is_cut_off() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("small");
-        std::fs::create_dir(&dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        struct Unmount<'a>(&'a std::path::Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&dir);
+        let small = crate::state::tests::SmallTmpfs::new();
+        let dir = small.path().to_owned();
         let (j, _) = Journal::open(&StateDir::open(&dir).unwrap()).unwrap();
         let mut acked = Vec::new();
         let err = loop {

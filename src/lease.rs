@@ -205,8 +205,9 @@ pub struct Acquire {
     holder: Holder,
     takeover: bool,
     started: SystemTime,
-    /// The other holder's lease as first seen, while waiting for it to change or expire.
-    watching: Option<Bytes>,
+    /// The other holder's lease (and its version) as first seen, while waiting for it to
+    /// change or expire.
+    watching: Option<(Bytes, ObjectVersion)>,
 }
 
 impl Acquire {
@@ -251,10 +252,12 @@ impl Acquire {
                             match &self.watching {
                                 None => {
                                     info!(holder = %l.describe(now), "the lease is held; waiting to see it renewed (then this start is refused) or expire (then it is taken over)");
-                                    self.watching = Some(bytes);
+                                    self.watching = Some((bytes, version));
                                     return Ok(None);
                                 }
-                                Some(first) if *first == bytes => return Ok(None),
+                                Some(first) if *first == (bytes, version.clone()) => {
+                                    return Ok(None);
+                                }
                                 Some(_) => {
                                     return Err(LeaseError::Held {
                                         key,
@@ -311,10 +314,9 @@ impl Acquire {
             }
             // Someone else wrote it between our read and our write: look again.
             Ok(Conditional::Conflict) => Ok(None),
-            Err(e @ BucketError::Store { .. }) if !e.is_outage() => {
-                Err(LeaseError::NoConditionalWrites { key, source: e })
-            }
-            Err(e) => Err(LeaseError::Bucket(e)),
+            Err(e) if e.is_outage() => Err(LeaseError::Bucket(e)),
+            // Refused, not unanswered: a bucket that cannot do conditional writes.
+            Err(e) => Err(LeaseError::NoConditionalWrites { key, source: e }),
         }
     }
 }
@@ -333,8 +335,11 @@ pub async fn acquire(bucket: &Bucket, holder: Holder, takeover: bool) -> Result<
 /// A conditional write of the lease; where the backend cannot update conditionally
 /// (FILESYSTEM), the version is checked just before an unconditional write instead.
 async fn write(bucket: &Bucket, body: Bytes, cond: WriteIf) -> Result<Conditional, BucketError> {
-    match bucket.put_reserved(LEASE, body.clone(), cond.clone()).await {
-        Err(BucketError::Unsupported { .. }) => {
+    match (
+        bucket.put_reserved(LEASE, body.clone(), cond.clone()).await,
+        cond,
+    ) {
+        (Err(BucketError::Unsupported { .. }), WriteIf::Is(want)) => {
             static SAID: std::sync::Once = std::sync::Once::new();
             SAID.call_once(|| {
                 warn!(
@@ -343,11 +348,6 @@ async fn write(bucket: &Bucket, body: Bytes, cond: WriteIf) -> Result<Conditiona
                      for it within one request could both write until the next renewal"
                 )
             });
-            let WriteIf::Is(want) = cond else {
-                return Err(BucketError::Fenced {
-                    reason: "the bucket cannot create objects conditionally".into(),
-                });
-            };
             let now = bucket.get_reserved(LEASE).await?.map(|(_, v)| v);
             if now.is_some_and(|v| v.e_tag == want.e_tag && v.version == want.version) {
                 Ok(Conditional::Written(
@@ -357,7 +357,7 @@ async fn write(bucket: &Bucket, body: Bytes, cond: WriteIf) -> Result<Conditiona
                 Ok(Conditional::Conflict)
             }
         }
-        other => other,
+        (other, _) => other,
     }
 }
 
@@ -476,5 +476,92 @@ impl Lease {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "could not release the lease; it expires by itself"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn holder(writer: &str) -> Holder {
+        Holder {
+            writer: writer.into(),
+            serving: "/m".into(),
+            period: Duration::from_secs(1),
+        }
+    }
+
+    fn rt() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// One writer at a time; a second one watches a live holder, is refused once it sees a
+    /// renewal, and takes over with `takeover`; the first is then fenced at its next renewal and
+    /// stays fenced; the second lets go at its stop.
+    #[test]
+    fn one_writer_takeover_fences_the_other() {
+        let rt = rt();
+        let bucket = crate::bucket::in_memory("etl");
+        let a = rt.block_on(acquire(&bucket, holder("a"), false)).unwrap();
+        let mut b = Acquire::new(holder("b"), false);
+        assert!(
+            rt.block_on(b.attempt(&bucket)).unwrap().is_none(),
+            "watching"
+        );
+        assert!(
+            rt.block_on(b.attempt(&bucket)).unwrap().is_none(),
+            "no renewal yet"
+        );
+        rt.block_on(a.renew());
+        match rt.block_on(b.attempt(&bucket)) {
+            Err(LeaseError::Held { holder, .. }) => assert!(holder.contains("pid"), "{holder}"),
+            other => panic!("expected Held, got {other:?}"),
+        }
+        let b = rt
+            .block_on(acquire(&bucket.with_own_fence(), holder("b"), true))
+            .unwrap();
+        rt.block_on(a.renew());
+        assert!(a.lost());
+        assert!(bucket.fence().reason().unwrap().contains("lease lost"));
+        rt.block_on(a.renew());
+        assert!(bucket.fence().reason().is_some(), "fenced for good");
+        rt.block_on(b.renew());
+        assert!(!b.lost());
+        rt.block_on(b.release());
+        assert!(rt.block_on(bucket.get_reserved(LEASE)).unwrap().is_none());
+    }
+
+    /// An expired lease is taken over, the holder's own writer id takes it back at once, and an
+    /// object that is not a lease is left alone unless `takeover`.
+    #[test]
+    fn expired_own_and_unreadable_leases() {
+        let rt = rt();
+        let bucket = crate::bucket::in_memory("");
+        let old = LeaseBody {
+            renewed: humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(10))
+                .to_string(),
+            ..holder("dead").body(SystemTime::now(), SystemTime::now())
+        };
+        let put = |b: Vec<u8>| {
+            rt.block_on(bucket.overwrite_reserved(LEASE, Bytes::from(b)))
+                .unwrap();
+        };
+        put(serde_json::to_vec(&old).unwrap());
+        let l = rt.block_on(acquire(&bucket, holder("new"), false)).unwrap();
+        drop(l);
+        let again = rt.block_on(acquire(&bucket, holder("new"), false)).unwrap();
+        assert!(!again.lost());
+        put(b"{not a lease".to_vec());
+        let mut a = Acquire::new(holder("x"), false);
+        assert!(matches!(
+            rt.block_on(a.attempt(&bucket)),
+            Err(LeaseError::Unreadable { .. })
+        ));
+        let got = rt.block_on(bucket.get_reserved(LEASE)).unwrap().unwrap().0;
+        assert_eq!(&got[..], b"{not a lease");
+        assert!(rt.block_on(acquire(&bucket, holder("x"), true)).is_ok());
     }
 }

@@ -205,7 +205,8 @@ fn timespec(t: Option<TimeSet>) -> libc::timespec {
 pub struct DirEntry {
     pub name: OsString,
     pub ino: u64,
-    pub file_type: std::fs::FileType,
+    /// The file type bits of the mode (`S_IFMT`).
+    pub file_type: u32,
 }
 
 /// The served directory, reached only through descriptors opened before the mount.
@@ -267,14 +268,24 @@ impl LocalDir {
     /// Opens the file behind an `O_PATH` descriptor for I/O with `flags` (`O_RDONLY`,
     /// `O_RDWR`, `O_APPEND`, `O_TRUNC`, ...). `O_CREAT`/`O_EXCL` make no sense here and are
     /// dropped; `O_NOFOLLOW` would refuse the `/proc/self/fd` magic link and is dropped too.
+    /// `O_NOATIME` is dropped where the kernel refuses it (see [`noatime_if_allowed`]).
     pub fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
-        Ok(File::from(sys::openat(
-            self.proc_fd.as_fd(),
-            &sys::fd_name(fd),
-            flags,
-            0,
-        )?))
+        let name = sys::fd_name(fd);
+        noatime_if_allowed(flags, |flags| {
+            sys::openat(self.proc_fd.as_fd(), &name, flags, 0).map(File::from)
+        })
+    }
+
+    /// The file behind `fd`, opened read-only through a private bind mount of it on which
+    /// reads never update access times ([`sys::noatime_clone`]). For `noatime` in passthrough
+    /// mode: the kernel opens each backing file anew, with the application's own flags, on the
+    /// mount of the file it was handed, so our `O_NOATIME` would not reach those reads; the
+    /// mount's `noatime` does.
+    pub fn noatime_twin(&self, fd: BorrowedFd<'_>) -> io::Result<File> {
+        let tree = sys::noatime_clone(fd)?;
+        // The open file keeps the detached mount alive once `tree` is closed.
+        self.reopen(tree.as_fd(), libc::O_RDONLY)
     }
 
     /// Creates and opens a regular file as `creds`. Returns the open file and an `O_PATH`
@@ -289,14 +300,16 @@ impl LocalDir {
     ) -> io::Result<(File, OwnedFd, Stat)> {
         let cname = single_component(name)?;
         let file = as_caller(creds, dir, &cname, || {
-            sys::openat2(
-                dir,
-                &cname,
-                (flags & !libc::O_NOCTTY) | libc::O_CREAT | libc::O_NOFOLLOW,
-                // openat2 is strict: the file type bits the kernel sends along are refused.
-                mode & 0o7777,
-                sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
-            )
+            noatime_if_allowed(flags, |flags| {
+                sys::openat2(
+                    dir,
+                    &cname,
+                    (flags & !libc::O_NOCTTY) | libc::O_CREAT | libc::O_NOFOLLOW,
+                    // openat2 is strict: the file type bits the kernel sends along are refused.
+                    mode & 0o7777,
+                    sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
+                )
+            })
         })?;
         let path_fd = sys::openat(
             self.proc_fd.as_fd(),
@@ -429,17 +442,30 @@ impl LocalDir {
         self.reopen(fd, libc::O_WRONLY)?.set_len(size)
     }
 
-    /// Lists a directory (without `.` and `..`).
-    pub fn read_dir(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<DirEntry>> {
-        use std::os::unix::fs::DirEntryExt;
-        let path = sys::fd_path(fd);
+    /// Lists a directory (without `.` and `..`). With `noatime` the listing leaves the
+    /// directory's access time alone: for etlfs' own walks, which are no access by anyone, and
+    /// for the application's under `noatime`/`nodiratime`.
+    pub fn read_dir(&self, fd: BorrowedFd<'_>, noatime: bool) -> io::Result<Vec<DirEntry>> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | if noatime { libc::O_NOATIME } else { 0 };
+        let mut dir = rustix::fs::Dir::new(OwnedFd::from(self.reopen(fd, flags)?))?;
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(OsStr::from_bytes(path.as_bytes()))? {
+        while let Some(entry) = dir.read() {
             let entry = entry?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let file_type = match entry.file_type() {
+                // Some filesystems do not say in the listing: ask the entry itself.
+                rustix::fs::FileType::Unknown => {
+                    sys::fstatat(dir.fd()?, name, libc::AT_SYMLINK_NOFOLLOW)?.st_mode & libc::S_IFMT
+                }
+                t => t.as_raw_mode() & libc::S_IFMT,
+            };
             out.push(DirEntry {
-                name: entry.file_name(),
+                name: OsStr::from_bytes(name.to_bytes()).to_owned(),
                 ino: entry.ino(),
-                file_type: entry.file_type()?,
+                file_type,
             });
         }
         Ok(out)
@@ -551,13 +577,14 @@ impl LocalDir {
         sys::unlinkat(parent_fd.as_fd(), &single_component(name)?, 0)
     }
 
-    /// Opens a regular file beneath the served directory for reading.
+    /// Opens a regular file beneath the served directory for etlfs' own reads (uploads,
+    /// checksums): with `O_NOATIME` where allowed, because such a read is no access by anyone
+    /// and must not move the file's access time (under relatime it would, at each upload).
     pub fn open_file_beneath(&self, rel: &Path) -> io::Result<File> {
-        Ok(File::from(self.open_beneath(
-            rel,
-            libc::O_RDONLY | libc::O_NOFOLLOW,
-            0,
-        )?))
+        noatime_if_allowed(
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+            |flags| self.open_beneath(rel, flags, 0).map(File::from),
+        )
     }
 
     /// Every file and directory below the root (root excluded), skipping `skip` and what is
@@ -585,7 +612,7 @@ impl LocalDir {
         };
         let mut stack = vec![(start.to_path_buf(), start_fd)];
         while let Some((rel, fd)) = stack.pop() {
-            for e in self.read_dir(fd.as_fd())? {
+            for e in self.read_dir(fd.as_fd(), true)? {
                 let child = rel.join(&e.name);
                 if Some(child.as_path()) == skip {
                     continue;
@@ -611,6 +638,19 @@ impl LocalDir {
 pub enum XattrReply {
     Size(u32),
     Data(Vec<u8>),
+}
+
+/// Runs `open(flags)`, and if `flags` hold `O_NOATIME` and the kernel refuses it, `open` again
+/// without. The kernel allows `O_NOATIME` only to the file's owner or with `CAP_FOWNER`, which
+/// etlfs as root has, but not in a user namespace for a file of an unmapped owner; there the
+/// read goes on and counts as an access, which is better than no read.
+fn noatime_if_allowed<T>(flags: i32, open: impl Fn(i32) -> io::Result<T>) -> io::Result<T> {
+    match open(flags) {
+        Err(e) if flags & libc::O_NOATIME != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+            open(flags & !libc::O_NOATIME)
+        }
+        other => other,
+    }
 }
 
 /// A name the kernel hands us must be one path component: not empty, not `.`/`..`, no `/`,

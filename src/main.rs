@@ -100,6 +100,15 @@ enum Command {
         /// without a renewal.
         #[arg(long, default_value = "10s", value_parser = parse_period, value_name = "DURATION")]
         lease_period: std::time::Duration,
+        /// Mount options, comma-separated, repeatable (`-o ro,noatime -o nodev`): ro, nosuid
+        /// and nodev (the default) or suid and dev, noexec, sync, dirsync, noatime, nodiratime,
+        /// ...; what fstab passes for mount(8) (defaults, nofail, x-*, ...) is ignored.
+        #[arg(short = 'o', long = "options", value_name = "OPT[,OPT...]")]
+        options: Vec<String>,
+        #[command(flatten)]
+        history: HistoryArgs,
+        #[command(flatten)]
+        as_of: AsOfMountArgs,
         /// The directory to mount over.
         mountpoint: PathBuf,
     },
@@ -116,6 +125,8 @@ enum Command {
         #[arg(long)]
         ignore_lease: bool,
         #[command(flatten)]
+        history: HistoryArgs,
+        #[command(flatten)]
         target: OneshotArgs,
     },
     /// One shot, no mount: download every file DIR lacks; a local file that is not older than
@@ -124,15 +135,82 @@ enum Command {
         /// Also replace local files that are newer than the bucket's (when they differ from it).
         #[arg(long)]
         force: bool,
+        /// Rebuild DIR as the bucket held it at TIME (RFC 3339, or a duration ago: `3h`), from
+        /// the versions history kept; files that differ are replaced whatever their mtime.
+        #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of)]
+        as_of: Option<std::time::SystemTime>,
         #[command(flatten)]
         target: OneshotArgs,
     },
     /// One shot, no mount: compare DIR and the bucket by checksum, print every difference on
     /// stdout, exit 1 if there is any.
     Verify {
+        /// Compare with the bucket as it was at TIME (RFC 3339, or a duration ago: `3h`).
+        #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of)]
+        as_of: Option<std::time::SystemTime>,
         #[command(flatten)]
         target: OneshotArgs,
     },
+    /// Print the points in time a restore can rebuild from the versions history kept, or with
+    /// PATH the kept versions of that file, those replaced by an empty file first.
+    History {
+        /// Thanos-style object-store.yaml describing the bucket (S3, GCS, AZURE, FILESYSTEM).
+        #[arg(long, env = "ETLFS_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Key prefix, joined after the file's own top-level `prefix` (e.g. `etl`).
+        #[arg(long, value_name = "P")]
+        prefix: Option<String>,
+        /// The served directory: only needed without --config, to find the FILESYSTEM bucket
+        /// `mount` uses by default beside it.
+        #[arg(long, value_name = "DIR", required_unless_present = "config")]
+        dir: Option<PathBuf>,
+        /// A file, relative to the served directory.
+        path: Option<PathBuf>,
+    },
+}
+
+/// A read-only mount of a point in time.
+#[derive(Debug, Clone, clap::Args)]
+struct AsOfMountArgs {
+    /// Serve the directory as the bucket held it at TIME (RFC 3339, or a duration ago: `3h`),
+    /// fetching each file on first open from the versions history kept. Needs --read-only and
+    /// an empty directory; writes nothing to the bucket.
+    #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of, requires = "read_only")]
+    as_of: Option<std::time::SystemTime>,
+    /// Mount read-only (only with --as-of for now).
+    #[arg(long, requires = "as_of")]
+    read_only: bool,
+}
+
+/// How the bucket keeps the versions it would otherwise overwrite or delete.
+#[derive(Debug, Clone, clap::Args)]
+struct HistoryArgs {
+    /// Keep at most one old version per file per this long (a version replaced by an empty
+    /// file, and a deleted one, are always kept). `0s` keeps every version.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    history_interval: std::time::Duration,
+    /// Delete kept versions this long after they were replaced; `0` keeps no history.
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    history_retention: std::time::Duration,
+    /// Corruption tripwire: this many files truncated to zero, shrunk to less than half, or
+    /// deleted within --history-tripwire-window log a warning, raise a metric and /status flag,
+    /// and keep every version whatever the interval; `0` turns it off.
+    #[arg(long, default_value_t = etlfs::bucket::history::DEFAULT_TRIPWIRE_FILES, value_name = "N")]
+    history_tripwire: usize,
+    /// The tripwire's window; a trip lasts this long after the last such change.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    history_tripwire_window: std::time::Duration,
+}
+
+impl From<HistoryArgs> for etlfs::bucket::history::Settings {
+    fn from(a: HistoryArgs) -> Self {
+        etlfs::bucket::history::Settings {
+            interval: a.history_interval,
+            retention: a.history_retention,
+            tripwire_files: a.history_tripwire,
+            tripwire_window: a.history_tripwire_window,
+        }
+    }
 }
 
 /// What `backup`, `restore` and `verify` share: the bucket, named as for `mount`, and DIR.
@@ -251,6 +329,9 @@ fn main() -> ExitCode {
             takeover,
             no_lease,
             lease_period,
+            options,
+            history,
+            as_of,
             mountpoint,
         } => run::mount(MountArgs {
             mountpoint,
@@ -272,16 +353,37 @@ fn main() -> ExitCode {
                 takeover,
                 period: lease_period,
             }),
+            options,
+            history: history.into(),
+            as_of: as_of.as_of,
         }),
         Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
         Command::Backup {
             ignore_lease,
+            history,
             target,
-        } => oneshot_result(oneshot::backup(&target.into(), ignore_lease)),
-        Command::Restore { force, target } => {
-            oneshot_result(oneshot::restore(&target.into(), force))
-        }
-        Command::Verify { target } => oneshot_result(oneshot::verify(&target.into())),
+        } => oneshot_result(oneshot::backup(
+            &target.into(),
+            ignore_lease,
+            history.into(),
+        )),
+        Command::Restore {
+            force,
+            as_of,
+            target,
+        } => oneshot_result(oneshot::restore(&target.into(), force, as_of)),
+        Command::Verify { as_of, target } => oneshot_result(oneshot::verify(&target.into(), as_of)),
+        Command::History {
+            config,
+            prefix,
+            dir,
+            path,
+        } => oneshot_result(oneshot::history(
+            config.as_deref(),
+            prefix.as_deref(),
+            dir.as_deref().unwrap_or(std::path::Path::new(".")),
+            path.as_deref(),
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

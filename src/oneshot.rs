@@ -38,13 +38,14 @@ use std::io::{self, IsTerminal};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
+use crate::bucket::history::is_history_source;
 use crate::bucket::{Bucket, BucketError};
 use crate::escape::esc;
 use crate::fetch::{FetchError, Placement, download_verified};
@@ -145,8 +146,13 @@ fn is_gone(e: &io::Error) -> bool {
 ///
 /// A backup writes the bucket, so it is a writer like a mount: it takes the prefix's lease for
 /// its run (refused while a mount holds it; see [`crate::lease`]), unless `ignore_lease`.
-pub fn backup(target: &Target, ignore_lease: bool) -> Result<(), OneshotError> {
-    let ctx = Ctx::open(target)?;
+pub fn backup(
+    target: &Target,
+    ignore_lease: bool,
+    history: crate::bucket::history::Settings,
+) -> Result<(), OneshotError> {
+    let mut ctx = Ctx::open(target)?;
+    ctx.bucket = ctx.bucket.with_history(history);
     if ignore_lease {
         tracing::warn!(
             "--ignore-lease: writing the bucket without the lease; a mount that holds it may overwrite what this backup uploads, and the other way round"
@@ -177,16 +183,58 @@ pub fn backup(target: &Target, ignore_lease: bool) -> Result<(), OneshotError> {
 const BACKUP_LEASE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `etlfs restore`: downloads what the directory lacks; `force` also replaces local files that
-/// are newer than the bucket's.
-pub fn restore(target: &Target, force: bool) -> Result<(), OneshotError> {
+/// are newer than the bucket's. With `as_of`, the directory as the bucket held it then (see
+/// [`crate::history`]): every file that differs from it is replaced, whatever its mtime.
+pub fn restore(
+    target: &Target,
+    force: bool,
+    as_of: Option<SystemTime>,
+) -> Result<(), OneshotError> {
     let ctx = Ctx::open(target)?;
-    ctx.rt.block_on(ctx.restore(force))
+    ctx.rt.block_on(ctx.restore(force, as_of))
 }
 
-/// `etlfs verify`: prints every difference between the directory and the bucket on stdout.
-pub fn verify(target: &Target) -> Result<(), OneshotError> {
+/// `etlfs verify`: prints every difference between the directory and the bucket (or the
+/// bucket as of a point in time) on stdout.
+pub fn verify(target: &Target, as_of: Option<SystemTime>) -> Result<(), OneshotError> {
     let ctx = Ctx::open(target)?;
-    ctx.rt.block_on(ctx.verify())
+    ctx.rt.block_on(ctx.verify(as_of))
+}
+
+/// `etlfs history`: the points in time the bucket can be restored to, or the kept versions of
+/// one path, on stdout. `dir` only locates the default FILESYSTEM bucket (without a config).
+pub fn history(
+    config: Option<&Path>,
+    prefix: Option<&str>,
+    dir: &Path,
+    path: Option<&Path>,
+) -> Result<(), OneshotError> {
+    let bucket = run::open_bucket(config, prefix, dir)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(OneshotError::Runtime)?;
+    let lines = rt.block_on(async {
+        match path {
+            None => {
+                let kept = bucket.kept_versions(None).await?;
+                Ok(crate::history::summary_lines(&kept))
+            }
+            Some(p) => {
+                let kept = bucket.kept_versions(Some(p)).await?;
+                let live = match bucket.head(p).await {
+                    Ok(x) => Some(x),
+                    Err(BucketError::NotFound { .. }) => None,
+                    Err(e) => return Err(e),
+                };
+                Ok(crate::history::path_lines(&bucket, kept, live))
+            }
+        }
+    });
+    for line in lines.map_err(OneshotError::List)? {
+        println!("{line}");
+    }
+    Ok(())
 }
 
 /// What a command works with, validated before anything is read or written.
@@ -318,6 +366,14 @@ impl Ctx {
         if uploaded > 0 || index.report().manifest_outdated() {
             self.write_manifest(&index, uploaded > 0).await;
         }
+        // A backup is the writer while it runs: it also collects history's garbage (bounded).
+        if let Err(e) = self
+            .bucket
+            .gc_history(SystemTime::now(), crate::bucket::history::GC_MAX_DELETES)
+            .await
+        {
+            warn!(error = %e, "history garbage collection failed; the next backup or mount tries again");
+        }
         info!(
             files = files.len(),
             uploaded,
@@ -417,9 +473,56 @@ impl Ctx {
         }
     }
 
-    async fn restore(&self, force: bool) -> Result<(), OneshotError> {
+    /// The files and directories (sorted) of the bucket, now or as of a point in time.
+    async fn contents(
+        &self,
+        index: &Index,
+        as_of: Option<SystemTime>,
+    ) -> Result<(Vec<(PathBuf, RemoteFile)>, Vec<PathBuf>), OneshotError> {
+        let Some(t) = as_of else {
+            let mut files = index.files();
+            files.sort_by(|a, b| a.0.cmp(&b.0));
+            return Ok((files, index.dirs()));
+        };
+        let pit = crate::history::state_at(&self.bucket, index, t)
+            .await
+            .map_err(OneshotError::List)?;
+        info!(
+            as_of = %humantime::format_rfc3339_millis(t),
+            files = pit.files.len(),
+            from_history = pit.files.values().filter(|f| is_history_source(&f.source)).count(),
+            "point in time"
+        );
+        Ok((
+            pit.files.into_iter().collect(),
+            pit.dirs.into_iter().collect(),
+        ))
+    }
+
+    async fn restore(&self, force: bool, as_of: Option<SystemTime>) -> Result<(), OneshotError> {
         let started = Instant::now();
         let index = self.index().await?;
+        let (files, dirs) = self.contents(&index, as_of).await?;
+        // Rolling back is the point of --as-of: newer local files are what it undoes.
+        let force = force || as_of.is_some();
+        if as_of.is_some() {
+            let at_t: BTreeSet<&Path> = files
+                .iter()
+                .map(|(p, _)| p.as_path())
+                .chain(dirs.iter().map(PathBuf::as_path))
+                .collect();
+            let extra = self
+                .walk()?
+                .into_iter()
+                .filter(|(p, _)| !at_t.contains(p.as_path()))
+                .count();
+            if extra > 0 {
+                warn!(
+                    extra,
+                    "local paths that did not exist at that point in time are left alone; restore into an empty directory for an exact copy"
+                );
+            }
+        }
         let state_path = self.dir.join(DEFAULT_STATE_DIR);
         let state_err = |source| UsageError::Inaccessible {
             what: "state directory",
@@ -435,7 +538,6 @@ impl Ctx {
         let mut failures = 0u64;
         let mut dirs_created = 0u64;
         // Sorted: parents before their children.
-        let dirs = index.dirs();
         for dir in &dirs {
             let res = match self.local.stat_beneath(dir) {
                 Ok(st) if st.is_dir() => continue,
@@ -455,8 +557,6 @@ impl Ctx {
             }
         }
 
-        let mut files = index.files();
-        files.sort_by(|a, b| a.0.cmp(&b.0));
         let progress = Progress::new(
             "restore",
             files.len() as u64,
@@ -570,14 +670,15 @@ impl Ctx {
         }
     }
 
-    async fn verify(&self) -> Result<(), OneshotError> {
+    async fn verify(&self, as_of: Option<SystemTime>) -> Result<(), OneshotError> {
         let started = Instant::now();
         let index = self.index().await?;
+        let (files, dirs) = self.contents(&index, as_of).await?;
         let entries = self.walk()?;
         let local: BTreeMap<&Path, &Stat> =
             entries.iter().map(|(p, st)| (p.as_path(), st)).collect();
-        let remote_files: BTreeMap<PathBuf, RemoteFile> = index.files().into_iter().collect();
-        let remote_dirs: BTreeSet<PathBuf> = index.dirs().into_iter().collect();
+        let remote_files: BTreeMap<PathBuf, RemoteFile> = files.into_iter().collect();
+        let remote_dirs: BTreeSet<PathBuf> = dirs.into_iter().collect();
 
         let mut diffs: Vec<(PathBuf, Difference)> = Vec::new();
         let mut both = Vec::new();
@@ -700,7 +801,8 @@ impl Ctx {
             .local
             .open_file_beneath(path)
             .map_err(local_err("opening", path))?;
-        let (here, there) = futures::join!(hash_file(Arc::new(file)), self.hash_object(path));
+        let (here, there) =
+            futures::join!(hash_file(Arc::new(file)), self.hash_object(&remote.source));
         let here = here.map_err(local_err("reading", path))?;
         let there = there?;
         let recorded = remote.sha256.as_deref();
@@ -728,9 +830,9 @@ impl Ctx {
         })
     }
 
-    /// SHA-256 of the object's bytes, streamed.
-    async fn hash_object(&self, path: &Path) -> Result<String, ItemError> {
-        let mut stream = self.bucket.get_stream(path).await?;
+    /// SHA-256 of the object's bytes (a file's, or a kept version's), streamed.
+    async fn hash_object(&self, source: &Path) -> Result<String, ItemError> {
+        let mut stream = self.bucket.get_stream_source(source).await?;
         let mut hasher = Sha256::new();
         while let Some(chunk) = stream.next().await {
             hasher.update(&chunk?);

@@ -31,7 +31,8 @@ use crate::fuse::{EtlFs, FuseOptions};
 use crate::index::Index;
 use crate::local::LocalDir;
 use crate::mirror::{ChangeSink, Intent, Mirror, MirrorOptions};
-use crate::overlay::{Overlay, Remote};
+use crate::mountopts::{Atime, MountOptions};
+use crate::overlay::{Overlay, Policy, Remote};
 use crate::state::StateDir;
 use crate::sys;
 
@@ -68,6 +69,13 @@ pub struct MountArgs {
     pub degraded_after: std::time::Duration,
     /// The lease that makes this mount the one writer of its prefix (`None`: `--no-lease`).
     pub lease: Option<LeaseArgs>,
+    /// The `-o` arguments, as given (each may hold several comma-separated options).
+    pub options: Vec<String>,
+    /// How versions that uploads and deletes would destroy are kept (`bucket/history.rs`).
+    pub history: crate::bucket::history::Settings,
+    /// Serve the directory as the bucket held it then, read-only, writing nothing to the
+    /// bucket (`crate::history`); the served directory must be empty.
+    pub as_of: Option<std::time::SystemTime>,
 }
 
 /// How a writer takes and keeps the lease (see [`crate::lease`]).
@@ -117,6 +125,10 @@ pub enum UsageError {
     FdBudget(String),
     #[error(transparent)]
     Lease(Box<crate::lease::LeaseError>),
+    #[error(transparent)]
+    MountOption(#[from] crate::mountopts::UnknownOption),
+    #[error("{}: a point-in-time mount (--as-of) needs an empty directory to fetch into", esc(.0))]
+    AsOfNotEmpty(PathBuf),
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -260,6 +272,9 @@ enum Event {
 /// [`UsageError`] inside for invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     sys::tune_allocator();
+    let mut options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
+    // A point in time is served read-only.
+    options.read_only |= args.as_of.is_some();
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.
@@ -284,7 +299,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         "open file limit; descriptors held for known files"
     );
 
-    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?;
+    let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
+        .with_history(args.history);
+    let requests = Arc::clone(bucket.requests());
+    if args.as_of.is_some() {
+        as_of_checks(&plan.local, &bucket)?;
+    }
 
     // Signal handlers go in first: a SIGTERM while the bucket listing loads must stop us, and
     // one that arrives right after the mount must unmount it, not kill us and leave a dead
@@ -349,6 +369,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // One writer per prefix: the lease first, so that a second mount is refused before it
     // shows anything or writes anything.
     let lease = match &args.lease {
+        // It writes nothing: no lease to take (whose renewal would lift the fence).
+        _ if args.as_of.is_some() => None,
         None => {
             warn!("--no-lease: nothing stops a second etlfs from writing this prefix too");
             None
@@ -373,11 +395,23 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             Some(lease)
         }
     };
+    // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
+    if args.as_of.is_none() {
+        rt.spawn(crate::bucket::history::gc_loop(bucket.clone()));
+    }
+    status.watch_history(Arc::clone(bucket.history_stats()));
 
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
     // the listing, retrying, until it loads or we are told to stop.
-    let Some(index) = load_index(&rt, &bucket, &rx)? else {
+    let loaded = match args.as_of {
+        Some(t) => Some(
+            rt.block_on(crate::history::index_at(&bucket, t))
+                .context("reading the point in time")?,
+        ),
+        None => load_index(&rt, &bucket, &rx)?,
+    };
+    let Some(index) = loaded else {
         return Ok(());
     };
     let index = Arc::new(index);
@@ -425,6 +459,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
     let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
         .context("setting up the overlay")?
+        .with_policy(Policy {
+            read_only: options.read_only,
+            noatime_files: options.atime == Atime::Never,
+            noatime_dirs: options.dirs_noatime(),
+        })
         .with_fd_budget(fd_budget)
         .with_remote(Remote {
             index: Arc::clone(&index),
@@ -456,18 +495,11 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         overlay: Arc::clone(&overlay),
         passthrough: fs.passthrough_flag(),
         walked_local_bytes,
+        requests,
     });
 
     let mut config = Config::default();
-    config.mount_options = vec![
-        MountOption::FSName(format!("etlfs:{}", plan.local.display())),
-        MountOption::Subtype("etlfs".into()),
-        MountOption::DefaultPermissions,
-        // The bucket is not trusted: nothing restored from it may grant privilege, and a
-        // set-uid file or a device node planted through another path must not either.
-        MountOption::NoDev,
-        MountOption::NoSuid,
-    ];
+    config.mount_options = fuser_options(&plan.local, &options);
     config.acl = SessionACL::All;
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
@@ -488,6 +520,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         local = %esc(&plan.local),
         state_dir = %esc(&plan.state_dir),
         threads = args.threads,
+        read_only = options.read_only,
+        atime = ?options.atime,
         "mounted"
     );
     status.set_ready();
@@ -530,7 +564,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Nothing can change any more: upload what is pending, within the deadline. What is left
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::mirror::Stats::get(&mirror.stats().pending);
-    if lease.as_ref().is_some_and(|l| l.lost()) {
+    if args.as_of.is_some() {
+        // The files fetched from a point in time look new to the mirror; none may be uploaded.
+        info!("a point-in-time mount uploads nothing");
+    } else if lease.as_ref().is_some_and(|l| l.lost()) {
         // Another node writes the prefix now; ours stay in the journal and the upload records.
         warn!(
             pending,
@@ -559,6 +596,52 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         other => other.context("FUSE session failed")?,
     }
     info!(open_handles = overlay.open_handles(), "stopped cleanly");
+    Ok(())
+}
+
+/// The kernel's mount options for `-o` `options`. Always: the source shown in the mount
+/// table, `default_permissions` (the kernel checks modes, as on the disk underneath), and
+/// `nosuid`/`nodev` unless `suid`/`dev` were asked for. `strictatime` and `nodiratime` have
+/// no fuser counterpart, and nothing to do in the kernel anyway (it leaves a FUSE file's
+/// access time to the filesystem): the mount table shows the kernel's default, `relatime`.
+fn fuser_options(local: &Path, options: &MountOptions) -> Vec<MountOption> {
+    let mut out = vec![
+        MountOption::FSName(format!("etlfs:{}", local.display())),
+        MountOption::Subtype("etlfs".into()),
+        MountOption::DefaultPermissions,
+    ];
+    let flags = [
+        (options.read_only, MountOption::RO),
+        (options.suid, MountOption::Suid),
+        (!options.suid, MountOption::NoSuid),
+        (options.dev, MountOption::Dev),
+        (!options.dev, MountOption::NoDev),
+        (!options.exec, MountOption::NoExec),
+        (options.sync, MountOption::Sync),
+        (options.dirsync, MountOption::DirSync),
+        (options.atime == Atime::Never, MountOption::NoAtime),
+    ];
+    out.extend(flags.into_iter().filter(|(on, _)| *on).map(|(_, o)| o));
+    out
+}
+
+/// A point-in-time mount fetches into the served directory, which must hold nothing that
+/// would hide the point in time; and it never writes the bucket (the fence stops every write,
+/// whatever the mirror attempts).
+fn as_of_checks(local: &Path, bucket: &Bucket) -> Result<(), UsageError> {
+    let inaccessible = |source| UsageError::Inaccessible {
+        what: "local directory",
+        path: local.to_owned(),
+        source,
+    };
+    for e in std::fs::read_dir(local).map_err(inaccessible)? {
+        if e.map_err(inaccessible)?.file_name() != DEFAULT_STATE_DIR {
+            return Err(UsageError::AsOfNotEmpty(local.to_owned()));
+        }
+    }
+    bucket
+        .fence()
+        .raise("a point-in-time mount (--as-of) is read-only and never writes the bucket".into());
     Ok(())
 }
 
@@ -646,6 +729,19 @@ fn unmount(mountpoint: &Path) {
     }
 }
 
+/// Waits `d` before a retry at start; `true` if a signal (or the end of the signal thread)
+/// asked us to stop meanwhile.
+fn stopped_while_waiting(signals: &mpsc::Receiver<Event>, d: std::time::Duration) -> bool {
+    match signals.recv_timeout(d) {
+        Ok(Event::Signal(sig)) => {
+            info!(signal = sig, "stopping before the mount");
+            true
+        }
+        Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => false,
+        Err(mpsc::RecvTimeoutError::Disconnected) => true,
+    }
+}
+
 /// Takes the lease, retrying with backoff while the bucket is unreachable. `None` if a signal
 /// asked us to stop first; a live holder, an unreadable lease or a bucket without conditional
 /// writes is a [`UsageError`] (exit code 2).
@@ -673,13 +769,8 @@ fn take_lease(
                 w
             }
         };
-        match signals.recv_timeout(next) {
-            Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "stopping before the mount");
-                return Ok(None);
-            }
-            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        if stopped_while_waiting(signals, next) {
+            return Ok(None);
         }
     }
 }
@@ -715,13 +806,8 @@ fn load_index(
                 warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
             }
         }
-        match signals.recv_timeout(wait) {
-            Ok(Event::Signal(sig)) => {
-                info!(signal = sig, "stopping before the mount");
-                return Ok(None);
-            }
-            Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => {}
-            Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(None),
+        if stopped_while_waiting(signals, wait) {
+            return Ok(None);
         }
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     }

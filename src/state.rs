@@ -155,7 +155,7 @@ impl StateDir {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -178,26 +178,44 @@ mod tests {
         );
     }
 
+    /// A tmpfs of two pages (8 KiB), unmounted on drop: a full disk for the tests of what
+    /// etlfs does when a write does not fit (needs root).
+    pub(crate) struct SmallTmpfs {
+        _tmp: tempfile::TempDir,
+        dir: std::path::PathBuf,
+    }
+
+    impl SmallTmpfs {
+        pub(crate) fn new() -> SmallTmpfs {
+            let tmp = tempfile::tempdir().unwrap();
+            let dir = tmp.path().join("small");
+            std::fs::create_dir(&dir).unwrap();
+            let ok = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+                .arg(&dir)
+                .status()
+                .unwrap();
+            assert!(ok.success(), "mounting a tmpfs needs root");
+            SmallTmpfs { _tmp: tmp, dir }
+        }
+
+        pub(crate) fn path(&self) -> &std::path::Path {
+            &self.dir
+        }
+    }
+
+    impl Drop for SmallTmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.dir).status();
+        }
+    }
+
     /// A replacement that does not fit on a full disk fails, keeps the old file, and leaves
     /// nothing behind: the space its temporary took is free again. (A tiny tmpfs: 2 pages.)
     #[test]
     fn a_failed_replacement_gives_its_space_back() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("small");
-        std::fs::create_dir(&dir).unwrap();
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "mounting a tmpfs needs root");
-        struct Unmount<'a>(&'a Path);
-        impl Drop for Unmount<'_> {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(self.0).status();
-            }
-        }
-        let _unmount = Unmount(&dir);
+        let small = crate::state::tests::SmallTmpfs::new();
+        let dir = small.path().to_owned();
         let st = StateDir::open(&dir).unwrap();
         st.write_atomic("a.json", b"old").unwrap(); // page 1 of 2
         let err = st.write_atomic("a.json", &[b'x'; 3 * 4096]).unwrap_err();

@@ -122,6 +122,8 @@ pub struct Sources {
     pub passthrough: Arc<AtomicBool>,
     /// Local file bytes as last counted by a walk, when the overlay does not keep count.
     pub walked_local_bytes: Arc<AtomicU64>,
+    /// The requests sent to the bucket ([`crate::bucket::Bucket::requests`]).
+    pub requests: Arc<crate::bucket::requests::RequestCounts>,
 }
 
 /// The state of a mount as the status server shows it. Shared by `run` (which moves the
@@ -134,6 +136,8 @@ pub struct Status {
     /// Whether this mount may write the bucket (the lease; see [`crate::lease`]).
     fence: Arc<Fence>,
     sources: OnceLock<Sources>,
+    /// What the bucket's history did (kept versions, garbage collected).
+    history: OnceLock<Arc<crate::bucket::history::Stats>>,
     mountpoint: String,
     started: SystemTime,
 }
@@ -164,6 +168,15 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
+    /// Requests sent to the bucket by kind, once the parts are attached.
+    pub bucket_requests: Vec<(&'static str, u64)>,
+    pub history_versions_kept: u64,
+    pub history_bytes_kept: u64,
+    pub history_gc_deletions: u64,
+    pub history_empty_replacements: u64,
+    pub history_tripwire_trips: u64,
+    /// Unix ms since when many files are being destroyed at once (the tripwire), 0 if not.
+    pub history_tripped_since_ms: u64,
     pub passthrough: bool,
     pub bucket_failures: u64,
     pub bucket_last_success_ms: u64,
@@ -188,9 +201,15 @@ impl Status {
             health,
             fence,
             sources: OnceLock::new(),
+            history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
         })
+    }
+
+    /// The history counters to show (a second call is ignored).
+    pub fn watch_history(&self, stats: Arc<crate::bucket::history::Stats>) {
+        let _ = self.history.set(stats);
     }
 
     /// The counters to show, once the parts exist (a second call is ignored).
@@ -240,6 +259,18 @@ impl Status {
             writes_stopped: self.fence.reason(),
             ..Figures::default()
         };
+        if let Some(h) = self.history.get() {
+            let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+            f.history_versions_kept = get(&h.versions_kept);
+            f.history_bytes_kept = get(&h.bytes_kept);
+            f.history_gc_deletions = get(&h.gc_deletions);
+            f.history_empty_replacements = get(&h.empty_replacements);
+            f.history_tripwire_trips = get(&h.tripwire_trips);
+            f.history_tripped_since_ms = h.tripped_since().map_or(0, |t| {
+                t.duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64)
+            });
+        }
         let Some(s) = self.sources.get() else {
             return f;
         };
@@ -274,6 +305,7 @@ impl Status {
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
         f.passthrough = s.passthrough.load(Ordering::Relaxed);
+        f.bucket_requests = s.requests.snapshot();
         f
     }
 
@@ -328,6 +360,13 @@ impl Status {
                 files_from_manifest: f.index_from_manifest,
                 heads: f.index_heads,
             },
+            history: HistoryReport {
+                versions_kept: f.history_versions_kept,
+                bytes_kept: f.history_bytes_kept,
+                gc_deletions: f.history_gc_deletions,
+                empty_replacements: f.history_empty_replacements,
+                corruption_suspected_since: time_of(f.history_tripped_since_ms),
+            },
             recent_events: recent::events(),
         }
     }
@@ -357,6 +396,9 @@ pub struct Report {
     /// How the bucket's metadata was loaded at start.
     #[serde(default)]
     pub index: IndexReport,
+    /// What the bucket's history kept and collected (see `bucket/history.rs`).
+    #[serde(default)]
+    pub history: HistoryReport,
     /// The last WARN and ERROR log events, oldest first.
     pub recent_events: Vec<recent::LogEvent>,
 }
@@ -406,6 +448,19 @@ pub struct FetchReport {
     pub done: u64,
     pub failed: u64,
     pub bytes: u64,
+}
+
+/// Versions history kept, and whether many files are being destroyed at once right now.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HistoryReport {
+    pub versions_kept: u64,
+    pub bytes_kept: u64,
+    pub gc_deletions: u64,
+    pub empty_replacements: u64,
+    /// Since when (RFC 3339) more files than usual are truncated, shrunk or deleted at once
+    /// (the tripwire): possible corruption; every version is kept meanwhile.
+    #[serde(default)]
+    pub corruption_suspected_since: Option<String>,
 }
 
 /// How the bucket index was loaded: files the manifest described, and metadata reads made.
@@ -639,6 +694,15 @@ pub fn human(addr: &str, r: &Report) -> String {
     line(&mut out, format!("bucket:   {bucket}"));
     if let Some(why) = &r.bucket.writes_stopped {
         line(&mut out, format!("writes:   STOPPED: {why}"));
+    }
+    if r.history.corruption_suspected_since.is_some() {
+        line(
+            &mut out,
+            format!(
+                "history:  POSSIBLE CORRUPTION: many files truncated, shrunk or deleted since {}; every version is kept",
+                ago(&r.history.corruption_suspected_since)
+            ),
+        );
     }
     let oldest = r
         .pending

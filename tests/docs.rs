@@ -56,7 +56,7 @@ fn command_section(doc: &str, cmd: &str) -> String {
 fn every_oneshot_flag_is_documented_in_its_section() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/CONFIGURATION.md"))
         .unwrap();
-    for cmd in ["backup", "restore", "verify"] {
+    for cmd in ["backup", "restore", "verify", "history"] {
         let section = command_section(&doc, cmd);
         let flags = flags_of(&[cmd]);
         assert!(

@@ -166,16 +166,7 @@ fn loaded(port: u16) -> (f64, f64) {
     )
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(a_new_node_starts_from_the_manifest_without_heads);
+crate::on_every_backend!(a_new_node_starts_from_the_manifest_without_heads);
 
 // ---------------------------------------------------------------------------------------------
 // Tests

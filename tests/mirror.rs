@@ -40,16 +40,7 @@ fn version(name: &str, round: u32) -> Vec<u8> {
         .into_bytes()
 }
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(
+crate::on_every_backend!(
     kubecost_cycles_land_with_final_bytes_only,
     rename_and_delete_follow,
     preexisting_files_are_uploaded_at_first_mount
@@ -204,6 +195,55 @@ fn preexisting_files_are_uploaded_at_first_mount(kind: &str) {
     for (p, d) in &files {
         assert_eq!(snap.get(&format!("etl/{p}")), Some(d), "{p}: {}", m.log());
     }
+    assert!(m.stop().success());
+}
+
+/// Renaming a file back and forth on a FILESYSTEM bucket leaves no staged `name#N` file
+/// behind, neither beside the objects nor beside their metadata under `.etlfs/meta`:
+/// object_store copies there through a hard-linked `name#N` renamed onto the key, which
+/// rename(2) leaves in place when the key already is a link of the same file (as it is after
+/// the copies of earlier renames).
+#[test]
+fn filesystem_renames_back_and_forth_leave_no_staged_files() {
+    let t = target("filesystem");
+    let Target::Filesystem(dir) = &t else {
+        unreachable!()
+    };
+    let port = common::free_port();
+    let (mut m, _cfg) = mount(&t, &["--listen", &format!("127.0.0.1:{port}")], vec![]);
+    fs::create_dir(m.path("d1")).unwrap();
+    fs::create_dir(m.path("d2")).unwrap();
+    kubecost_write(&m.path("d1/a"), b"x").unwrap();
+    let rt = rt();
+    let store = t.store();
+    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| s.contains_key("d1/a"));
+    assert!(snap.contains_key("d1/a"), "{}", m.log());
+    for _ in 0..30 {
+        fs::rename(m.path("d1/a"), m.path("d2/b")).unwrap();
+        fs::rename(m.path("d2/b"), m.path("d1/a")).unwrap();
+    }
+    let settled = |s: &BTreeMap<String, Vec<u8>>| {
+        s.get("d1/a").map(Vec::as_slice) == Some(b"x") && !s.contains_key("d2/b")
+    };
+    assert!(
+        poll(120, || common::mirror_idle(port)
+            && settled(&snapshot(&rt, store.as_ref(), None))),
+        "the mirror did not settle:\n{}",
+        m.log()
+    );
+    let mut staged = Vec::new();
+    let mut todo = vec![dir.path().to_owned()];
+    while let Some(d) = todo.pop() {
+        for e in fs::read_dir(d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                todo.push(e.path());
+            } else if e.file_name().to_string_lossy().contains('#') {
+                staged.push(e.path());
+            }
+        }
+    }
+    assert!(staged.is_empty(), "staged files left: {staged:?}");
     assert!(m.stop().success());
 }
 

@@ -62,6 +62,9 @@ both_modes!(
     fsync_and_fsyncdir,
     statfs_reports_the_disk_underneath,
     state_dir_is_invisible,
+    o_direct_reads_and_writes,
+    read_only_mount_refuses_every_change,
+    noatime_reads_leave_the_access_time_alone,
 );
 
 fn errno_of(e: &std::io::Error) -> i32 {
@@ -687,6 +690,328 @@ fn state_dir_is_invisible(mode: Mode) {
         local.join(".etlfs").is_dir(),
         "the state directory exists underneath"
     );
+}
+
+/// A buffer of `len` bytes aligned for O_DIRECT (4 KiB is enough for every disk's logical
+/// block), inside `store`.
+fn aligned(store: &mut Vec<u8>, len: usize) -> &mut [u8] {
+    const ALIGN: usize = 4096;
+    store.resize(len + ALIGN, 0);
+    let off = store.as_ptr().align_offset(ALIGN);
+    &mut store[off..off + len]
+}
+
+/// O_DIRECT works in both modes (daemon mode answered EINVAL): dd as it was reported, then
+/// direct reads and writes through a created and an opened file, with data to check. A
+/// direct read bypasses the kernel's cache: it sees a change made underneath after the file
+/// was read (and cached) through the mount.
+fn o_direct_reads_and_writes(mode: Mode) {
+    let m = Mounted::with(Opts {
+        separate_local: true,
+        ..mode.opts()
+    });
+    let dd = |args: &[String]| {
+        let out = Command::new("dd").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "dd {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let g = m.path("g").display().to_string();
+    dd(&[
+        "if=/dev/zero".into(),
+        format!("of={g}"),
+        "bs=4096".into(),
+        "count=4".into(),
+        "oflag=direct".into(),
+    ]);
+    assert_eq!(fs::read(m.path("g")).unwrap(), vec![0; 4 * 4096]);
+    dd(&[
+        format!("if={g}"),
+        "of=/dev/null".into(),
+        "bs=4096".into(),
+        "iflag=direct".into(),
+    ]);
+
+    let len = 4 * 4096;
+    let data: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let mut store = Vec::new();
+    let buf = aligned(&mut store, len);
+    buf.copy_from_slice(&data);
+    let created = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("d"))
+        .unwrap();
+    created.write_all_at(buf, 0).unwrap();
+    drop(created);
+    assert_eq!(
+        fs::read(m.local.join("d")).unwrap(),
+        data,
+        "in the local file"
+    );
+    let opened = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("d"))
+        .unwrap();
+    buf.fill(0);
+    opened.read_exact_at(buf, 0).unwrap();
+    assert_eq!(*buf, *data);
+    buf[..4096].fill(b'w');
+    opened.write_all_at(&buf[..4096], 4096).unwrap();
+    drop(opened);
+    let mut want = data.clone();
+    want[4096..8192].fill(b'w');
+    assert_eq!(fs::read(m.path("d")).unwrap(), want);
+
+    // Cached through the mount, then changed underneath (same size): a direct read sees it.
+    assert_eq!(fs::read(m.path("d")).unwrap(), want);
+    OpenOptions::new()
+        .write(true)
+        .open(m.local.join("d"))
+        .unwrap()
+        .write_all_at(&[b'u'; 4096], 0)
+        .unwrap();
+    let direct = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(m.path("d"))
+        .unwrap();
+    direct.read_exact_at(&mut buf[..4096], 0).unwrap();
+    assert_eq!(buf[..4096], [b'u'; 4096]);
+}
+
+/// The options of the mount at `mnt`, from /proc/self/mounts.
+fn mount_options(mnt: &Path) -> Vec<String> {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap();
+    let line = mounts
+        .lines()
+        .find(|l| l.split(' ').nth(1) == Some(&*mnt.to_string_lossy()))
+        .unwrap_or_else(|| panic!("{} is not mounted:\n{mounts}", mnt.display()));
+    let opts = line.split(' ').nth(3).unwrap();
+    opts.split(',').map(str::to_owned).collect()
+}
+
+fn with_options(mode: Mode, options: &[&str]) -> Opts {
+    let mut opts = mode.opts();
+    for o in options {
+        opts.args.extend(["-o".to_string(), o.to_string()]);
+    }
+    opts
+}
+
+/// Every file of the FILESYSTEM bucket beside the served directory `local`, with its bytes,
+/// less etlfs' own objects (the lease, the manifest, directory markers).
+fn bucket_files(local: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let name = local.file_name().unwrap().to_string_lossy();
+    let root = local.with_file_name(format!(".{name}.etlfs-bucket"));
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p
+                .strip_prefix(&root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            if rel == ".etlfs" || rel.ends_with(".etlfs-dir") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(rel, fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// `-o ro`: reads work, the kernel refuses every change with EROFS, and so nothing changes
+/// underneath and nothing reaches the bucket but what was there before the mount.
+fn read_only_mount_refuses_every_change(mode: Mode) {
+    let mut opts = with_options(mode, &["ro"]);
+    opts.separate_local = true;
+    opts.files = vec![
+        ("f".into(), b"kept".to_vec()),
+        ("d/g".into(), b"deep".to_vec()),
+    ];
+    let mut m = Mounted::with(opts);
+    assert!(mount_options(&m.mnt).contains(&"ro".to_string()));
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"kept");
+    assert_eq!(fs::read(m.path("d/g")).unwrap(), b"deep");
+    assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 1);
+    let rofs = |what: &str, r: std::io::Result<()>| {
+        let e = r.expect_err(what);
+        assert_eq!(errno_of(&e), libc::EROFS, "{what}: {e}");
+    };
+    rofs(
+        "write",
+        OpenOptions::new().write(true).open(m.path("f")).map(drop),
+    );
+    rofs(
+        "append",
+        OpenOptions::new().append(true).open(m.path("f")).map(drop),
+    );
+    rofs("create", File::create(m.path("new")).map(drop));
+    rofs("mkdir", fs::create_dir(m.path("nd")));
+    rofs("unlink", fs::remove_file(m.path("f")));
+    rofs("rmdir", fs::remove_dir(m.path("d")));
+    rofs("rename", fs::rename(m.path("f"), m.path("f2")));
+    rofs("symlink", std::os::unix::fs::symlink("f", m.path("s")));
+    rofs("link", fs::hard_link(m.path("f"), m.path("h")));
+    rofs(
+        "chmod",
+        fs::set_permissions(m.path("f"), fs::Permissions::from_mode(0o600)),
+    );
+    rofs(
+        "utimens",
+        File::open(m.path("f"))
+            .unwrap()
+            .set_modified(UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+    );
+    rofs(
+        "mknod",
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            m.path("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .map_err(Into::into),
+    );
+    let local = m.local.clone();
+    assert!(m.stop().success(), "{}", m.log());
+    assert_eq!(fs::read(local.join("f")).unwrap(), b"kept");
+    let mut names: Vec<_> = fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".etlfs", "d", "f"]);
+    // The files that were there are uploaded (as by any first mount), nothing else.
+    let want = [("d/g", b"deep"), ("f", b"kept")]
+        .map(|(k, v)| (k.to_string(), v.to_vec()))
+        .into();
+    assert_eq!(bucket_files(&local), want);
+}
+
+/// `-o noatime`: the mount table says so, and reading through the mount (passthrough: the
+/// kernel reads the file underneath itself) leaves the access time underneath alone; so does
+/// listing a directory.
+fn noatime_reads_leave_the_access_time_alone(mode: Mode) {
+    let mut opts = with_options(mode, &["noatime"]);
+    opts.separate_local = true;
+    let m = Mounted::with(opts);
+    assert!(mount_options(&m.mnt).contains(&"noatime".to_string()));
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/f"), b"read me").unwrap();
+    // An access time long past: under relatime a read would move it now.
+    let old = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for p in [m.path("d/f"), m.path("d")] {
+        File::open(&p)
+            .unwrap()
+            .set_times(fs::FileTimes::new().set_accessed(old))
+            .unwrap();
+    }
+    for _ in 0..2 {
+        assert_eq!(fs::read(m.path("d/f")).unwrap(), b"read me");
+        assert_eq!(fs::read_dir(m.path("d")).unwrap().count(), 1);
+    }
+    let mut buf = [0u8; 4];
+    File::open(m.path("d/f"))
+        .unwrap()
+        .read_exact_at(&mut buf, 2)
+        .unwrap();
+    for rel in ["d/f", "d"] {
+        assert_eq!(
+            fs::metadata(m.local.join(rel)).unwrap().accessed().unwrap(),
+            old,
+            "{rel} underneath"
+        );
+    }
+}
+
+/// etlfs' own reads of the files underneath (the mirror's uploads and checksums) are no access
+/// by anyone: the access time of the file underneath stays as the application set it.
+#[test]
+fn the_mirror_leaves_access_times_alone() {
+    let m = Mounted::with(Opts {
+        separate_local: true,
+        ..Opts::default()
+    });
+    fs::write(m.path("f"), b"first").unwrap();
+    // Long past: under relatime the next read of the file would move it.
+    let old = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    File::open(m.path("f"))
+        .unwrap()
+        .set_times(fs::FileTimes::new().set_accessed(old))
+        .unwrap();
+    // A change after the access time was set, so an upload necessarily reads the file after.
+    fs::write(m.path("f"), b"second").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while bucket_files(&m.local).get("f").map(Vec::as_slice) != Some(b"second") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not uploaded:\n{}",
+            m.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        fs::metadata(m.local.join("f")).unwrap().accessed().unwrap(),
+        old
+    );
+}
+
+#[test]
+fn mount_options_reach_the_mount_table() {
+    // nosuid and nodev unless asked otherwise.
+    let m = Mounted::new();
+    let opts = mount_options(&m.mnt);
+    for o in ["rw", "nosuid", "nodev", "relatime"] {
+        assert!(opts.contains(&o.to_string()), "{o} in {opts:?}");
+    }
+    drop(m);
+    let m = Mounted::with(with_options(
+        Mode::Passthrough,
+        &[
+            "suid,dev",
+            "noexec,sync,dirsync,noatime",
+            "defaults,nofail,_netdev,x-systemd.automount",
+        ],
+    ));
+    let opts = mount_options(&m.mnt);
+    for o in ["nosuid", "nodev", "relatime"] {
+        assert!(!opts.contains(&o.to_string()), "no {o} in {opts:?}");
+    }
+    for o in ["noexec", "sync", "dirsync", "noatime"] {
+        assert!(opts.contains(&o.to_string()), "{o} in {opts:?}");
+    }
+    // sync: writes still work.
+    fs::write(m.path("f"), b"synced").unwrap();
+    assert_eq!(fs::read(m.path("f")).unwrap(), b"synced");
+}
+
+#[test]
+fn an_unknown_mount_option_is_a_usage_error_naming_it() {
+    let (st, log) = Mounted::refused(Opts {
+        args: vec![
+            "-o".into(),
+            "ro,noatime".into(),
+            "-o".into(),
+            "nodev,noatine".into(),
+        ],
+        ..Opts::default()
+    });
+    assert_eq!(st.code(), Some(2), "{log}");
+    assert!(log.contains("unknown mount option `noatine`"), "{log}");
 }
 
 // ---- lifecycle, errors and confinement (mode-independent) ----

@@ -9,6 +9,12 @@
 //! Bucket keys and local names holding CR, LF, tab, ESC, C1 controls, a line separator, a bidi
 //! override or bytes that are not UTF-8 reach the log, `/status` and a one-shot command's error
 //! escaped (on a FILESYSTEM bucket, whose keys are file names, so such keys can be put there).
+//!
+//! Removing and renaming names the bucket cannot hold works exactly as on the disk underneath
+//! (the same operations on a plain directory give the same results and the same tree), in both
+//! I/O modes, and the bucket ends up holding exactly the names it can: renamed to an ordinary
+//! name, a file or a whole directory is uploaded; renamed from one, its objects go; files only
+//! in the bucket are fetched before they move to such a name, so nothing is lost.
 
 #[path = "common/bucket.rs"]
 mod bucket;
@@ -16,13 +22,15 @@ mod common;
 #[path = "common/servers.rs"]
 mod servers;
 
+use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use bucket::{kubecost_read, kubecost_write, poll, target, wait_for};
+use bucket::{Target, kubecost_read, kubecost_write, poll, snapshot, target, wait_for};
 use common::Opts;
+use rustix::fs::{CWD, RenameFlags};
 
 #[test]
 fn hostile_names_are_mirrored_or_reported_never_lost_or_forged() {
@@ -260,4 +268,282 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
         "{stderr}"
     );
     assert_no_forged_line(&stderr);
+}
+
+/// A path from bytes (`b"caf\xe9"` is not UTF-8).
+fn raw(name: &[u8]) -> PathBuf {
+    PathBuf::from(OsStr::from_bytes(name))
+}
+
+/// One step of a scenario, done alike to the mount and to a plain directory.
+#[derive(Debug, Clone)]
+enum Op {
+    Write(PathBuf, &'static [u8]),
+    Mkdir(PathBuf),
+    Unlink(PathBuf),
+    Rmdir(PathBuf),
+    Rename(PathBuf, PathBuf),
+    NoReplace(PathBuf, PathBuf),
+    Exchange(PathBuf, PathBuf),
+}
+
+/// Does `op` under `root`; the errno on failure.
+fn apply(root: &Path, op: &Op) -> Result<(), i32> {
+    let at = |p: &PathBuf| root.join(p);
+    let flagged = |a: &PathBuf, b: &PathBuf, flags| {
+        rustix::fs::renameat_with(CWD, at(a), CWD, at(b), flags).map_err(std::io::Error::from)
+    };
+    let res = match op {
+        Op::Write(p, data) => fs::write(at(p), data),
+        Op::Mkdir(p) => fs::create_dir(at(p)),
+        Op::Unlink(p) => fs::remove_file(at(p)),
+        Op::Rmdir(p) => fs::remove_dir(at(p)),
+        Op::Rename(a, b) => fs::rename(at(a), at(b)),
+        Op::NoReplace(a, b) => flagged(a, b, RenameFlags::NOREPLACE),
+        Op::Exchange(a, b) => flagged(a, b, RenameFlags::EXCHANGE),
+    };
+    res.map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// Does every op on the plain directory `plain` and through the mount `mnt`, and asserts that
+/// each gives the same result on both.
+fn apply_both(plain: &Path, mnt: &Path, ops: &[Op]) {
+    for op in ops {
+        let want = apply(plain, op);
+        let got = apply(mnt, op);
+        assert_eq!(
+            got, want,
+            "{op:?}: the mount answered otherwise than the disk"
+        );
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File(Vec<u8>),
+}
+
+/// Every entry below `root` (relative path as bytes) with its contents.
+fn tree(root: &Path) -> BTreeMap<Vec<u8>, Node> {
+    let mut out = BTreeMap::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let p = rel.join(e.file_name());
+            let node = if e.file_type().unwrap().is_dir() {
+                todo.push(p.clone());
+                Node::Dir
+            } else {
+                Node::File(fs::read(root.join(&p)).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+            };
+            out.insert(p.as_os_str().as_bytes().to_vec(), node);
+        }
+    }
+    out
+}
+
+/// The key etlfs gives `rel` (with the marker suffix for a directory), if it can hold it:
+/// UTF-8 without ASCII control characters, not named `.etlfs-dir`, at most 1024 bytes (before
+/// the marker suffix).
+fn key_of(rel: &[u8], dir: bool) -> Option<String> {
+    let s = std::str::from_utf8(rel).ok()?;
+    let ok = !s.chars().any(|c| c.is_ascii_control())
+        && s.rsplit('/').next() != Some(".etlfs-dir")
+        && s.len() <= 1024;
+    ok.then(|| {
+        if dir {
+            format!("{s}/.etlfs-dir")
+        } else {
+            s.to_owned()
+        }
+    })
+}
+
+/// What the bucket must hold for `tree`: exactly the names it can hold.
+fn bucket_of(tree: &BTreeMap<Vec<u8>, Node>) -> BTreeMap<String, Vec<u8>> {
+    tree.iter()
+        .filter_map(|(p, n)| match n {
+            Node::Dir => key_of(p, true).map(|k| (k, Vec::new())),
+            Node::File(d) => key_of(p, false).map(|k| (k, d.clone())),
+        })
+        .collect()
+}
+
+/// Waits (generously) until the mirror of the mount listening on `port` is idle and the bucket
+/// holds exactly `want`; asserts it does.
+fn settle(port: u16, t: &Target, want: &BTreeMap<String, Vec<u8>>, log: impl Fn() -> String) {
+    let rt = bucket::rt();
+    let store = t.store();
+    let mut snap = BTreeMap::new();
+    let settled = poll(120, || {
+        common::mirror_idle(port) && {
+            snap = snapshot(&rt, store.as_ref(), None);
+            snap == *want
+        }
+    });
+    // (the 250-byte names of the long path shortened)
+    let keys = |m: &BTreeMap<String, Vec<u8>>| {
+        let n = "n".repeat(250);
+        m.keys().map(|k| k.replace(&n, "n…")).collect::<Vec<_>>()
+    };
+    assert!(
+        settled,
+        "the bucket does not hold exactly the names it can:\nwant {:?}\ngot  {:?}\n{}",
+        keys(want),
+        keys(&snap),
+        log()
+    );
+}
+
+/// Removes and renames between names the bucket cannot hold (not UTF-8, control characters,
+/// a key over 1024 bytes, a directory named `.etlfs-dir`) and ordinary ones, through a real
+/// mount, compared with the same operations on a plain directory; then the bucket's content.
+/// Then, on a new node where every file is only in the bucket, the same kinds of renames of
+/// bucket-only files and directories: they are fetched first, so after a restart every byte
+/// is still there, and the bucket again holds exactly the names it can.
+fn unmirrorable_names_are_removed_and_renamed_as_on_disk(kind: &str, passthrough: bool) {
+    let t = target(kind);
+    let port = common::free_port();
+    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+    if !passthrough {
+        args.push("--no-passthrough".into());
+    }
+    let opts = Opts {
+        args: args.clone(),
+        ..Opts::default()
+    };
+    let (mut m, _cfg) = bucket::mount_on(&t, "100ms", opts);
+    let plain = tempfile::tempdir_in("/tmp").unwrap();
+    let n = "n".repeat(250);
+    let long: PathBuf = std::iter::once("long".to_string())
+        .chain(std::iter::repeat_n(n, 5))
+        .collect();
+    let p = PathBuf::from;
+    let mut setup = vec![
+        Op::Write(p("keep"), b"K"),
+        Op::Write(p("to-raw"), b"A"),
+        Op::Write(raw(b"from-raw\xff"), b"N"),
+        Op::Write(p("tab\tname"), b"T"),
+        Op::Write(p("to-ctl"), b"C"),
+        Op::Write(p("to-long"), b"TL"),
+        Op::Mkdir(p("tree")),
+        Op::Write(p("tree/x"), b"X"),
+        Op::Mkdir(p("tree/sub")),
+        Op::Write(p("tree/sub/y"), b"Y"),
+        Op::Mkdir(raw(b"rtree\xfe")),
+        Op::Write(raw(b"rtree\xfe/a"), b"RA"),
+        Op::Mkdir(raw(b"rtree\xfe/sub")),
+        Op::Write(raw(b"rtree\xfe/sub/b"), b"RB"),
+        Op::Mkdir(raw(b"full\xfd")),
+        Op::Write(raw(b"full\xfd/f"), b"F"),
+        Op::Write(p("ex-utf8"), b"EU"),
+        Op::Write(raw(b"ex-raw\xfa"), b"ER"),
+        Op::Mkdir(p("exd-utf8")),
+        Op::Write(p("exd-utf8/u"), b"DU"),
+        Op::Mkdir(raw(b"exd-raw\xf9")),
+        Op::Write(raw(b"exd-raw\xf9/r"), b"DR"),
+        Op::Write(raw(b"rm-me\xfb"), b"R"),
+        Op::Mkdir(raw(b"rmdir-me\xfc")),
+    ];
+    for depth in 1..=long.components().count() {
+        setup.push(Op::Mkdir(long.components().take(depth).collect()));
+    }
+    setup.push(Op::Write(long.join("f"), b"L"));
+    let mut ops = vec![
+        Op::Unlink(raw(b"rm-me\xfb")),
+        Op::Rmdir(raw(b"rmdir-me\xfc")),
+        Op::Rmdir(raw(b"full\xfd")),
+        Op::Unlink(raw(b"full\xfd")),
+        Op::Unlink(raw(b"full\xfd/f")),
+        Op::Rmdir(raw(b"full\xfd")),
+        Op::Rename(raw(b"missing\xff"), p("x")),
+        Op::Rename(raw(b"from-raw\xff"), p("from-raw")),
+        Op::Rename(p("tab\tname"), p("tab-name")),
+        Op::Rename(p("to-raw"), raw(b"to-raw\xff")),
+        Op::Rename(p("to-ctl"), p("to\nctl")),
+        Op::Rename(raw(b"rtree\xfe"), p("rtree")),
+        Op::Rename(p("tree"), raw(b"tree\xf8")),
+        Op::Rename(raw(b"tree\xf8/x"), p("tree-x")),
+        Op::Exchange(p("ex-utf8"), raw(b"ex-raw\xfa")),
+        Op::Exchange(p("exd-utf8"), raw(b"exd-raw\xf9")),
+        Op::NoReplace(p("keep"), raw(b"ex-raw\xfa")),
+        Op::Rename(long.join("f"), p("from-long")),
+        Op::Rename(p("to-long"), long.join("g")),
+    ];
+    if kind != "filesystem" {
+        // (a FILESYSTEM bucket cannot hold a directory `.etlfs-dir` beside the marker file of
+        // the same name)
+        setup.extend([
+            Op::Mkdir(p("d")),
+            Op::Mkdir(p("d/.etlfs-dir")),
+            Op::Write(p("d/.etlfs-dir/x"), b"DX"),
+        ]);
+        ops.push(Op::Rename(p("d/.etlfs-dir"), p("d/plain")));
+    }
+    apply_both(plain.path(), &m.mnt, &setup);
+    settle(port, &t, &bucket_of(&tree(plain.path())), || m.log());
+    apply_both(plain.path(), &m.mnt, &ops);
+    let want = tree(plain.path());
+    assert_eq!(tree(&m.mnt), want, "the mount's tree is not the disk's");
+    settle(port, &t, &bucket_of(&want), || m.log());
+    assert!(m.stop().success());
+
+    // A new node: everything it shows is only in the bucket until read.
+    let shown: BTreeMap<Vec<u8>, Node> = want
+        .iter()
+        .filter(|(p, n)| {
+            key_of(p, matches!(n, Node::Dir)).is_some()
+                || want.keys().any(|q| {
+                    q.starts_with(p) && q.get(p.len()) == Some(&b'/') && key_of(q, false).is_some()
+                })
+        })
+        .map(|(p, n)| (p.clone(), n.clone()))
+        .collect();
+    let plain = tempfile::tempdir_in("/tmp").unwrap();
+    for (p, n) in &shown {
+        let at = plain.path().join(OsStr::from_bytes(p));
+        match n {
+            Node::Dir => fs::create_dir_all(at).unwrap(),
+            Node::File(d) => fs::write(at, d).unwrap(),
+        }
+    }
+    let port = common::free_port();
+    args[1] = format!("127.0.0.1:{port}");
+    let opts = Opts {
+        args,
+        ..Opts::default()
+    };
+    let (mut m, _cfg2) = bucket::mount_on(&t, "100ms", opts);
+    apply_both(
+        plain.path(),
+        &m.mnt,
+        &[
+            Op::Rename(p("rtree"), raw(b"rtree\xf7")),
+            Op::Rename(p("from-raw"), raw(b"from-raw\xf6")),
+            Op::Rename(p("tab-name"), p("tab\x7fname")),
+            Op::Mkdir(raw(b"lazy\xf4")),
+            Op::Write(raw(b"lazy\xf4/l"), b"LL"),
+            Op::Exchange(p("exd-utf8"), raw(b"lazy\xf4")),
+        ],
+    );
+    let want = tree(plain.path());
+    settle(port, &t, &bucket_of(&want), || m.log());
+    assert_eq!(tree(&m.mnt), want, "the mount's tree is not the disk's");
+    assert!(m.stop().success());
+    m.respawn();
+    assert_eq!(tree(&m.mnt), want, "after a restart");
+    settle(port, &t, &bucket_of(&want), || m.log());
+    assert!(m.stop().success());
+}
+
+#[test]
+fn unmirrorable_names_are_removed_and_renamed_as_on_disk_s3_passthrough() {
+    unmirrorable_names_are_removed_and_renamed_as_on_disk("s3", true);
+}
+
+#[test]
+fn unmirrorable_names_are_removed_and_renamed_as_on_disk_filesystem_daemon() {
+    unmirrorable_names_are_removed_and_renamed_as_on_disk("filesystem", false);
 }

@@ -415,3 +415,27 @@ fn default_bucket_is_beside_the_directory() {
     check_tree(&dir, &files[..2], &EMPTY_DIRS);
     etlfs("verify", None, &[], &dir).assert_ok("verify");
 }
+
+/// `backup`, `verify` and `restore --force` read every file to upload or checksum it: no such
+/// read moves a file's (or a walked directory's) access time.
+#[test]
+fn oneshot_reads_leave_access_times_alone() {
+    let (_tmp, dir) = workdir();
+    fs::create_dir(dir.join("d")).unwrap();
+    fs::write(dir.join("d/f"), b"checked, not accessed").unwrap();
+    // Long past: under relatime any read would move it now.
+    let old = UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+    for p in [dir.join("d/f"), dir.join("d")] {
+        File::open(&p)
+            .unwrap()
+            .set_times(FileTimes::new().set_accessed(old))
+            .unwrap();
+    }
+    etlfs("backup", None, &[], &dir).assert_ok("backup");
+    etlfs("verify", None, &[], &dir).assert_ok("verify");
+    etlfs("restore", None, &["--force"], &dir).assert_ok("restore --force");
+    for rel in ["d/f", "d"] {
+        let atime = fs::metadata(dir.join(rel)).unwrap().accessed().unwrap();
+        assert_eq!(atime, old, "{rel}");
+    }
+}

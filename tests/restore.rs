@@ -199,16 +199,7 @@ fn want_mtime(t: SystemTime) -> (i64, i64) {
 // 1. Lost volume, on every backend
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(lost_volume_comes_back_lazily_and_whole);
+crate::on_every_backend!(lost_volume_comes_back_lazily_and_whole);
 
 const D1: &str = "bingen/allocations/1d";
 

@@ -210,6 +210,13 @@ fn metrics_follow_uploads_deletes_and_fetches() {
         "buckets are cumulative"
     );
     assert!(after["etlfs_last_upload_timestamp_seconds"] > 1.6e9);
+    // Three single PUTs more than before, at least: each upload is one request.
+    let puts = |m: &BTreeMap<String, f64>| m["etlfs_bucket_requests_total{op=\"put\"}"];
+    assert!(puts(&after) >= puts(&before) + 3.0, "{after:?}");
+    assert!(
+        after["etlfs_bucket_requests_total{op=\"list\"}"] >= 1.0,
+        "the start's listing"
+    );
     assert!(
         poll(30, || metrics(port)["etlfs_pending_changes"] == 0.0),
         "{:?}\n{}",

@@ -149,16 +149,7 @@ fn bucket_metadata_grants_no_privilege() {
 // One writer per prefix: the lease
 // ---------------------------------------------------------------------------------------------
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(
+crate::on_every_backend!(
     a_second_writer_is_refused_and_a_takeover_fences_the_first,
     a_killed_holder_is_taken_over_once_its_lease_expires,
 );

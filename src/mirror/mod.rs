@@ -35,6 +35,12 @@
 //! directory made at its path does not keep it), a marker unless a directory is. A renamed
 //! file whose record still matches is copied server-side rather than uploaded again.
 //!
+//! A name the bucket can never hold (not UTF-8, a control character: see `Bucket::key`) has
+//! no object, so its side of an intent needs nothing: removing it is a no-op, renaming it to
+//! an ordinary name uploads what arrives there (everything below, for a directory), and
+//! renaming an ordinary name to it deletes the old objects, as a removal would (the overlay
+//! fetches bucket-only files first, so their bytes are local before their object goes).
+//!
 //! # Failures
 //!
 //! Every failed operation is logged, counted and retried with exponential backoff (100 ms up to
@@ -82,6 +88,13 @@ pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
+    /// A file is about to be created, or truncated by an `O_TRUNC` open, at `path` (a writer
+    /// registers next: [`ChangeSink::writer_opened`]). Until [`ChangeSink::opening_done`] it
+    /// is not uploaded even if found meanwhile (by the start's reconcile, or a pending upload):
+    /// between the syscall and the writer's registration it is an empty file nobody closed.
+    fn opening_started(&self, path: &Path);
+    /// The open of `path` ended (its writer is registered, or it failed).
+    fn opening_done(&self, path: &Path);
     /// A handle with write access to the local inode `ino` was opened.
     fn writer_opened(&self, ino: u64);
     /// The last write handle of `ino` was released; `paths` are the names of it the overlay
@@ -110,6 +123,8 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
 pub struct NullSink;
 
 impl ChangeSink for NullSink {
+    fn opening_started(&self, _: &Path) {}
+    fn opening_done(&self, _: &Path) {}
     fn writer_opened(&self, _: u64) {}
     fn writer_closed(&self, _: u64, _: &[PathBuf]) {}
     fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
@@ -188,6 +203,8 @@ pub(crate) struct Shared {
     pub journal: Journal,
     /// Open write handles per local inode.
     pub busy: Mutex<HashMap<u64, u32>>,
+    /// Creating or truncating opens in flight per path ([`ChangeSink::opening_started`]).
+    pub creating: Mutex<HashMap<PathBuf, u32>>,
     /// The state directory, relative to the served one, when it lives inside it.
     pub skip: Option<PathBuf>,
     pub stats: Stats,
@@ -199,12 +216,20 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    pub fn is_busy(&self, ino: u64) -> bool {
-        self.busy
+    /// Whether the file (local inode `ino`, at `path`) is open for writing, or being created
+    /// or truncated by an open: its content is not a state anybody closed.
+    pub fn is_busy(&self, ino: u64, path: &Path) -> bool {
+        let open = self
+            .busy
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
-            .is_some_and(|n| *n > 0)
+            .is_some_and(|n| *n > 0);
+        open || self
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(path)
     }
 }
 
@@ -244,6 +269,7 @@ impl Mirror {
             records,
             journal,
             busy: Mutex::new(HashMap::new()),
+            creating: Mutex::new(HashMap::new()),
             skip,
             stats: Stats::default(),
             opts,
@@ -307,6 +333,30 @@ impl Mirror {
 }
 
 impl ChangeSink for Mirror {
+    fn opening_started(&self, path: &Path) {
+        *self
+            .shared
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_owned())
+            .or_insert(0) += 1;
+    }
+
+    fn opening_done(&self, path: &Path) {
+        let mut creating = self
+            .shared
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = creating.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                creating.remove(path);
+            }
+        }
+    }
+
     fn writer_opened(&self, ino: u64) {
         *self
             .shared
@@ -406,7 +456,7 @@ impl ChangeSink for Mirror {
 
     fn in_bucket(&self, path: &Path, st: &crate::local::Stat) -> Option<String> {
         let rec = self.shared.records.get(path)?;
-        (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino))
+        (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino, path))
             .then_some(rec.sha256)
     }
 }

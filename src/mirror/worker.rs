@@ -644,7 +644,7 @@ async fn sync(
     // An open file is published only in the state an fsync vouched for: what was written
     // since is not complete (its last close makes it due again).
     let fsynced = urgent == Some(id);
-    if shared.is_busy(st.ino) && !fsynced {
+    if shared.is_busy(st.ino, path) && !fsynced {
         return Ok(Outcome::Done);
     }
     upload(shared, path, &st, fsynced).await
@@ -806,7 +806,7 @@ async fn upload(
     let id = Identity::of(st);
     let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
         let now = crate::local::Stat::from_file(f).map_err(local_err(path))?;
-        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino)))
+        Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino, path)))
     };
     let up = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
         Snapshot::Uploaded(up) => up,
@@ -855,9 +855,10 @@ fn still_there(shared: &Shared, path: &Path, marker: bool) -> bool {
     }
 }
 
-/// Deletes the object of a removed file, unless a file exists at the path again.
+/// Deletes the object of a removed file, unless a file exists at the path again. A path that
+/// can never be a key has no object.
 async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
-    if still_there(shared, path, false) {
+    if !shared.bucket.can_hold(path) || still_there(shared, path, false) {
         return Ok(());
     }
     shared.bucket.delete(path).await?;
@@ -869,12 +870,17 @@ async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
 
 /// Deletes every object at or below a removed directory whose local path is absent. For a
 /// renamed directory (`moved_to`), a file that is only in the bucket is first copied to its
-/// new key, so it moves with the directory.
+/// new key, so it moves with the directory (where the new path can be a key: the overlay
+/// fetches bucket-only files before they move to a name that cannot). A directory below which
+/// nothing can be a key has nothing in the bucket.
 async fn remove_tree(
     shared: &Shared,
     dir: &Path,
     moved_to: Option<&Path>,
 ) -> Result<(), SyncError> {
+    if !shared.bucket.can_hold_below(dir) {
+        return Ok(());
+    }
     let listing = shared.bucket.list(Some(dir)).await?;
     shared.bucket.health().success();
     for obj in listing {
@@ -883,7 +889,7 @@ async fn remove_tree(
         }
         if let (Some(to), false) = (moved_to, obj.is_dir_marker) {
             let dest = to.join(obj.rel.strip_prefix(dir).expect("listed below dir"));
-            if !exists_locally(shared, &dest) {
+            if !exists_locally(shared, &dest) && shared.bucket.can_hold(&dest) {
                 move_object(shared, &obj.rel, &dest).await?;
             }
         }
@@ -928,8 +934,12 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
             to,
             dir: false,
         } => {
+            // Either name may be one the bucket cannot hold: the old one has no object to
+            // copy or delete, the new one gets none (and the old object goes all the same).
+            let movable = shared.bucket.can_hold(from) && shared.bucket.can_hold(to);
             // A file whose bytes the bucket already has under the old name is copied there.
-            if let (Some(rec), Ok(st)) = (shared.records.get(from), shared.local.stat_beneath(to)) {
+            let known = shared.records.get(from).filter(|_| movable);
+            if let (Some(rec), Ok(st)) = (known, shared.local.stat_beneath(to)) {
                 let now = Identity::of(&st);
                 let same = !rec.dir
                     && rec.id.ino == now.ino
@@ -940,7 +950,7 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
                     shared.stats.copies.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if !exists_locally(shared, from) && !exists_locally(shared, to) {
+            if movable && !exists_locally(shared, from) && !exists_locally(shared, to) {
                 // A file that is only in the bucket was renamed.
                 move_object(shared, from, to).await?;
             }

@@ -34,6 +34,9 @@ pub enum OverlayError {
     /// A bucket-only file could not be downloaded (or the download was corrupt).
     #[error(transparent)]
     Fetch(std::sync::Arc<crate::fetch::FetchError>),
+    /// A change asked of a read-only mount (`-o ro`).
+    #[error("the mount is read-only")]
+    ReadOnly,
 }
 
 impl OverlayError {
@@ -51,6 +54,7 @@ impl OverlayError {
             OverlayError::Reserved(_) => libc::EACCES,
             OverlayError::NotADirectory(_) => libc::ENOTDIR,
             OverlayError::Fetch(_) => libc::EIO,
+            OverlayError::ReadOnly => libc::EROFS,
         }
     }
 
@@ -75,6 +79,7 @@ impl OverlayError {
                 | libc::EXDEV
                 | libc::ENXIO
                 | libc::EOPNOTSUPP
+                | libc::EROFS
         )
     }
 }
@@ -115,5 +120,7 @@ mod tests {
             libc::EACCES
         );
         assert_eq!(OverlayError::NotADirectory(7).errno(), libc::ENOTDIR);
+        assert_eq!(OverlayError::ReadOnly.errno(), libc::EROFS);
+        assert!(OverlayError::ReadOnly.is_expected());
     }
 }

@@ -32,7 +32,7 @@ mod inode;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, FileTypeExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -76,24 +76,6 @@ impl FileKind {
             libc::S_IFCHR => FileKind::CharDevice,
             libc::S_IFBLK => FileKind::BlockDevice,
             _ => FileKind::File,
-        }
-    }
-
-    fn from_std(t: std::fs::FileType) -> FileKind {
-        if t.is_dir() {
-            FileKind::Dir
-        } else if t.is_symlink() {
-            FileKind::Symlink
-        } else if t.is_fifo() {
-            FileKind::Fifo
-        } else if t.is_socket() {
-            FileKind::Socket
-        } else if t.is_char_device() {
-            FileKind::CharDevice
-        } else if t.is_block_device() {
-            FileKind::BlockDevice
-        } else {
-            FileKind::File
         }
     }
 }
@@ -210,6 +192,23 @@ pub struct Overlay {
     evict_lock: RwLock<()>,
     /// Files evicted to the bucket since start (for `/metrics`).
     evictions: std::sync::atomic::AtomicU64,
+    /// What the mount options ask of the served files.
+    policy: Policy,
+    /// Whether the kernel refused a private noatime mount for a backing file (said once).
+    noatime_refused: std::sync::atomic::AtomicBool,
+}
+
+/// What the mount's `-o` options ask of the overlay itself (see [`crate::mountopts`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Policy {
+    /// `ro`: every change is refused with EROFS. The kernel refuses them first on a read-only
+    /// mount; this holds whatever reaches us anyway.
+    pub read_only: bool,
+    /// `noatime`: files are opened for the application with `O_NOATIME`, so that reads etlfs
+    /// serves leave the access time of the file underneath alone.
+    pub noatime_files: bool,
+    /// `noatime` or `nodiratime`: the same for directories.
+    pub noatime_dirs: bool,
 }
 
 /// What the overlay needs to show and fetch files that are only in the bucket.
@@ -269,7 +268,67 @@ impl Overlay {
             cache: None,
             evict_lock: RwLock::new(()),
             evictions: Default::default(),
+            policy: Policy::default(),
+            noatime_refused: Default::default(),
         })
+    }
+
+    /// Serves under what the mount options ask (read-only, no access times).
+    pub fn with_policy(mut self, policy: Policy) -> Overlay {
+        self.policy = policy;
+        self
+    }
+
+    /// Under `noatime`, what to hand the kernel as the passthrough backing file of `file` (an
+    /// open local file) instead of `file` itself: the same file reached through a private
+    /// noatime mount, see [`LocalDir::noatime_twin`]. `None` without `noatime`, or when that
+    /// mount cannot be made (said once: passthrough reads then update access times as the
+    /// disk underneath does).
+    pub fn noatime_backing(&self, file: &File) -> Option<File> {
+        if !self.policy.noatime_files {
+            return None;
+        }
+        match self.local.noatime_twin(file.as_fd()) {
+            Ok(twin) => Some(twin),
+            Err(e) => {
+                if !self
+                    .noatime_refused
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!(error = %e, "noatime: no private noatime mount for passthrough; \
+                        reads the kernel serves update access times as the disk underneath does");
+                }
+                None
+            }
+        }
+    }
+
+    /// EROFS on a read-only mount: called first by every request that would change something.
+    fn writable(&self) -> Result<()> {
+        if self.policy.read_only {
+            return Err(OverlayError::ReadOnly);
+        }
+        Ok(())
+    }
+
+    /// The flags to open a local file (or directory) with for the application: the
+    /// application's own, less `O_DIRECT`, plus `O_NOATIME` under `noatime`.
+    ///
+    /// `O_DIRECT` stays with the kernel: it already serves a FUSE file opened with `O_DIRECT`
+    /// without its page cache (each read and write of that handle reaches us, or the backing
+    /// file, which passthrough opens with the application's own flags). Our descriptor serves
+    /// daemon-mode requests, whose buffers, offsets and sizes are the kernel's, not aligned
+    /// for the disk underneath, which would refuse them with EINVAL. The data then goes
+    /// through the local file's page cache, which the disk writes back as for any write; an
+    /// application that needs it on the disk asks with fsync or O_SYNC, as with O_DIRECT on
+    /// most filesystems.
+    fn local_flags(&self, flags: i32, dir: bool) -> i32 {
+        let noatime = if dir {
+            self.policy.noatime_dirs
+        } else {
+            self.policy.noatime_files
+        };
+        (flags & !libc::O_DIRECT) | if noatime { libc::O_NOATIME } else { 0 }
     }
 
     /// Holds at most `budget` descriptors for files the kernel knows; past it, idle files'
@@ -624,6 +683,7 @@ impl Overlay {
     }
 
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        self.writable()?;
         let fd = match self.fd_of(ino) {
             Some((None, _)) if set.size == Some(0) => self.materialize_empty(ino)?,
             _ => self.node_fd(ino)?,
@@ -697,6 +757,7 @@ impl Overlay {
         rdev: u32,
         creds: Creds,
     ) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -707,6 +768,7 @@ impl Overlay {
     }
 
     pub fn mkdir(&self, parent: Ino, name: &OsStr, mode: u32, creds: Creds) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -719,6 +781,7 @@ impl Overlay {
     }
 
     pub fn symlink(&self, parent: Ino, name: &OsStr, target: &Path, creds: Creds) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
         let (fd, st) = self
@@ -729,6 +792,7 @@ impl Overlay {
     }
 
     pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &OsStr) -> Result<Entry> {
+        self.writable()?;
         self.check_reserved(new_parent, new_name)?;
         let fd = self.node_fd(ino)?;
         let dir = self.dir_fd(new_parent)?;
@@ -751,6 +815,7 @@ impl Overlay {
     }
 
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
@@ -822,6 +887,7 @@ impl Overlay {
         new_name: &OsStr,
         flags: u32,
     ) -> Result<()> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         self.check_reserved(new_parent, new_name)?;
         let old_dir = self.dir_fd(parent)?;
@@ -845,6 +911,7 @@ impl Overlay {
             }
         }
         if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
+            let bucket = remote.fetcher.bucket();
             let from_remote = moved.is_none() && remote.index.file(from).is_some();
             let to_remote = replaced.is_none() && remote.index.file(to).is_some();
             if flags & libc::RENAME_NOREPLACE != 0 && to_remote {
@@ -852,19 +919,38 @@ impl Overlay {
                     std::io::Error::from_raw_os_error(libc::EEXIST),
                 ));
             }
-            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) {
+            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) && bucket.can_hold(to)
+            {
                 return self.rename_remote(
                     parent, name, new_parent, new_name, from, to, &new_dir, replaced,
                 );
             }
-            // The rare cases (exchange, no-replace, over a directory) work on local files.
-            for (needed, path) in [(from_remote, from), (to_remote && exchange, to)] {
-                if needed {
-                    remote
-                        .rt
-                        .block_on(remote.fetcher.fetch(path))
-                        .map_err(OverlayError::Fetch)?;
-                }
+            // The rare cases (exchange, no-replace, over a directory, to a name the bucket
+            // cannot hold) work on local files.
+            let mut fetch = Vec::new();
+            if from_remote {
+                fetch.push(from.clone());
+            }
+            if to_remote && exchange {
+                fetch.push(to.clone());
+            }
+            // Bucket-only files below a moving directory are fetched too where their new name
+            // cannot be a key (the mirror could not move their object there, and it goes with
+            // the old name), and for an exchange (which the index does not follow): they then
+            // move as local files do.
+            if moved.is_some_and(|(_, d)| d) && remote.index.has_children(from) {
+                fetch.extend(remote.index.files_below(from).into_iter().filter(|p| {
+                    exchange || !bucket.can_hold(&crate::index::moved_path(p, from, to))
+                }));
+            }
+            if exchange && replaced.is_some_and(|(_, d)| d) {
+                fetch.extend(remote.index.files_below(to));
+            }
+            for path in &fetch {
+                remote
+                    .rt
+                    .block_on(remote.fetcher.fetch(path))
+                    .map_err(OverlayError::Fetch)?;
             }
             moved = self.child_id(&old_dir, name);
             replaced = self.child_id(&new_dir, new_name);
@@ -996,6 +1082,26 @@ impl Overlay {
     }
 
     fn open_locked(&self, ino: Ino, flags: i32) -> Result<Opened> {
+        if is_writable(flags) {
+            self.writable()?;
+        }
+        // An O_TRUNC open empties the file before its writer is registered: the mirror must
+        // not take that empty file for a closed one in between.
+        let emptying = (flags & libc::O_TRUNC != 0 && is_writable(flags))
+            .then(|| self.inodes.path(ino))
+            .flatten();
+        if let Some(p) = &emptying {
+            self.sink.opening_started(p);
+        }
+        let res = self.open_file(ino, flags);
+        if let Some(p) = &emptying {
+            self.sink.opening_done(p);
+        }
+        res
+    }
+
+    /// Opens the local file behind `ino` (fetching or materializing a bucket-only one).
+    fn open_file(&self, ino: Ino, flags: i32) -> Result<Opened> {
         let (fd, is_dir) = self.fd_of(ino).ok_or(OverlayError::UnknownInode(ino))?;
         if is_dir && flags & libc::O_ACCMODE != libc::O_RDONLY {
             return Err(OverlayError::local("open")(
@@ -1022,7 +1128,7 @@ impl Overlay {
         };
         let file = self
             .local
-            .reopen(fd.as_fd(), flags)
+            .reopen(fd.as_fd(), self.local_flags(flags, is_dir))
             .map_err(OverlayError::local("open"))?;
         Ok(self.register_open(ino, file, is_writable(flags)))
     }
@@ -1035,17 +1141,35 @@ impl Overlay {
         flags: i32,
         creds: Creds,
     ) -> Result<(Entry, Opened)> {
+        self.writable()?;
         self.check_reserved(parent, name)?;
         let dir = self.dir_fd(parent)?;
-        let (file, fd, st) = self
-            .local
-            .create(dir.as_fd(), name, flags, mode, creds)
-            .map_err(OverlayError::local("create"))?;
-        let entry = self.entry(parent, name, fd, st);
-        // A created file is new content for the mirror even if nobody writes to it, so it
-        // counts as a writer until released whatever the access mode.
-        let opened = self.register_open(entry.ino, file, true);
-        Ok((entry, opened))
+        // The mirror must not take the new, empty file for a closed one before its writer is
+        // registered (the start's reconcile can find it in between).
+        let path = self.child_path(parent, name);
+        if let Some(p) = &path {
+            self.sink.opening_started(p);
+        }
+        let created = self.local.create(
+            dir.as_fd(),
+            name,
+            self.local_flags(flags, false),
+            mode,
+            creds,
+        );
+        let res = created
+            .map_err(OverlayError::local("create"))
+            .map(|(file, fd, st)| {
+                let entry = self.entry(parent, name, fd, st);
+                // A created file is new content for the mirror even if nobody writes to it, so it
+                // counts as a writer until released whatever the access mode.
+                let opened = self.register_open(entry.ino, file, true);
+                (entry, opened)
+            });
+        if let Some(p) = &path {
+            self.sink.opening_done(p);
+        }
+        res
     }
 
     fn handle_file(&self, fh: u64) -> Result<(Arc<File>, bool)> {
@@ -1069,6 +1193,7 @@ impl Overlay {
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32> {
+        self.writable()?;
         let (file, _) = self.handle_file(fh)?;
         file.write_all_at(data, offset)
             .map_err(OverlayError::local("write"))?;
@@ -1122,6 +1247,7 @@ impl Overlay {
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<()> {
+        self.writable()?;
         let (file, _) = self.handle_file(fh)?;
         local::fallocate(&file, mode, offset, len).map_err(OverlayError::local("fallocate"))?;
         Ok(())
@@ -1159,11 +1285,14 @@ impl Overlay {
         let fd = self.dir_fd(ino)?;
         let file = self
             .local
-            .reopen(fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY)
+            .reopen(
+                fd.as_fd(),
+                self.local_flags(libc::O_RDONLY | libc::O_DIRECTORY, true),
+            )
             .map_err(OverlayError::local("opendir"))?;
         let listing = self
             .local
-            .read_dir(fd.as_fd())
+            .read_dir(fd.as_fd(), self.policy.noatime_dirs)
             .map_err(OverlayError::local("readdir"))?;
         let root_dev = self.local.root_stat().dev;
         let mut entries: Vec<DirSnapshotEntry> = listing
@@ -1171,7 +1300,7 @@ impl Overlay {
             .filter(|e| !self.is_hidden(ino, &e.name))
             .map(|e| DirSnapshotEntry {
                 ino: self.inodes.id_of(root_dev, e.ino).unwrap_or(e.ino),
-                kind: FileKind::from_std(e.file_type),
+                kind: FileKind::from_mode(e.file_type),
                 name: e.name,
             })
             .collect();
@@ -1297,6 +1426,7 @@ impl Overlay {
     }
 
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
+        self.writable()?;
         let fd = self.node_fd(ino)?;
         self.local
             .set_xattr(fd.as_fd(), name, value, flags)
@@ -1304,6 +1434,7 @@ impl Overlay {
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
+        self.writable()?;
         let fd = self.node_fd(ino)?;
         self.local
             .remove_xattr(fd.as_fd(), name)

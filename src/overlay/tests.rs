@@ -191,6 +191,8 @@ impl Names {
 }
 
 impl ChangeSink for Names {
+    fn opening_started(&self, _: &Path) {}
+    fn opening_done(&self, _: &Path) {}
     fn writer_opened(&self, _: u64) {}
     fn writer_closed(&self, _: u64, paths: &[PathBuf]) {
         self.0.lock().unwrap().push(paths.to_vec());
@@ -353,4 +355,92 @@ fn descriptors_beyond_the_budget_are_parked_and_reopened() {
             "either stale, or still the pinned original"
         );
     }
+}
+
+/// `-o ro`: the kernel refuses changes on a read-only mount before they reach us; the overlay
+/// refuses them too, and still serves reads.
+#[test]
+fn a_read_only_policy_refuses_every_change_and_serves_reads() {
+    let (tmp, ov) = overlay();
+    fs::write(tmp.path().join("f"), b"kept").unwrap();
+    fs::create_dir(tmp.path().join("d")).unwrap();
+    let ov = ov.with_policy(Policy {
+        read_only: true,
+        ..Policy::default()
+    });
+    let f = ov.lookup(ROOT, name("f")).unwrap().ino;
+    let rofs = |r: Result<()>| assert_eq!(r.unwrap_err().errno(), libc::EROFS);
+    rofs(
+        ov.create(ROOT, name("new"), 0o644, libc::O_RDWR, ME)
+            .map(drop),
+    );
+    rofs(ov.mkdir(ROOT, name("nd"), 0o755, ME).map(drop));
+    rofs(
+        ov.mknod(ROOT, name("p"), libc::S_IFIFO | 0o644, 0, ME)
+            .map(drop),
+    );
+    rofs(ov.symlink(ROOT, name("s"), Path::new("f"), ME).map(drop));
+    rofs(ov.link(f, ROOT, name("h")).map(drop));
+    rofs(ov.unlink(ROOT, name("f")));
+    rofs(ov.rmdir(ROOT, name("d")));
+    rofs(ov.rename(ROOT, name("f"), ROOT, name("g"), 0));
+    for flags in [libc::O_WRONLY, libc::O_RDWR, libc::O_RDONLY | libc::O_TRUNC] {
+        rofs(ov.open(f, flags).map(drop));
+    }
+    let set = SetAttr {
+        mode: Some(0o600),
+        uid: None,
+        gid: None,
+        size: None,
+        atime: None,
+        mtime: None,
+    };
+    rofs(ov.setattr(f, None, set).map(drop));
+    rofs(ov.setxattr(f, name("user.a"), b"1", 0));
+    rofs(ov.removexattr(f, name("user.a")));
+    let r = ov.open(f, libc::O_RDONLY).unwrap();
+    assert_eq!(ov.read(r.fh, 0, 100).unwrap(), b"kept");
+    rofs(ov.write(r.fh, 0, b"x").map(drop));
+    rofs(ov.fallocate(r.fh, 0, 10, 0));
+    ov.release(r.fh).unwrap();
+    let mut names: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, [".etlfs", "d", "f"].map(std::ffi::OsString::from));
+    assert_eq!(fs::read(tmp.path().join("f")).unwrap(), b"kept");
+}
+
+/// `O_DIRECT` stays with the kernel (our descriptor serves unaligned requests); `O_NOATIME`
+/// comes with the `noatime` policy, for files and, with `nodiratime` too, directories.
+#[test]
+fn local_opens_drop_o_direct_and_take_o_noatime_from_the_policy() {
+    let (tmp, ov) = overlay();
+    fs::write(tmp.path().join("f"), b"0123456789").unwrap();
+    let f = ov.lookup(ROOT, name("f")).unwrap().ino;
+    let flags_of = |file: &File| rustix::fs::fcntl_getfl(file).unwrap();
+    let o = ov.open(f, libc::O_RDWR | libc::O_DIRECT).unwrap();
+    assert!(!flags_of(&o.file).contains(rustix::fs::OFlags::DIRECT));
+    assert!(!flags_of(&o.file).contains(rustix::fs::OFlags::NOATIME));
+    // An unaligned read and write, as the kernel sends them in daemon mode.
+    assert_eq!(ov.write(o.fh, 3, b"abc").unwrap(), 3);
+    assert_eq!(ov.read(o.fh, 1, 5).unwrap(), b"12abc");
+    ov.release(o.fh).unwrap();
+    let (_, c) = ov
+        .create(ROOT, name("g"), 0o644, libc::O_RDWR | libc::O_DIRECT, ME)
+        .unwrap();
+    assert!(!flags_of(&c.file).contains(rustix::fs::OFlags::DIRECT));
+    ov.release(c.fh).unwrap();
+
+    let ov = ov.with_policy(Policy {
+        noatime_files: true,
+        noatime_dirs: true,
+        ..Policy::default()
+    });
+    let o = ov.open(f, libc::O_RDONLY).unwrap();
+    assert!(flags_of(&o.file).contains(rustix::fs::OFlags::NOATIME));
+    ov.release(o.fh).unwrap();
+    let d = ov.opendir(ROOT).unwrap();
+    ov.releasedir(d).unwrap();
 }

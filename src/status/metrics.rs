@@ -219,6 +219,54 @@ impl prometheus_client::collector::Collector for Collector {
             "1 when FUSE passthrough is on, 0 in daemon mode",
             i64::from(f.passthrough),
         )?;
+        {
+            let mut m = e.encode_descriptor(
+                "etlfs_bucket_requests",
+                "Requests sent to the bucket, by kind (put, multipart: the start of one, get, head, list: one page or one flat listing, delete, copy)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (kind, n) in &f.bucket_requests {
+                let labels = [("op", kind.to_string())];
+                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            e,
+            "etlfs_history_versions_kept",
+            "Old versions kept under .etlfs/history/ before an upload, copy or delete replaced them",
+            f.history_versions_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_bytes_kept",
+            "Bytes of the versions kept (server-side copies)",
+            f.history_bytes_kept,
+        )?;
+        counter(
+            e,
+            "etlfs_history_gc_deletions",
+            "Kept versions deleted past --history-retention",
+            f.history_gc_deletions,
+        )?;
+        counter(
+            e,
+            "etlfs_history_empty_replacements",
+            "Files replaced by an empty one (a writer killed mid-rewrite?) whose previous version was kept",
+            f.history_empty_replacements,
+        )?;
+        counter(
+            e,
+            "etlfs_history_tripwire_trips",
+            "Times many files were truncated, shrunk or deleted at once (possible corruption)",
+            f.history_tripwire_trips,
+        )?;
+        gauge(
+            e,
+            "etlfs_history_corruption_suspected",
+            "1 while many files are being truncated, shrunk or deleted at once; every version is kept meanwhile",
+            i64::from(f.history_tripped_since_ms != 0),
+        )?;
         counter(
             e,
             "etlfs_bucket_failures",

@@ -54,6 +54,18 @@ impl Target {
     }
 }
 
+/// `crate::on_every_backend!(test_a, test_b)`: one `#[test]` per backend (modules `s3`,
+/// `azure`, `gcs`, `filesystem`) for each function `fn test_a(kind: &str)` of the test file.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
+        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
+        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
+        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
+    };
+}
+
 pub fn target(kind: &str) -> Target {
     match kind {
         "s3" => Target::Cloud(servers::s3()),

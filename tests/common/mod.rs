@@ -36,6 +36,22 @@ pub fn http_get(port: u16, path: &str) -> Option<String> {
     Some(raw)
 }
 
+/// Whether the mirror of the mount whose status server listens on `port` is idle: nothing
+/// due or in flight and no journal intent left (`/status`'s `pending`). A change the daemon
+/// has not been told of yet does not count: wait for its effect too.
+pub fn mirror_idle(port: u16) -> bool {
+    let Some(raw) = http_get(port, "/status") else {
+        return false;
+    };
+    let Some((_, body)) = raw.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let Ok(status) = serde_json::from_str::<serde_json::Value>(body) else {
+        return false;
+    };
+    status["pending"]["changes"] == 0 && status["pending"]["journal_intents"] == 0
+}
+
 /// Whether a FUSE mount is at `path` (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -193,7 +209,9 @@ impl Mounted {
         let deadline = Instant::now() + Duration::from_secs(20);
         // Mounted and answering: a dead mount from a killed daemon is in mountinfo too, but
         // every access to it fails with ENOTCONN.
-        while !(is_mounted(&self.mnt) && fs::metadata(&self.mnt).is_ok()) {
+        // (A listing, not a stat: the kernel can answer a stat of a dead mount's root from its
+        // attribute cache, but a listing needs the daemon.)
+        while !(is_mounted(&self.mnt) && fs::read_dir(&self.mnt).is_ok()) {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("etlfs exited before mounting ({st}):\n{}", self.log());
             }
