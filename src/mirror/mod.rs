@@ -88,8 +88,8 @@ pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
-    /// A file is about to be created, or truncated by an `O_TRUNC` open, at `path` (a writer
-    /// registers next: [`ChangeSink::writer_opened`]). Until [`ChangeSink::opening_done`] it
+    /// A file is about to be created, or truncated by an `O_TRUNC` open, at `path` (once per
+    /// name of it the overlay knows; a writer registers next: [`ChangeSink::writer_opened`]). Until [`ChangeSink::opening_done`] it
     /// is not uploaded even if found meanwhile (by the start's reconcile, or a pending upload):
     /// between the syscall and the writer's registration it is an empty file nobody closed.
     fn opening_started(&self, path: &Path);
@@ -217,7 +217,8 @@ pub(crate) struct Shared {
 
 impl Shared {
     /// Whether the file (local inode `ino`, at `path`) is open for writing, or being created
-    /// or truncated by an open: its content is not a state anybody closed.
+    /// or truncated by an open (through any name of it): its content is not a state anybody
+    /// closed.
     pub fn is_busy(&self, ino: u64, path: &Path) -> bool {
         let open = self
             .busy
@@ -225,11 +226,17 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .get(&ino)
             .is_some_and(|n| *n > 0);
-        open || self
-            .creating
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(path)
+        if open {
+            return true;
+        }
+        let creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        !creating.is_empty()
+            && (creating.contains_key(path)
+                || self
+                    .links
+                    .with_names(ino, &[])
+                    .iter()
+                    .any(|p| creating.contains_key(p)))
     }
 }
 

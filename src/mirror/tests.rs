@@ -270,6 +270,42 @@ fn names_the_kernel_never_used_are_mirrored_too() {
 }
 
 #[test]
+fn a_truncating_open_through_one_name_keeps_the_others_from_being_uploaded_empty() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new(0);
+    env.kubecost_write(ROOT, "a", b"full");
+    env.drain();
+    let root = env.tmp.path().join("d");
+    // A link the overlay never hears of (made before this start).
+    fs::hard_link(root.join("a"), root.join("b")).unwrap();
+    let env = env.restart();
+    env.drain();
+    assert_eq!(env.object("b").unwrap(), b"full");
+    let root = env.tmp.path().join("d");
+    let ino = fs::metadata(root.join("a")).unwrap().ino();
+    // An O_TRUNC open through "a", caught between the truncation and the registration of its
+    // writer, while "b" is synced for another reason.
+    env.mirror.opening_started(Path::new("a"));
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(root.join("a"))
+        .unwrap();
+    env.mirror.changed(ino, &["b".into()], false);
+    env.drain();
+    assert_eq!(
+        env.object("b").unwrap(),
+        b"full",
+        "the emptied file went up"
+    );
+    env.mirror.opening_done(Path::new("a"));
+    env.mirror.changed(ino, &["a".into()], false);
+    env.drain();
+    assert_eq!(env.object("a").unwrap(), b"");
+    assert_eq!(env.object("b").unwrap(), b"");
+}
+
+#[test]
 fn kubecost_cycles_land_with_final_bytes_only() {
     let env = Env::new(50);
     let d = env.ov.mkdir(ROOT, OsStr::new("1d"), 0o755, ME).unwrap();

@@ -1086,15 +1086,17 @@ impl Overlay {
             self.writable()?;
         }
         // An O_TRUNC open empties the file before its writer is registered: the mirror must
-        // not take that empty file for a closed one in between.
-        let emptying = (flags & libc::O_TRUNC != 0 && is_writable(flags))
-            .then(|| self.inodes.path(ino))
-            .flatten();
-        if let Some(p) = &emptying {
+        // not take that empty file for a closed one in between, under any of its names.
+        let emptying = if flags & libc::O_TRUNC != 0 && is_writable(flags) {
+            self.inodes.paths(ino)
+        } else {
+            Vec::new()
+        };
+        for p in &emptying {
             self.sink.opening_started(p);
         }
         let res = self.open_file(ino, flags);
-        if let Some(p) = &emptying {
+        for p in &emptying {
             self.sink.opening_done(p);
         }
         res
