@@ -31,16 +31,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod s3 { $( #[test] fn $name() { super::$name("s3") } )* }
-        mod azure { $( #[test] fn $name() { super::$name("azure") } )* }
-        mod gcs { $( #[test] fn $name() { super::$name("gcs") } )* }
-        mod filesystem { $( #[test] fn $name() { super::$name("filesystem") } )* }
-    };
-}
-
-on_every_backend!(
+crate::on_every_backend!(
     restore_as_of_undoes_rewrites_truncation_deletes_and_renames,
     gc_removes_only_versions_past_retention,
     a_mount_collects_garbage_in_the_background,
