@@ -922,8 +922,10 @@ async fn hash_file(file: Arc<std::fs::File>) -> io::Result<String> {
 }
 
 /// The first 12 hex digits: enough to tell checksums apart in a message.
+/// The first 12 characters of a checksum, for a line a person reads. The checksum may come from
+/// the bucket (anyone can write one there), so a cut inside a character is no reason to panic.
 fn short(sha: &str) -> &str {
-    &sha[..sha.len().min(12)]
+    sha.char_indices().nth(12).map_or(sha, |(i, _)| &sha[..i])
 }
 
 fn round(d: Duration) -> Duration {
