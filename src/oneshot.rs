@@ -1018,3 +1018,15 @@ fn outcome(op: &'static str, failures: u64, items: u64) -> Result<(), OneshotErr
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hostile_checksum_is_shortened_without_a_panic() {
+        assert_eq!(short("0123456789abcdef"), "0123456789ab");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+        assert_eq!(short("ab"), "ab");
+    }
+}
