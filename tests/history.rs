@@ -435,10 +435,13 @@ fn a_mount_collects_garbage_in_the_background(kind: &str) {
         history_keys(store.as_ref()),
         m.log()
     );
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    // (Counted once the collection's deletes returned: a moment after the keys are gone.)
+    let metrics = || common::http_get(port, "/metrics").expect("the status server answers");
     assert!(
-        metrics.contains("etlfs_history_gc_deletions_total 2"),
-        "{metrics}"
+        poll(30, || metrics()
+            .contains("etlfs_history_gc_deletions_total 2")),
+        "{}",
+        metrics()
     );
     // The live file is untouched.
     assert_eq!(
