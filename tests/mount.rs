@@ -65,7 +65,41 @@ both_modes!(
     o_direct_reads_and_writes,
     read_only_mount_refuses_every_change,
     noatime_reads_leave_the_access_time_alone,
+    a_running_program_is_never_truncated,
 );
+
+/// A program running from the mount cannot be truncated (ETXTBSY), not even by an
+/// `O_RDONLY | O_TRUNC` open — which the kernel checks only after the filesystem's open, and
+/// which etlfs' open would otherwise carry out first (killing the program with SIGSEGV).
+fn a_running_program_is_never_truncated(mode: Mode) {
+    let m = mount(mode);
+    let p = m.path("sleep");
+    fs::copy("/bin/sleep", &p).unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    let size = fs::metadata(&p).unwrap().len();
+    // `spawn` returns once the program has been executed.
+    let mut child = std::process::Command::new(&p).arg("60").spawn().unwrap();
+    use rustix::fs::OFlags;
+    for flags in [OFlags::WRONLY, OFlags::RDWR, OFlags::RDONLY | OFlags::TRUNC] {
+        let err = rustix::fs::open(&p, flags, rustix::fs::Mode::empty()).unwrap_err();
+        assert_eq!(err, Errno::TXTBSY, "{flags:?}");
+    }
+    assert_eq!(
+        fs::metadata(&p).unwrap().len(),
+        size,
+        "truncated while running"
+    );
+    assert!(child.try_wait().unwrap().is_none(), "the program died");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Once it has stopped, O_TRUNC works again.
+    fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&p)
+        .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 0);
+}
 
 fn errno_of(e: &std::io::Error) -> i32 {
     e.raw_os_error().unwrap_or(0)

@@ -19,6 +19,8 @@ pub struct FileHandle {
     pub ino: Ino,
     pub file: Arc<File>,
     pub writable: bool,
+    /// Opened by `execve` (see [`super::is_exec`]).
+    pub exec: bool,
 }
 
 /// One entry of a directory snapshot.

@@ -72,6 +72,9 @@ pub struct Node {
     pub writers: u32,
     /// Open handles of any kind; a file with open handles is never evicted.
     pub openers: u32,
+    /// Open handles by which the file is being executed: while there is one, an `O_TRUNC`
+    /// open is refused with `ETXTBSY` (see `Overlay::open`).
+    pub executors: u32,
 }
 
 impl Node {
@@ -156,6 +159,7 @@ impl InodeTable {
                 residency: Residency::Local,
                 writers: 0,
                 openers: 0,
+                executors: 0,
             },
         );
         InodeTable {
@@ -236,6 +240,7 @@ impl InodeTable {
                         residency: Residency::Local,
                         writers: 0,
                         openers: 0,
+                        executors: 0,
                     },
                 );
                 self.gained_fd(&mut t, id);
@@ -356,6 +361,7 @@ impl InodeTable {
                 residency: Residency::Remote,
                 writers: 0,
                 openers: 0,
+                executors: 0,
             },
         );
         id

@@ -1054,6 +1054,10 @@ impl Overlay {
     }
 
     fn register_open(&self, ino: Ino, file: File, writable: bool) -> Opened {
+        self.register_handle(ino, file, writable, false)
+    }
+
+    fn register_handle(&self, ino: Ino, file: File, writable: bool, exec: bool) -> Opened {
         // (the sink counts writers by local inode; see `local_ino`)
         if writable {
             self.inodes.with_node(ino, |n| {
@@ -1062,12 +1066,16 @@ impl Overlay {
             });
             self.sink.writer_opened(local_ino(&file, ino));
         }
-        self.inodes.with_node(ino, |n| n.openers += 1);
+        self.inodes.with_node(ino, |n| {
+            n.openers += 1;
+            n.executors += u32::from(exec);
+        });
         let file = Arc::new(file);
         let fh = self.handles.insert_file(FileHandle {
             ino,
             file: Arc::clone(&file),
             writable,
+            exec,
         });
         Opened { fh, file }
     }
@@ -1084,6 +1092,19 @@ impl Overlay {
     fn open_locked(&self, ino: Ino, flags: i32) -> Result<Opened> {
         if is_writable(flags) {
             self.writable()?;
+        }
+        // The kernel refuses write access to a file being executed (ETXTBSY), but for an
+        // `O_RDONLY | O_TRUNC` open it checks only after this open has returned — and with
+        // atomic O_TRUNC, this open is what truncates. So refuse it here, as the kernel would.
+        if flags & libc::O_TRUNC != 0
+            && self
+                .inodes
+                .with_node(ino, |n| n.executors > 0)
+                .unwrap_or(false)
+        {
+            return Err(OverlayError::local("open")(
+                std::io::Error::from_raw_os_error(libc::ETXTBSY),
+            ));
         }
         // An O_TRUNC open empties the file before its writer is registered: the mirror must
         // not take that empty file for a closed one in between, under any of its names.
@@ -1132,7 +1153,7 @@ impl Overlay {
             .local
             .reopen(fd.as_fd(), self.local_flags(flags, is_dir))
             .map_err(OverlayError::local("open"))?;
-        Ok(self.register_open(ino, file, is_writable(flags)))
+        Ok(self.register_handle(ino, file, is_writable(flags), is_exec(flags)))
     }
 
     pub fn create(
@@ -1207,6 +1228,10 @@ impl Overlay {
             .handles
             .remove_file(fh)
             .ok_or(OverlayError::UnknownHandle(fh))?;
+        if h.exec {
+            self.inodes
+                .with_node(h.ino, |n| n.executors = n.executors.saturating_sub(1));
+        }
         if h.writable {
             let last = self
                 .inodes
@@ -1485,6 +1510,15 @@ impl Overlay {
 fn local_ino(file: &File, node: Ino) -> u64 {
     use std::os::unix::fs::MetadataExt;
     file.metadata().map(|m| m.ino()).unwrap_or(node)
+}
+
+/// The kernel's `__FMODE_EXEC`: the open flags of the open that `execve` makes (it reaches the
+/// filesystem in FUSE's OPEN). Not in libc: it is the kernel's own bit of `f_flags`.
+const FMODE_EXEC: i32 = 0o40;
+
+/// Whether an open is `execve`'s.
+fn is_exec(flags: i32) -> bool {
+    flags & FMODE_EXEC != 0
 }
 
 fn is_writable(flags: i32) -> bool {
