@@ -447,7 +447,7 @@ impl Lease {
         }
     }
 
-    /// Renews the lease every period until the task is dropped.
+    /// Renews the lease every period until the task is aborted (before [`Lease::release`]).
     pub async fn keep(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.holder.period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -463,9 +463,13 @@ impl Lease {
         if self.lost() {
             return;
         }
-        let version = self.version();
+        // Ours if it still names our writer id: a renewal that was in flight when the keeper
+        // stopped may have given it a version this process never saw.
         match self.bucket.get_reserved(LEASE).await {
-            Ok(Some((_, v))) if v.e_tag == version.e_tag && v.version == version.version => {
+            Ok(Some((body, _)))
+                if serde_json::from_slice::<LeaseBody>(&body)
+                    .is_ok_and(|l| l.writer == self.holder.writer) =>
+            {
                 match self.bucket.delete_reserved(LEASE).await {
                     Ok(()) => info!("lease released"),
                     Err(e) => {
@@ -473,7 +477,7 @@ impl Lease {
                     }
                 }
             }
-            Ok(_) => {}
+            Ok(_) => info!("the lease is no longer this process' own: nothing to release"),
             Err(e) => warn!(error = %e, "could not release the lease; it expires by itself"),
         }
     }

@@ -174,7 +174,9 @@ pub fn backup(
     let lease = Arc::new(lease);
     let keeper = ctx.rt.spawn(Arc::clone(&lease).keep());
     let res = ctx.rt.block_on(ctx.backup());
+    // No renewal may run while the lease is let go.
     keeper.abort();
+    let _ = ctx.rt.block_on(keeper);
     ctx.rt.block_on(lease.release());
     res
 }

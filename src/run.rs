@@ -391,8 +391,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 return Ok(());
             };
             let lease = Arc::new(lease);
-            rt.spawn(Arc::clone(&lease).keep());
-            Some(lease)
+            let keeper = rt.spawn(Arc::clone(&lease).keep());
+            Some((lease, keeper))
         }
     };
     // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
@@ -567,7 +567,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     if args.as_of.is_some() {
         // The files fetched from a point in time look new to the mirror; none may be uploaded.
         info!("a point-in-time mount uploads nothing");
-    } else if lease.as_ref().is_some_and(|l| l.lost()) {
+    } else if lease.as_ref().is_some_and(|(l, _)| l.lost()) {
         // Another node writes the prefix now; ours stay in the journal and the upload records.
         warn!(
             pending,
@@ -584,7 +584,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             );
         }
     }
-    if let Some(lease) = &lease {
+    if let Some((lease, keeper)) = lease {
+        // No renewal may run while the lease is let go.
+        keeper.abort();
+        let _ = rt.block_on(keeper);
         rt.block_on(lease.release());
     }
     match ended {
