@@ -743,6 +743,11 @@ impl Index {
         self.read().files.len()
     }
 
+    /// The bytes of every file of the index (what a restore has left to download).
+    pub fn bytes(&self) -> u64 {
+        self.read().files.values().map(|s| s.size).sum()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.read().files.is_empty()
     }

@@ -72,10 +72,21 @@ enum Command {
         /// On SIGTERM, how long to keep uploading pending changes before exiting.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         drain_timeout: std::time::Duration,
-        /// After mounting, download every file that is only in the bucket, in the background
-        /// (application opens go first), so a new node recovers fully without waiting for reads.
+        /// Do not download the files that are only in the bucket in the background after
+        /// mounting (by default a new node copies them all, application opens first); they are
+        /// then downloaded when opened.
         #[arg(long)]
+        no_prefetch: bool,
+        /// The default; kept so that older command lines still work.
+        #[arg(long, hide = true, conflicts_with = "no_prefetch")]
         prefetch: bool,
+        /// Downloads from the bucket at once (opens, readahead and prefetch share them).
+        #[arg(long, default_value_t = etlfs::fetch::DEFAULT_CONCURRENCY, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from), value_name = "N")]
+        fetch_concurrency: usize,
+        /// An application waiting for a download gets EIO once the bucket has delivered
+        /// nothing for this long; `0` waits as long as it takes (like a hard NFS mount).
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        fetch_timeout: std::time::Duration,
         /// Bound local file bytes (e.g. `20GiB`, `500MB`, or plain bytes): least recently used
         /// files that are already in the bucket are evicted and fetched again when opened.
         #[arg(long, value_name = "SIZE", value_parser = parse_size)]
@@ -322,7 +333,10 @@ fn main() -> ExitCode {
             upload_delay,
             upload_concurrency,
             drain_timeout,
-            prefetch,
+            no_prefetch,
+            prefetch: _,
+            fetch_concurrency,
+            fetch_timeout,
             max_local_bytes,
             listen,
             degraded_after,
@@ -345,7 +359,9 @@ fn main() -> ExitCode {
             upload_delay,
             upload_concurrency,
             drain_timeout,
-            prefetch,
+            prefetch: !no_prefetch,
+            fetch_concurrency,
+            fetch_timeout: (!fetch_timeout.is_zero()).then_some(fetch_timeout),
             max_local_bytes,
             listen,
             degraded_after,

@@ -37,8 +37,6 @@ use crate::state::StateDir;
 use crate::sys;
 
 /// Downloads of bucket-only files in flight at once.
-const FETCH_CONCURRENCY: usize = 8;
-
 /// Name of the default state directory, created inside the served directory.
 pub const DEFAULT_STATE_DIR: &str = ".etlfs";
 
@@ -59,8 +57,13 @@ pub struct MountArgs {
     pub upload_delay: std::time::Duration,
     pub upload_concurrency: usize,
     pub drain_timeout: std::time::Duration,
-    /// Download every bucket-only file in the background after mounting.
+    /// Download every bucket-only file in the background after mounting (when there are any).
     pub prefetch: bool,
+    /// Downloads at once.
+    pub fetch_concurrency: usize,
+    /// How long a request waiting for a download waits for a bucket that delivers nothing;
+    /// `None`: as long as it takes.
+    pub fetch_timeout: Option<std::time::Duration>,
     /// Bound on local file bytes; least recently used clean files are evicted to the bucket.
     pub max_local_bytes: Option<u64>,
     /// Address of the status server (`/metrics`, `/status`, `/healthz`, `/readyz`).
@@ -455,7 +458,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         state,
         Arc::clone(&index),
         Arc::clone(&sink),
-        FETCH_CONCURRENCY,
+        args.fetch_concurrency,
+        rt.handle(),
     );
     let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
         .context("setting up the overlay")?
@@ -478,14 +482,17 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         overlay = overlay.with_cache(max, local_files);
     }
     let overlay = Arc::new(overlay);
-    if args.prefetch {
-        rt.spawn(prefetch(Arc::clone(&fetcher), Arc::clone(&index)));
+    // A new node, or a lost volume: copy everything back in the background. Not for a point
+    // in time, which is for looking at, not for running on.
+    if args.prefetch && args.as_of.is_none() && !index.is_empty() {
+        rt.spawn(Arc::clone(&fetcher).prefetch());
     }
     let fs = EtlFs::new(
         Arc::clone(&overlay),
         FuseOptions {
             passthrough: args.passthrough,
             xattrs: args.xattrs,
+            fetch_timeout: args.fetch_timeout,
         },
     );
     status.attach(crate::status::Sources {
@@ -496,6 +503,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         passthrough: fs.passthrough_flag(),
         walked_local_bytes,
         requests,
+        parked: fs.parked_counter(),
     });
 
     let mut config = Config::default();
@@ -930,23 +938,6 @@ async fn count_local_bytes(
             total.store(bytes, std::sync::atomic::Ordering::Relaxed);
         }
     }
-}
-
-/// `--prefetch`: downloads every bucket-only file, one at a time, so that application opens
-/// (which may run several downloads at once) always go first.
-async fn prefetch(fetcher: Arc<Fetcher>, index: Arc<Index>) {
-    let files = index.files();
-    info!(
-        files = files.len(),
-        "prefetching bucket-only files in the background"
-    );
-    let mut failed = 0;
-    for (path, _) in files {
-        if fetcher.fetch(&path).await.is_err() {
-            failed += 1;
-        }
-    }
-    info!(failed, "prefetch finished");
 }
 
 /// How many descriptors the inode table may hold for files the kernel knows: half the open-file

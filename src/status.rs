@@ -124,6 +124,8 @@ pub struct Sources {
     pub walked_local_bytes: Arc<AtomicU64>,
     /// The requests sent to the bucket ([`crate::bucket::Bucket::requests`]).
     pub requests: Arc<crate::bucket::requests::RequestCounts>,
+    /// Requests waiting for a download ([`crate::fuse::EtlFs::parked_counter`]).
+    pub parked: Arc<AtomicU64>,
 }
 
 /// The state of a mount as the status server shows it. Shared by `run` (which moves the
@@ -161,6 +163,9 @@ pub(crate) struct Figures<'a> {
     pub fetches: u64,
     pub fetch_failures: u64,
     pub fetch_bytes: u64,
+    /// The restore's progress, once the parts are attached.
+    pub restore: Option<crate::fetch::Progress>,
+    pub waiting_requests: u64,
     pub evictions: u64,
     pub local_bytes: u64,
     pub bucket_only_files: u64,
@@ -294,6 +299,8 @@ impl Status {
         f.fetch_failures = get(&fe.failures);
         f.fetch_bytes = get(&fe.bytes);
         f.fetch_latency = Some(&fe.latency);
+        f.restore = Some(s.fetcher.progress());
+        f.waiting_requests = get(&s.parked);
         f.evictions = s.overlay.evictions();
         f.local_bytes = s
             .overlay
@@ -350,6 +357,21 @@ impl Status {
                 failed: f.fetch_failures,
                 bytes: f.fetch_bytes,
             },
+            restore: f.restore.map(|p| RestoreReport {
+                files_left: p.files_left,
+                bytes_left: p.bytes_left,
+                bytes_per_second: p.bytes_per_second,
+                eta_seconds: p.eta_seconds,
+                prefetch: serde_json::to_value(p.prefetch)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default(),
+                waiting_requests: f.waiting_requests,
+                queued_opens: p.queue.open as u64,
+                queued_readahead: p.queue.readahead as u64,
+                queued_prefetch: p.queue.prefetch as u64,
+                downloading: p.queue.running as u64,
+            }),
             local: LocalReport {
                 bytes: f.local_bytes,
                 bucket_only_files: f.bucket_only_files,
@@ -392,6 +414,9 @@ pub struct Report {
     pub uploads: UploadReport,
     pub deletes: CountReport,
     pub fetches: FetchReport,
+    /// How far getting the bucket-only files back is (absent while starting).
+    #[serde(default)]
+    pub restore: Option<RestoreReport>,
     pub local: LocalReport,
     /// How the bucket's metadata was loaded at start.
     #[serde(default)]
@@ -448,6 +473,27 @@ pub struct FetchReport {
     pub done: u64,
     pub failed: u64,
     pub bytes: u64,
+}
+
+/// Files still only in the bucket, how fast they come, and who waits for them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreReport {
+    pub files_left: u64,
+    pub bytes_left: u64,
+    /// Download rate over the last 10 s.
+    pub bytes_per_second: u64,
+    /// `bytes_left` at that rate; absent while nothing comes.
+    pub eta_seconds: Option<u64>,
+    /// The background prefetch: `off`, `running`, `done`, or `bounded` (stopped at
+    /// `--max-local-bytes`).
+    pub prefetch: String,
+    /// Application requests waiting for a download now.
+    pub waiting_requests: u64,
+    pub queued_opens: u64,
+    pub queued_readahead: u64,
+    pub queued_prefetch: u64,
+    /// Downloads running now.
+    pub downloading: u64,
 }
 
 /// Versions history kept, and whether many files are being destroyed at once right now.
@@ -747,6 +793,23 @@ pub fn human(addr: &str, r: &Report) -> String {
             r.fetches.failed
         ),
     );
+    if let Some(rs) = &r.restore {
+        line(
+            &mut out,
+            format!(
+                "restore:  {} files ({}) only in the bucket, {}/s{}, prefetch {}; {} requests waiting, {} downloading",
+                rs.files_left,
+                bytes(rs.bytes_left),
+                bytes(rs.bytes_per_second),
+                rs.eta_seconds
+                    .map(|s| format!(", about {} left", humantime::format_duration(Duration::from_secs(s))))
+                    .unwrap_or_default(),
+                rs.prefetch,
+                rs.waiting_requests,
+                rs.downloading
+            ),
+        );
+    }
     line(
         &mut out,
         format!(

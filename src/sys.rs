@@ -501,3 +501,55 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// Whether the thread `tid` (in our PID namespace) is being killed: a fatal signal is pending
+/// for it, or it is gone. A thread waiting in a FUSE request the filesystem holds cannot die
+/// before the request is answered; its pending SIGKILL (which the kernel also puts on every
+/// thread of a process a fatal signal kills) shows in `/proc/<tid>/status`. `false` if that
+/// cannot be read for another reason (no `/proc`, another PID namespace: `tid` 0).
+pub fn being_killed(tid: u32) -> bool {
+    if tid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{tid}/status")) {
+        Ok(status) => fatal_signal_pending(&status),
+        Err(e) => e.kind() == io::ErrorKind::NotFound,
+    }
+}
+
+/// Whether a `/proc/<pid>/status` text shows SIGKILL pending (thread-private or shared).
+fn fatal_signal_pending(status: &str) -> bool {
+    let kill = 1u64 << (libc::SIGKILL - 1);
+    status.lines().any(|line| {
+        let Some((key, value)) = line.split_once(':') else {
+            return false;
+        };
+        matches!(key, "SigPnd" | "ShdPnd")
+            && u64::from_str_radix(value.trim(), 16).is_ok_and(|mask| mask & kill != 0)
+    })
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::*;
+
+    #[test]
+    fn a_pending_sigkill_is_seen_in_either_set() {
+        let quiet = "Name:\tcat\nSigPnd:\t0000000000000000\nShdPnd:\t0000000000000000\n";
+        assert!(!fatal_signal_pending(quiet));
+        let shared = "SigPnd:\t0000000000000000\nShdPnd:\t0000000000000100\n";
+        assert!(fatal_signal_pending(shared));
+        let private = "SigPnd:\t0000000000000100\nShdPnd:\t0000000000000002\n";
+        assert!(fatal_signal_pending(private));
+        // SIGINT pending (bit 2) is not a kill: the application may handle it.
+        assert!(!fatal_signal_pending("ShdPnd:\t0000000000000002\n"));
+    }
+
+    #[test]
+    fn a_live_thread_is_not_being_killed_and_a_gone_one_is() {
+        assert!(!being_killed(std::process::id()));
+        assert!(!being_killed(0));
+        // PIDs above the kernel's maximum never exist.
+        assert!(being_killed(u32::MAX - 1));
+    }
+}

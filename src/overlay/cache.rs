@@ -54,6 +54,20 @@ impl LocalCache {
         inner.total = inner.total.saturating_sub(old) + size;
     }
 
+    /// `path` was placed by a background download (prefetch, readahead): counted, but the
+    /// first to go, as nobody has used it yet.
+    pub fn placed_unused(&self, path: &Path, size: u64) {
+        let mut inner = self.lock();
+        let old = inner.lru.put(path.to_path_buf(), size).unwrap_or(0);
+        inner.lru.demote(path);
+        inner.total = inner.total.saturating_sub(old) + size;
+    }
+
+    /// Whether `bytes` more stay within the bound.
+    pub fn admits(&self, bytes: u64) -> bool {
+        self.total().saturating_add(bytes) <= self.max
+    }
+
     pub fn remove(&self, path: &Path) {
         let mut inner = self.lock();
         if let Some(size) = inner.lru.pop(path) {
@@ -93,6 +107,16 @@ impl LocalCache {
             .rev()
             .map(|(p, _)| p.clone())
             .collect()
+    }
+}
+
+impl crate::fetch::LocalBudget for LocalCache {
+    fn admits(&self, bytes: u64) -> bool {
+        LocalCache::admits(self, bytes)
+    }
+
+    fn placed(&self, path: &Path, bytes: u64) {
+        self.placed_unused(path, bytes);
     }
 }
 

@@ -34,6 +34,17 @@ pub enum OverlayError {
     /// A bucket-only file could not be downloaded (or the download was corrupt).
     #[error(transparent)]
     Fetch(std::sync::Arc<crate::fetch::FetchError>),
+    /// The operation needs these bucket-only files local first. Nothing was done: download
+    /// them ([`super::Overlay::fetch_needed`]) and run it again. Never reaches an application.
+    #[error("{} bucket-only file(s) must be downloaded first, the first {}", .0.len(), crate::escape::esc(.0.first().map(|p| p.as_path()).unwrap_or(std::path::Path::new(""))))]
+    NeedsFetch(Vec<std::path::PathBuf>),
+    /// The application was killed while its request waited for a download.
+    #[error("the application was killed while waiting for a download")]
+    Interrupted,
+    /// A request waited for a download while the bucket delivered nothing for this long
+    /// (`--fetch-timeout`).
+    #[error("the bucket delivered nothing for {}s; gave up waiting for the download", .0.as_secs())]
+    BucketSilent(std::time::Duration),
     /// A change asked of a read-only mount (`-o ro`).
     #[error("the mount is read-only")]
     ReadOnly,
@@ -53,7 +64,10 @@ impl OverlayError {
             OverlayError::UnknownHandle(_) => libc::EBADF,
             OverlayError::Reserved(_) => libc::EACCES,
             OverlayError::NotADirectory(_) => libc::ENOTDIR,
-            OverlayError::Fetch(_) => libc::EIO,
+            OverlayError::Fetch(_)
+            | OverlayError::NeedsFetch(_)
+            | OverlayError::BucketSilent(_) => libc::EIO,
+            OverlayError::Interrupted => libc::EINTR,
             OverlayError::ReadOnly => libc::EROFS,
         }
     }

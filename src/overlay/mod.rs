@@ -186,7 +186,7 @@ pub struct Overlay {
     /// Bucket-only files: absent without a bucket (and in core tests).
     remote: Option<Remote>,
     /// `--max-local-bytes`: local files as an LRU cache of the bucket.
-    cache: Option<LocalCache>,
+    cache: Option<Arc<LocalCache>>,
     /// Opens hold it shared, an eviction exclusively: a file is never evicted while an open
     /// of it is under way.
     evict_lock: RwLock<()>,
@@ -211,12 +211,16 @@ pub struct Policy {
     pub noatime_dirs: bool,
 }
 
+/// How often an operation is run again after the downloads it needed: a file can be evicted
+/// again (`--max-local-bytes`) between its download and the retry.
+pub const FETCH_ATTEMPTS: usize = 4;
+
 /// What the overlay needs to show and fetch files that are only in the bucket.
 #[derive(Debug)]
 pub struct Remote {
     pub index: Arc<Index>,
     pub fetcher: Arc<Fetcher>,
-    /// The runtime downloads run on; FUSE threads wait on it with `block_on`.
+    /// The runtime downloads run on: a parked request waits on it.
     pub rt: tokio::runtime::Handle,
 }
 
@@ -347,8 +351,68 @@ impl Overlay {
     /// Bounds the local disk to `max` bytes of files (needs a remote). `existing` are the local
     /// files at start with their sizes.
     pub fn with_cache(mut self, max: u64, existing: Vec<(PathBuf, u64)>) -> Overlay {
-        self.cache = Some(LocalCache::new(max, existing));
+        let cache = Arc::new(LocalCache::new(max, existing));
+        if let Some(r) = &self.remote {
+            r.fetcher.set_budget(Arc::clone(&cache) as _);
+        }
+        self.cache = Some(cache);
         self
+    }
+
+    /// The runtime downloads run on (none without a bucket).
+    pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {
+        self.remote.as_ref().map(|r| &r.rt)
+    }
+
+    /// The downloads an operation that failed with [`OverlayError::NeedsFetch`] waits for,
+    /// as one future that ends when all are local (or one failed). `open`: the application
+    /// opens the file (its directory is then read ahead).
+    pub fn fetch_needed(
+        &self,
+        paths: &[PathBuf],
+        open: bool,
+    ) -> futures::future::BoxFuture<'static, crate::fetch::Outcome> {
+        use futures::FutureExt;
+        let Some(r) = &self.remote else {
+            return futures::future::ready(Ok(())).boxed();
+        };
+        let flights: Vec<_> = paths
+            .iter()
+            .map(|p| {
+                if open {
+                    r.fetcher.open(p)
+                } else {
+                    r.fetcher.request(p, crate::fetch::Priority::Open)
+                }
+            })
+            .collect();
+        futures::future::try_join_all(flights)
+            .map(|res| res.map(drop))
+            .boxed()
+    }
+
+    /// How long the bucket has delivered nothing to any download, counting from `since` at
+    /// the latest.
+    pub fn bucket_idle_for(&self, since: std::time::Instant) -> std::time::Duration {
+        self.remote
+            .as_ref()
+            .map_or(std::time::Duration::ZERO, |r| r.fetcher.idle_for(since))
+    }
+
+    /// Runs `op`, downloading what it needs and running it again, waiting right here: for
+    /// callers that may block (tests, tools). The FUSE layer parks the request instead.
+    pub fn blocking<T>(&self, mut op: impl FnMut(&Overlay) -> Result<T>) -> Result<T> {
+        for _ in 0..FETCH_ATTEMPTS {
+            match op(self) {
+                Err(OverlayError::NeedsFetch(paths)) => {
+                    let rt = self.runtime().expect("only a remote needs downloads");
+                    rt.block_on(self.fetch_needed(&paths, true))
+                        .map_err(OverlayError::Fetch)?;
+                }
+                other => return other,
+            }
+        }
+        op(self)
     }
 
     /// Records a use of a local file for the LRU, and evicts if the disk is over its bound.
@@ -463,21 +527,18 @@ impl Overlay {
             .ok_or(OverlayError::UnknownInode(ino))
     }
 
-    /// Makes a bucket-only node local by downloading it (or finds it already downloaded).
+    /// Gives a bucket-only node its local file once downloaded. Never waits: if the file is
+    /// not local yet, the caller is told what to download first ([`OverlayError::NeedsFetch`]).
     fn hydrate(&self, ino: Ino) -> Result<Arc<OwnedFd>> {
         let path = self
             .inodes
             .path(ino)
             .ok_or(OverlayError::UnknownInode(ino))?;
-        let remote = self
-            .remote
-            .as_ref()
-            .ok_or(OverlayError::UnknownInode(ino))?;
+        if self.remote.is_none() {
+            return Err(OverlayError::UnknownInode(ino));
+        }
         if self.local.stat_beneath(&path).is_err() {
-            remote
-                .rt
-                .block_on(remote.fetcher.fetch(&path))
-                .map_err(OverlayError::Fetch)?;
+            return Err(OverlayError::NeedsFetch(vec![path]));
         }
         self.attach_local(ino, &path)
     }
@@ -896,8 +957,8 @@ impl Overlay {
             self.child_path(parent, name),
             self.child_path(new_parent, new_name),
         );
-        let mut moved = self.child_id(&old_dir, name);
-        let mut replaced = self.child_id(&new_dir, new_name);
+        let moved = self.child_id(&old_dir, name);
+        let replaced = self.child_id(&new_dir, new_name);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
         if let (Some((_, true)), Some(to), Some(r), false) =
             (replaced, &to_path, &self.remote, exchange)
@@ -946,14 +1007,10 @@ impl Overlay {
             if exchange && replaced.is_some_and(|(_, d)| d) {
                 fetch.extend(remote.index.files_below(to));
             }
-            for path in &fetch {
-                remote
-                    .rt
-                    .block_on(remote.fetcher.fetch(path))
-                    .map_err(OverlayError::Fetch)?;
+            if !fetch.is_empty() {
+                // Retried once they are local; by then they are no longer bucket-only.
+                return Err(OverlayError::NeedsFetch(fetch));
             }
-            moved = self.child_id(&old_dir, name);
-            replaced = self.child_id(&new_dir, new_name);
         }
         let mut intents = Vec::new();
         if let (Some((_, is_dir)), Some(from), Some(to)) =
@@ -1486,7 +1543,7 @@ impl Overlay {
 
     /// Bytes of local files, when `--max-local-bytes` keeps count of them; `None` otherwise.
     pub fn cached_bytes(&self) -> Option<u64> {
-        self.cache.as_ref().map(LocalCache::total)
+        self.cache.as_deref().map(LocalCache::total)
     }
 
     pub fn open_handles(&self) -> usize {

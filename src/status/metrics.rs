@@ -171,6 +171,44 @@ impl prometheus_client::collector::Collector for Collector {
             "Duration of successful downloads, from the request to the verified file in place",
             f.fetch_latency,
         )?;
+        if let Some(p) = &f.restore {
+            gauge(
+                e,
+                "etlfs_restore_bytes_left",
+                "Bytes of the files that are only in the bucket (what a restore has left)",
+                p.bytes_left as i64,
+            )?;
+            gauge(
+                e,
+                "etlfs_restore_bytes_per_second",
+                "Download rate over the last 10 s",
+                p.bytes_per_second as i64,
+            )?;
+            gauge(
+                e,
+                "etlfs_fetch_queued",
+                "Downloads waiting for a worker (opens, readahead and prefetch together)",
+                (p.queue.open + p.queue.readahead + p.queue.prefetch) as i64,
+            )?;
+            gauge(
+                e,
+                "etlfs_fetch_running",
+                "Downloads running now",
+                p.queue.running as i64,
+            )?;
+            gauge(
+                e,
+                "etlfs_prefetch_running",
+                "1 while the background prefetch runs",
+                i64::from(p.prefetch == crate::fetch::PrefetchState::Running),
+            )?;
+        }
+        gauge(
+            e,
+            "etlfs_fetch_waiting_requests",
+            "Application requests waiting for a download now",
+            f.waiting_requests as i64,
+        )?;
         counter(
             e,
             "etlfs_evictions",

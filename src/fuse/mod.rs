@@ -15,7 +15,7 @@
 //! Writes through a shared mapping of a passthrough file change the file's times on the disk
 //! underneath without the kernel's FUSE inode noticing, so attributes of an inode with a
 //! passthrough handle open for writing are given to the kernel without a cache validity
-//! (see [`EtlFs::attr_ttl`]); every other reply keeps [`TTL`].
+//! (see [`Core::attr_ttl`]); every other reply keeps [`TTL`].
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -40,7 +40,7 @@ use crate::overlay::{
 /// goes through this mount (it hides the directory underneath), and the kernel updates its
 /// caches on the operations it sends us, so a long validity is safe; it is what makes a
 /// repeated `stat` as cheap as on the native disk. The one change the kernel does not see is
-/// a write through a shared mapping of a passthrough file (see [`EtlFs::attr_ttl`]).
+/// a write through a shared mapping of a passthrough file (see [`Core::attr_ttl`]).
 const TTL: Duration = Duration::from_secs(60);
 
 /// Logs a failed request at the error's level and replies with its errno.
@@ -56,6 +56,8 @@ macro_rules! fail {
     }};
 }
 
+mod park;
+
 /// Startup options for the FUSE layer.
 #[derive(Debug, Clone, Copy)]
 pub struct FuseOptions {
@@ -63,6 +65,9 @@ pub struct FuseOptions {
     pub passthrough: bool,
     /// Serve extended attributes; without, every xattr request is answered ENOSYS.
     pub xattrs: bool,
+    /// How long a request waiting for a download waits for a bucket that delivers nothing
+    /// (`None`: as long as it takes).
+    pub fetch_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Default)]
@@ -78,26 +83,47 @@ struct BackingCache {
 /// The `fuser::Filesystem` over an [`Overlay`].
 #[derive(Debug)]
 pub struct EtlFs {
+    core: Arc<Core>,
+}
+
+/// The state of the FUSE layer, shared with the tasks that answer parked requests.
+#[derive(Debug)]
+pub struct Core {
     overlay: Arc<Overlay>,
     /// Shared with `/metrics`, which shows whether passthrough is (still) on.
     passthrough: Arc<AtomicBool>,
     backing: Mutex<BackingCache>,
     /// Opens and releases of passthrough handles with write access so far, and how many are
-    /// open now (see [`EtlFs::attr_ttl`]).
+    /// open now (see [`Core::attr_ttl`]).
     write_events: AtomicU64,
     writers_open: AtomicU64,
     xattrs: bool,
+    /// Requests parked until a download lands (see [`park`]); shared with `/metrics`.
+    parked: Arc<AtomicU64>,
+    fetch_timeout: Option<Duration>,
+}
+
+impl std::ops::Deref for EtlFs {
+    type Target = Arc<Core>;
+
+    fn deref(&self) -> &Arc<Core> {
+        &self.core
+    }
 }
 
 impl EtlFs {
     pub fn new(overlay: Arc<Overlay>, opts: FuseOptions) -> Self {
         EtlFs {
-            overlay,
-            passthrough: Arc::new(AtomicBool::new(opts.passthrough)),
-            backing: Mutex::new(BackingCache::default()),
-            write_events: AtomicU64::new(0),
-            writers_open: AtomicU64::new(0),
-            xattrs: opts.xattrs,
+            core: Arc::new(Core {
+                overlay,
+                passthrough: Arc::new(AtomicBool::new(opts.passthrough)),
+                backing: Mutex::new(BackingCache::default()),
+                write_events: AtomicU64::new(0),
+                writers_open: AtomicU64::new(0),
+                xattrs: opts.xattrs,
+                parked: Arc::new(AtomicU64::new(0)),
+                fetch_timeout: opts.fetch_timeout,
+            }),
         }
     }
 
@@ -107,13 +133,20 @@ impl EtlFs {
         Arc::clone(&self.passthrough)
     }
 
+    /// How many requests wait for a download now.
+    pub fn parked_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.parked)
+    }
+}
+
+impl Core {
     fn backing(&self) -> std::sync::MutexGuard<'_, BackingCache> {
         self.backing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The backing id for `ino`, registering `opened.file` if the inode has none yet.
     /// `None` means passthrough is off (or just failed and is now off). `flags` are the
-    /// open's: a handle with write access is counted (see [`EtlFs::attr_ttl`]).
+    /// open's: a handle with write access is counted (see [`Core::attr_ttl`]).
     fn backing_for(
         &self,
         ino: Ino,
@@ -205,11 +238,32 @@ impl EtlFs {
         (ttl, got)
     }
 
-    /// Flags for an opened file without passthrough: keep the page cache across opens (all
-    /// writes go through this mount, so cached pages cannot go stale).
-    fn open_flags() -> FopenFlags {
-        FopenFlags::FOPEN_KEEP_CACHE
+    /// Replies to an open of `ino` with `flags` that ended in `res`.
+    fn reply_open(&self, ino: Ino, flags: i32, res: Result<Opened, OverlayError>, reply: ReplyOpen) {
+        let opened = match res {
+            Ok(o) => o,
+            Err(e) => return fail!(reply, "open", e),
+        };
+        // Under `noatime`, a twin of the file on a noatime mount (`Overlay::noatime_backing`).
+        let register = |f: &std::fs::File| {
+            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
+        };
+        match self.backing_for(ino, &opened, flags, register) {
+            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
+            None => reply.opened(FileHandle(opened.fh), open_flags()),
+        }
     }
+}
+
+/// Flags for an opened file without passthrough: keep the page cache across opens (all
+/// writes go through this mount, so cached pages cannot go stale).
+fn open_flags() -> FopenFlags {
+    FopenFlags::FOPEN_KEEP_CACHE
+}
+
+/// An [`Core::attr_ttl`] result with the validity inside, for [`Core::serve`].
+fn with_ttl<T>((ttl, got): (Duration, Result<T, OverlayError>)) -> Result<(Duration, T), OverlayError> {
+    got.map(|v| (ttl, v))
 }
 
 fn file_type(kind: FileKind) -> FileType {
@@ -317,16 +371,22 @@ impl Filesystem for EtlFs {
         self.overlay.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.attr_ttl(|| self.overlay.getattr(ino.0), |a| a.ino) {
-            (ttl, Ok(a)) => reply.attr(&ttl, &file_attr(&a)),
-            (_, Err(e)) => fail!(reply, "getattr", e),
-        }
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| with_ttl(c.attr_ttl(|| c.overlay.getattr(ino.0), |a| a.ino)),
+            |_, res, reply| match res {
+                Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => fail!(reply, "getattr", e),
+            },
+        );
     }
 
     fn setattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
         uid: Option<u32>,
@@ -350,20 +410,30 @@ impl Filesystem for EtlFs {
             atime: time_set(atime),
             mtime: time_set(mtime),
         };
-        match self.attr_ttl(
-            || self.overlay.setattr(ino.0, fh.map(|f| f.0), set),
-            |a| a.ino,
-        ) {
-            (ttl, Ok(a)) => reply.attr(&ttl, &file_attr(&a)),
-            (_, Err(e)) => fail!(reply, "setattr", e),
-        }
+        let (ino, fh) = (ino.0, fh.map(|f| f.0));
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| with_ttl(c.attr_ttl(|| c.overlay.setattr(ino, fh, set), |a| a.ino)),
+            |_, res, reply| match res {
+                Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
+                Err(e) => fail!(reply, "setattr", e),
+            },
+        );
     }
 
-    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.overlay.readlink(ino.0) {
-            Ok(t) => reply.data(&t),
-            Err(e) => fail!(reply, "readlink", e),
-        }
+    fn readlink(&self, req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.readlink(ino.0),
+            |_, res, reply| match res {
+                Ok(t) => reply.data(&t),
+                Err(e) => fail!(reply, "readlink", e),
+            },
+        );
     }
 
     fn mknod(
@@ -430,7 +500,7 @@ impl Filesystem for EtlFs {
 
     fn rename(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
         newparent: INodeNo,
@@ -438,42 +508,59 @@ impl Filesystem for EtlFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self
-            .overlay
-            .rename(parent.0, name, newparent.0, newname, flags.bits())
-        {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "rename", e),
-        }
+        let (name, newname) = (name.to_owned(), newname.to_owned());
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| {
+                c.overlay
+                    .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+            },
+            |_, res, reply| match res {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "rename", e),
+            },
+        );
     }
 
     fn link(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         newparent: INodeNo,
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        match self.attr_ttl(|| self.overlay.link(ino.0, newparent.0, newname), |e| e.ino) {
-            (ttl, Ok(e)) => reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0)),
-            (_, Err(e)) => fail!(reply, "link", e),
-        }
+        let newname = newname.to_owned();
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| {
+                with_ttl(c.attr_ttl(
+                    || c.overlay.link(ino.0, newparent.0, &newname),
+                    |e| e.ino,
+                ))
+            },
+            |_, res, reply| match res {
+                Ok((ttl, e)) => {
+                    reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0))
+                }
+                Err(e) => fail!(reply, "link", e),
+            },
+        );
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let opened = match self.overlay.open(ino.0, flags.0) {
-            Ok(o) => o,
-            Err(e) => return fail!(reply, "open", e),
-        };
-        // Under `noatime`, a twin of the file on a noatime mount (`Overlay::noatime_backing`).
-        let register = |f: &std::fs::File| {
-            reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
-        };
-        match self.backing_for(ino.0, &opened, flags.0, register) {
-            Some(id) => reply.opened_passthrough(FileHandle(opened.fh), FopenFlags::empty(), &id),
-            None => reply.opened(FileHandle(opened.fh), Self::open_flags()),
-        }
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let (ino, flags) = (ino.0, flags.0);
+        self.serve(
+            req.pid(),
+            true,
+            reply,
+            move |c| c.overlay.open(ino, flags),
+            move |c, res, reply| c.reply_open(ino, flags, res, reply),
+        );
     }
 
     fn read(
@@ -675,7 +762,7 @@ impl Filesystem for EtlFs {
 
     fn setxattr(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         name: &OsStr,
         value: &[u8],
@@ -686,13 +773,20 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.overlay.setxattr(ino.0, name, value, flags) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "setxattr", e),
-        }
+        let (name, value) = (name.to_owned(), value.to_vec());
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.setxattr(ino.0, &name, &value, flags),
+            |_, res, reply| match res {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "setxattr", e),
+            },
+        );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         // Without --xattrs, ENOSYS makes the kernel stop sending each xattr request for good
         // (it answers EOPNOTSUPP itself). That matters beyond xattrs: before every write the
         // kernel asks for `security.capability` (to drop file capabilities), one round trip
@@ -700,39 +794,65 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.overlay.getxattr(ino.0, name, size) {
-            Ok(r) => reply_xattr(reply, r),
-            Err(e) => fail!(reply, "getxattr", e),
-        }
+        let name = name.to_owned();
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.getxattr(ino.0, &name, size),
+            |_, res, reply| match res {
+                Ok(r) => reply_xattr(reply, r),
+                Err(e) => fail!(reply, "getxattr", e),
+            },
+        );
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.overlay.listxattr(ino.0, size) {
-            Ok(r) => reply_xattr(reply, r),
-            Err(e) => fail!(reply, "listxattr", e),
-        }
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.listxattr(ino.0, size),
+            |_, res, reply| match res {
+                Ok(r) => reply_xattr(reply, r),
+                Err(e) => fail!(reply, "listxattr", e),
+            },
+        );
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
-        match self.overlay.removexattr(ino.0, name) {
-            Ok(()) => reply.ok(),
-            Err(e) => fail!(reply, "removexattr", e),
-        }
+        let name = name.to_owned();
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.removexattr(ino.0, &name),
+            |_, res, reply| match res {
+                Ok(()) => reply.ok(),
+                Err(e) => fail!(reply, "removexattr", e),
+            },
+        );
     }
 
-    fn access(&self, _req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
+    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
         // We mount with `default_permissions`, so the kernel checks modes itself and only
         // asks us whether the inode still exists.
-        match self.overlay.getattr(ino.0) {
-            Ok(_) => reply.ok(),
-            Err(e) => fail!(reply, "access", e),
-        }
+        self.serve(
+            req.pid(),
+            false,
+            reply,
+            move |c| c.overlay.getattr(ino.0),
+            |_, res, reply| match res {
+                Ok(_) => reply.ok(),
+                Err(e) => fail!(reply, "access", e),
+            },
+        );
     }
 
     fn create(
@@ -769,7 +889,7 @@ impl Filesystem for EtlFs {
                 &attr,
                 Generation(0),
                 FileHandle(opened.fh),
-                Self::open_flags(),
+                open_flags(),
             ),
         }
     }

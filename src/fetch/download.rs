@@ -1,0 +1,218 @@
+//! One verified download: an object into a temporary file, checked, then renamed into place.
+//!
+//! The temporary file is in the state directory (same filesystem as the served directory), is
+//! checked against the object's size and SHA-256, gets its mode, owner and mtime, is fsynced,
+//! and is then renamed into place — with `RENAME_NOREPLACE` unless told otherwise — so nobody
+//! ever sees a partial or corrupt file. Shared by a mount's downloads and `etlfs restore`.
+
+use std::os::fd::AsFd;
+use std::path::Path;
+
+use futures::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use super::FetchError;
+use crate::bucket::history::is_history_source;
+use crate::bucket::{Bucket, BucketError};
+use crate::escape::esc;
+use crate::index::RemoteFile;
+use crate::local::{LocalDir, Stat};
+use crate::state::StateDir;
+use crate::sys;
+
+/// How a finished download takes its place. The default is what the lazy fetch of a mount
+/// needs; `etlfs restore` relaxes it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Placement {
+    /// Replace a local file at the path (`etlfs restore` over an older file, or `--force`).
+    /// Without it a local file that appeared meanwhile wins and the download is dropped: under
+    /// a mount that file is the application's newest data.
+    pub replace: bool,
+    /// Keep our own ownership where we may not give the file away (`etlfs restore` run by an
+    /// ordinary user, on files another uid wrote) instead of failing. A mount runs as root,
+    /// where a failed chown is a real error.
+    pub owner_best_effort: bool,
+}
+
+/// Downloads `remote` (the object at `remote.source`) into a temporary file in `state`, checks
+/// its size and SHA-256, gives it mode, owner and mtime, fsyncs it and renames it to `path`:
+/// whole and verified, or nothing (the temporary is removed on every failure). Returns the
+/// placed file's stat and checksum, or `None` if a local file won (see [`Placement::replace`]).
+pub async fn download_verified(
+    bucket: &Bucket,
+    local: &LocalDir,
+    state: &StateDir,
+    path: &Path,
+    remote: &RemoteFile,
+    how: Placement,
+) -> Result<Option<(Stat, String)>, FetchError> {
+    download_verified_with(bucket, local, state, path, remote, how, &|_| {}).await
+}
+
+/// [`download_verified`], calling `received` with the size of every chunk of the body as it
+/// arrives (a mount tells a stalled bucket from a slow one by it).
+pub async fn download_verified_with(
+    bucket: &Bucket,
+    local: &LocalDir,
+    state: &StateDir,
+    path: &Path,
+    remote: &RemoteFile,
+    how: Placement,
+    received: &(dyn Fn(u64) + Sync),
+) -> Result<Option<(Stat, String)>, FetchError> {
+    let local_err = |op: &'static str| {
+        move |source| FetchError::Local {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let (file, tmp) = state
+        .create_temp(0o600)
+        .map_err(local_err("creating a temporary file"))?;
+    let (file, sha) = match write_verified(bucket, path, remote, file, received).await {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = state.remove(&tmp);
+            return Err(e);
+        }
+    };
+    match place(local, state, path, remote, &file, &tmp, how) {
+        Ok(st) => Ok(st.map(|st| (st, sha))),
+        Err(e) => {
+            let _ = state.remove(&tmp);
+            Err(e)
+        }
+    }
+}
+
+/// Streams the object into `file`, checking size and checksum. Returns the file and the hex
+/// SHA-256 of what was written.
+async fn write_verified(
+    bucket: &Bucket,
+    path: &Path,
+    remote: &RemoteFile,
+    file: std::fs::File,
+    received: &(dyn Fn(u64) + Sync),
+) -> Result<(std::fs::File, String), FetchError> {
+    let bucket_err = |source: BucketError| FetchError::Bucket {
+        path: path.to_owned(),
+        source: Box::new(source),
+    };
+    let local_err = |op: &'static str| {
+        move |source| FetchError::Local {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    // The source may also be a kept version (`restore --as-of`), which never moves.
+    let mut stream = match bucket.get_stream_source(&remote.source).await {
+        // Renamed while bucket-only, and the mirror has moved the object meanwhile.
+        Err(BucketError::NotFound { .. })
+            if remote.source != path && !is_history_source(&remote.source) =>
+        {
+            bucket.get_stream(path).await.map_err(bucket_err)?
+        }
+        other => other.map_err(bucket_err)?,
+    };
+    let mut out = tokio::fs::File::from_std(file);
+    let mut hasher = Sha256::new();
+    let mut got = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(bucket_err)?;
+        received(chunk.len() as u64);
+        hasher.update(&chunk);
+        got += chunk.len() as u64;
+        out.write_all(&chunk)
+            .await
+            .map_err(local_err("writing the download"))?;
+    }
+    out.flush()
+        .await
+        .map_err(local_err("writing the download"))?;
+    if got != remote.size {
+        return Err(FetchError::WrongSize {
+            path: path.to_owned(),
+            got,
+            want: remote.size,
+        });
+    }
+    let sha = hex::encode(hasher.finalize());
+    if let Some(want) = &remote.sha256 {
+        if *want != sha {
+            return Err(FetchError::Corrupt {
+                path: path.to_owned(),
+                want: want.clone(),
+                got: sha,
+            });
+        }
+    }
+    Ok((out.into_std().await, sha))
+}
+
+/// Gives the finished download its attributes and renames it into place. Returns the new
+/// file's stat, or `None` if a local file appeared meanwhile and `how` lets it win.
+fn place(
+    local: &LocalDir,
+    state: &StateDir,
+    path: &Path,
+    remote: &RemoteFile,
+    file: &std::fs::File,
+    tmp: &std::ffi::CString,
+    how: Placement,
+) -> Result<Option<Stat>, FetchError> {
+    let local_err = |op: &'static str| {
+        move |source| FetchError::Local {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    };
+    let (parent_fd, file_name) = local
+        .open_parent(path)
+        .map_err(local_err("opening the parent directory"))?;
+    let parent = local
+        .stat(parent_fd.as_fd())
+        .map_err(local_err("stat of the parent"))?;
+    let (uid, gid) = remote.restored_owner((parent.uid, parent.gid));
+    match sys::fchownat(file.as_fd(), sys::EMPTY, uid, gid, libc::AT_EMPTY_PATH) {
+        Ok(()) => {}
+        Err(e) if how.owner_best_effort && e.raw_os_error() == Some(libc::EPERM) => {
+            tracing::debug!(path = %esc(path), uid, gid, "not allowed to give the file its owner; it stays ours");
+        }
+        Err(e) => return Err(local_err("chown")(e)),
+    }
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+        remote.restored_mode(),
+    ))
+    .map_err(local_err("chmod"))?;
+    file.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(remote.mtime)
+            .set_accessed(remote.mtime),
+    )
+    .map_err(local_err("setting the mtime"))?;
+    file.sync_all().map_err(local_err("fsync"))?;
+    let name = sys::cstr(file_name).map_err(local_err("file name"))?;
+    let flags = if how.replace {
+        0
+    } else {
+        libc::RENAME_NOREPLACE
+    };
+    match sys::renameat2(state.fd(), tmp, parent_fd.as_fd(), &name, flags) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !how.replace => {
+            let _ = state.remove(tmp);
+            return Ok(None);
+        }
+        Err(e) => return Err(local_err("renaming the download into place")(e)),
+    }
+    // The rename is durable once the directory is synced.
+    let dir = local.reopen(parent_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY);
+    if let Ok(d) = dir {
+        let _ = d.sync_all();
+    }
+    Ok(Some(Stat::from_file(file).map_err(local_err("stat"))?))
+}
