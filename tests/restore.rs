@@ -41,9 +41,15 @@ const FETCHED: &str = "fetched from the bucket";
 
 /// A mount of etlfs on `t` with a 100 ms upload delay, fetches logged. `separate_local`: the
 /// directory underneath is `m.local`, visible to the test while mounted.
+/// A mount that restores lazily only (`--no-prefetch`, unless `extra` asks for `--prefetch`,
+/// the default): these tests watch which files an application's opens download.
 fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile::NamedTempFile) {
+    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    if !args.iter().any(|a| a == "--prefetch") {
+        args.push("--no-prefetch".into());
+    }
     let opts = Opts {
-        args: extra.iter().map(|s| s.to_string()).collect(),
+        args,
         separate_local,
         log_filter: Some(LOG.into()),
         ..Opts::default()
