@@ -802,7 +802,10 @@ pub fn human(addr: &str, r: &Report) -> String {
                 bytes(rs.bytes_left),
                 bytes(rs.bytes_per_second),
                 rs.eta_seconds
-                    .map(|s| format!(", about {} left", humantime::format_duration(Duration::from_secs(s))))
+                    .map(|s| format!(
+                        ", about {} left",
+                        humantime::format_duration(Duration::from_secs(s))
+                    ))
                     .unwrap_or_default(),
                 rs.prefetch,
                 rs.waiting_requests,

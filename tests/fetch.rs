@@ -7,11 +7,11 @@
 //! connections and answers nothing); on FILESYSTEM the objects are replaced by FIFOs, whose
 //! open in the bucket's GET waits for a writer.
 
+#[path = "common/bucket.rs"]
+mod bucket;
 mod common;
 #[path = "common/servers.rs"]
 mod servers;
-#[path = "common/bucket.rs"]
-mod bucket;
 
 use std::ffi::CString;
 use std::fs;
@@ -30,6 +30,7 @@ crate::on_every_backend!(
     a_killed_waiter_is_answered_at_once,
     an_open_reads_its_directory_ahead_newest_first,
     a_new_node_prefetches_everything_by_default,
+    a_file_removed_or_renamed_while_downloading_stays_so,
 );
 
 /// A bucket for one test that can be made to hang.
@@ -246,9 +247,16 @@ fn waiting_opens_leave_local_files_alone(kind: &str) {
     let mnt = m.mnt.clone();
     let answered = within(20, move || {
         assert_eq!(fs::read(mnt.join("local/kept")).unwrap(), b"local bytes");
-        assert!(fs::read_dir(mnt.join("bingen/allocations/1d")).unwrap().count() >= 16);
+        assert!(
+            fs::read_dir(mnt.join("bingen/allocations/1d"))
+                .unwrap()
+                .count()
+                >= 16
+        );
         assert_eq!(
-            fs::metadata(mnt.join("bingen/allocations/1d/f003")).unwrap().len(),
+            fs::metadata(mnt.join("bingen/allocations/1d/f003"))
+                .unwrap()
+                .len(),
             20_000
         );
         fs::write(mnt.join("local/new"), b"written during the stall").unwrap();
@@ -310,7 +318,11 @@ fn a_killed_waiter_is_answered_at_once(kind: &str) {
     if !exited {
         let _ = cat.wait(); // ends with the release
     }
-    assert!(parked, "the open did not wait for its download\n{}", m.log());
+    assert!(
+        parked,
+        "the open did not wait for its download\n{}",
+        m.log()
+    );
     assert!(
         exited,
         "the killed cat still hung in open while the bucket was stalled\n{}",
@@ -348,7 +360,11 @@ fn an_open_reads_its_directory_ahead_newest_first(kind: &str) {
     // The application opens the oldest file.
     assert!(kubecost_read(&m.path(&remote[0].0)).unwrap() == remote[0].1);
     let all_local = || remote.iter().all(|(rel, _, _)| m.local.join(rel).exists());
-    assert!(poll(30, all_local), "readahead did not bring the directory\n{}", m.log());
+    assert!(
+        poll(30, all_local),
+        "readahead did not bring the directory\n{}",
+        m.log()
+    );
     let mut want = vec![remote[0].0.clone()];
     want.extend(remote[1..].iter().rev().map(|f| f.0.clone()));
     assert_eq!(fetched(&m.log()), want, "{}", m.log());
@@ -356,7 +372,10 @@ fn an_open_reads_its_directory_ahead_newest_first(kind: &str) {
         assert!(fs::read(m.local.join(rel)).unwrap() == *bytes);
     }
     for (rel, _, _) in &elsewhere {
-        assert!(!m.local.join(rel).exists(), "{rel} was fetched without being read");
+        assert!(
+            !m.local.join(rel).exists(),
+            "{rel} was fetched without being read"
+        );
     }
     assert!(m.stop().success(), "{}", m.log());
 }
@@ -428,10 +447,82 @@ fn a_new_node_prefetches_everything_by_default(kind: &str) {
     for (rel, want, mtime) in &remote {
         let p = m.local.join(rel);
         assert!(fs::read(&p).unwrap() == *want, "{rel}");
-        assert_eq!(fs::metadata(&p).unwrap().modified().unwrap(), *mtime, "{rel}");
+        assert_eq!(
+            fs::metadata(&p).unwrap().modified().unwrap(),
+            *mtime,
+            "{rel}"
+        );
     }
     let end = status(port2);
     assert_eq!(end["restore"]["bytes_left"], 0, "{end}");
-    assert_eq!(end["restore"]["eta_seconds"], serde_json::Value::Null, "{end}");
+    assert_eq!(
+        end["restore"]["eta_seconds"],
+        serde_json::Value::Null,
+        "{end}"
+    );
     assert!(m2.stop().success(), "{}", m2.log());
+}
+
+/// An unlink or rename of a bucket-only file whose download is under way wins: the download,
+/// when it lands, does not bring the file back under its old name (the rename's waiting open
+/// gets the file under its new one).
+fn a_file_removed_or_renamed_while_downloading_stays_so(kind: &str) {
+    let mut b = Stallable::new(kind);
+    let remote = files("bingen/allocations/1d", 2, 40_000);
+    seed(&b.target, &remote);
+    let (a, bb) = (&remote[0].0, &remote[1].0);
+    let (mut m, _cfg, port) = mount(&b.target, &["--no-prefetch", "--fetch-timeout", "0"]);
+    b.stall(&[a.clone(), bb.clone()]);
+    // The open of `a` waits; `b` is read ahead behind it.
+    let reader = {
+        let p = m.path(a);
+        thread::spawn(move || fs::read(p))
+    };
+    let parked = poll(30, || waiting(port) == 1);
+    let renamed = format!("{a}-renamed");
+    let mnt = m.mnt.clone();
+    let (from, to, gone) = (a.clone(), renamed.clone(), bb.clone());
+    let changed = within(20, move || {
+        fs::rename(mnt.join(&from), mnt.join(&to))?;
+        fs::remove_file(mnt.join(&gone))
+    });
+    b.release();
+    assert!(parked, "the open did not wait\n{}", m.log());
+    assert!(
+        matches!(changed, Some(Ok(()))),
+        "rename and unlink of files being downloaded: {changed:?}\n{}",
+        m.log()
+    );
+    let got = within(60, move || reader.join().unwrap()).expect("the waiting open never ended");
+    match (kind, got) {
+        (_, Ok(bytes)) => assert!(bytes == remote[0].1),
+        // The FIFO's empty body failed that download; the file is intact in the bucket.
+        ("filesystem", Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::EIO)),
+        (_, Err(e)) => panic!("the open of the renamed file failed: {e}\n{}", m.log()),
+    }
+    assert!(poll(60, || common::mirror_idle(port)), "{}", m.log());
+    // Whatever the downloads did when they landed: the old names stay gone.
+    assert!(
+        !m.local.join(a).exists(),
+        "the renamed file came back\n{}",
+        m.log()
+    );
+    assert!(
+        !m.local.join(bb).exists(),
+        "the removed file came back\n{}",
+        m.log()
+    );
+    let names: Vec<String> = fs::read_dir(m.path("bingen/allocations/1d"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["f000-renamed"], "{}", m.log());
+    assert!(kubecost_read(&m.path(&renamed)).unwrap() == remote[0].1);
+    assert!(m.stop().success(), "{}", m.log());
+    let rt = bucket::rt();
+    let keys: Vec<String> = bucket::snapshot(&rt, b.target.store().as_ref(), None)
+        .into_keys()
+        .filter(|k| !k.ends_with(".etlfs-dir"))
+        .collect();
+    assert_eq!(keys, [renamed], "bucket after the drain");
 }

@@ -935,7 +935,10 @@ impl Run {
                     size: Some(u64::from(size)),
                     ..Default::default()
                 };
-                let got = self.ov().blocking(|o| o.setattr(hd.ino, Some(hd.fh), set)).map_err(errno);
+                let got = self
+                    .ov()
+                    .blocking(|o| o.setattr(hd.ino, Some(hd.fh), set))
+                    .map_err(errno);
                 self.check("ftruncate", Expect::Ok, &got)?;
                 let f = self.model.files.get_mut(&hd.id).expect("open file");
                 f.data.resize(size as usize, 0);
@@ -1150,7 +1153,10 @@ impl Run {
                         (true, false) => libc::O_RDWR,
                         (true, true) => libc::O_RDWR | libc::O_TRUNC,
                     };
-                    let o = self.ov().blocking(|o| o.open(e.ino, flags)).map_err(errno)?;
+                    let o = self
+                        .ov()
+                        .blocking(|o| o.open(e.ino, flags))
+                        .map_err(errno)?;
                     Ok((o.fh, e.ino, false))
                 }
                 Err(e) if e.errno() == libc::ENOENT && write => {
@@ -1229,7 +1235,9 @@ impl Run {
                 size: Some(u64::from(size)),
                 ..Default::default()
             };
-            self.ov().blocking(|o| o.setattr(ino, None, set)).map_err(errno)
+            self.ov()
+                .blocking(|o| o.setattr(ino, None, set))
+                .map_err(errno)
         });
         if !self.check(&format!("truncate {}", p.display()), expect, &got)? {
             return Ok(());
@@ -1277,7 +1285,10 @@ impl Run {
     }
 
     fn read_all(&self, ino: u64) -> Result<Vec<u8>, i32> {
-        let o = self.ov().blocking(|o| o.open(ino, libc::O_RDONLY)).map_err(errno)?;
+        let o = self
+            .ov()
+            .blocking(|o| o.open(ino, libc::O_RDONLY))
+            .map_err(errno)?;
         let mut out = Vec::new();
         loop {
             let chunk = self
@@ -1343,7 +1354,9 @@ impl Run {
             if kind == FileKind::Dir {
                 return Err(libc::EPERM);
             }
-            self.ov().blocking(|o| o.link(ino, pino, name)).map_err(errno)
+            self.ov()
+                .blocking(|o| o.link(ino, pino, name))
+                .map_err(errno)
         });
         let what = format!("link {} -> {}", from.display(), to.display());
         if !self.check(&what, expect, &got)? {

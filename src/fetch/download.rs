@@ -47,11 +47,24 @@ pub async fn download_verified(
     remote: &RemoteFile,
     how: Placement,
 ) -> Result<Option<(Stat, String)>, FetchError> {
-    download_verified_with(bucket, local, state, path, remote, how, &|_| {}).await
+    download_verified_with(bucket, local, state, path, remote, how, &|_| {}, None).await
+}
+
+/// The last step of a mount's download, made atomic with the overlay's changes to bucket-only
+/// names: under `lock`, the file is renamed into place only if `still_wanted` (the index still
+/// has it at that path: it was not removed or renamed meanwhile), and `placed` runs before the
+/// lock is let go (the index forgets the path). Without it a download that finished after an
+/// unlink or rename of its file would bring the file back under its old name.
+pub struct Gate<'a> {
+    pub lock: &'a std::sync::Mutex<()>,
+    pub still_wanted: &'a (dyn Fn() -> bool + Sync),
+    pub placed: &'a (dyn Fn() + Sync),
 }
 
 /// [`download_verified`], calling `received` with the size of every chunk of the body as it
-/// arrives (a mount tells a stalled bucket from a slow one by it).
+/// arrives (a mount tells a stalled bucket from a slow one by it), and placing through `gate`.
+/// `None` also if the gate found the file no longer wanted.
+#[allow(clippy::too_many_arguments)]
 pub async fn download_verified_with(
     bucket: &Bucket,
     local: &LocalDir,
@@ -60,6 +73,7 @@ pub async fn download_verified_with(
     remote: &RemoteFile,
     how: Placement,
     received: &(dyn Fn(u64) + Sync),
+    gate: Option<Gate<'_>>,
 ) -> Result<Option<(Stat, String)>, FetchError> {
     let local_err = |op: &'static str| {
         move |source| FetchError::Local {
@@ -78,7 +92,7 @@ pub async fn download_verified_with(
             return Err(e);
         }
     };
-    match place(local, state, path, remote, &file, &tmp, how) {
+    match place(local, state, path, remote, &file, &tmp, how, gate) {
         Ok(st) => Ok(st.map(|st| (st, sha))),
         Err(e) => {
             let _ = state.remove(&tmp);
@@ -154,6 +168,7 @@ async fn write_verified(
 
 /// Gives the finished download its attributes and renames it into place. Returns the new
 /// file's stat, or `None` if a local file appeared meanwhile and `how` lets it win.
+#[allow(clippy::too_many_arguments)]
 fn place(
     local: &LocalDir,
     state: &StateDir,
@@ -162,6 +177,7 @@ fn place(
     file: &std::fs::File,
     tmp: &std::ffi::CString,
     how: Placement,
+    gate: Option<Gate<'_>>,
 ) -> Result<Option<Stat>, FetchError> {
     let local_err = |op: &'static str| {
         move |source| FetchError::Local {
@@ -201,6 +217,13 @@ fn place(
     } else {
         libc::RENAME_NOREPLACE
     };
+    let guard = gate
+        .as_ref()
+        .map(|g| g.lock.lock().unwrap_or_else(|e| e.into_inner()));
+    if gate.as_ref().is_some_and(|g| !(g.still_wanted)()) {
+        let _ = state.remove(tmp);
+        return Ok(None);
+    }
     match sys::renameat2(state.fd(), tmp, parent_fd.as_fd(), &name, flags) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !how.replace => {
@@ -209,6 +232,10 @@ fn place(
         }
         Err(e) => return Err(local_err("renaming the download into place")(e)),
     }
+    if let Some(g) = &gate {
+        (g.placed)();
+    }
+    drop(guard);
     // The rename is durable once the directory is synced.
     let dir = local.reopen(parent_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY);
     if let Ok(d) = dir {

@@ -10,7 +10,7 @@
 //!
 //! - **Readahead**: when an application opens a bucket-only file, the other bucket-only files
 //!   of its directory are queued behind it, newest first (Kubecost reads whole directories,
-//!   newest data first). Each directory once per mount.
+//!   newest data first): at most [`READAHEAD_MAX`], each directory once per mount.
 //! - **Prefetch** ([`Fetcher::prefetch`]): a new node (or a lost volume) copies every
 //!   bucket-only file in the background, directory by directory, newest first. Under
 //!   `--max-local-bytes` background downloads stop at the bound ([`LocalBudget`]): they never
@@ -34,12 +34,12 @@ pub mod queue;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use futures::{FutureExt, StreamExt};
 use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
 
 pub use download::{Placement, download_verified};
 pub use queue::{Depth, Flight, Outcome, Priority};
@@ -144,6 +144,10 @@ pub struct Progress {
     pub queue: Depth,
 }
 
+/// At most this many files of a directory are read ahead (its newest); the prefetch brings
+/// the rest. Keeps the queue small in a directory of very many files.
+pub const READAHEAD_MAX: usize = 1024;
+
 /// The span the download rate is measured over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -167,6 +171,9 @@ pub struct Fetcher {
     /// `(when, bytes fetched so far)` at each finished download of the last [`RATE_WINDOW`].
     rate: Mutex<VecDeque<(Instant, u64)>>,
     prefetch: AtomicU8,
+    /// Held while a download is renamed into place, and by the overlay while it removes or
+    /// renames bucket-only names (see [`Fetcher::placing`]).
+    placing: Mutex<()>,
     pub stats: FetchStats,
 }
 
@@ -206,12 +213,21 @@ impl Fetcher {
             last_activity_ms: AtomicU64::new(0),
             rate: Mutex::new(VecDeque::new()),
             prefetch: AtomicU8::new(0),
+            placing: Mutex::new(()),
             stats: FetchStats::default(),
         });
         for _ in 0..workers {
             rt.spawn(worker(Arc::downgrade(&fetcher), Arc::clone(&fetcher.queue)));
         }
         fetcher
+    }
+
+    /// Keeps downloads from being placed while held: the overlay holds it while it decides
+    /// that a name is bucket-only and removes or renames it in the index, so a download that
+    /// finishes meanwhile either lands first (and the name is local) or finds its file gone
+    /// and is dropped — it never brings back a name that was removed or renamed.
+    pub fn placing(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.placing.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Bounds background downloads (see [`LocalBudget`]); set once, before any runs.
@@ -246,7 +262,7 @@ impl Fetcher {
                 .insert(dir.to_path_buf());
             if first {
                 let mut queued = 0;
-                for (p, f) in self.files_in(dir) {
+                for (p, f) in self.files_in(dir).into_iter().take(READAHEAD_MAX) {
                     if p != path && self.admits(f.size) {
                         self.queue.enqueue(&p, Priority::Readahead);
                         queued += 1;
@@ -379,10 +395,12 @@ impl Fetcher {
 
     async fn download(&self, path: &Path) -> Result<Option<u64>, FetchError> {
         let Some(remote) = self.index.file(path) else {
-            // Made local (or removed) since it was queued: nothing to do.
+            // Made local, removed or renamed since it was queued: nothing to do (a waiting
+            // request looks again, under the file's new name if it has one).
             return if self.local.stat_beneath(path).is_ok() {
                 Ok(None)
             } else {
+                tracing::debug!(path = %esc(path), "queued download no longer in the index");
                 Err(FetchError::NotInBucket(path.to_owned()))
             };
         };
@@ -416,6 +434,11 @@ impl Fetcher {
     }
 
     async fn download_to_place(&self, path: &Path, remote: &RemoteFile) -> Result<u64, FetchError> {
+        let still_wanted = || {
+            self.index
+                .file(path)
+                .is_some_and(|f| f.source == remote.source && f.size == remote.size)
+        };
         let placed = download::download_verified_with(
             &self.bucket,
             &self.local,
@@ -424,9 +447,17 @@ impl Fetcher {
             remote,
             Placement::default(),
             &|_| self.activity(),
+            Some(download::Gate {
+                lock: &self.placing,
+                still_wanted: &still_wanted,
+                placed: &|| drop(self.index.remove(path)),
+            }),
         )
         .await?;
-        self.index.remove(path);
+        if placed.is_none() && self.local.stat_beneath(path).is_ok() {
+            // A local file won: it is the application's newest data.
+            self.index.remove(path);
+        }
         // The bucket holds exactly this version under this name (unless it was fetched from the
         // old key of a rename the mirror has not carried out yet): no need to upload it again.
         if let (Some((st, sha)), true) = (placed, remote.source == path) {
@@ -454,7 +485,11 @@ async fn worker(fetcher: Weak<Fetcher>, queue: Arc<Queue>) {
     loop {
         let (path, priority) = queue.next().await;
         let Some(f) = fetcher.upgrade() else {
-            queue.finish(&path, priority, Err(Arc::new(FetchError::Abandoned(path.clone()))));
+            queue.finish(
+                &path,
+                priority,
+                Err(Arc::new(FetchError::Abandoned(path.clone()))),
+            );
             return;
         };
         let res = f.download(&path).await;

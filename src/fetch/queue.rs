@@ -252,7 +252,9 @@ mod tests {
         assert_eq!((first.as_path(), prio), (Path::new("b"), Priority::Open));
         let f2 = q.request(&p("b"), Priority::Open);
         q.finish(&first, prio, Ok(()));
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert!(rt.block_on(f1).is_ok());
         assert!(rt.block_on(f2).is_ok());
         assert!(!q.contains(&p("b")));
@@ -296,7 +298,9 @@ mod tests {
         let q = Queue::new(1);
         let f = q.request(&p("x"), Priority::Open);
         drop(q);
-        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         assert!(matches!(
             rt.block_on(f).unwrap_err().as_ref(),
             FetchError::Abandoned(_)

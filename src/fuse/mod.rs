@@ -239,7 +239,13 @@ impl Core {
     }
 
     /// Replies to an open of `ino` with `flags` that ended in `res`.
-    fn reply_open(&self, ino: Ino, flags: i32, res: Result<Opened, OverlayError>, reply: ReplyOpen) {
+    fn reply_open(
+        &self,
+        ino: Ino,
+        flags: i32,
+        res: Result<Opened, OverlayError>,
+        reply: ReplyOpen,
+    ) {
         let opened = match res {
             Ok(o) => o,
             Err(e) => return fail!(reply, "open", e),
@@ -262,7 +268,9 @@ fn open_flags() -> FopenFlags {
 }
 
 /// An [`Core::attr_ttl`] result with the validity inside, for [`Core::serve`].
-fn with_ttl<T>((ttl, got): (Duration, Result<T, OverlayError>)) -> Result<(Duration, T), OverlayError> {
+fn with_ttl<T>(
+    (ttl, got): (Duration, Result<T, OverlayError>),
+) -> Result<(Duration, T), OverlayError> {
     got.map(|v| (ttl, v))
 }
 
@@ -538,10 +546,7 @@ impl Filesystem for EtlFs {
             false,
             reply,
             move |c| {
-                with_ttl(c.attr_ttl(
-                    || c.overlay.link(ino.0, newparent.0, &newname),
-                    |e| e.ino,
-                ))
+                with_ttl(c.attr_ttl(|| c.overlay.link(ino.0, newparent.0, &newname), |e| e.ino))
             },
             |_, res, reply| match res {
                 Ok((ttl, e)) => {

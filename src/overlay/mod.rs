@@ -878,6 +878,8 @@ impl Overlay {
     fn remove(&self, parent: Ino, name: &OsStr, dir: bool) -> Result<()> {
         self.writable()?;
         self.check_reserved(parent, name)?;
+        // No download lands while this decides whether the name is bucket-only.
+        let _placing = self.remote.as_ref().map(|r| r.fetcher.placing());
         let dir_fd = self.dir_fd(parent)?;
         let child = self.child_id(&dir_fd, name);
         let path = self.child_path(parent, name);
@@ -951,6 +953,8 @@ impl Overlay {
         self.writable()?;
         self.check_reserved(parent, name)?;
         self.check_reserved(new_parent, new_name)?;
+        // No download lands while this decides which names are bucket-only and moves them.
+        let _placing = self.remote.as_ref().map(|r| r.fetcher.placing());
         let old_dir = self.dir_fd(parent)?;
         let new_dir = self.dir_fd(new_parent)?;
         let (from_path, to_path) = (
