@@ -66,6 +66,11 @@ enum Command {
         /// Quiet time after the last close before a file is uploaded; new activity restarts it.
         #[arg(long, default_value = "1s", value_parser = humantime::parse_duration, value_name = "DURATION")]
         upload_delay: std::time::Duration,
+        /// A changed file is uploaded at least this often however often it changes (each
+        /// upload a closed or fsynced state), so a file rewritten without pause still reaches
+        /// the bucket.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+        upload_max_delay: std::time::Duration,
         /// Uploads in flight at once.
         #[arg(long, default_value_t = 8, value_name = "N")]
         upload_concurrency: usize,
@@ -331,6 +336,7 @@ fn main() -> ExitCode {
             config,
             prefix,
             upload_delay,
+            upload_max_delay,
             upload_concurrency,
             drain_timeout,
             no_prefetch,
@@ -357,6 +363,7 @@ fn main() -> ExitCode {
             config,
             prefix,
             upload_delay,
+            upload_max_delay,
             upload_concurrency,
             drain_timeout,
             prefetch: !no_prefetch,

@@ -55,6 +55,8 @@ pub struct MountArgs {
     /// Joined after the file's own top-level `prefix`.
     pub prefix: Option<String>,
     pub upload_delay: std::time::Duration,
+    /// A changed file is uploaded within this long however often it changes.
+    pub upload_max_delay: std::time::Duration,
     pub upload_concurrency: usize,
     pub drain_timeout: std::time::Duration,
     /// Download every bucket-only file in the background after mounting (when there are any).
@@ -445,6 +447,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         plan.hidden.clone(),
         MirrorOptions {
             upload_delay: args.upload_delay,
+            upload_max_delay: args.upload_max_delay,
             concurrency: args.upload_concurrency.max(1),
         },
         Some(Arc::clone(&index)),

@@ -43,11 +43,53 @@ fn version(name: &str, round: u32) -> Vec<u8> {
 crate::on_every_backend!(
     kubecost_cycles_land_with_final_bytes_only,
     rename_and_delete_follow,
-    preexisting_files_are_uploaded_at_first_mount
+    preexisting_files_are_uploaded_at_first_mount,
+    a_file_rewritten_without_pause_is_uploaded_within_the_max_delay
 );
 
 /// The Kubecost write cycle, rewritten many times while a reader polls the bucket: every body
 /// the bucket ever shows is one complete version, and the last one wins.
+/// A file rewritten more often than the upload delay is still uploaded while the writes go on,
+/// within `--upload-max-delay`, each time a complete version. (The upload delay here is an
+/// hour: without the deadline nothing could reach the bucket during the test.)
+fn a_file_rewritten_without_pause_is_uploaded_within_the_max_delay(kind: &str) {
+    let t = target(kind);
+    let store = t.store();
+    let (mut m, _cfg) = bucket::mount_on(
+        &t,
+        "1h",
+        Opts {
+            args: vec!["--upload-max-delay".into(), "2s".into()],
+            ..Opts::default()
+        },
+    );
+    let name = "hot";
+    let rt = rt();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut round = 0;
+    // Rewrite until two versions have reached the bucket (the first may be any round).
+    while seen.len() < 2 && Instant::now() < deadline {
+        round += 1;
+        kubecost_write(&m.path(name), &version(name, round)).unwrap();
+        if let Some(body) = snapshot(&rt, store.as_ref(), None).remove(name) {
+            let r = (1..=round)
+                .find(|r| body == version(name, *r))
+                .unwrap_or_else(|| panic!("a torn or unknown body of {} bytes", body.len()));
+            if seen.last() != Some(&r) {
+                seen.push(r);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        seen.len() >= 2,
+        "versions uploaded during {round} rewrites: {seen:?}\n{}",
+        m.log()
+    );
+    assert!(m.stop().success(), "{}", m.log());
+}
+
 fn kubecost_cycles_land_with_final_bytes_only(kind: &str) {
     let t = target(kind);
     let store = t.store();

@@ -819,6 +819,7 @@ impl Run {
         ));
         let opts = MirrorOptions {
             upload_delay: Duration::from_millis(case.delay_ms),
+            upload_max_delay: Duration::from_secs(30),
             concurrency: 4,
         };
         let env = Env::start(&root, &store, &plan, opts)?;

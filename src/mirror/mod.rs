@@ -143,6 +143,9 @@ impl ChangeSink for NullSink {
 pub struct MirrorOptions {
     /// Quiet time after the last change before a path is uploaded.
     pub upload_delay: Duration,
+    /// Longest a change waits for its upload however often the file changes: a file rewritten
+    /// more often than `upload_delay` would otherwise never be uploaded.
+    pub upload_max_delay: Duration,
     /// Uploads in flight at once.
     pub concurrency: usize,
 }

@@ -44,6 +44,7 @@ impl Env {
         let bucket = Bucket::new(store.clone(), "etl", true, vec![]);
         let opts = MirrorOptions {
             upload_delay: Duration::from_millis(delay_ms),
+            upload_max_delay: Duration::from_secs(30),
             concurrency: 4,
         };
         let mirror = Mirror::start(

@@ -324,7 +324,16 @@ impl Worker {
                 } else {
                     self.shared.opts.upload_delay
                 };
-                let at = Instant::now() + delay;
+                let now = Instant::now();
+                let at = now + delay;
+                // However often it changes, no later than `upload_max_delay` after its first
+                // change the bucket lacks.
+                let latest = self.pending_meta.get(&path).map_or(at, |(_, since_ms)| {
+                    let waited = crate::counters::now_ms().saturating_sub(*since_ms);
+                    let max = u64::try_from(self.shared.opts.upload_max_delay.as_millis())
+                        .unwrap_or(u64::MAX);
+                    now + Duration::from_millis(max.saturating_sub(waited))
+                });
                 let entry = self.due.entry(path.clone()).or_insert(Due {
                     at,
                     urgent,
@@ -335,7 +344,7 @@ impl Worker {
                 entry.at = if urgent.is_some() {
                     at.min(entry.at)
                 } else {
-                    at.max(entry.at)
+                    at.max(entry.at).min(latest)
                 };
                 if entry.backoff {
                     entry.at = at;
