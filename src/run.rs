@@ -545,26 +545,54 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         })
         .context("starting the FUSE session")?;
 
-    let ended = match rx.recv() {
+    let stopping = match rx.recv() {
         Ok(Event::Signal(sig)) => {
-            info!(signal = sig, "shutting down: unmounting");
-            status.set_draining();
-            unmount(&plan.mountpoint);
-            // The session ends once the kernel lets go of the mount.
-            wait_session(&rx)
+            info!(
+                signal = sig,
+                "shutting down: unmounting and uploading what is pending"
+            );
+            Stop::Signal
         }
         Ok(Event::SessionEnded(res)) => {
             info!("unmounted from outside");
-            res
+            Stop::Ended(res)
         }
-        Err(_) => Ok(()),
+        Err(_) => Stop::Ended(Ok(())),
     };
     status.set_draining();
-    handle.close();
-    let _ = session_thread.join();
-    // The session is over, so every file is closed; handles the kernel never released (the
-    // RELEASE of a close during a lazy detach can be dropped with the connection) are released
-    // now, so that the drain uploads what was written through them.
+    // Nothing can be uploaded once the lease is lost (another node writes the prefix); a
+    // point in time uploads nothing at all.
+    let may_upload = args.as_of.is_none() && !lease.as_ref().is_some_and(|(l, _)| l.lost());
+    let deadline = std::time::Instant::now() + args.drain_timeout;
+    let ended = match stopping {
+        Stop::Ended(res) => Some(res),
+        Stop::Signal => {
+            // The drain starts now, while the kernel lets go of the mount: a session that
+            // outlives the unmount (files still open, copies of the mount in other mount
+            // namespaces) must not eat the drain's time.
+            let mountpoint = plan.mountpoint.clone();
+            let _ = thread::Builder::new()
+                .name("unmount".into())
+                .spawn(move || unmount(&mountpoint));
+            let early = may_upload.then(|| {
+                let mirror = Arc::clone(&mirror);
+                let timeout = args.drain_timeout;
+                rt.spawn(async move { mirror.drain(timeout).await })
+            });
+            let ended = wait_session(&rx, &overlay, deadline + SESSION_GRACE);
+            if let Some(early) = early {
+                let _ = rt.block_on(early);
+            }
+            ended
+        }
+    };
+    if ended.is_some() {
+        let _ = session_thread.join();
+    }
+    // The session is over (or abandoned: no file is open through it), so every file is
+    // closed; handles the kernel never released (the RELEASE of a close during a lazy detach
+    // can be dropped with the connection) are released now, so that the drain uploads what
+    // was written through them.
     let orphaned = overlay.release_all();
     if orphaned > 0 {
         info!(
@@ -572,21 +600,23 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             "released the handles the kernel closed without telling us"
         );
     }
-    // Nothing can change any more: upload what is pending, within the deadline. What is left
+    handle.close();
+    // Upload what is still pending within what is left of the deadline. What is left after it
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::mirror::Stats::get(&mirror.stats().pending);
     if args.as_of.is_some() {
         // The files fetched from a point in time look new to the mirror; none may be uploaded.
         info!("a point-in-time mount uploads nothing");
-    } else if lease.as_ref().is_some_and(|(l, _)| l.lost()) {
+    } else if !may_upload || lease.as_ref().is_some_and(|(l, _)| l.lost()) {
         // Another node writes the prefix now; ours stay in the journal and the upload records.
         warn!(
             pending,
             "the lease was lost: nothing is uploaded; the changes stay on the local disk"
         );
     } else {
-        info!(pending, timeout = ?args.drain_timeout, "draining pending uploads");
-        if rt.block_on(mirror.drain(args.drain_timeout)) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        info!(pending, left = ?left, "draining pending uploads");
+        if rt.block_on(mirror.drain(left)) {
             info!("all changes are in the bucket");
         } else {
             warn!(
@@ -604,12 +634,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     match ended {
         // After an unmount (above all a lazy one), the kernel may end the connection by
         // aborting it rather than closing it; the session is over either way.
-        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+        Some(Err(e)) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
             info!("the kernel closed the FUSE connection")
         }
-        other => other.context("FUSE session failed")?,
+        Some(other) => other.context("FUSE session failed")?,
+        // Exiting closes our end of the connection: the kernel aborts it, and a copy of the
+        // mount elsewhere answers ENOTCONN from then on.
+        None => info!("leaving the FUSE session that outlived the unmount; exiting ends it"),
     }
     info!(open_handles = overlay.open_handles(), "stopped cleanly");
+    // A download stalled in a blocking read (a FILESYSTEM bucket on a hung disk) must not keep
+    // the process from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
 
@@ -704,19 +740,52 @@ pub fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
     Ok(parent.join(dir_name))
 }
 
-fn wait_session(rx: &mpsc::Receiver<Event>) -> std::io::Result<()> {
+/// Waits for the FUSE session to end after the unmount. It may not: files still open through
+/// the mount keep it, and so do copies of the mount in other mount namespaces (a container,
+/// `unshare -m`, a service with a private /tmp), which no unmount here can reach. So this says
+/// what keeps it every few seconds, and gives up at `give_up` once no file is open through it
+/// (`None`: the session was abandoned; exiting ends it). An application with a file still open
+/// is not cut off: it may still be writing, and the wait goes on until it closes.
+fn wait_session(
+    rx: &mpsc::Receiver<Event>,
+    overlay: &Overlay,
+    give_up: std::time::Instant,
+) -> Option<std::io::Result<()>> {
+    let mut next_note = std::time::Instant::now() + SESSION_NOTE_EVERY;
     loop {
-        match rx.recv() {
-            Ok(Event::SessionEnded(res)) => return res,
-            Ok(Event::Signal(sig)) => {
-                info!(
-                    signal = sig,
-                    "still waiting for open files on the detached mount to close"
-                )
-            }
-            Err(_) => return Ok(()),
+        match rx.recv_timeout(std::time::Duration::from_millis(200)) {
+            Ok(Event::SessionEnded(res)) => return Some(res),
+            Ok(Event::Signal(sig)) => info!(signal = sig, "already stopping"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Some(Ok(())),
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let now = std::time::Instant::now();
+        let open = overlay.open_handles();
+        if now >= give_up && open == 0 {
+            return None;
+        }
+        if now >= next_note {
+            next_note = now + SESSION_NOTE_EVERY;
+            warn!(
+                open_files = open,
+                "the FUSE session outlives the unmount: files are still open through it, or \
+                 copies of the mount exist in other mount namespaces (containers, unshare); \
+                 etlfs exits once the drain is over and no file is open"
+            );
         }
     }
+}
+
+/// How often [`wait_session`] says what keeps the session.
+const SESSION_NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long after the drain deadline a session that outlives the unmount is still waited for.
+const SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What ended the serving.
+enum Stop {
+    Signal,
+    Ended(std::io::Result<()>),
 }
 
 /// Unmounts; a busy mount is detached lazily instead of failing.

@@ -409,6 +409,72 @@ fn sigkill_mid_write_storm_loses_nothing_closed() {
     assert!(m.stop().success());
 }
 
+/// A SIGTERM drains at once, and the drain deadline holds even when a copy of the mount in
+/// another mount namespace (here `unshare -m`) keeps the FUSE session alive after the unmount:
+/// etlfs says so, exits after the deadline and a short grace, and every closed file is in the
+/// bucket.
+#[test]
+fn sigterm_drains_at_once_while_a_copy_of_the_mount_lives_elsewhere() {
+    let t = target("s3");
+    let (mut m, _cfg) = bucket::mount_on(
+        &t,
+        // Nothing is uploaded before the SIGTERM: the drain has all of it to do.
+        "1h",
+        Opts {
+            args: vec!["--drain-timeout".into(), "3s".into()],
+            ..Opts::default()
+        },
+    );
+    let files: Vec<(String, Vec<u8>)> = (0..10)
+        .map(|i| (format!("d/f{i}"), vec![b'a' + i as u8; 5000]))
+        .collect();
+    fs::create_dir_all(m.path("d")).unwrap();
+    for (name, data) in &files {
+        kubecost_write(&m.path(name), data).unwrap();
+    }
+    // A copy of the mount in a new mount namespace, held by a sleeping process.
+    let mut holder = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sleep", "120"])
+        .spawn()
+        .unwrap();
+    let ns_of = |pid: u32| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+    let ours = ns_of(std::process::id());
+    let copied = poll(20, || {
+        ns_of(holder.id()).is_some_and(|ns| Some(ns) != ours)
+            && fs::read_to_string(format!("/proc/{}/comm", holder.id()))
+                .is_ok_and(|c| c.trim() == "sleep")
+    });
+    let started = Instant::now();
+    m.signal(rustix::process::Signal::TERM);
+    let st = m.wait_exit(Duration::from_secs(20));
+    let took = started.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    assert!(copied, "unshare did not start");
+    let st = st.unwrap_or_else(|| panic!("etlfs still running 20 s after SIGTERM\n{}", m.log()));
+    assert!(st.success(), "{st}\n{}", m.log());
+    assert!(
+        took <= Duration::from_secs(3 + 5),
+        "exit took {took:?} with a 3 s drain timeout\n{}",
+        m.log()
+    );
+    assert!(
+        m.log().contains("outlives the unmount") || m.log().contains("leaving the FUSE session"),
+        "{}",
+        m.log()
+    );
+    let rt = rt();
+    let snap = snapshot(&rt, t.store().as_ref(), None);
+    for (name, data) in &files {
+        assert_eq!(
+            snap.get(name),
+            Some(data),
+            "{name} not uploaded\n{}",
+            m.log()
+        );
+    }
+}
+
 /// The upload records survive a clean stop (the state directory is inside the mounted one, so
 /// they are written through a descriptor opened before the mount): a restart uploads nothing
 /// that is already in the bucket.
