@@ -743,6 +743,34 @@ impl Index {
         self.read().files.len()
     }
 
+    /// Adds the files of `other` (a listing loaded after the mount came up) that are not
+    /// known here and not `local`; returns how many.
+    pub fn absorb(&self, other: Index, local: impl Fn(&Path) -> bool) -> usize {
+        let theirs = other.inner.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.write();
+        let mut added = 0;
+        for (path, stored) in theirs.files {
+            if inner.files.contains_key(&path) || local(&path) {
+                continue;
+            }
+            inner.link(&path, false);
+            inner.files.insert(path, stored);
+            added += 1;
+        }
+        for (dir, children) in theirs.children {
+            for (name, is_dir) in children {
+                if is_dir {
+                    inner.link(&dir.join(name), true);
+                }
+            }
+        }
+        drop(inner);
+        self.refused
+            .fetch_add(other.refused.into_inner(), Ordering::Relaxed);
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        added
+    }
+
     /// The bytes of every file of the index (what a restore has left to download).
     pub fn bytes(&self) -> u64 {
         self.read().files.values().map(|s| s.size).sum()

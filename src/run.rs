@@ -307,6 +307,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
         .with_history(args.history);
     let requests = Arc::clone(bucket.requests());
+    let bucket_fence = Arc::clone(bucket.fence());
     if args.as_of.is_some() {
         as_of_checks(&plan.local, &bucket)?;
     }
@@ -340,6 +341,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // All opened before the mount covers the directory.
     let (local, mirror_local, fetch_local) = (open_local()?, open_local()?, open_local()?);
     let walk_local = open_local()?;
+    let late_local = open_local()?;
+    let late_local_stop = open_local()?;
     let state =
         Arc::new(
             StateDir::open(&plan.state_dir).map_err(|source| UsageError::Inaccessible {
@@ -371,6 +374,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
     crate::status::serve(listener, Arc::clone(&status), rt.handle()).map_err(UsageError::from)?;
 
+    // A node stopped cleanly with every file of the bucket local needs nothing from the
+    // bucket to serve: it mounts at once, and lists the bucket (and takes the lease) in the
+    // background. See `local_is_complete`.
+    let offline = args.as_of.is_none()
+        && args.max_local_bytes.is_none()
+        && local_is_complete(&state, &local, plan.hidden.as_deref());
+    // Whatever happens now, the next start decides afresh: only a clean stop says it again.
+    state.clear_complete();
+    // The lease the mount holds, once it has it (an offline start takes it later).
+    let lease_slot: LeaseSlot = Arc::new(std::sync::Mutex::new(None));
+    let mut late_lease = None;
+
     // One writer per prefix: the lease first, so that a second mount is refused before it
     // shows anything or writes anything.
     let lease = match &args.lease {
@@ -392,14 +407,53 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 serving: plan.mountpoint.display().to_string(),
                 period: l.period,
             };
-            let Some(lease) = take_lease(&rt, &bucket, holder, l.takeover, &rx)? else {
-                return Ok(());
+            // Offline: one quick try (a live holder is refused as usual), else later.
+            let quick = if offline {
+                let mut acquire = crate::lease::Acquire::new(holder.clone(), l.takeover);
+                let probe =
+                    async { tokio::time::timeout(OFFLINE_PROBE, acquire.attempt(&bucket)).await };
+                match rt.block_on(probe) {
+                    Ok(Ok(Some(lease))) => Some(Some(lease)),
+                    Ok(Err(e)) if e.is_usage() => {
+                        return Err(UsageError::Lease(Box::new(e)).into());
+                    }
+                    // Held: watched until it is renewed or expires, as at any start.
+                    Ok(Ok(None)) => None,
+                    Ok(Err(_)) | Err(_) => Some(None),
+                }
+            } else {
+                None
             };
-            let lease = Arc::new(lease);
-            let keeper = rt.spawn(Arc::clone(&lease).keep());
-            Some((lease, keeper))
+            match quick {
+                Some(Some(lease)) => Some(lease),
+                Some(None) => {
+                    bucket.fence().raise(
+                        "started offline: uploads wait until the bucket answers and the lease \
+                         is taken"
+                            .into(),
+                    );
+                    late_lease = Some(rt.spawn(take_lease_later(
+                        bucket.clone(),
+                        holder,
+                        l.takeover,
+                        Arc::clone(&lease_slot),
+                    )));
+                    None
+                }
+                None => {
+                    let Some(lease) = take_lease(&rt, &bucket, holder, l.takeover, &rx)? else {
+                        return Ok(());
+                    };
+                    Some(lease)
+                }
+            }
         }
     };
+    if let Some(lease) = lease {
+        let lease = Arc::new(lease);
+        let keeper = rt.spawn(Arc::clone(&lease).keep());
+        *lease_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, keeper));
+    }
     // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
     if args.as_of.is_none() {
         rt.spawn(crate::bucket::history::gc_loop(bucket.clone()));
@@ -414,6 +468,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             rt.block_on(crate::history::index_at(&bucket, t))
                 .context("reading the point in time")?,
         ),
+        None if offline => {
+            info!(
+                "the local directory was complete at the last clean stop: mounting at once; \
+                 the bucket listing loads in the background"
+            );
+            status.set_listing(crate::status::LISTING_BACKGROUND);
+            Some(Index::default())
+        }
         None => load_index(&rt, &bucket, &rx)?,
     };
     let Some(index) = loaded else {
@@ -434,11 +496,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             Arc::clone(&walked_local_bytes),
         ));
     }
-    info!(
-        bucket_only_files = index.len(),
-        refused_keys = index.refused(),
-        "bucket listing loaded"
-    );
+    if !offline {
+        info!(
+            bucket_only_files = index.len(),
+            refused_keys = index.refused(),
+            "bucket listing loaded"
+        );
+    }
 
     let mirror = Mirror::start(
         bucket.clone(),
@@ -458,7 +522,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let fetcher = Fetcher::new(
         bucket,
         fetch_local,
-        state,
+        Arc::clone(&state),
         Arc::clone(&index),
         Arc::clone(&sink),
         args.fetch_concurrency,
@@ -489,6 +553,19 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // in time, which is for looking at, not for running on.
     if args.prefetch && args.as_of.is_none() && !index.is_empty() {
         rt.spawn(Arc::clone(&fetcher).prefetch());
+    }
+    if offline {
+        mirror.record_done_intents();
+        rt.spawn(load_index_later(LateListing {
+            index: Arc::clone(&index),
+            mirror: Arc::clone(&mirror),
+            fetcher: Arc::clone(&fetcher),
+            state: Arc::clone(&state),
+            local: late_local,
+            hidden: plan.hidden.clone(),
+            status: Arc::clone(&status),
+            prefetch: args.prefetch,
+        }));
     }
     let fs = EtlFs::new(
         Arc::clone(&overlay),
@@ -560,9 +637,17 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         Err(_) => Stop::Ended(Ok(())),
     };
     status.set_draining();
-    // Nothing can be uploaded once the lease is lost (another node writes the prefix); a
-    // point in time uploads nothing at all.
-    let may_upload = args.as_of.is_none() && !lease.as_ref().is_some_and(|(l, _)| l.lost());
+    // An offline start that has not got the lease by now will not get it.
+    if let Some(late) = late_lease.take() {
+        late.abort();
+    }
+    let lease = lease_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    // Nothing can be uploaded once the lease is lost (another node writes the prefix), or
+    // while writes are fenced for another reason (an offline start that never got the lease);
+    // a point in time uploads nothing at all.
+    let may_upload = args.as_of.is_none()
+        && !lease.as_ref().is_some_and(|(l, _)| l.lost())
+        && bucket_fence.reason().is_none();
     let deadline = std::time::Instant::now() + args.drain_timeout;
     let ended = match stopping {
         Stop::Ended(res) => Some(res),
@@ -608,10 +693,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         // The files fetched from a point in time look new to the mirror; none may be uploaded.
         info!("a point-in-time mount uploads nothing");
     } else if !may_upload || lease.as_ref().is_some_and(|(l, _)| l.lost()) {
-        // Another node writes the prefix now; ours stay in the journal and the upload records.
+        // Another node writes the prefix now (or we never got the lease); ours stay in the
+        // journal and the upload records.
         warn!(
             pending,
-            "the lease was lost: nothing is uploaded; the changes stay on the local disk"
+            reason = bucket_fence.reason().unwrap_or_default(),
+            "writes to the bucket are stopped: nothing is uploaded; the changes stay on the local disk"
         );
     } else {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -624,6 +711,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 "drain timed out; the rest is uploaded at the next start"
             );
         }
+    }
+    // The next start may mount at once if every file of the bucket is local now.
+    // (Never for a point in time, whose directory must not be mounted normally, nor with
+    // --max-local-bytes, which makes files bucket-only by design.)
+    if args.as_of.is_none() && args.max_local_bytes.is_none() {
+        record_completeness(
+            &state,
+            &late_local_stop,
+            plan.hidden.as_deref(),
+            &index,
+            &status,
+        );
     }
     if let Some((lease, keeper)) = lease {
         // No renewal may run while the lease is let go.
@@ -858,6 +957,163 @@ fn take_lease(
     }
 }
 
+/// How long an offline start tries the bucket (for the lease) before it mounts without it.
+const OFFLINE_PROBE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The lease of a mount once taken, and its renewal task.
+type LeaseSlot =
+    Arc<std::sync::Mutex<Option<(Arc<crate::lease::Lease>, tokio::task::JoinHandle<()>)>>>;
+
+/// Whether the local directory needs nothing from the bucket to be served whole: the last stop
+/// was clean and found every file of the bucket local (nothing bucket-only), and at least as
+/// many regular files are here now as it counted. Anything else — a new node, an empty or
+/// partly lost directory, a lost state directory, a crash since, bucket-only files known —
+/// may be missing files, and an application that found an incomplete directory might rebuild
+/// its data over good backups: that start waits for the listing.
+fn local_is_complete(state: &StateDir, local: &LocalDir, hidden: Option<&Path>) -> bool {
+    let Some(counted) = state.complete_files() else {
+        return false;
+    };
+    let here = match local.walk(hidden) {
+        Ok(entries) => entries.iter().filter(|(_, st)| st.is_file()).count() as u64,
+        Err(_) => return false,
+    };
+    if here < counted {
+        info!(
+            counted,
+            here, "fewer files than at the last clean stop: waiting for the bucket listing"
+        );
+    }
+    here >= counted
+}
+
+/// At a clean stop: records that the local directory is complete (see [`local_is_complete`])
+/// when the listing loaded and nothing is bucket-only — or when it never loaded after an
+/// offline start, which changes nothing about what the bucket holds.
+fn record_completeness(
+    state: &StateDir,
+    local: &LocalDir,
+    hidden: Option<&Path>,
+    index: &Index,
+    status: &crate::status::Status,
+) {
+    let listed = status.listing() == crate::status::LISTING_LOADED;
+    let offline_unlisted = status.listing() == crate::status::LISTING_BACKGROUND;
+    if !(offline_unlisted || (listed && index.is_empty())) {
+        return;
+    }
+    match local.walk(hidden) {
+        Ok(entries) => {
+            let files = entries.iter().filter(|(_, st)| st.is_file()).count() as u64;
+            if let Err(e) = state.set_complete(files) {
+                warn!(error = %e, "could not record that the local directory is complete");
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot scan the local directory"),
+    }
+}
+
+/// Takes the lease of an offline start once the bucket answers, then lifts the fence that
+/// held its writes. A live holder keeps it fenced (said on `/status`).
+async fn take_lease_later(
+    bucket: Bucket,
+    holder: crate::lease::Holder,
+    takeover: bool,
+    slot: LeaseSlot,
+) {
+    let mut acquire = crate::lease::Acquire::new(holder, takeover);
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        let next = match acquire.attempt(&bucket).await {
+            Ok(Some(lease)) => {
+                let lease = Arc::new(lease);
+                let keeper = tokio::spawn(Arc::clone(&lease).keep());
+                *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, keeper));
+                bucket.fence().lift();
+                info!("the bucket answers: took the lease; uploads start");
+                return;
+            }
+            Ok(None) => acquire.watch_interval(),
+            Err(e) if e.is_usage() => {
+                tracing::error!(error = %e, "another writer holds the lease: this node serves its local files and writes nothing to the bucket");
+                bucket.fence().raise(format!(
+                    "another writer holds the lease ({e}); restart with --takeover to take it"
+                ));
+                return;
+            }
+            Err(e) => {
+                if e.is_outage() {
+                    bucket.health().failure();
+                }
+                tracing::debug!(error = %e, retry_in = ?wait, "cannot take the lease yet");
+                let w = wait;
+                wait = (wait * 2).min(std::time::Duration::from_secs(30));
+                w
+            }
+        };
+        tokio::time::sleep(next).await;
+    }
+}
+
+/// What an offline start's background listing needs.
+struct LateListing {
+    index: Arc<Index>,
+    mirror: Arc<Mirror>,
+    fetcher: Arc<Fetcher>,
+    state: Arc<StateDir>,
+    local: LocalDir,
+    hidden: Option<PathBuf>,
+    status: Arc<crate::status::Status>,
+    prefetch: bool,
+}
+
+/// Loads the listing of an offline start, retrying while the bucket is unreachable, and adds
+/// what is only in the bucket to the index the mount serves. What happened since the start is
+/// applied first — removals and renames the mirror has carried out already (the listing may
+/// have been taken before) and those still pending — and a file made local meanwhile wins.
+async fn load_index_later(l: LateListing) {
+    let bucket = l.fetcher.bucket().clone();
+    let mut wait = std::time::Duration::from_millis(500);
+    let loaded = loop {
+        match Index::load(&bucket).await {
+            Ok(index) => {
+                bucket.health().success();
+                break index;
+            }
+            Err(e) => {
+                if e.is_outage() {
+                    bucket.health().failure();
+                }
+                tracing::debug!(error = %e, retry_in = ?wait, "cannot list the bucket yet (started offline)");
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    };
+    let merged = tokio::task::spawn_blocking(move || {
+        apply_intents(&loaded, &l.mirror.take_done_intents(), &l.local);
+        apply_pending_intents(&loaded, &l.state, &l.local);
+        prepare_local_tree(&l.local, &loaded, l.hidden.as_deref());
+        // No download lands and no bucket-only name is removed or renamed meanwhile.
+        let added = {
+            let _placing = l.fetcher.placing();
+            l.index.absorb(loaded, |p| l.local.stat_beneath(p).is_ok())
+        };
+        l.status.set_listing(crate::status::LISTING_LOADED);
+        info!(
+            bucket_only_files = added,
+            "bucket listing loaded (started offline)"
+        );
+        (added, l.fetcher, l.prefetch)
+    })
+    .await;
+    if let Ok((added, fetcher, true)) = merged {
+        if added > 0 {
+            fetcher.prefetch().await;
+        }
+    }
+}
+
 /// Loads the bucket index, retrying with backoff while the bucket is unreachable. `None` if a
 /// signal asked us to stop first.
 fn load_index(
@@ -909,19 +1165,21 @@ fn load_index(
 /// since (Kubecost re-creates its directories). A source that is there stays where it is
 /// (applying a rename that never ran would show a directory twice); what is not moves.
 fn apply_pending_intents(index: &Index, state: &StateDir, local: &LocalDir) {
-    let intents = match crate::journal::pending_in(state) {
-        Ok(intents) => intents,
-        Err(e) => {
-            warn!(error = %e, "cannot read the journal before the mount");
-            return;
-        }
-    };
+    match crate::journal::pending_in(state) {
+        Ok(intents) => apply_intents(index, &intents, local),
+        Err(e) => warn!(error = %e, "cannot read the journal before the mount"),
+    }
+}
+
+/// Applies `intents` (removals and renames made through the mount) to `index`, a listing that
+/// may predate them: see [`apply_pending_intents`].
+fn apply_intents(index: &Index, intents: &[Intent], local: &LocalDir) {
     let gone = |p: &Path| {
         matches!(local.stat_beneath(p), Err(e)
             if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
     };
     let below = |p: &Path, dir: &Path| p != dir && p.starts_with(dir);
-    for intent in &intents {
+    for intent in intents {
         match intent {
             Intent::Remove { path, dir: false } => {
                 index.remove(path);

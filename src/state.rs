@@ -1,4 +1,6 @@
-//! The state directory (journal, upload records, download temporaries), reached by descriptor.
+//! The state directory (journal, upload records, download temporaries, this node's writer id,
+//! and the record of a complete local directory that lets a start skip the bucket), reached by
+//! descriptor.
 //!
 //! By default the state directory lives inside the served directory, which etlfs then mounts
 //! over: after the mount its path leads into etlfs itself, where it is hidden. So it is opened
@@ -12,6 +14,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::sys;
+
+/// The record of a complete local directory ([`StateDir::complete_files`]).
+const COMPLETE: &str = "complete";
 
 /// The state directory.
 #[derive(Debug)]
@@ -112,6 +117,24 @@ impl StateDir {
                 Ok(id)
             }
         }
+    }
+
+    /// The local regular files a clean stop counted when nothing was bucket-only (every file
+    /// the bucket held was local): see [`crate::run`]'s offline start. `None` if the last stop
+    /// could not say so (or the record is unreadable).
+    pub fn complete_files(&self) -> Option<u64> {
+        let b = self.read(COMPLETE).ok()?;
+        std::str::from_utf8(&b).ok()?.trim().parse().ok()
+    }
+
+    /// Records that the local directory is complete with `files` regular files.
+    pub fn set_complete(&self, files: u64) -> io::Result<()> {
+        self.write_atomic(COMPLETE, files.to_string().as_bytes())
+    }
+
+    /// Forgets that the local directory was complete (files may be bucket-only from now on).
+    pub fn clear_complete(&self) {
+        let _ = sys::unlinkat(self.fd(), &name(COMPLETE), 0);
     }
 
     /// Creates a new, uniquely named temporary file for a download. Returns it and its name.

@@ -107,6 +107,12 @@ impl std::fmt::Display for State {
     }
 }
 
+/// `/status` `index.listing`: the bucket listing is loaded.
+pub const LISTING_LOADED: &str = "loaded";
+/// `/status` `index.listing`: an offline start (the local directory was complete) serves while
+/// the listing loads in the background, retrying while the bucket is unreachable.
+pub const LISTING_BACKGROUND: &str = "loading in the background (started offline)";
+
 const PHASE_STARTING: u8 = 0;
 const PHASE_READY: u8 = 1;
 const PHASE_DRAINING: u8 = 2;
@@ -142,6 +148,8 @@ pub struct Status {
     history: OnceLock<Arc<crate::bucket::history::Stats>>,
     mountpoint: String,
     started: SystemTime,
+    /// [`LISTING_LOADED`] or [`LISTING_BACKGROUND`].
+    listing: std::sync::Mutex<&'static str>,
 }
 
 /// Every figure, read once, for `/status` and `/metrics` alike (so both always agree).
@@ -209,6 +217,7 @@ impl Status {
             history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
+            listing: std::sync::Mutex::new(LISTING_LOADED),
         })
     }
 
@@ -234,6 +243,15 @@ impl Status {
     }
 
     /// A signal asked us to stop: unmounting and uploading what is pending.
+    /// Says how far the bucket listing is.
+    pub fn set_listing(&self, listing: &'static str) {
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner()) = listing;
+    }
+
+    pub fn listing(&self) -> &'static str {
+        *self.listing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     pub fn set_draining(&self) {
         self.phase.store(PHASE_DRAINING, Ordering::Relaxed);
     }
@@ -381,6 +399,7 @@ impl Status {
             index: IndexReport {
                 files_from_manifest: f.index_from_manifest,
                 heads: f.index_heads,
+                listing: self.listing().to_owned(),
             },
             history: HistoryReport {
                 versions_kept: f.history_versions_kept,
@@ -514,6 +533,9 @@ pub struct HistoryReport {
 pub struct IndexReport {
     pub files_from_manifest: u64,
     pub heads: u64,
+    /// `loaded`, or `loading in the background (started offline)`.
+    #[serde(default)]
+    pub listing: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

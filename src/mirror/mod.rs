@@ -216,6 +216,9 @@ pub(crate) struct Shared {
     pub index: Option<Arc<crate::index::Index>>,
     /// Names of files with several hard links.
     pub links: links::Links,
+    /// Intents carried out since start, kept while [`Mirror::record_done_intents`] asks for
+    /// them (an offline start, until the listing it loads late is reconciled with them).
+    pub done_intents: Mutex<Option<Vec<crate::journal::Intent>>>,
 }
 
 impl Shared {
@@ -285,6 +288,7 @@ impl Mirror {
             opts,
             index,
             links: links::Links::default(),
+            done_intents: Mutex::new(None),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
@@ -300,6 +304,27 @@ impl Mirror {
 
     pub fn stats(&self) -> &Stats {
         &self.shared.stats
+    }
+
+    /// From now on, keeps the intents carried out in the bucket, until
+    /// [`Mirror::take_done_intents`]: a listing taken before one of them ran still shows its
+    /// old names.
+    pub fn record_done_intents(&self) {
+        *self
+            .shared
+            .done_intents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
+    }
+
+    /// The intents carried out since [`Mirror::record_done_intents`]; stops keeping them.
+    pub fn take_done_intents(&self) -> Vec<crate::journal::Intent> {
+        self.shared
+            .done_intents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_default()
     }
 
     /// Removals and renames journaled but not yet carried out in the bucket.

@@ -520,6 +520,16 @@ impl Worker {
                             warn!(error = %e, "could not mark a journal intent done");
                         }
                         debug!(?intent, "intent carried out");
+                        if let (Some(i), Some(done)) = (
+                            &intent,
+                            self.shared
+                                .done_intents
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .as_mut(),
+                        ) {
+                            done.push(i.clone());
+                        }
                         if let Outcome::Touch(paths) = out {
                             self.make_due_now(paths);
                         }

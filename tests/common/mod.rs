@@ -118,6 +118,11 @@ impl Mounted {
         (st, log)
     }
 
+    /// Starts etlfs without waiting for the mount (see [`Mounted::wait_mounted_for`]).
+    pub fn start_unmounted(opts: Opts) -> Mounted {
+        Mounted::start(opts)
+    }
+
     /// Spawns the daemon without waiting for the mount.
     fn start(opts: Opts) -> Mounted {
         let tmp = tempfile::Builder::new()
@@ -206,7 +211,12 @@ impl Mounted {
     }
 
     fn wait_mounted(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
+        self.wait_mounted_for(Duration::from_secs(20));
+    }
+
+    /// Waits up to `timeout` for the mount to be up and answering; panics if it is not.
+    pub fn wait_mounted_for(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
         // Mounted and answering: a dead mount from a killed daemon is in mountinfo too, but
         // every access to it fails with ENOTCONN.
         // (A listing, not a stat: the kernel can answer a stat of a dead mount's root from its
