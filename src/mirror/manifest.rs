@@ -47,6 +47,38 @@ fn ns(t: std::time::SystemTime) -> i128 {
     }
 }
 
+/// Records a local file that no upload of ours wrote (`etlfs backup`, `etlfs restore`) as
+/// uploaded, with the object version the index knew, if its identity `id` and its bytes'
+/// checksum `sha256` are the object's (size, mtime, mode and checksum). Returns whether it did.
+pub(crate) fn adopt_unrecorded(
+    records: &Records,
+    path: &Path,
+    id: &crate::mirror::records::Identity,
+    sha256: &str,
+    departed: &Departed,
+) -> bool {
+    let f = &departed.file;
+    if f.sha256.as_deref() != Some(sha256)
+        || f.size != id.size
+        || ns(f.mtime) != id.mtime_ns
+        || f.mode != id.mode
+    {
+        return false;
+    }
+    let rec = crate::mirror::records::Record {
+        id: id.clone(),
+        sha256: sha256.to_owned(),
+        dir: false,
+    };
+    let object = ObjectVersion {
+        e_tag: departed.version.e_tag.clone(),
+        owner: f.owner,
+        until_ns: departed.version.until.map(ns),
+    };
+    records.set_with_object(path, rec, Some(object));
+    true
+}
+
 /// Gives the record of `path` the object version the index knew, if the record describes that
 /// very object (same checksum, size, mtime and mode). Returns whether it did.
 pub(crate) fn adopt(records: &Records, path: &Path, departed: Departed) -> bool {
@@ -91,10 +123,17 @@ impl Publisher {
         let mut outdated = true;
         if let Some(index) = &shared.index {
             let (mut n, mut adopted) = (0, 0);
+            let mut unrecorded = shared.unrecorded.lock().unwrap_or_else(|e| e.into_inner());
             for (p, d) in index.drain_departed() {
                 n += 1;
-                adopted += usize::from(adopt(&shared.records, &p, d));
+                if shared.records.get(&p).is_none() {
+                    // No upload of ours: the reconcile compares the bytes.
+                    unrecorded.insert(p, d);
+                } else {
+                    adopted += usize::from(adopt(&shared.records, &p, d));
+                }
             }
+            drop(unrecorded);
             if adopted > 0 {
                 debug!(
                     adopted,

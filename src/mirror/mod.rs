@@ -219,6 +219,10 @@ pub(crate) struct Shared {
     /// Intents carried out since start, kept while [`Mirror::record_done_intents`] asks for
     /// them (an offline start, until the listing it loads late is reconciled with them).
     pub done_intents: Mutex<Option<Vec<crate::journal::Intent>>>,
+    /// Files the bucket's listing vouched for (from the manifest) that have no upload record:
+    /// written by `etlfs backup` or `etlfs restore`. The start's reconcile adopts each whose
+    /// bytes are the object's instead of uploading it again.
+    pub unrecorded: Mutex<HashMap<PathBuf, crate::index::Departed>>,
 }
 
 impl Shared {
@@ -289,6 +293,7 @@ impl Mirror {
             index,
             links: links::Links::default(),
             done_intents: Mutex::new(None),
+            unrecorded: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());

@@ -1007,6 +1007,10 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         .map_err(local_err(Path::new(".")))?;
     let mut seen = HashSet::new();
     let mut touch = Vec::new();
+    // Files without an upload record that the index vouched for: compared by checksum below.
+    let mut unrecorded = Vec::new();
+    let mut vouched =
+        std::mem::take(&mut *shared.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
     // Names of files with several links found in the bucket already: looked at again below.
     let mut linked = Vec::new();
     for (path, st) in &local {
@@ -1034,13 +1038,44 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
             }
             _ => false,
         };
-        if !fresh {
+        let candidate = match (&rec, in_bucket.get(path.as_path())) {
+            (None, Some((size, false))) if st.is_file() && *size == st.size => {
+                vouched.remove(path.as_path())
+            }
+            _ => None,
+        };
+        if let Some(d) = candidate {
+            unrecorded.push((path.clone(), Identity::of(st), d));
+        } else if !fresh {
             // Forget a record the bucket no longer backs, so the sync uploads again.
             shared.records.remove(path);
             touch.push(path.clone());
         } else if st.is_file() && st.nlink > 1 {
             linked.push(path);
         }
+    }
+    // Written by `etlfs backup` or `restore`: the same bytes as the object need no upload.
+    let mut adopted = 0;
+    for (path, id, departed) in unrecorded {
+        let same = match hash_local(&shared.local, &path) {
+            Ok(sha) => {
+                super::manifest::adopt_unrecorded(&shared.records, &path, &id, &sha, &departed)
+            }
+            Err(_) => false,
+        };
+        if same {
+            adopted += 1;
+        } else {
+            touch.push(path);
+        }
+        // Hashing reads whole files: let the mount's other tasks run in between.
+        tokio::task::yield_now().await;
+    }
+    if adopted > 0 {
+        debug!(
+            adopted,
+            "files already in the bucket (same bytes) recorded without an upload"
+        );
     }
     // The mount serves while this runs: a file changed through another name before this name
     // was noted above made nothing due here. Its state now tells.
@@ -1061,4 +1096,21 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         }
     }
     Ok(Outcome::Touch(touch))
+}
+
+/// Hex SHA-256 of the local file at `path`.
+fn hash_local(local: &crate::local::LocalDir, path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let fd = local.open_beneath(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
+    let mut file = std::fs::File::from(fd);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
 }
