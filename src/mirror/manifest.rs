@@ -66,7 +66,7 @@ pub(crate) fn adopt_unrecorded(
         return false;
     }
     let rec = crate::mirror::records::Record {
-        id: id.clone(),
+        id: *id,
         sha256: sha256.to_owned(),
         dir: false,
     };
