@@ -633,30 +633,49 @@ impl Bucket {
 
     /// Copies one object, unless `to` already is `from`.
     ///
-    /// FILESYSTEM (the one backend without user metadata) copies by hard-linking `from` to a
-    /// staged `to#N` and renaming that onto `to`. When `to` already is a link of the same file
-    /// (a rename back and forth copies `a` to `b` and later `b` to `a` while both keys are
-    /// links of one file), rename(2) does nothing and reports success, so `to#N` stays behind:
-    /// never listed, never deleted, and keeping the bytes alive after both keys are gone.
-    /// Its e_tag is the file's inode, mtime and size, so equal e_tags mean `to` already holds
-    /// exactly `from`, and there is nothing to copy. Only this process writes the prefix (the
-    /// lease), so nothing changes either key between the check and the copy.
+    /// FILESYSTEM (the one backend without user metadata) would copy by hard-linking `from`:
+    /// `to` would then share `from`'s file, and with it its modification time — the object's
+    /// last-modified, which says when a version came to exist (`restore --as-of` would show a
+    /// renamed file under its new name since before the rename), and a later copy between two
+    /// links of one file leaves a staged `to#N` behind. So on FILESYSTEM the bytes are
+    /// streamed into a new object, as a server-side copy makes one on the other backends.
     async fn copy_key(&self, from: &Key, to: &Key) -> Result<()> {
         if from == to {
             return Ok(());
         }
-        if !self.user_metadata {
-            let (a, b) = futures::join!(self.store.head(from), self.store.head(to));
-            if let (Ok(a), Ok(b)) = (a, b) {
-                if a.e_tag.is_some() && a.e_tag == b.e_tag {
-                    return Ok(());
+        if self.user_metadata {
+            return self
+                .store
+                .copy(from, to)
+                .await
+                .map_err(BucketError::store("copy", from));
+        }
+        let body = self
+            .store
+            .get(from)
+            .await
+            .map_err(BucketError::store("copy", from))?;
+        let upload = self
+            .store
+            .put_multipart(to)
+            .await
+            .map_err(BucketError::store("copy", to))?;
+        let mut writer = WriteMultipart::new(upload);
+        let mut stream = body.into_stream();
+        while let Some(chunk) = futures::StreamExt::next(&mut stream).await {
+            match chunk {
+                Ok(bytes) => writer.write(&bytes),
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(BucketError::store("copy", from)(e));
                 }
             }
         }
-        self.store
-            .copy(from, to)
+        writer
+            .finish()
             .await
-            .map_err(BucketError::store("copy", from))
+            .map(drop)
+            .map_err(BucketError::store("copy", to))
     }
 
     /// Creates the marker object of a directory.

@@ -1080,11 +1080,21 @@ async fn load_index_later(l: LateListing) {
                 bucket.health().success();
                 break index;
             }
+            Err(e) if e.is_unlistable_key() => tracing::error!(
+                error = %e,
+                retry_in = ?wait,
+                "the bucket holds an object whose key cannot be listed (an empty, `.` or `..` \
+                 path segment, or an ASCII control character); remove or rename that object. \
+                 The local files are served; files only in the bucket appear once it lists"
+            ),
             Err(e) => {
                 if e.is_outage() {
                     bucket.health().failure();
                 }
-                tracing::debug!(error = %e, retry_in = ?wait, "cannot list the bucket yet (started offline)");
+                // Said once in a while, not at every retry.
+                if wait >= std::time::Duration::from_secs(30) || wait.as_millis() == 500 {
+                    warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet (started offline: serving the local files)");
+                }
             }
         }
         tokio::time::sleep(wait).await;
