@@ -92,12 +92,18 @@ fn a_running_program_is_never_truncated(mode: Mode) {
     assert!(child.try_wait().unwrap().is_none(), "the program died");
     child.kill().unwrap();
     child.wait().unwrap();
-    // Once it has stopped, O_TRUNC works again.
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&p)
-        .unwrap();
+    // Once it has stopped, O_TRUNC works again: as soon as the kernel's RELEASE of the
+    // program's file reaches etlfs, which it sends on its own time after the exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let truncated = loop {
+        match fs::OpenOptions::new().write(true).truncate(true).open(&p) {
+            Err(e) if errno_of(&e) == libc::ETXTBSY && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            other => break other,
+        }
+    };
+    truncated.unwrap();
     assert_eq!(fs::metadata(&p).unwrap().len(), 0);
 }
 
