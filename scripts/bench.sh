@@ -27,8 +27,10 @@
 #            starting `etlfs mount` until the directory is mounted and until /readyz answers
 #            200 (target <= 5 s), and the daemon's VmRSS/VmHWM once every file has been stat'ed
 #            through the mount (target <= 64 MiB); both for a new node (empty directory, every
-#            file only in the bucket) and for a restart (all files local and mirrored). Not in
-#            the default set because of its length.
+#            file only in the bucket) and for a restart (all files local and mirrored). Also a
+#            new node at the defaults, which prefetches every file: its peak VmRSS meanwhile
+#            (target <= 64 MiB) and the seconds until all are local. Not in the default set
+#            because of its length.
 # The last four run against an S3 server on 127.0.0.1 chosen by BENCH_S3 (below), started by
 # this script and stopped on exit (also on failure or Ctrl-C); rclone is the Debian package
 # (installed if missing).
@@ -196,9 +198,13 @@
 #   the process until /proc/self/mountinfo shows the mount and until GET /readyz answers 200
 #   (each polled every ~10-20 ms, taken right after the check that first succeeded). Then
 #   `find DIR -type f -printf '%s\n'` stats every file through the mount (all bucket-only:
-#   nothing is downloaded), and VmRSS/VmHWM of the etlfs process are read from
-#   /proc/PID/status. (3) Restart: the same over the directory holding all the files, with
-#   etlfs' state from the previous mount.
+#   nothing is downloaded: this mount runs with --no-prefetch), and VmRSS/VmHWM of the etlfs
+#   process are read from /proc/PID/status. (3) New node with prefetch: `etlfs mount` at its
+#   defaults over another new empty directory, its /status polled every ~20 ms until
+#   restore.files_left is 0 and restore.prefetch "done" (at most 30 min), its VmRSS sampled
+#   every 0.5 s meanwhile: the peak of those samples and the seconds from starting the
+#   process; the files are checked afterwards. (4) Restart: the same as (2) over the
+#   directory holding all the files, with etlfs' state from the previous mount.
 # Adding a section: write `section_NAME` that fills ROWS/SAMPLES with `define_row` and `measure`
 # (see section_local) and ends with `print_table` (or `print_abs_table` for absolute targets, as
 # section_scale); then run with BENCH_SECTIONS="local NAME".
@@ -1279,7 +1285,7 @@ MOUNTED_SECS=
 
 # scale_mount MODE DIR CONFIG [ARGS...]: starts `etlfs mount` over DIR on a free status port
 # (SCALE_PORT) and sets MOUNTED_SECS and READY_SECS: the seconds from starting the process
-# until DIR is mounted and until GET /readyz answers 200 (polled every ~10-20 ms).
+# (MOUNT_T0) until DIR is mounted and until GET /readyz answers 200 (polled every ~10-20 ms).
 SCALE_PORT=
 scale_mount() {
     local m=$1 d=$2 cfg=$3 t0 now code deadline
@@ -1292,6 +1298,7 @@ scale_mount() {
     deadline=$((SECONDS + 900))
     defer_signals
     t0=$EPOCHREALTIME
+    MOUNT_T0=$t0
     "$ETLFS" mount --config "$cfg" --listen "127.0.0.1:$SCALE_PORT" "$@" "$d" </dev/null >>"${MODE_LOG[$m]}" 2>&1 &
     MODE_PID[$m]=$!
     undefer_signals
@@ -1342,6 +1349,22 @@ status_number() {
         grep -o "\"$1\": *[0-9]*" | head -n 1 | grep -o '[0-9]*$' || echo 0
 }
 
+# scale_prefetch REP CONFIG: a new node at etlfs' defaults (prefetch on) over a new empty
+# directory, until every file is local; records the seconds and the peak of the daemon's
+# VmRSS sampled meanwhile, then checks the files (outside the timing).
+scale_prefetch() {
+    local rep=$1 cfg=$2 d=$S3_DIR/scale-prefetch
+    rm -rf "$d"
+    mkdir -p "$d"
+    sync
+    scale_mount scale-prefetch "$d" "$cfg" --drain-timeout 5s
+    wait_restored scale-prefetch "$SCALE_PORT" 1800
+    record prefetch_rss etlfs "$rep" "$PEAK_RSS_MIB"
+    record prefetch_secs etlfs "$rep" "$RESTORED_SECS"
+    unmount_mode scale-prefetch
+    "$FSBENCH" check "$d" "$SCALE_N" "$SCALE_SIZE" "$SCALE_DIRS" >/dev/null || die "scale: the prefetch left $d incomplete"
+}
+
 section_scale() {
     local n=$SCALE_N size=$SCALE_SIZE ndirs=$SCALE_DIRS src d cfg rep t b=bench-scale what where i
     local logf=$LOG_DIR/scale.log
@@ -1359,6 +1382,8 @@ section_scale() {
     define_row cold_stat "new node: stat all $n files through the mount (s)" secs "-"
     define_row cold_rss "new node: RSS after that (MiB)" mib "<=64"
     define_row cold_hwm "new node: peak RSS, VmHWM (MiB)" mib "<=64"
+    define_row prefetch_rss "new node with prefetch: peak RSS until all local, sampled every 0.5 s (MiB)" mib "<=64"
+    define_row prefetch_secs "new node with prefetch: start -> all $n files local (/status) (s)" secs "-"
     define_row warm_mounted "restart over the $n local files: start -> mounted (s)" secs "<=5"
     define_row warm_ready "restart over the $n local files: start -> /readyz 200 (s)" secs "<=5"
     define_row warm_stat "restart: stat all $n files through the mount (s)" secs "-"
@@ -1400,11 +1425,13 @@ section_scale() {
         rm -rf "$d"
         mkdir -p "$d"
         sync
-        scale_mount scale-cold "$d" "$cfg" --drain-timeout 5s
+        # (--no-prefetch: these rows are the start and the metadata, the next ones the copy.)
+        scale_mount scale-cold "$d" "$cfg" --drain-timeout 5s --no-prefetch
         record cold_mounted etlfs "$rep" "$MOUNTED_SECS"
         record cold_ready etlfs "$rep" "$READY_SECS"
         scale_stat_all scale-cold "$rep" cold
         unmount_mode scale-cold
+        scale_prefetch "$rep" "$cfg"
         # A restart: the same files local and in the bucket, etlfs' state from the last run.
         sync
         scale_mount scale-warm "$src" "$cfg" --drain-timeout 5s
