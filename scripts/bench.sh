@@ -2,7 +2,7 @@
 # Benchmark: etlfs against the native disk, `rclone mount` and `rclone copy`, side by side, in
 # one run.
 #
-#   sudo scripts/bench.sh            # needs root and /dev/fuse; about 8 minutes at the defaults
+#   sudo scripts/bench.sh            # needs root and /dev/fuse; about 10 minutes at the defaults
 #   sudo BENCH_SECTIONS=scale scripts/bench.sh   # 100,000 objects: about 10 minutes more
 #
 # Sections (BENCH_SECTIONS, default "local bucket restore oneshot"), each printing one table:
@@ -165,9 +165,11 @@
 #   and restore.prefetch "done"; and the same mount with `fsbench check` started as soon as
 #   the directory is mounted, reading f00000.. in name order, each whole (the prefetch goes
 #   newest first, the reverse order), timed from starting the process to the reader's end.
-#   rclone's time is the reference of all three. Each directory is checked afterwards with
-#   `fsbench check` (after unmounting: every file must be local). The wall times of
-#   `rclone copy` and `etlfs restore` include their start and exit.
+#   rclone's time is the reference of all three. (The prefetch alone uses at most 7/8 of the
+#   workers, an eighth is kept for opens: so the mount with a reader can finish first.) Each
+#   directory is checked afterwards with `fsbench check` (after unmounting: every file must
+#   be local). The wall times of `rclone copy` and `etlfs restore` include their start and
+#   exit.
 # - Then the first byte: a fresh `etlfs mount --no-prefetch` over an empty directory, and the
 #   seconds of open + read(1 byte) of the big file (etlfs downloads and verifies the whole
 #   object before it serves a byte: this row shows what that costs), beside the whole of
