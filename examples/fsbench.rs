@@ -9,6 +9,7 @@
 //! fsbench seqread  FILE [BLOCK_KIB]            open FILE, read it to the end in blocks, close
 //! fsbench create   DIR N SIZE                  create+write SIZE bytes+close DIR/f00000..f{N-1}
 //! fsbench stat     DIR N                       stat DIR/f00000..f{N-1}
+//! fsbench firstbyte FILE                       open FILE and read 1 byte (time to first byte)
 //! fsbench kubecost DIR N SIZE CYCLES           CYCLES passes over DIR/k00000..k{N-1}, each file:
 //!                                              open(O_RDWR|O_CREAT, 0600), flock(LOCK_EX),
 //!                                              ftruncate(0), lseek(0), one write of SIZE bytes,
@@ -29,11 +30,18 @@
 //!                                              SUBDIRS > 0, DIR/d00/f00000.. (file i in
 //!                                              directory i % SUBDIRS)
 //! fsbench check    DIR N SIZE [SUBDIRS]        check that every file `fill` makes is there with
-//!                                              its exact bytes (other entries are ignored)
+//!                                              its exact bytes, reading them one by one in
+//!                                              name order, each whole (other entries are
+//!                                              ignored)
 //! fsbench s3check  ENDPOINT BUCKET PREFIX N SIZE
 //!                                              list the bucket under PREFIX; fails unless it
 //!                                              holds exactly N objects of SIZE bytes (etlfs'
 //!                                              directory markers and .etlfs/ keys not counted)
+//! fsbench delayproxy LISTEN_ADDR UPSTREAM_ADDR DELAY_MS
+//!                                              a TCP proxy that adds DELAY_MS of latency to
+//!                                              each HTTP request (see `delayproxy`); prints
+//!                                              its port (LISTEN_ADDR may be 127.0.0.1:0) and
+//!                                              runs until killed
 //! ```
 //!
 //! `kcupload` and `s3check` list with a ListObjectsV2 request (`GET /BUCKET?list-type=2`, plain
@@ -50,15 +58,20 @@ use std::net::TcpStream;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use rustix::fs::{FlockOperation, flock};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 type Result<T> = std::result::Result<T, String>;
 
 const USAGE: &str = "usage: fsbench seqwrite FILE SIZE_MIB [BLOCK_KIB]
        fsbench seqread FILE [BLOCK_KIB]
+       fsbench firstbyte FILE
        fsbench create DIR N SIZE
        fsbench stat DIR N
        fsbench kubecost DIR N SIZE CYCLES
@@ -66,7 +79,8 @@ const USAGE: &str = "usage: fsbench seqwrite FILE SIZE_MIB [BLOCK_KIB]
        fsbench kcupload DIR N SIZE ENDPOINT BUCKET PREFIX TIMEOUT_S
        fsbench fill DIR N SIZE [SUBDIRS]
        fsbench check DIR N SIZE [SUBDIRS]
-       fsbench s3check ENDPOINT BUCKET PREFIX N SIZE";
+       fsbench s3check ENDPOINT BUCKET PREFIX N SIZE
+       fsbench delayproxy LISTEN_ADDR UPSTREAM_ADDR DELAY_MS";
 
 fn num(args: &[String], i: usize, what: &str) -> Result<usize> {
     let s = args
@@ -155,6 +169,21 @@ fn seqread(file: &Path, block_kib: usize) -> Result<f64> {
             "{}: read {total} bytes, expected {expect}",
             file.display()
         ));
+    }
+    Ok(secs)
+}
+
+/// Time to first byte: the open and a read of one byte (through etlfs, a bucket-only file is
+/// downloaded and verified whole before that read returns). The close is not timed.
+fn firstbyte(file: &Path) -> Result<f64> {
+    let mut byte = [0u8; 1];
+    let start = Instant::now();
+    let mut f = ctx(File::open(file), "open", file)?;
+    let n = ctx(f.read(&mut byte), "read", file)?;
+    let secs = start.elapsed().as_secs_f64();
+    drop(f);
+    if n != 1 {
+        return Err(format!("{}: empty", file.display()));
     }
     Ok(secs)
 }
@@ -562,6 +591,119 @@ fn s3check(bucket: (&str, &str, &str), n: usize, size: usize) -> Result<f64> {
     Ok(secs)
 }
 
+/// A proxy in front of a local S3 server that gives each HTTP request the latency of a real
+/// bucket, where every request costs a round trip (10-50 ms) that 127.0.0.1 does not have.
+///
+/// What it models: a round trip to connect (TCP's handshake; TLS would add one more, not
+/// modeled), and a round trip per request, charged once by holding the first chunk of the
+/// request for `delay` (a chunk that comes after the server has answered anything since the
+/// client's last chunk, or the connection's first chunk); later chunks of the same request (a
+/// PUT body) and every byte of the answer pass at once. What it does not: bandwidth (bytes
+/// flow at loopback speed, so big objects come too fast), TCP slow start, loss, and pipelining
+/// (a request sent before the answer to the previous one would go undelayed; HTTP/1.1 clients
+/// such as etlfs' and rclone's do not pipeline).
+fn delayproxy(listen: &str, upstream: &str, delay_ms: usize) -> Result<f64> {
+    let delay = Duration::from_millis(delay_ms as u64);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("tokio runtime: {e}"))?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .map_err(|e| format!("bind {listen}: {e}"))?;
+        let port = listener
+            .local_addr()
+            .map_err(|e| format!("{listen}: {e}"))?
+            .port();
+        // The caller reads the port from our stdout: flush it now, we never exit by ourselves.
+        println!("{port}");
+        std::io::stdout()
+            .flush()
+            .map_err(|e| format!("stdout: {e}"))?;
+        loop {
+            match listener.accept().await {
+                Ok((client, _)) => {
+                    let upstream = upstream.to_string();
+                    tokio::spawn(async move {
+                        if let Err(e) = proxy_connection(client, &upstream, delay).await {
+                            eprintln!("fsbench delayproxy: connection to {upstream}: {e}");
+                        }
+                    });
+                }
+                // Out of descriptors, say: the proxy must outlive it, as a network would.
+                Err(e) => {
+                    eprintln!("fsbench delayproxy: accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    })
+}
+
+/// One client connection: the connection's round trip, then both directions at once until
+/// each side has closed its half (or either fails).
+async fn proxy_connection(
+    client: tokio::net::TcpStream,
+    upstream: &str,
+    delay: Duration,
+) -> std::io::Result<()> {
+    tokio::time::sleep(delay).await;
+    let server = tokio::net::TcpStream::connect(upstream).await?;
+    client.set_nodelay(true)?;
+    server.set_nodelay(true)?;
+    let (client_r, client_w) = client.into_split();
+    let (server_r, server_w) = server.into_split();
+    // Whether the server has sent anything since the client's last chunk: then the client's
+    // next chunk starts a new request. True at first: the first chunk is a request's start.
+    let answered = Arc::new(AtomicBool::new(true));
+    tokio::try_join!(
+        forward_requests(client_r, server_w, delay, answered.clone()),
+        forward_answers(server_r, client_w, answered),
+    )?;
+    Ok(())
+}
+
+/// Client -> server: holds the first chunk of each request for `delay`.
+async fn forward_requests(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    delay: Duration,
+    answered: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        // What the client sends meanwhile waits in the socket: later chunks are not delayed
+        // again, and the order is kept.
+        if answered.swap(false, Ordering::AcqRel) {
+            tokio::time::sleep(delay).await;
+        }
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
+/// Server -> client, undelayed; marks that an answer came before passing it on, so that the
+/// client's next request (which can only follow it) is delayed.
+async fn forward_answers(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    answered: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        answered.store(true, Ordering::Release);
+        to.write_all(&buf[..n]).await?;
+    }
+}
+
 fn run(args: &[String]) -> Result<f64> {
     match args.first().map(String::as_str) {
         Some("seqwrite") => seqwrite(
@@ -573,6 +715,7 @@ fn run(args: &[String]) -> Result<f64> {
             &path(args, 1, "FILE")?,
             opt_num(args, 2, "BLOCK_KIB", 1024)?,
         ),
+        Some("firstbyte") => firstbyte(&path(args, 1, "FILE")?),
         Some("create") => create(
             &path(args, 1, "DIR")?,
             num(args, 2, "N")?,
@@ -621,6 +764,11 @@ fn run(args: &[String]) -> Result<f64> {
             ),
             num(args, 4, "N")?,
             num(args, 5, "SIZE")?,
+        ),
+        Some("delayproxy") => delayproxy(
+            text(args, 1, "LISTEN_ADDR")?,
+            text(args, 2, "UPSTREAM_ADDR")?,
+            num(args, 3, "DELAY_MS")?,
         ),
         _ => Err(USAGE.to_string()),
     }
