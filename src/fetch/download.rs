@@ -92,7 +92,7 @@ pub async fn download_verified_with(
             return Err(e);
         }
     };
-    match place(local, state, path, remote, &file, &tmp, how, gate) {
+    match place(local, state, path, remote, &file, &tmp, how, gate).await {
         Ok(st) => Ok(st.map(|st| (st, sha))),
         Err(e) => {
             let _ = state.remove(&tmp);
@@ -169,7 +169,7 @@ async fn write_verified(
 /// Gives the finished download its attributes and renames it into place. Returns the new
 /// file's stat, or `None` if a local file appeared meanwhile and `how` lets it win.
 #[allow(clippy::too_many_arguments)]
-fn place(
+async fn place(
     local: &LocalDir,
     state: &StateDir,
     path: &Path,
@@ -210,36 +210,46 @@ fn place(
             .set_accessed(remote.mtime),
     )
     .map_err(local_err("setting the mtime"))?;
-    file.sync_all().map_err(local_err("fsync"))?;
+    let own = file.try_clone().map_err(local_err("fsync"))?;
+    sync_off_thread(own).await.map_err(local_err("fsync"))?;
     let name = sys::cstr(file_name).map_err(local_err("file name"))?;
     let flags = if how.replace {
         0
     } else {
         libc::RENAME_NOREPLACE
     };
-    let guard = gate
-        .as_ref()
-        .map(|g| g.lock.lock().unwrap_or_else(|e| e.into_inner()));
-    if gate.as_ref().is_some_and(|g| !(g.still_wanted)()) {
-        let _ = state.remove(tmp);
-        return Ok(None);
-    }
-    match sys::renameat2(state.fd(), tmp, parent_fd.as_fd(), &name, flags) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !how.replace => {
+    {
+        let _guard = gate
+            .as_ref()
+            .map(|g| g.lock.lock().unwrap_or_else(|e| e.into_inner()));
+        if gate.as_ref().is_some_and(|g| !(g.still_wanted)()) {
             let _ = state.remove(tmp);
             return Ok(None);
         }
-        Err(e) => return Err(local_err("renaming the download into place")(e)),
+        match sys::renameat2(state.fd(), tmp, parent_fd.as_fd(), &name, flags) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) && !how.replace => {
+                let _ = state.remove(tmp);
+                return Ok(None);
+            }
+            Err(e) => return Err(local_err("renaming the download into place")(e)),
+        }
+        if let Some(g) = &gate {
+            (g.placed)();
+        }
     }
-    if let Some(g) = &gate {
-        (g.placed)();
-    }
-    drop(guard);
     // The rename is durable once the directory is synced.
     let dir = local.reopen(parent_fd.as_fd(), libc::O_RDONLY | libc::O_DIRECTORY);
     if let Ok(d) = dir {
-        let _ = d.sync_all();
+        let _ = sync_off_thread(d).await;
     }
     Ok(Some(Stat::from_file(file).map_err(local_err("stat"))?))
+}
+
+/// `fsync` on the blocking pool: a sync can take a while on a busy disk, and on a runtime
+/// thread it would hold up every other download running there (16 to 32 at once).
+async fn sync_off_thread(file: std::fs::File) -> std::io::Result<()> {
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(std::io::Error::other)?
 }
