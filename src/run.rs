@@ -375,11 +375,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     crate::status::serve(listener, Arc::clone(&status), rt.handle()).map_err(UsageError::from)?;
 
     // A node stopped cleanly with every file of the bucket local needs nothing from the
-    // bucket to serve: it mounts at once, and lists the bucket (and takes the lease) in the
-    // background. See `local_is_complete`.
-    let offline = args.as_of.is_none()
+    // bucket to serve: if the bucket does not answer at once, it mounts anyway, and lists the
+    // bucket (and takes the lease) in the background. See `local_is_complete`. (A bucket
+    // that answers is listed before the mount, as at any start.)
+    let eligible = args.as_of.is_none()
         && args.max_local_bytes.is_none()
         && local_is_complete(&state, &local, plan.hidden.as_deref());
+    let mut offline = false;
     // Whatever happens now, the next start decides afresh: only a clean stop says it again.
     state.clear_complete();
     // The lease the mount holds, once it has it (an offline start takes it later).
@@ -408,7 +410,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                 period: l.period,
             };
             // Offline: one quick try (a live holder is refused as usual), else later.
-            let quick = if offline {
+            let quick = if eligible {
                 let mut acquire = crate::lease::Acquire::new(holder.clone(), l.takeover);
                 let probe =
                     async { tokio::time::timeout(OFFLINE_PROBE, acquire.attempt(&bucket)).await };
@@ -427,6 +429,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             match quick {
                 Some(Some(lease)) => Some(lease),
                 Some(None) => {
+                    offline = true;
                     bucket.fence().raise(
                         "started offline: uploads wait until the bucket answers and the lease \
                          is taken"
@@ -449,6 +452,13 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             }
         }
     };
+    if eligible && args.lease.is_none() {
+        // No lease to try: one small read tells whether the bucket answers.
+        let probe = async {
+            tokio::time::timeout(OFFLINE_PROBE, bucket.get_reserved(crate::lease::LEASE)).await
+        };
+        offline = !matches!(rt.block_on(probe), Ok(Ok(_)));
+    }
     if let Some(lease) = lease {
         let lease = Arc::new(lease);
         let keeper = rt.spawn(Arc::clone(&lease).keep());
@@ -695,11 +705,18 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     } else if !may_upload || lease.as_ref().is_some_and(|(l, _)| l.lost()) {
         // Another node writes the prefix now (or we never got the lease); ours stay in the
         // journal and the upload records.
-        warn!(
-            pending,
-            reason = bucket_fence.reason().unwrap_or_default(),
-            "writes to the bucket are stopped: nothing is uploaded; the changes stay on the local disk"
-        );
+        if lease.as_ref().is_some_and(|(l, _)| l.lost()) {
+            warn!(
+                pending,
+                "the lease was lost: nothing is uploaded; the changes stay on the local disk"
+            );
+        } else {
+            warn!(
+                pending,
+                reason = bucket_fence.reason().unwrap_or_default(),
+                "writes to the bucket are stopped: nothing is uploaded; the changes stay on the local disk"
+            );
+        }
     } else {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         info!(pending, left = ?left, "draining pending uploads");
