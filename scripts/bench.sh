@@ -1117,6 +1117,30 @@ restore_one() {
     "$FSBENCH" check "$d" "$RESTORE_N" "$RESTORE_SIZE" >/dev/null || die "restore: $way left $d incomplete"
 }
 
+# restore_backup REP ROUND: `etlfs backup` and `rclone copy` of the restore section's source
+# directory, each into an empty bucket of its own through the delay proxy, in an order that
+# alternates per round; checks each bucket (outside the timing).
+restore_backup() {
+    local rep=$1 round=$2 m t b src=$S3_DIR/restore-src logf=$LOG_DIR/restore.log order=(rclone etlfs)
+    ((rep % 2 == 0)) || order=(etlfs rclone)
+    for m in "${order[@]}"; do
+        b=bench-restore-bk-$m-$round
+        make_bucket "$b"
+        sync
+        if [[ $m == rclone ]]; then
+            # shellcheck disable=SC2086 # RCLONE_COPY_ARGS holds zero or more words
+            t=$(timed "$logf" bounded "$S3_TIMEOUT" "${RCLONE_PROXY_ENV[@]}" rclone copy $RCLONE_COPY_ARGS "$src" "s3:$b") ||
+                die "restore: rclone copy to the bucket failed (log: $logf)"
+        else
+            t=$(timed "$logf" bounded "$S3_TIMEOUT" "$ETLFS" backup --config "$(etlfs_config "$b" "${DELAY_EP##*:}")" "$src") ||
+                die "restore: etlfs backup failed (log: $logf)"
+        fi
+        "$FSBENCH" s3check "$S3_EP" "$b" "" "$RESTORE_N" "$RESTORE_SIZE" >/dev/null
+        record backup "$m" "$rep" "$t"
+        drop_bucket "$b"
+    done
+}
+
 # restore_ttfb BUCKET REP: the time to the first byte of BUCKET's file "big" through a fresh
 # `etlfs mount --no-prefetch` over an empty directory (the open and a 1-byte read), and by
 # `rclone cat --count 1` (the whole command), in an order that alternates per round.
@@ -1154,6 +1178,7 @@ section_restore() {
     define_row copy "restore $what into an empty directory: etlfs restore vs rclone copy (s)" secs "<=1.0"
     define_row mount "the same by etlfs mount: start -> all local (/status) vs rclone copy (s)" secs "<=1.0"
     define_row mountread "the same + reading each file in name order: start -> last read vs rclone copy (s)" secs "<=1.25"
+    define_row backup "back up the same $what into an empty bucket: etlfs backup vs rclone copy (s)" secs "<=1.0"
     define_row ttfb "first byte of a $((TTFB_SIZE / 1048576)) MiB bucket-only file: etlfs mount --no-prefetch, open + read 1 B vs rclone cat --count 1 (s)" secs "-"
     restore_fill "$b" "$bt"
     log "restore: rclone copy $RCLONE_COPY_ARGS; etlfs mount at its defaults (--fetch-concurrency 32, prefetch on); through $DELAY_EP (+$LATENCY_MS ms)"
@@ -1170,6 +1195,7 @@ section_restore() {
             sync
             restore_one "$way" "$d" "$b" "$rep"
         done
+        restore_backup "$rep" "$round"
         restore_ttfb "$bt" "$rep"
     done
 
