@@ -57,8 +57,9 @@ use crate::state::StateDir;
 use crate::sys;
 
 /// Transfers (uploads, downloads, comparisons) in flight at once: enough to hide the latency of
-/// an object store for Kubecost's many small files, few enough not to trip its rate limits.
-const PARALLEL: usize = 16;
+/// an object store (10-50 ms per request) for Kubecost's many small files, few enough not to
+/// trip its rate limits — as many as a mount's downloads.
+const PARALLEL: usize = crate::fetch::DEFAULT_CONCURRENCY;
 /// Without a terminal, how often a progress line is logged.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// How often backup reads a file that keeps changing under it before reporting it.
