@@ -94,9 +94,13 @@ impl Core {
                 .await;
                 match step {
                     Ok(Step::Again(p, r, d)) => (paths, reply, done) = (p, r, d),
+                    Ok(Step::Done) => return,
                     // A panic in the operation: the reply went with it (fuser answers a
                     // dropped reply with EIO).
-                    Ok(Step::Done) | Err(_) => return,
+                    Err(_) => {
+                        core.parked.fetch_sub(1, Ordering::Relaxed);
+                        return;
+                    }
                 }
             }
         });
