@@ -359,9 +359,10 @@ fn an_open_reads_its_directory_ahead_newest_first(kind: &str) {
     let (mut m, _cfg, _port) = mount(&b.target, &["--no-prefetch", "--fetch-concurrency", "1"]);
     // The application opens the oldest file.
     assert!(kubecost_read(&m.path(&remote[0].0)).unwrap() == remote[0].1);
-    let all_local = || remote.iter().all(|(rel, _, _)| m.local.join(rel).exists());
+    // (The log line of a download follows its rename into place: wait for the lines.)
+    let all_fetched = || fetched(&m.log()).len() >= remote.len();
     assert!(
-        poll(30, all_local),
+        poll(30, all_fetched),
         "readahead did not bring the directory\n{}",
         m.log()
     );
