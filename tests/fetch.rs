@@ -329,7 +329,13 @@ fn a_killed_waiter_is_answered_at_once(kind: &str) {
         m.log()
     );
     assert!(poll(30, || waiting(port) == 0), "{}", m.log());
-    // The file is still there to be read.
+    // The download the killed cat started is over (on FILESYSTEM it failed: the FIFO gave it
+    // nothing, and an open joining it would share its EIO); the file is still there to read.
+    assert!(
+        poll(30, || status(port)["restore"]["downloading"] == 0),
+        "{}",
+        m.log()
+    );
     for (rel, want, _) in &remote {
         assert!(kubecost_read(&m.path(rel)).unwrap() == *want);
     }

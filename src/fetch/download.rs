@@ -58,7 +58,8 @@ pub async fn download_verified(
 pub struct Gate<'a> {
     pub lock: &'a std::sync::Mutex<()>,
     pub still_wanted: &'a (dyn Fn() -> bool + Sync),
-    pub placed: &'a (dyn Fn() + Sync),
+    /// Called with the placed file's stat and checksum.
+    pub placed: &'a (dyn Fn(&Stat, &str) + Sync),
 }
 
 /// [`download_verified`], calling `received` with the size of every chunk of the body as it
@@ -92,7 +93,7 @@ pub async fn download_verified_with(
             return Err(e);
         }
     };
-    match place(local, state, path, remote, &file, &tmp, how, gate).await {
+    match place(local, state, path, remote, &file, &tmp, &sha, how, gate).await {
         Ok(st) => Ok(st.map(|st| (st, sha))),
         Err(e) => {
             let _ = state.remove(&tmp);
@@ -176,6 +177,7 @@ async fn place(
     remote: &RemoteFile,
     file: &std::fs::File,
     tmp: &std::ffi::CString,
+    sha: &str,
     how: Placement,
     gate: Option<Gate<'_>>,
 ) -> Result<Option<Stat>, FetchError> {
@@ -235,7 +237,8 @@ async fn place(
             Err(e) => return Err(local_err("renaming the download into place")(e)),
         }
         if let Some(g) = &gate {
-            (g.placed)();
+            let st = Stat::from_file(file).map_err(local_err("stat"))?;
+            (g.placed)(&st, sha);
         }
     }
     // The rename is durable once the directory is synced.

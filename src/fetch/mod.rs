@@ -450,7 +450,17 @@ impl Fetcher {
             Some(download::Gate {
                 lock: &self.placing,
                 still_wanted: &still_wanted,
-                placed: &|| drop(self.index.remove(path)),
+                // The record first, then the index lets go: whoever looks in between (the
+                // manifest writer) finds the file in one of them.
+                placed: &|st: &crate::local::Stat, sha: &str| {
+                    // The bucket holds exactly this version under this name (unless it was
+                    // fetched from the old key of a rename the mirror has not carried out
+                    // yet): no need to upload it again.
+                    if remote.source == path {
+                        self.sink.fetched(path, st, sha);
+                    }
+                    self.index.remove(path);
+                },
             }),
         )
         .await?;
@@ -458,11 +468,7 @@ impl Fetcher {
             // A local file won: it is the application's newest data.
             self.index.remove(path);
         }
-        // The bucket holds exactly this version under this name (unless it was fetched from the
-        // old key of a rename the mirror has not carried out yet): no need to upload it again.
-        if let (Some((st, sha)), true) = (placed, remote.source == path) {
-            self.sink.fetched(path, &st, &sha);
-        }
+        drop(placed);
         Ok(remote.size)
     }
 }
