@@ -653,6 +653,20 @@ impl Index {
         s.departed(path)
     }
 
+    /// The entries [`Index::drain_departed`] would give whose path `take` accepts; the others
+    /// stay for [`Index::take_departed`].
+    pub fn drain_departed_if(&self, take: impl Fn(&Path) -> bool) -> Vec<(PathBuf, Departed)> {
+        let mut inner = self.write();
+        let paths: Vec<PathBuf> = inner.departed.keys().filter(|p| take(p)).cloned().collect();
+        paths
+            .into_iter()
+            .filter_map(|p| {
+                let s = inner.departed.remove(&p)?;
+                s.departed(&p).map(|d| (p, d))
+            })
+            .collect()
+    }
+
     /// Everything [`Index::take_departed`] has not taken yet, converted one at a time (at a
     /// start over a full directory, that is every file).
     pub fn drain_departed(&self) -> impl Iterator<Item = (PathBuf, Departed)> + use<> {

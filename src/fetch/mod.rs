@@ -450,16 +450,15 @@ impl Fetcher {
             Some(download::Gate {
                 lock: &self.placing,
                 still_wanted: &still_wanted,
-                // The record first, then the index lets go: whoever looks in between (the
-                // manifest writer) finds the file in one of them.
                 placed: &|st: &crate::local::Stat, sha: &str| {
+                    self.index.remove(path);
                     // The bucket holds exactly this version under this name (unless it was
                     // fetched from the old key of a rename the mirror has not carried out
-                    // yet): no need to upload it again.
+                    // yet): no need to upload it again. The record takes over what the index
+                    // knew of the object (the manifest writer leaves that to it).
                     if remote.source == path {
                         self.sink.fetched(path, st, sha);
                     }
-                    self.index.remove(path);
                 },
             }),
         )

@@ -176,9 +176,11 @@ impl Publisher {
         let Some(index) = &self.shared.index else {
             return;
         };
-        // Files that became local since the last write: keep what the index knew.
-        for (p, d) in index.drain_departed() {
-            adopt(&self.shared.records, &p, d);
+        // Files that became local since the last write: keep what the index knew. One without
+        // a record yet is being placed by a download, which takes its entry itself.
+        let records = &self.shared.records;
+        for (p, d) in index.drain_departed_if(|p| records.get(p).is_some()) {
+            adopt(records, &p, d);
         }
         let gens = generations(&self.shared);
         let (body, files, carried) = encode(&self.shared.records, index);
