@@ -148,6 +148,9 @@ pub struct Progress {
 /// the rest. Keeps the queue small in a directory of very many files.
 pub const READAHEAD_MAX: usize = 1024;
 
+/// The prefetch gives memory back to the kernel after this many files.
+const TRIM_EVERY: u64 = 2048;
+
 /// The span the download rate is measured over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -315,9 +318,18 @@ impl Fetcher {
         let mut dirs = vec![PathBuf::new()];
         dirs.extend(self.index.dirs());
         let (mut failed, mut bounded) = (0u64, false);
+        let mut done = 0u64;
+        let index = Arc::clone(&self.index);
         let mut ended = |(res, size): (Outcome, u64), pending: &mut u64| {
             *pending -= size;
             failed += u64::from(res.is_err());
+            done += 1;
+            if done % TRIM_EVERY == 0 {
+                // The index empties while the upload records fill: give back what the one
+                // freed, so the two never add up (a new node of 100,000 files).
+                index.shrink();
+                crate::sys::trim_heap();
+            }
         };
         'dirs: for dir in dirs {
             for (path, f) in self.files_in(&dir) {
