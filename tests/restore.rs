@@ -489,6 +489,13 @@ fn corrupt_object_is_eio_and_leaves_nothing() {
             !m.local.join(rel).exists(),
             "attempt {attempt}: something of the corrupt object was placed underneath"
         );
+        // The first open reads its neighbour ahead; that download's temporary file is
+        // legitimately there until the neighbour lands, so wait for it first.
+        assert!(
+            poll(30, || m.local.join(&other.rel).exists()),
+            "the neighbour read ahead never landed\n{}",
+            m.log()
+        );
         assert!(
             leftover_temps(&m.local).is_empty(),
             "{:?}",
