@@ -8,7 +8,8 @@
 #   3. Runs the image privileged, with host networking, against moto (scripts/servers.sh) and
 #      checks, from outside the container: the mount works inside; the host sees it through an
 #      rshared bind (Kubernetes Bidirectional); files reach the bucket; `podman stop` drains and
-#      unmounts cleanly; a fresh container over an empty directory restores everything lazily.
+#      unmounts cleanly; a fresh container over an empty directory restores files as they are
+#      read (--no-prefetch), and another at the defaults brings every file back by itself.
 #
 # Prints PASS/FAIL per check and ends with "N passed, M failed"; exits non-zero on any failure.
 # Settings: ETLFS_IMAGE (default localhost/etlfs:test), ETLFS_CT_REBUILD_BASE=1 (remake the
@@ -216,13 +217,14 @@ shared_dir() {
 # run_etlfs NAME DIR: start the image over DIR (bound at /data) and wait until it is ready.
 run_etlfs() {
     local name=$1 dir=$2
+    shift 2
     CONTAINERS+=("$name")
     podman run -d --name "$name" --privileged --network host \
         -v "$dir:/data:rshared" \
         -v "$WORK/object-store.yaml:/etc/etlfs/object-store.yaml:ro" \
         -e ETLFS_CONFIG=/etc/etlfs/object-store.yaml \
         -e ETLFS_LISTEN="127.0.0.1:$STATUS_PORT" \
-        "$IMAGE" mount --prefix "$PREFIX" --upload-delay 200ms --drain-timeout 30s /data \
+        "$IMAGE" mount --prefix "$PREFIX" --upload-delay 200ms --drain-timeout 30s "$@" /data \
         >/dev/null 2>"$WORK/$name.run.err" || {
         cat "$WORK/$name.run.err" >&2
         return 1
@@ -324,24 +326,34 @@ tree "$D1" >"$WORK/tree1"
 check "(d) the local files are intact under the unmounted directory" \
     sh -c '[ "$(wc -l <"$1")" -ge 5 ] && grep -q last.txt "$1"' _ "$WORK/tree1"
 
-# (e) a fresh container over an empty volume restores everything lazily
+# raw_view DIR: a private bind of DIR at DIR-raw, which shows the local files under the mount
+# from the host.
+raw_view() {
+    mkdir -p "$1-raw"
+    mount --bind "$1" "$1-raw" && SHARED_DIRS+=("$1-raw") &&
+        mount --make-private "$1-raw" || die "could not bind $1 privately"
+}
+# local_files DIR: the files under DIR's mount (its -raw view), sorted.
+local_files() { (cd "$1-raw" && find . -path ./.etlfs -prune -o -type f -print | sort); }
+
+# (e) a fresh container over an empty volume, prefetch off, restores on demand
 D2=$WORK/vol2
 shared_dir "$D2" || die "could not make $D2 a shared mount"
-# A private bind of the same directory: shows the local files under the mount, from the host.
-mkdir -p "$WORK/vol2-raw"
-mount --bind "$D2" "$WORK/vol2-raw" && SHARED_DIRS+=("$WORK/vol2-raw") &&
-    mount --make-private "$WORK/vol2-raw" || die "could not bind $D2 privately"
-local_files() { (cd "$WORK/vol2-raw" && find . -path ./.etlfs -prune -o -type f -print | sort); }
-log "starting container etlfs-ct-2 over an empty directory"
-if run_etlfs etlfs-ct-2 "$D2"; then
+raw_view "$D2"
+log "starting container etlfs-ct-2 over an empty directory (--no-prefetch)"
+if run_etlfs etlfs-ct-2 "$D2" --no-prefetch; then
     pass "(e) fresh container over an empty directory starts and reports ready"
     check "(e) the file list is complete at once (names from the bucket)" sh -c '
         [ "$(cd "$1" && find . -type f | sort)" = "$(cut -d" " -f3 "$2" | sort)" ]' _ "$D2" "$WORK/tree1"
-    check "(e) lazy: nothing downloaded before a read" sh -c '[ -z "$1" ]' _ "$(local_files)"
-    check "(e) lazy: reading one file fetches exactly that file" sh -c '
+    check "(e) lazy: nothing downloaded before a read" sh -c '[ -z "$1" ]' _ "$(local_files "$D2")"
+    # The read brings its file; the rest of its directory may follow (readahead), the files
+    # of other directories do not.
+    check "(e) lazy: reading one file fetches it, and nothing of other directories" sh -c '
         [ "$(cat "$1/pre-existing.txt")" = "written before etlfs was first mounted" ] &&
-        [ "$2" = "$(cd "$3" && find . -path ./.etlfs -prune -o -type f -print | sort)" ]' \
-        _ "$D2" "./pre-existing.txt" "$WORK/vol2-raw"
+        files=$(cd "$2" && find . -path ./.etlfs -prune -o -type f -print) &&
+        printf "%s\n" "$files" | grep -qx "./pre-existing.txt" &&
+        ! printf "%s\n" "$files" | grep -q "^\./.*/"' \
+        _ "$D2" "$WORK/vol2-raw"
     tree "$D2" >"$WORK/tree2"
     check "(e) file list and contents read back through the host are identical" \
         cmp -s "$WORK/tree1" "$WORK/tree2"
@@ -356,4 +368,27 @@ if run_etlfs etlfs-ct-2 "$D2"; then
         cmp -s "$WORK/tree1" "$WORK/tree3"
 else
     fail "(e) fresh container over an empty directory starts and reports ready"
+fi
+
+# (f) at the defaults, a fresh container brings every file back by itself, nothing read
+D3=$WORK/vol3
+shared_dir "$D3" || die "could not make $D3 a shared mount"
+raw_view "$D3"
+all_local() { [ "$(local_files "$D3")" = "$(cut -d" " -f3 "$WORK/tree1" | sort)" ]; }
+log "starting container etlfs-ct-3 over an empty directory (defaults: prefetch)"
+if run_etlfs etlfs-ct-3 "$D3"; then
+    pass "(f) fresh container at the defaults starts and reports ready"
+    for _ in $(seq 1 120); do
+        all_local && break
+        sleep 0.5
+    done
+    check "(f) prefetch: every file is local within 60 s, none read" all_local
+    podman stop -t 60 etlfs-ct-3 >/dev/null 2>&1
+    code=$(podman inspect etlfs-ct-3 --format '{{.State.ExitCode}}')
+    podman logs etlfs-ct-3 >"$WORK/ct3.log" 2>&1
+    check "(f) third container: podman stop exits 0 (got $code)" sh -c '[ "$1" = 0 ]' _ "$code"
+    tree "$D3" >"$WORK/tree4"
+    check "(f) the prefetched files are identical" cmp -s "$WORK/tree1" "$WORK/tree4"
+else
+    fail "(f) fresh container at the defaults starts and reports ready"
 fi

@@ -706,6 +706,18 @@ impl Bucket {
     /// it instead, so a tree of many tiny directories costs at most about twice the pages of a
     /// flat listing, never one request per directory.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
+        let mut out = Vec::new();
+        self.list_each(dir, |o| out.push(o)).await?;
+        Ok(out)
+    }
+
+    /// [`Bucket::list`], handing each object to `each` as its page arrives rather than
+    /// collecting them (a comparison with 100,000 objects then needs no list of them).
+    pub async fn list_each(
+        &self,
+        dir: Option<&Path>,
+        mut each: impl FnMut(ObjectInfo),
+    ) -> Result<()> {
         let root = match dir {
             Some(d) => Some(self.key_below(d)?),
             None if self.prefix.is_empty() => None,
@@ -717,7 +729,6 @@ impl Bucket {
             key: shown.clone(),
             source,
         };
-        let mut out = Vec::new();
         let mut todo = vec![Walk::Level(root)];
         let mut inflight = futures::stream::FuturesUnordered::new();
         loop {
@@ -729,10 +740,13 @@ impl Bucket {
                 break;
             };
             let (objects, subdirs) = res.map_err(err)?;
-            out.extend(objects.into_iter().filter_map(|m| self.info(m)));
+            objects
+                .into_iter()
+                .filter_map(|m| self.info(m))
+                .for_each(&mut each);
             todo.extend(subdirs);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// One request of [`Bucket::list`]: the objects it found, and what is left to walk.

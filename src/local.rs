@@ -601,6 +601,18 @@ impl LocalDir {
         skip: Option<&Path>,
     ) -> io::Result<Vec<(std::path::PathBuf, Stat)>> {
         let mut out = Vec::new();
+        self.walk_each(start, skip, |rel, st| out.push((rel.to_path_buf(), st)))?;
+        Ok(out)
+    }
+
+    /// Like [`LocalDir::walk_from`], handing each entry to `each` instead of collecting them
+    /// (a count over 100,000 files then needs no table of them).
+    pub fn walk_each(
+        &self,
+        start: &Path,
+        skip: Option<&Path>,
+        mut each: impl FnMut(&Path, Stat),
+    ) -> io::Result<()> {
         let start_fd = if start.as_os_str().is_empty() {
             self.root.try_clone()?
         } else {
@@ -623,13 +635,13 @@ impl LocalDir {
                     Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
                     Err(err) => return Err(err),
                 };
+                each(&child, st);
                 if st.is_dir() {
-                    stack.push((child.clone(), cfd));
+                    stack.push((child, cfd));
                 }
-                out.push((child, st));
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

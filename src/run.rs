@@ -1285,13 +1285,18 @@ async fn count_local_bytes(
     loop {
         tokio::time::sleep(COUNT_LOCAL_EVERY).await;
         let (local, hidden) = (Arc::clone(&local), hidden.clone());
-        let walked = tokio::task::spawn_blocking(move || local.walk(hidden.as_deref())).await;
-        if let Ok(Ok(entries)) = walked {
-            let bytes = entries
-                .iter()
-                .filter(|(_, st)| st.is_file())
-                .map(|(_, st)| st.size)
-                .sum();
+        let walked = tokio::task::spawn_blocking(move || {
+            let mut bytes = 0;
+            local
+                .walk_each(Path::new(""), hidden.as_deref(), |_, st| {
+                    if st.is_file() {
+                        bytes += st.size;
+                    }
+                })
+                .map(|()| bytes)
+        })
+        .await;
+        if let Ok(Ok(bytes)) = walked {
             total.store(bytes, std::sync::atomic::Ordering::Relaxed);
         }
     }

@@ -66,10 +66,20 @@ impl StateDir {
 
     /// Reads a whole file; `NotFound` if it does not exist.
     pub fn read(&self, file: &str) -> io::Result<Vec<u8>> {
-        let mut f = File::from(sys::openat(self.fd(), &name(file), libc::O_RDONLY, 0)?);
+        let mut f = self.open_read(file)?;
         let mut buf = Vec::new();
         f.read_to_end(&mut buf)?;
         Ok(buf)
+    }
+
+    /// Opens a file for reading; `NotFound` if it does not exist.
+    pub fn open_read(&self, file: &str) -> io::Result<File> {
+        Ok(File::from(sys::openat(
+            self.fd(),
+            &name(file),
+            libc::O_RDONLY,
+            0,
+        )?))
     }
 
     /// Opens (creating) a file for appending.
@@ -87,15 +97,26 @@ impl StateDir {
     /// stay taken from the application and the journal until the next attempt truncates it,
     /// and be handed back for an instant then.
     pub fn write_atomic(&self, file: &str, bytes: &[u8]) -> io::Result<()> {
+        self.write_atomic_with(file, |w| w.write_all(bytes))
+    }
+
+    /// Like [`StateDir::write_atomic`], the contents written by `write` through a buffer (a
+    /// table of 100,000 records is streamed out, never built in memory first).
+    pub fn write_atomic_with(
+        &self,
+        file: &str,
+        write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> io::Result<()> {
         let tmp = name(&format!("{file}.tmp"));
-        let mut f = File::from(sys::openat(
+        let f = File::from(sys::openat(
             self.fd(),
             &tmp,
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
             0o600,
         )?);
-        let res = f
-            .write_all(bytes)
+        let mut out = io::BufWriter::with_capacity(64 * 1024, f);
+        let res = write(&mut out)
+            .and_then(|()| out.flush())
             .and_then(|()| sys::renameat2(self.fd(), &tmp, self.fd(), &name(file), 0));
         if res.is_err() {
             let _ = sys::unlinkat(self.fd(), &tmp, 0);

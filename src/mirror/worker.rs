@@ -994,18 +994,19 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
 }
 
 /// Start-up reconcile: which local files and directories the bucket lacks or holds stale.
+///
+/// With 100,000 files this is a start's peak of memory, so the listing is kept only as far as
+/// the comparison needs (path, size, marker) and the local walk is looked at entry by entry,
+/// never collected.
 async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
-    let listing = shared.bucket.list(None).await?;
+    let mut in_bucket: HashMap<PathBuf, (u64, bool)> = HashMap::new();
+    shared
+        .bucket
+        .list_each(None, |o| {
+            in_bucket.insert(o.rel, (o.size, o.is_dir_marker));
+        })
+        .await?;
     shared.bucket.health().success();
-    let in_bucket: HashMap<&Path, (u64, bool)> = listing
-        .iter()
-        .map(|o| (o.rel.as_path(), (o.size, o.is_dir_marker)))
-        .collect();
-    let local = shared
-        .local
-        .walk(shared.skip.as_deref())
-        .map_err(local_err(Path::new(".")))?;
-    let mut seen = HashSet::new();
     let mut touch = Vec::new();
     // Files without an upload record that the index vouched for: compared by checksum below.
     let mut unrecorded = Vec::new();
@@ -1013,19 +1014,18 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
         std::mem::take(&mut *shared.unrecorded.lock().unwrap_or_else(|e| e.into_inner()));
     // Names of files with several links found in the bucket already: looked at again below.
     let mut linked = Vec::new();
-    for (path, st) in &local {
+    let each = |path: &Path, st: crate::local::Stat| {
         if !(st.is_file() || st.is_dir()) {
-            continue;
+            return;
         }
-        seen.insert(path.as_path());
-        shared.links.note(path, st);
+        shared.links.note(path, &st);
         let rec = shared.records.get(path);
-        let fresh = match (&rec, in_bucket.get(path.as_path())) {
+        let fresh = match (&rec, in_bucket.get(path)) {
             // A directory needs nothing but its marker in the bucket.
             (_, Some((_, true))) if st.is_dir() => {
                 if rec.is_none() {
                     let dir = Record {
-                        id: Identity::of(st),
+                        id: Identity::of(&st),
                         sha256: String::new(),
                         dir: true,
                     };
@@ -1034,26 +1034,28 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
                 true
             }
             (Some(r), Some((size, false))) if st.is_file() => {
-                !r.dir && r.id == Identity::of(st) && *size == st.size
+                !r.dir && r.id == Identity::of(&st) && *size == st.size
             }
             _ => false,
         };
-        let candidate = match (&rec, in_bucket.get(path.as_path())) {
-            (None, Some((size, false))) if st.is_file() && *size == st.size => {
-                vouched.remove(path.as_path())
-            }
+        let candidate = match (&rec, in_bucket.get(path)) {
+            (None, Some((size, false))) if st.is_file() && *size == st.size => vouched.remove(path),
             _ => None,
         };
         if let Some(d) = candidate {
-            unrecorded.push((path.clone(), Identity::of(st), d));
+            unrecorded.push((path.to_path_buf(), Identity::of(&st), d));
         } else if !fresh {
             // Forget a record the bucket no longer backs, so the sync uploads again.
             shared.records.remove(path);
-            touch.push(path.clone());
+            touch.push(path.to_path_buf());
         } else if st.is_file() && st.nlink > 1 {
-            linked.push(path);
+            linked.push(path.to_path_buf());
         }
-    }
+    };
+    shared
+        .local
+        .walk_each(Path::new(""), shared.skip.as_deref(), each)
+        .map_err(local_err(Path::new(".")))?;
     // Written by `etlfs backup` or `restore`: the same bytes as the object need no upload.
     let mut adopted = 0;
     for (path, id, departed) in unrecorded {
@@ -1080,18 +1082,21 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
     // The mount serves while this runs: a file changed through another name before this name
     // was noted above made nothing due here. Its state now tells.
     for path in linked {
-        let moved = shared.local.stat_beneath(path).is_ok_and(|st| {
+        let moved = shared.local.stat_beneath(&path).is_ok_and(|st| {
             !shared
                 .records
-                .get(path)
+                .get(&path)
                 .is_some_and(|r| r.id == Identity::of(&st))
         });
         if moved {
             touch.push(path.clone());
         }
     }
+    // Records of files neither here nor in the bucket (gone while the mount was down).
     for p in shared.records.paths() {
-        if !seen.contains(p.as_path()) && !in_bucket.contains_key(p.as_path()) {
+        if !in_bucket.contains_key(p.as_path())
+            && shared.local.stat_beneath(&p).is_err_and(|e| is_gone(&e))
+        {
             shared.records.remove(&p);
         }
     }
