@@ -63,7 +63,9 @@ use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use crate::bucket::{Bucket, BucketError, FileMeta, ManifestObject, MetaRead, ObjectInfo};
+use crate::bucket::{
+    Bucket, BucketError, CompactETag, FileMeta, ManifestObject, MetaRead, ObjectInfo,
+};
 use crate::escape::esc;
 
 /// Concurrent HEAD requests while loading.
@@ -218,21 +220,21 @@ impl Sha {
 /// [`Version`], kept compact.
 #[derive(Debug, Clone)]
 struct Known {
-    e_tag: Option<Box<str>>,
+    e_tag: Option<CompactETag>,
     until: Option<SystemTime>,
 }
 
 impl Known {
     fn new(v: Version) -> Known {
         Known {
-            e_tag: v.e_tag.map(String::into_boxed_str),
+            e_tag: v.e_tag.as_deref().map(CompactETag::new),
             until: v.until,
         }
     }
 
     fn version(&self) -> Version {
         Version {
-            e_tag: self.e_tag.as_deref().map(str::to_owned),
+            e_tag: self.e_tag.as_ref().map(CompactETag::text),
             until: self.until,
         }
     }

@@ -11,6 +11,7 @@
 //!    cwd inside), detach it lazily: it disappears from the namespace at once, and etlfs keeps
 //!    serving the open files until the last one is closed, rather than leaving a dead mount.
 
+use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
@@ -493,7 +494,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     };
     let index = Arc::new(index);
     apply_pending_intents(&index, &state, &local);
-    let local_files = prepare_local_tree(&local, &index, plan.hidden.as_deref());
+    let LocalTree {
+        files: local_files,
+        only_bucket_dirs,
+    } = prepare_local_tree(&local, &index, plan.hidden.as_deref());
     index.shrink();
     let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
         local_files.iter().map(|(_, size)| size).sum(),
@@ -523,6 +527,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             upload_delay: args.upload_delay,
             upload_max_delay: args.upload_max_delay,
             concurrency: args.upload_concurrency.max(1),
+            nothing_local: only_bucket_dirs && !offline,
         },
         Some(Arc::clone(&index)),
         rt.handle(),
@@ -1237,37 +1242,51 @@ fn apply_intents(index: &Index, intents: &[Intent], local: &LocalDir) {
     }
 }
 
+/// The local directory as [`prepare_local_tree`] found it.
+struct LocalTree {
+    /// The local files and their sizes.
+    files: Vec<(PathBuf, u64)>,
+    /// Nothing local but the directories the bucket implies (a new node): nothing there can
+    /// have changed while etlfs was down. `false` also when the walk failed.
+    only_bucket_dirs: bool,
+}
+
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
-/// bucket-only), and files that are local are not bucket-only. Returns the local files and
-/// their sizes.
-fn prepare_local_tree(
-    local: &LocalDir,
-    index: &Index,
-    hidden: Option<&Path>,
-) -> Vec<(PathBuf, u64)> {
-    for dir in index.dirs() {
+/// bucket-only), and files that are local are not bucket-only.
+fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) -> LocalTree {
+    let dirs: HashSet<PathBuf> = index.dirs().into_iter().collect();
+    for dir in &dirs {
         if hidden.is_some_and(|h| dir.starts_with(h)) {
             continue;
         }
-        if let Err(e) = local.mkdir_beneath(&dir) {
-            warn!(dir = %esc(&dir), error = %e, "cannot create a directory the bucket has");
+        if let Err(e) = local.mkdir_beneath(dir) {
+            warn!(dir = %esc(dir), error = %e, "cannot create a directory the bucket has");
         }
     }
-    let mut files = Vec::new();
+    let mut tree = LocalTree {
+        files: Vec::new(),
+        only_bucket_dirs: true,
+    };
     match local.walk(hidden) {
         Ok(entries) => {
             for (path, st) in entries {
                 if !st.is_dir() {
                     index.remove(&path);
                 }
+                if !st.is_dir() || !dirs.contains(&path) {
+                    tree.only_bucket_dirs = false;
+                }
                 if st.is_file() {
-                    files.push((path, st.size));
+                    tree.files.push((path, st.size));
                 }
             }
         }
-        Err(e) => warn!(error = %e, "cannot scan the local directory"),
+        Err(e) => {
+            warn!(error = %e, "cannot scan the local directory");
+            tree.only_bucket_dirs = false;
+        }
     }
-    files
+    tree
 }
 
 /// How often the local file bytes are counted when `--max-local-bytes` does not keep count.

@@ -821,6 +821,7 @@ impl Run {
             upload_delay: Duration::from_millis(case.delay_ms),
             upload_max_delay: Duration::from_secs(30),
             concurrency: 4,
+            nothing_local: false,
         };
         let env = Env::start(&root, &store, &plan, opts)?;
         Ok(Run {

@@ -148,6 +148,10 @@ pub struct MirrorOptions {
     pub upload_max_delay: Duration,
     /// Uploads in flight at once.
     pub concurrency: usize,
+    /// No file was local at start (a new node): nothing can have changed while etlfs was down,
+    /// so with no upload records and no journal to replay either, the start-up reconcile
+    /// (a second listing of the whole bucket, and a walk) is skipped.
+    pub nothing_local: bool,
 }
 
 /// Counters for logs, tests, `/metrics` and `/status` (read there, written only here).

@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use crate::bucket::CompactETag;
 use crate::escape::{esc, esc_display};
 use crate::local::Stat;
 use crate::state::StateDir;
@@ -109,7 +110,7 @@ struct Stored {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Object {
-    e_tag: Option<Box<str>>,
+    e_tag: Option<CompactETag>,
     owner: Option<(u32, u32)>,
     until_ns: Option<i64>,
 }
@@ -131,7 +132,7 @@ impl Stored {
             odd_sha: sha.is_none().then(|| rec.sha256.into_boxed_str()),
             sha,
             object: object.map(|o| Object {
-                e_tag: o.e_tag.map(String::into_boxed_str),
+                e_tag: o.e_tag.as_deref().map(CompactETag::new),
                 owner: o.owner,
                 until_ns: o.until_ns.map(narrow),
             }),
@@ -166,7 +167,7 @@ impl Stored {
 
     fn object(&self) -> Option<ObjectVersion> {
         self.object.as_ref().map(|o| ObjectVersion {
-            e_tag: o.e_tag.as_deref().map(str::to_owned),
+            e_tag: o.e_tag.as_ref().map(CompactETag::text),
             owner: o.owner,
             until_ns: o.until_ns.map(i128::from),
         })
@@ -280,7 +281,7 @@ impl Records {
         let mut map = self.lock();
         for (path, e_tag) in carried {
             if let Some(o) = map.get_mut(path.as_path()).and_then(|s| s.object.as_mut()) {
-                if o.until_ns.is_none() && o.e_tag.as_deref() == e_tag.as_deref() {
+                if o.until_ns.is_none() && o.e_tag == e_tag.as_deref().map(CompactETag::new) {
                     o.until_ns = Some(narrow(until_ns));
                 }
             }

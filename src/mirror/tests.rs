@@ -46,6 +46,7 @@ impl Env {
             upload_delay: Duration::from_millis(delay_ms),
             upload_max_delay: Duration::from_secs(30),
             concurrency: 4,
+            nothing_local: false,
         };
         let mirror = Mirror::start(
             bucket,

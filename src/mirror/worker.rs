@@ -146,6 +146,12 @@ impl Worker {
     ) -> Worker {
         let now = crate::counters::now_ms();
         let intent_since = replay.iter().map(|(seq, _)| (*seq, now)).collect();
+        let reconciled =
+            shared.opts.nothing_local && shared.records.is_empty() && replay.is_empty();
+        if reconciled {
+            shared.stats.reconciled.store(1, Ordering::Relaxed);
+            debug!("nothing local at start: no reconcile with the bucket needed");
+        }
         Worker {
             shared,
             rx,
@@ -157,7 +163,7 @@ impl Worker {
             inflight: HashSet::new(),
             intent_running: false,
             intent_retry_at: Instant::now(),
-            reconciled: false,
+            reconciled,
             reconcile_running: false,
             reconcile_at: Instant::now(),
             attempts: HashMap::new(),
