@@ -25,6 +25,7 @@ pub mod fault;
 pub mod history;
 pub mod requests;
 
+use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::TryStreamExt;
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as Key;
 use object_store::{
     Attribute, AttributeValue, Attributes, ObjectStore, ObjectStoreExt, PutMode,
@@ -334,6 +336,11 @@ pub struct Bucket {
     history_stats: Arc<history::Stats>,
     /// Shared by every clone: the requests sent, by kind (counted by the store's wrapper).
     requests: Arc<requests::RequestCounts>,
+    /// The same store, listed page by page with a size and a start: what gets a listing past
+    /// a key `object_store` cannot represent (`None`: FILESYSTEM, which cannot).
+    paged: Option<PagedLister>,
+    /// Shared by every clone: keys a listing skipped, each logged once.
+    skipped: Arc<Mutex<HashSet<String>>>,
 }
 
 /// Directory listings in flight at once while walking the bucket.
@@ -342,6 +349,64 @@ const LIST_CONCURRENCY: usize = 16;
 /// [`Bucket::list`]): past this many, one request per subdirectory costs more than the pages of
 /// a flat listing.
 const FLAT_FANOUT: usize = 256;
+
+/// The bucket's store as a [`PaginatedListStore`] (listing with a page size and a start).
+#[derive(Clone)]
+pub struct PagedLister(pub Arc<dyn PaginatedListStore>);
+
+impl std::fmt::Debug for PagedLister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PagedLister")
+    }
+}
+
+/// What one listing request of a walk found.
+struct Step {
+    objects: Vec<object_store::ObjectMeta>,
+    /// What is left to walk below it.
+    next: Vec<Walk>,
+    /// Keys left out because `object_store` cannot represent them (raw, full keys; ending in
+    /// `/` for a directory part).
+    skipped: Vec<String>,
+}
+
+impl Step {
+    fn objects(objects: Vec<object_store::ObjectMeta>) -> Step {
+        Step {
+            objects,
+            next: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+}
+
+/// The smallest listing start after `key` — and, for a directory part (ending in `/`), after
+/// every key below it: start-after compares UTF-8 bytes, and no key below it goes past the
+/// highest code point.
+fn past(key: &str) -> String {
+    if key.ends_with('/') {
+        format!("{key}\u{10FFFF}")
+    } else {
+        key.to_owned()
+    }
+}
+
+/// The raw key an `object_store` error about an unparsable key names.
+fn bad_key_of(e: &object_store::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(e) = cur {
+        if let Some(p) = e.downcast_ref::<object_store::path::Error>() {
+            use object_store::path::Error as P;
+            return match p {
+                P::EmptySegment { path } | P::BadSegment { path, .. } => Some(path.clone()),
+                P::NonUnicode { path, .. } => Some(path.clone()),
+                _ => None,
+            };
+        }
+        cur = e.source();
+    }
+    None
+}
 
 /// What is left to list while walking the bucket.
 enum Walk {
@@ -382,7 +447,16 @@ impl Bucket {
             history: None,
             history_stats: Arc::default(),
             requests,
+            paged: None,
+            skipped: Arc::default(),
         }
+    }
+
+    /// Lets listings get past keys `object_store` cannot represent, through `paged` (the same
+    /// store as a [`PaginatedListStore`]).
+    pub fn with_paged_listing(mut self, paged: Option<PagedLister>) -> Bucket {
+        self.paged = paged;
+        self
     }
 
     /// The requests sent to the bucket so far, by kind.
@@ -735,6 +809,14 @@ impl Bucket {
     /// by side. A directory with more than [`FLAT_FANOUT`] subdirectories is listed flat below
     /// it instead, so a tree of many tiny directories costs at most about twice the pages of a
     /// flat listing, never one request per directory.
+    ///
+    /// A key `object_store` cannot represent (an empty, `.` or `..` segment, an ASCII control
+    /// character) fails the whole page it is on. Where the store lists page by page with a
+    /// size and a start ([`Bucket::with_paged_listing`]), such a level is listed again around
+    /// it: pages halved until the bad key stands alone, then listed past. The key (or, for a
+    /// bad directory part, everything below it) is left out and logged once, escaped; the
+    /// number left out is what [`Bucket::list_each`] returns. Elsewhere (FILESYSTEM) the
+    /// listing fails, naming the key.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         self.list_each(dir, |o| out.push(o)).await?;
@@ -743,11 +825,12 @@ impl Bucket {
 
     /// [`Bucket::list`], handing each object to `each` as its page arrives rather than
     /// collecting them (a comparison with 100,000 objects then needs no list of them).
+    /// Returns how many keys were left out because they cannot be listed.
     pub async fn list_each(
         &self,
         dir: Option<&Path>,
         mut each: impl FnMut(ObjectInfo),
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let root = match dir {
             Some(d) => Some(self.key_below(d)?),
             None if self.prefix.is_empty() => None,
@@ -761,6 +844,7 @@ impl Bucket {
         };
         let mut todo = vec![Walk::Level(root)];
         let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut skipped = 0;
         loop {
             while inflight.len() < LIST_CONCURRENCY {
                 let Some(step) = todo.pop() else { break };
@@ -769,30 +853,51 @@ impl Bucket {
             let Some(res) = futures::StreamExt::next(&mut inflight).await else {
                 break;
             };
-            let (objects, subdirs) = res.map_err(err)?;
-            objects
+            let step = res.map_err(err)?;
+            step.objects
                 .into_iter()
                 .filter_map(|m| self.info(m))
                 .for_each(&mut each);
-            todo.extend(subdirs);
+            todo.extend(step.next);
+            skipped += step.skipped.len() as u64;
+            self.note_skipped(step.skipped);
         }
-        Ok(())
+        Ok(skipped)
+    }
+
+    /// Logs each key a listing left out, once per process.
+    fn note_skipped(&self, keys: Vec<String>) {
+        let mut seen = self.skipped.lock().unwrap_or_else(|e| e.into_inner());
+        for key in keys {
+            let below = if key.ends_with('/') {
+                " (a directory part: everything below it)"
+            } else {
+                ""
+            };
+            if seen.insert(key.clone()) {
+                tracing::warn!(
+                    key = %esc(&key),
+                    "bucket object not shown: its key cannot be a path (an empty, `.` or `..` \
+                     segment, or an ASCII control character){below}; rename or remove it"
+                );
+            }
+        }
     }
 
     /// One request of [`Bucket::list`]: the objects it found, and what is left to walk.
-    async fn list_step(
-        &self,
-        step: Walk,
-    ) -> object_store::Result<(Vec<object_store::ObjectMeta>, Vec<Walk>)> {
+    async fn list_step(&self, step: Walk) -> object_store::Result<Step> {
         match step {
             Walk::Level(prefix) => {
                 let res = match self.store.list_with_delimiter(prefix.as_ref()).await {
                     Ok(res) => res,
-                    // A bad key below: a flat listing of the subtree fails too, but names the
-                    // whole key rather than the directory part (which says less).
                     Err(e) if names_a_bad_key(&e) => {
+                        if let Some(PagedLister(paged)) = &self.paged {
+                            return self.list_around_bad_keys(&**paged, prefix, true).await;
+                        }
+                        // A flat listing of the subtree fails too, but names the whole key
+                        // rather than the directory part (which says less).
                         let all = self.store.list(prefix.as_ref()).try_collect().await?;
-                        return Ok((all, Vec::new()));
+                        return Ok(Step::objects(all));
                     }
                     Err(e) => return Err(e),
                 };
@@ -806,19 +911,113 @@ impl Bucket {
                 } else {
                     dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
                 };
-                Ok((res.objects, next))
+                Ok(Step {
+                    objects: res.objects,
+                    next,
+                    skipped: Vec::new(),
+                })
             }
             Walk::Below(prefix) => {
                 // The level itself was listed already: keep what is deeper.
                 let depth = prefix.as_ref().map_or(0, |p| p.parts().count()) + 1;
-                let all: Vec<_> = self.store.list(prefix.as_ref()).try_collect().await?;
-                let deeper = all
-                    .into_iter()
-                    .filter(|m| m.location.parts().count() > depth)
-                    .collect();
-                Ok((deeper, Vec::new()))
+                let mut step = match self.store.list(prefix.as_ref()).try_collect().await {
+                    Ok(all) => Step::objects(all),
+                    Err(e) if names_a_bad_key(&e) => match &self.paged {
+                        Some(PagedLister(paged)) => {
+                            self.list_around_bad_keys(&**paged, prefix, false).await?
+                        }
+                        None => return Err(e),
+                    },
+                    Err(e) => return Err(e),
+                };
+                step.objects.retain(|m| m.location.parts().count() > depth);
+                Ok(step)
             }
         }
+    }
+
+    /// Lists `prefix` (one level with `by_level`, else everything below it) page by page,
+    /// getting past keys `object_store` cannot parse: a page that fails on one is asked for
+    /// again at half the size from the same start, until the bad key is alone on its page; it
+    /// is then left out, and the listing goes on after it (after everything below it, for a
+    /// bad directory part). Costs about twenty requests per bad key; none when there is none,
+    /// as this is only called once a listing failed on one.
+    async fn list_around_bad_keys(
+        &self,
+        paged: &dyn PaginatedListStore,
+        prefix: Option<Key>,
+        by_level: bool,
+    ) -> object_store::Result<Step> {
+        const PAGE: usize = 1000;
+        let raw_prefix = prefix.as_ref().map(|p| format!("{p}/"));
+        let mut step = Step::objects(Vec::new());
+        let mut dirs = Vec::new();
+        let mut offset: Option<String> = None;
+        let mut page = PAGE;
+        // The last failure on a key object_store cannot parse.
+        let mut last_bad: Option<object_store::Error> = None;
+        loop {
+            let opts = PaginatedListOptions {
+                offset: offset.clone(),
+                delimiter: by_level.then_some("/".into()),
+                max_keys: Some(page),
+                ..Default::default()
+            };
+            let res = match paged.list_paginated(raw_prefix.as_deref(), opts).await {
+                Ok(res) => res,
+                Err(e) if names_a_bad_key(&e) && page > 1 => {
+                    page /= 2;
+                    last_bad = Some(e);
+                    continue;
+                }
+                Err(e) => match bad_key_of(&e) {
+                    Some(key) if names_a_bad_key(&e) => {
+                        let next = past(&key);
+                        if offset.as_ref().is_some_and(|o| *o >= next) {
+                            return Err(e); // no way forward: never loop
+                        }
+                        step.skipped.push(key);
+                        offset = Some(next);
+                        page = PAGE;
+                        last_bad = Some(e);
+                        continue;
+                    }
+                    _ => return Err(e),
+                },
+            };
+            let mut last: Option<String> = None;
+            for d in res.result.common_prefixes {
+                let next = past(&format!("{d}/"));
+                last = last.max(Some(next));
+                if !self.is_reserved_dir(&d) {
+                    dirs.push(d);
+                }
+            }
+            for o in res.result.objects {
+                last = last.max(Some(o.location.to_string()));
+                step.objects.push(o);
+            }
+            if res.page_token.is_none() {
+                break;
+            }
+            match last {
+                Some(l) if offset.as_ref().is_none_or(|o| l > *o) => offset = Some(l),
+                // A page that moved nothing forward: the store did not start where asked
+                // (Azurite ignores `startFrom`). Never loop, and never pass off what was
+                // listed as the whole level: fail on the key that could not be got past.
+                _ => match last_bad {
+                    Some(e) => return Err(e),
+                    None => break,
+                },
+            }
+            page = (page * 2).min(PAGE);
+        }
+        step.next = if dirs.len() > FLAT_FANOUT {
+            vec![Walk::Below(prefix)]
+        } else {
+            dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
+        };
+        Ok(step)
     }
 
     /// Whether `dir` (a listed common prefix) is etlfs' reserved namespace at the top.

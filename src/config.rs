@@ -86,6 +86,7 @@ use serde::de::{self, DeserializeOwned, IgnoredAny};
 use tracing::{debug, info, warn};
 use url::Url;
 
+use crate::bucket::PagedLister;
 use crate::escape::esc;
 
 const MIB: u64 = 1024 * 1024;
@@ -140,6 +141,9 @@ impl fmt::Display for StoreKind {
 pub struct BucketConfig {
     pub kind: StoreKind,
     pub store: Arc<dyn ObjectStore>,
+    /// The same store, listed page by page (`None`: FILESYSTEM), to get a listing past a key
+    /// `object_store` cannot represent.
+    pub paged: Option<PagedLister>,
     /// The top-level `prefix` of the file, trimmed of '/', "" if none (NOT applied to `store`:
     /// the caller joins it with --prefix).
     pub prefix: String,
@@ -1657,6 +1661,7 @@ fn build_s3(ctx: &Ctx, y: S3Yaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::S3,
+        paged: Some(PagedLister(Arc::new(store.clone()))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
@@ -1883,6 +1888,7 @@ fn build_gcs(ctx: &Ctx, y: GcsYaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::Gcs,
+        paged: Some(PagedLister(Arc::new(store.clone()))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
@@ -2343,6 +2349,7 @@ fn build_azure(ctx: &Ctx, y: AzureYaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::Azure,
+        paged: Some(PagedLister(Arc::new(store.clone()))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
@@ -2377,6 +2384,7 @@ fn build_filesystem(ctx: &Ctx, dir: &Path, key: &str) -> Result<BucketConfig, Co
     Ok(BucketConfig {
         kind: StoreKind::Filesystem,
         store: Arc::new(store),
+        paged: None,
         prefix: String::new(),
         user_metadata: false,
         extra_metadata: Vec::new(),

@@ -388,12 +388,17 @@ impl Index {
     pub async fn load(bucket: &Bucket) -> Result<Index, BucketError> {
         let started = std::time::Instant::now();
         let listed = async {
-            let listing = bucket.list(None).await;
-            (listing, started.elapsed())
+            let mut objs = Vec::new();
+            let skipped = bucket.list_each(None, |o| objs.push(o)).await;
+            (skipped.map(|n| (objs, n)), started.elapsed())
         };
         let ((listing, listed_in), manifest) = futures::join!(listed, bucket.get_manifest());
-        let listing = listing?;
-        let mut index = Index::default();
+        let (listing, unlistable) = listing?;
+        let mut index = Index {
+            // Keys the listing had to leave out (the bucket logged each): refused as well.
+            refused: AtomicU64::new(unlistable),
+            ..Index::default()
+        };
         let mut dirs = HashSet::new();
         let mut files = Vec::new();
         for obj in listing {

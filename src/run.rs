@@ -843,7 +843,8 @@ pub fn open_bucket(
         &prefix,
         bucket_cfg.user_metadata,
         bucket_cfg.extra_metadata.clone(),
-    );
+    )
+    .with_paged_listing(bucket_cfg.paged.clone());
     info!(bucket = %esc(&bucket_cfg.describe), prefix = %esc(bucket.prefix()), "bucket");
     Ok(bucket)
 }

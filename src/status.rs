@@ -178,6 +178,7 @@ pub(crate) struct Figures<'a> {
     pub local_bytes: u64,
     pub bucket_only_files: u64,
     pub index_heads: u64,
+    pub refused_keys: u64,
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
@@ -326,6 +327,7 @@ impl Status {
             .unwrap_or_else(|| get(&s.walked_local_bytes));
         f.bucket_only_files = s.index.len() as u64;
         f.index_heads = s.index.report().heads;
+        f.refused_keys = s.index.refused();
         f.index_from_manifest = s.index.report().from_manifest;
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
@@ -400,6 +402,7 @@ impl Status {
                 files_from_manifest: f.index_from_manifest,
                 heads: f.index_heads,
                 listing: self.listing().to_owned(),
+                refused_keys: f.refused_keys,
             },
             history: HistoryReport {
                 versions_kept: f.history_versions_kept,
@@ -536,6 +539,10 @@ pub struct IndexReport {
     /// `loaded`, or `loading in the background (started offline)`.
     #[serde(default)]
     pub listing: String,
+    /// Objects under the prefix the last listing could not show (their key cannot be a path
+    /// here); each is named once in the log.
+    #[serde(default)]
+    pub refused_keys: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

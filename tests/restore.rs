@@ -920,48 +920,270 @@ fn raw(base: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     (status, text)
 }
 
-/// Keys with `..`, `.` and empty segments under the mount's prefix (written with raw HTTP:
-/// object_store refuses to build such keys, which is itself evidence that etlfs never writes
-/// them). The mount comes up all the same, shows a sane neighbour, refuses the rest with a
-/// log line, and writes nothing outside its directory.
-#[test]
-fn hostile_bucket_keys_never_escape() {
-    let t = target("s3");
+/// Percent-encodes everything but unreserved characters and `/`.
+fn pct(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Writes `key` verbatim into the test bucket of `t` with raw HTTP (object_store refuses to
+/// build such keys, which is itself evidence that etlfs never writes them): moto takes
+/// unsigned requests, fake-gcs unauthenticated uploads (the name in the query, so no URL
+/// normalization can touch it). Returns whether the server's own listing shows the key.
+fn put_raw(t: &Target, kind: &str, key: &str) -> bool {
+    let bucket = &t.server().bucket;
+    match kind {
+        "s3" => {
+            let server =
+                std::env::var("ETLFS_TEST_S3_SERVER").expect("run through scripts/test.sh");
+            let (status, resp) = raw_put(&server, &format!("/{bucket}/{}", pct(key)), b"hostile");
+            assert_eq!(status, 200, "raw PUT of {key:?}: {resp}");
+            let (status, listing) = raw(
+                &server,
+                "GET",
+                &format!("/{bucket}?list-type=2&prefix=etl/&encoding-type=url"),
+                b"",
+            );
+            assert_eq!(status, 200, "{listing}");
+            listing.contains(&format!("<Key>{}</Key>", pct(key)))
+                || listing.contains(&format!("<Key>{}</Key>", pct(key).replace("%20", "+")))
+        }
+        "gcs" => {
+            let server =
+                std::env::var("ETLFS_TEST_GCS_SERVER").expect("run through scripts/test.sh");
+            let name = pct(key).replace('/', "%2F");
+            let (status, resp) = raw(
+                &server,
+                "POST",
+                &format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"),
+                b"hostile",
+            );
+            assert_eq!(status, 200, "raw upload of {key:?}: {resp}");
+            eprintln!("UPLOAD {}", &resp[..resp.len().min(400)]);
+            let (status, listing) = raw(
+                &server,
+                "GET",
+                &format!("/storage/v1/b/{bucket}/o?prefix=etl/"),
+                b"",
+            );
+            assert_eq!(status, 200, "{listing}");
+            eprintln!("{listing}");
+            let want = serde_json::to_string(key).unwrap();
+            listing.contains(&format!("\"name\":{want}"))
+                || listing.contains(&format!("\"name\": {want}"))
+        }
+        "azure" => {
+            // Signed by hand (Shared Key) over the raw path: object_store, like any URL
+            // library, would normalize the dot segments away before signing.
+            let out = Command::new("python3")
+                .args(["-c", AZURE_RAW_PUT, bucket, key])
+                .output()
+                .expect("python3");
+            let said = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success() && said.trim() == "201",
+                "raw PUT of {key:?}: {said}{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            // Azurite's own listing is signed the same way; the mount's listing is the check.
+            true
+        }
+        other => panic!("no raw writes for {other}"),
+    }
+}
+
+/// `python3 -c AZURE_RAW_PUT CONTAINER NAME`: puts a block blob named NAME verbatim on the
+/// test Azurite (Shared Key over the raw, unnormalized path); prints the HTTP status.
+const AZURE_RAW_PUT: &str = r#"
+import base64, email.utils, hashlib, hmac, http.client, os, sys, urllib.parse
+endpoint = os.environ["ETLFS_TEST_AZURE_SERVER"]
+account, key = os.environ["ETLFS_TEST_AZURE_ACCOUNT"], os.environ["ETLFS_TEST_AZURE_KEY"]
+container, name = sys.argv[1], sys.argv[2]
+u = urllib.parse.urlparse(endpoint)
+path = f"{u.path}/{container}/" + urllib.parse.quote(name, safe="/.")
+date, version, body = email.utils.formatdate(usegmt=True), "2021-08-06", b"hostile"
+headers = f"x-ms-blob-type:BlockBlob\nx-ms-date:{date}\nx-ms-version:{version}"
+to_sign = "\n".join(["PUT", "", "", str(len(body))] + [""] * 8 + [headers, f"/{account}{path}"])
+mac = hmac.new(base64.b64decode(key), to_sign.encode(), hashlib.sha256).digest()
+conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+conn.putrequest("PUT", path, skip_accept_encoding=True)
+for k, v in [("x-ms-date", date), ("x-ms-version", version), ("x-ms-blob-type", "BlockBlob"),
+             ("Authorization", f"SharedKey {account}:{base64.b64encode(mac).decode()}"),
+             ("Content-Length", str(len(body)))]:
+    conn.putheader(k, v)
+conn.endheaders(body)
+print(conn.getresponse().status)
+"#;
+
+/// Keys no local path can be — `..`, `.` and empty segments, ASCII control characters — under
+/// the mount's prefix, beside sane ones in the same directories. One such key fails the whole
+/// listing page it is on in object_store; etlfs lists around it: the mount comes up at once,
+/// every other object is shown and readable, each bad key is named once in the log
+/// (escaped), counted on /status and /metrics, and nothing is written outside the directory.
+fn hostile_keys_block_nothing(kind: &str) {
+    let t = target(kind);
     let store = t.store();
     let rt = rt();
-    let hostile = ["etl/a/../../etc/x", "etl//double", "etl/x/./y"];
+    // Sane objects beside the bad ones, before and after them in listing order (written
+    // first: the bucket is made on the first write).
+    let good = [
+        "etl/a/fine",
+        "etl/good/file",
+        "etl/good/zz-after",
+        "etl/x/fine",
+        "etl/zz",
+    ];
+    for g in good {
+        rt.block_on(store.put(
+            &Key::parse(g).unwrap(),
+            PutPayload::from(g.as_bytes().to_vec()),
+        ))
+        .unwrap();
+    }
+    // Directory parts that cannot be paths (everything below is left out), and file names.
+    // fake-gcs stores dot and empty segments but lists them cleaned up (`etl//double` as
+    // `etl/double`), and an ESC not as itself in its XML listing: on GCS only the tab.
+    let all = [
+        "etl/a/../../etc/x",
+        "etl//double",
+        "etl/x/./y",
+        "etl/good/tab\there",
+        "etl/good/esc\x1b[31mred",
+    ];
+    let hostile = if kind == "gcs" { &all[3..4] } else { &all[..] };
     for bad in hostile {
         assert!(Key::parse(bad).is_err(), "object_store accepted {bad:?}");
-    }
-    let server = std::env::var("ETLFS_TEST_S3_SERVER").expect("run through scripts/test.sh");
-    let bucket = &t.server().bucket;
-    for k in hostile {
-        let (status, resp) = raw_put(&server, &format!("/{bucket}/{k}"), b"hostile");
-        assert_eq!(status, 200, "raw PUT of {k}: {resp}");
-    }
-    // The server keeps them verbatim (no normalization): its own listing shows each key.
-    let (status, listing) = raw(
-        &server,
-        "GET",
-        &format!("/{bucket}?list-type=2&prefix=etl/"),
-        b"",
-    );
-    assert_eq!(status, 200, "{listing}");
-    for k in hostile {
         assert!(
-            listing.contains(&format!("<Key>{k}</Key>")),
-            "{k} not stored: {listing}"
+            put_raw(&t, kind, bad),
+            "{bad:?} not listed verbatim by {kind}"
         );
     }
+
+    let tmp = tempfile::Builder::new()
+        .prefix("etlfs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let (mnt, local) = (tmp.path().join("m"), tmp.path().join("l"));
+    fs::create_dir(&mnt).unwrap();
+    fs::create_dir(&local).unwrap();
+    let cfg = tmp.path().join("object-store.yaml");
+    fs::write(&cfg, t.yaml()).unwrap();
+    let log = tmp.path().join("etlfs.log");
+    let port = common::free_port();
+    let child = Command::new(common::ETLFS)
+        .env("ETLFS_LISTEN", format!("127.0.0.1:{port}"))
+        .args(["mount", "--no-prefetch", "--prefix", "etl", "--config"])
+        .arg(&cfg)
+        .arg("--local")
+        .arg(&local)
+        .arg(&mnt)
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut guard = DaemonGuard {
+        child,
+        mnt: mnt.clone(),
+    };
+    let text = || fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        poll(60, || common::is_mounted(&mnt)),
+        "did not mount:\n{}",
+        text()
+    );
+    for g in good {
+        let rel = g.strip_prefix("etl/").unwrap();
+        assert_eq!(
+            fs::read(mnt.join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}\n{}", text())),
+            g.as_bytes()
+        );
+    }
+    // Nothing else is shown: the directories hold exactly their sane entries.
+    let names = |d: &str| {
+        let mut v: Vec<String> = fs::read_dir(mnt.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names("good"), ["file", "zz-after"]);
+    assert_eq!(names("x"), ["fine"]);
+    assert_eq!(names("a"), ["fine"]);
+    assert_eq!(names(""), ["a", "good", "x", "zz"]);
+
+    // Each bad key named once, escaped (what is a directory part is named as such).
+    let named = [
+        ("etl/a/../", "etl/a/../"),
+        ("etl//", "etl//"),
+        ("etl/x/./", "etl/x/./"),
+        ("etl/good/tab\there", "etl/good/tab\\there"),
+        ("etl/good/esc\x1b[31mred", "etl/good/esc\\x1b[31mred"),
+    ];
+    let log_text = text();
+    let mut refused = 0;
+    for (raw_key, shown) in named {
+        if !hostile.iter().any(|h| h.starts_with(raw_key)) {
+            continue;
+        }
+        refused += 1;
+        let lines = log_text
+            .lines()
+            .filter(|l| l.contains("bucket object not shown") && l.contains(shown))
+            .count();
+        assert_eq!(lines, 1, "{shown} named {lines} times:\n{log_text}");
+    }
+    assert!(
+        !log_text.contains('\x1b'),
+        "a raw control character reached the log"
+    );
+    let status = common::http_get(port, "/status").expect("the status server answers");
+    let (_, body) = status.split_once("\r\n\r\n").expect("an HTTP response");
+    let report: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    assert_eq!(report["index"]["refused_keys"], refused, "{body}");
+    let metrics = common::http_get(port, "/metrics").expect("metrics");
+    assert!(
+        metrics.contains(&format!("etlfs_bucket_keys_refused {refused}")),
+        "{metrics}"
+    );
+
+    // Nothing outside the directory, nothing local but the state.
+    let mut beside: Vec<String> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    beside.sort();
+    assert_eq!(beside, ["etlfs.log", "l", "m", "object-store.yaml"]);
+    assert!(!Path::new("/tmp/etc/x").exists());
+    let pid = rustix::process::Pid::from_raw(guard.child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(guard.child.wait().unwrap().success(), "{}", text());
+}
+
+#[test]
+fn hostile_keys_block_nothing_s3() {
+    hostile_keys_block_nothing("s3");
+}
+
+/// Azurite cannot list from a given start (it ignores `startFrom`), so a listing cannot get
+/// past a key object_store rejects: the mount does not come up with an incomplete directory,
+/// says which key is in the way (escaped), keeps trying, and writes nothing.
+#[test]
+fn hostile_key_on_azurite_keeps_the_mount_waiting_and_named() {
+    let t = target("azure");
+    let store = t.store();
+    let rt = rt();
     rt.block_on(store.put(
         &Key::parse("etl/good/file").unwrap(),
         PutPayload::from_static(b"good"),
     ))
     .unwrap();
-
-    // object_store cannot list a prefix holding such keys at all (it rejects the whole page),
-    // so etlfs cannot know what else is there: it refuses to mount an incomplete directory,
-    // says which key is the problem, and keeps trying. Nothing is written anywhere meanwhile.
+    assert!(put_raw(&t, "azure", "etl//double"));
     let tmp = tempfile::Builder::new()
         .prefix("etlfs")
         .tempdir_in("/tmp")
@@ -986,37 +1208,19 @@ fn hostile_bucket_keys_never_escape() {
         child,
         mnt: mnt.clone(),
     };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("cannot be listed")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "no explanation logged:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let text = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
-        !common::is_mounted(&mnt),
-        "mounted with an incomplete listing"
+        poll(30, || text().lines().any(|l| l
+            .contains("cannot be listed")
+            && l.contains("etl//"))),
+        "no explanation naming the key:\n{}",
+        text()
     );
+    assert!(!common::is_mounted(&mnt), "mounted an incomplete listing");
     assert!(
         guard.child.try_wait().unwrap().is_none(),
         "etlfs gave up instead of waiting"
     );
-    let text = fs::read_to_string(&log).unwrap();
-    assert!(
-        hostile.iter().any(|k| text.contains(k)),
-        "the log does not name the key:\n{text}"
-    );
-    let mut beside: Vec<String> = fs::read_dir(tmp.path())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    beside.sort();
-    assert_eq!(beside, ["etlfs.log", "l", "m", "object-store.yaml"]);
     assert_eq!(
         fs::read_dir(&local)
             .unwrap()
@@ -1024,35 +1228,14 @@ fn hostile_bucket_keys_never_escape() {
             .count(),
         0
     );
-    assert!(!Path::new("/tmp/etc/x").exists());
-    // Remove the hostile objects: the mount comes up with the rest.
-    // (A multi-object delete: the keys travel in the body, where no URL normalization
-    // touches them.)
-    let objects: String = hostile
-        .iter()
-        .map(|k| format!("<Object><Key>{k}</Key></Object>"))
-        .collect();
-    let body = format!("<Delete>{objects}</Delete>");
-    let (status, resp) = raw(
-        &server,
-        "POST",
-        &format!("/{bucket}?delete"),
-        body.as_bytes(),
-    );
-    assert_eq!(status, 200, "multi-object delete: {resp}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !common::is_mounted(&mnt) {
-        assert!(
-            Instant::now() < deadline,
-            "did not mount after the cleanup:\n{}",
-            fs::read_to_string(&log).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(fs::read(mnt.join("good/file")).unwrap(), b"good");
     let pid = rustix::process::Pid::from_raw(guard.child.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(guard.child.wait().unwrap().success());
+    assert!(guard.child.wait().unwrap().success(), "{}", text());
+}
+
+#[test]
+fn hostile_keys_block_nothing_gcs() {
+    hostile_keys_block_nothing("gcs");
 }
 
 /// Stops a daemon started by hand and clears its mount, also when the test fails.

@@ -227,6 +227,12 @@ impl prometheus_client::collector::Collector for Collector {
             "Files that are only in the bucket (not yet fetched)",
             f.bucket_only_files as i64,
         )?;
+        gauge(
+            e,
+            "etlfs_bucket_keys_refused",
+            "Objects under the prefix the last listing could not show: keys that cannot be a path here (empty, . or .. segments, control characters, too long, a file that is also a directory)",
+            f.refused_keys as i64,
+        )?;
         counter(
             e,
             "etlfs_index_heads",
