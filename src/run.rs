@@ -1255,7 +1255,8 @@ struct LocalTree {
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
 /// bucket-only), and files that are local are not bucket-only.
 fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) -> LocalTree {
-    let dirs: HashSet<PathBuf> = index.dirs().into_iter().collect();
+    // In order, each parent before what is below it.
+    let dirs = index.dirs();
     for dir in &dirs {
         if hidden.is_some_and(|h| dir.starts_with(h)) {
             continue;
@@ -1264,6 +1265,7 @@ fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) ->
             warn!(dir = %esc(dir), error = %e, "cannot create a directory the bucket has");
         }
     }
+    let dirs: HashSet<PathBuf> = dirs.into_iter().collect();
     let mut tree = LocalTree {
         files: Vec::new(),
         only_bucket_dirs: true,
