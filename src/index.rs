@@ -187,6 +187,9 @@ struct Stored {
     /// `None`: not known well enough to be written to a manifest (evicted, renamed, or its
     /// metadata could not be read).
     version: Option<Known>,
+    /// Tells this file at this path apart from any other that was there (set by
+    /// [`Inner::put`]; an object moving under it keeps it): see [`Index::stamp`].
+    stamp: u64,
 }
 
 /// A checksum: 32 bytes when it is lowercase hex SHA-256 (what etlfs writes), else the text
@@ -251,6 +254,7 @@ impl Stored {
             sha256: None,
             source: None,
             version: None,
+            stamp: 0,
         }
     }
 
@@ -273,6 +277,7 @@ impl Stored {
             sha256: Sha::new(sha256),
             source: None,
             version: None,
+            stamp: 0,
         }
     }
 
@@ -285,6 +290,7 @@ impl Stored {
             sha256: file.sha256.as_deref().and_then(Sha::new),
             source: (file.source != path).then(|| file.source.clone().into_boxed_path()),
             version: version.map(Known::new),
+            stamp: 0,
         }
     }
 
@@ -319,9 +325,47 @@ struct Inner {
     children: HashMap<PathBuf, BTreeMap<OsString, bool>>,
     /// Entries that left `files` with a known version, until the mirror takes them.
     departed: HashMap<PathBuf, Stored>,
+    /// Where the object of each file renamed while bucket-only is (its `source`) → the file.
+    /// One file per object: a bucket-only file is never copied (a hard link fetches it).
+    /// Few entries: only renames the mirror has not carried out yet.
+    by_source: HashMap<PathBuf, (PathBuf, u64)>,
+    last_stamp: u64,
 }
 
 impl Inner {
+    /// Puts a file at `path` (replacing whatever was there) with a new stamp.
+    fn put(&mut self, path: PathBuf, mut s: Stored) {
+        self.last_stamp += 1;
+        s.stamp = self.last_stamp;
+        if let Some(old) = self.files.remove(&path) {
+            self.forget_source(&old);
+        }
+        if let Some(src) = &s.source {
+            self.by_source
+                .insert(src.to_path_buf(), (path.clone(), s.stamp));
+        }
+        self.files.insert(path, s);
+    }
+
+    /// Takes the file at `path` out of `files`.
+    fn take(&mut self, path: &Path) -> Option<Stored> {
+        let s = self.files.remove(path)?;
+        self.forget_source(&s);
+        Some(s)
+    }
+
+    fn forget_source(&mut self, s: &Stored) {
+        if let Some(src) = &s.source {
+            if self
+                .by_source
+                .get(&**src)
+                .is_some_and(|(_, stamp)| *stamp == s.stamp)
+            {
+                self.by_source.remove(&**src);
+            }
+        }
+    }
+
     fn link(&mut self, path: &Path, is_dir: bool) {
         let mut cur = path.to_path_buf();
         let mut dir = is_dir;
@@ -337,6 +381,58 @@ impl Inner {
             cur = parent;
             dir = true;
         }
+    }
+
+    /// See [`Index::rename`].
+    fn rename(&mut self, from: &Path, to: &Path) {
+        let moved: Vec<PathBuf> = self
+            .files
+            .keys()
+            .filter(|p| p.starts_with(from))
+            .cloned()
+            .collect();
+        for p in moved {
+            let Some(mut s) = self.take(&p) else {
+                continue;
+            };
+            self.unlink(&p);
+            let new = moved_path(&p, from, to);
+            self.link(&new, false);
+            // The bytes stay where they are until the mirror moves them; the object under the
+            // new name will be a copy, a version we have not seen.
+            s.source = Some(
+                s.source
+                    .take()
+                    .unwrap_or_else(|| p.clone().into_boxed_path()),
+            );
+            s.version = None;
+            self.put(new, s);
+        }
+        // Child lists of a renamed directory move with it.
+        let dirs: Vec<PathBuf> = self
+            .children
+            .keys()
+            .filter(|d| d.starts_with(from))
+            .cloned()
+            .collect();
+        for d in dirs {
+            if let Some(c) = self.children.remove(&d) {
+                let new = moved_path(&d, from, to);
+                self.children.entry(new).or_default().extend(c);
+            }
+        }
+        if let Some(is_dir) = self.is_dir(from) {
+            self.unlink(from);
+            self.link(to, is_dir);
+        } else {
+            self.unlink(from);
+        }
+    }
+
+    /// Whether `path` is listed in its parent, and as a directory.
+    fn is_dir(&self, path: &Path) -> Option<bool> {
+        let (parent, name) = (path.parent()?, path.file_name()?);
+        self.children.get(parent)?.get(name).copied()
     }
 
     fn unlink(&mut self, path: &Path) {
@@ -501,7 +597,7 @@ impl Index {
                     continue;
                 };
                 inner.link(&obj.rel, false);
-                inner.files.insert(obj.rel, found);
+                inner.put(obj.rel, found);
             }
         }
         tracing::info!(
@@ -622,7 +718,7 @@ impl Index {
     /// version is kept for [`Index::take_departed`].
     pub fn remove(&self, path: &Path) -> Option<RemoteFile> {
         let mut inner = self.write();
-        let s = inner.files.remove(path)?;
+        let s = inner.take(path)?;
         inner.unlink(path);
         let file = s.remote(path);
         if s.version.is_some() {
@@ -642,7 +738,7 @@ impl Index {
             .cloned()
             .collect();
         for p in below {
-            if let Some(s) = inner.files.remove(&p) {
+            if let Some(s) = inner.take(&p) {
                 if s.version.is_some() {
                     inner.departed.insert(p, s);
                 }
@@ -697,6 +793,7 @@ impl Index {
         let mut inner = self.write();
         inner.files.shrink_to_fit();
         inner.children.shrink_to_fit();
+        inner.by_source.shrink_to_fit();
         inner.departed.shrink_to_fit();
     }
 
@@ -711,56 +808,56 @@ impl Index {
         let mut inner = self.write();
         inner.link(path, false);
         let stored = Stored::from_remote(&file, path, version);
-        inner.files.insert(path.to_path_buf(), stored);
+        inner.put(path.to_path_buf(), stored);
     }
 
     /// A bucket-only file, or everything below a directory, was renamed.
     pub fn rename(&self, from: &Path, to: &Path) {
-        let mut inner = self.write();
-        let moved: Vec<PathBuf> = inner
-            .files
-            .keys()
-            .filter(|p| p.starts_with(from))
-            .cloned()
-            .collect();
-        for p in moved {
-            let Some(mut s) = inner.files.remove(&p) else {
-                continue;
-            };
-            inner.unlink(&p);
-            let new = moved_path(&p, from, to);
-            inner.link(&new, false);
-            // The bytes stay where they are until the mirror moves them; the object under the
-            // new name will be a copy, a version we have not seen.
-            s.source = Some(
-                s.source
-                    .take()
-                    .unwrap_or_else(|| p.clone().into_boxed_path()),
-            );
-            s.version = None;
-            inner.files.insert(new, s);
-        }
-        // Child lists of a renamed directory move with it.
-        let dirs: Vec<PathBuf> = inner
-            .children
-            .keys()
-            .filter(|d| d.starts_with(from))
-            .cloned()
-            .collect();
-        for d in dirs {
-            if let Some(c) = inner.children.remove(&d) {
-                let new = moved_path(&d, from, to);
-                inner.children.entry(new).or_default().extend(c);
-            }
-        }
-        inner.unlink(from);
+        self.write().rename(from, to);
     }
 
-    /// The object of a file renamed while bucket-only now sits under its new name.
-    pub fn moved(&self, path: &Path) {
-        if let Some(s) = self.write().files.get_mut(path) {
+    /// `a` and `b` (files or directories) swapped places (`RENAME_EXCHANGE`): what is listed
+    /// at or below each is now at or below the other, its bytes where they were.
+    pub fn exchange(&self, a: &Path, b: &Path) {
+        let mut inner = self.write();
+        // Through a name no path can have (a NUL in it), as a `mv a t; mv b a; mv t b`.
+        let tmp = Path::new("\0exchange");
+        inner.rename(a, tmp);
+        inner.rename(b, a);
+        inner.rename(tmp, b);
+    }
+
+    /// The object at `from` was copied to `to` (the mirror carrying out a rename of a file
+    /// that was only in the bucket): the file reading it reads from `to` now. Called before
+    /// `from` is deleted.
+    pub fn object_moved(&self, from: &Path, to: &Path) {
+        let mut inner = self.write();
+        let Some((path, stamp)) = inner.by_source.remove(from) else {
+            return;
+        };
+        let Some(s) = inner.files.get_mut(&path).filter(|s| s.stamp == stamp) else {
+            return;
+        };
+        if path == to {
             s.source = None;
+        } else {
+            s.source = Some(to.to_path_buf().into_boxed_path());
+            inner.by_source.insert(to.to_path_buf(), (path, stamp));
         }
+    }
+
+    /// Whether a file of the index still reads its bytes from the object at `key`, under
+    /// another name (renamed while bucket-only, the mirror has not moved the object yet):
+    /// that object must move, never be overwritten or deleted first.
+    pub fn sources(&self, key: &Path) -> bool {
+        self.read().by_source.contains_key(key)
+    }
+
+    /// What tells the file now at `path` apart from any other file that was or will be there
+    /// (a download that took long checks it is still wanted by it; the object moving does
+    /// not change it).
+    pub fn stamp(&self, path: &Path) -> Option<u64> {
+        self.read().files.get(path).map(|s| s.stamp)
     }
 
     pub fn len(&self) -> usize {
@@ -1199,16 +1296,103 @@ mod tests {
             idx.children(Path::new("")),
             vec![(OsString::from("e"), true)]
         );
-        idx.moved(Path::new("e/sub/b"));
+        assert!(idx.sources(Path::new("d/sub/b")));
+        idx.object_moved(Path::new("d/sub/b"), Path::new("e/sub/b"));
         assert_eq!(
             idx.file(Path::new("e/sub/b")).unwrap().source,
             PathBuf::from("e/sub/b")
         );
+        assert!(!idx.sources(Path::new("d/sub/b")));
         idx.remove(Path::new("e/a"));
         assert_eq!(
             idx.children(Path::new("e")),
             vec![(OsString::from("sub"), true)]
         );
+    }
+
+    fn file_at(p: &str) -> RemoteFile {
+        RemoteFile {
+            size: p.len() as u64,
+            mtime: SystemTime::UNIX_EPOCH,
+            mode: 0o644,
+            sha256: None,
+            owner: None,
+            source: PathBuf::from(p),
+        }
+    }
+
+    fn sources(idx: &Index) -> BTreeMap<PathBuf, PathBuf> {
+        idx.files()
+            .into_iter()
+            .map(|(p, f)| (p, f.source))
+            .collect()
+    }
+
+    /// An exchange swaps what is below the two names, each file reading from where its bytes
+    /// are, and the directory listings follow; a file renamed twice before its object moved
+    /// follows it as it moves, one step at a time.
+    #[test]
+    fn an_exchange_swaps_and_sources_follow_the_objects() {
+        let idx = Index::default();
+        for p in ["a/x", "a/sub/y", "b/x", "b/z", "c"] {
+            idx.insert(Path::new(p), file_at(p));
+        }
+        idx.exchange(Path::new("a"), Path::new("b"));
+        let p = PathBuf::from;
+        let want: BTreeMap<PathBuf, PathBuf> = [
+            (p("a/x"), p("b/x")),
+            (p("a/z"), p("b/z")),
+            (p("b/x"), p("a/x")),
+            (p("b/sub/y"), p("a/sub/y")),
+            (p("c"), p("c")),
+        ]
+        .into();
+        assert_eq!(sources(&idx), want);
+        assert_eq!(idx.dirs(), vec![p("a"), p("b"), p("b/sub")]);
+        assert_eq!(
+            idx.children(Path::new("a")),
+            vec![(OsString::from("x"), false), (OsString::from("z"), false)]
+        );
+        // The mirror moves the objects through a stage, as it does an exchange.
+        let stage = Path::new("t");
+        idx.object_moved(Path::new("a/x"), &stage.join("x"));
+        idx.object_moved(Path::new("a/sub/y"), &stage.join("sub/y"));
+        assert_eq!(idx.file(Path::new("b/x")).unwrap().source, p("t/x"));
+        idx.object_moved(Path::new("b/x"), Path::new("a/x"));
+        idx.object_moved(Path::new("b/z"), Path::new("a/z"));
+        idx.object_moved(&stage.join("x"), Path::new("b/x"));
+        idx.object_moved(&stage.join("sub/y"), Path::new("b/sub/y"));
+        let settled: BTreeMap<PathBuf, PathBuf> = idx
+            .files()
+            .into_iter()
+            .map(|(q, _)| (q.clone(), q))
+            .collect();
+        assert_eq!(sources(&idx), settled);
+
+        // c -> d -> e before the mirror moved anything.
+        idx.rename(Path::new("c"), Path::new("d"));
+        let stamp = idx.stamp(Path::new("d"));
+        idx.rename(Path::new("d"), Path::new("e"));
+        assert_eq!(idx.file(Path::new("e")).unwrap().source, p("c"));
+        assert!(idx.stamp(Path::new("d")).is_none() && idx.stamp(Path::new("e")) != stamp);
+        let stamp = idx.stamp(Path::new("e"));
+        idx.object_moved(Path::new("c"), Path::new("d"));
+        assert_eq!(idx.file(Path::new("e")).unwrap().source, p("d"));
+        idx.object_moved(Path::new("d"), Path::new("e"));
+        assert_eq!(idx.file(Path::new("e")).unwrap().source, p("e"));
+        assert_eq!(
+            idx.stamp(Path::new("e")),
+            stamp,
+            "the same file, its object moved"
+        );
+        // A file replaced by a rename onto its name no longer holds the object it read.
+        idx.insert(Path::new("f"), file_at("f"));
+        idx.rename(Path::new("f"), Path::new("g"));
+        idx.insert(Path::new("h"), file_at("h"));
+        idx.rename(Path::new("h"), Path::new("g"));
+        assert!(!idx.sources(Path::new("f")) && idx.sources(Path::new("h")));
+        idx.remove(Path::new("g"));
+        assert!(!idx.sources(Path::new("h")));
     }
 
     fn meta(i: u32) -> FileMeta {

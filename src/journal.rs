@@ -7,9 +7,16 @@
 //! the application gets its answer. When the mirror has carried the intent out, a `done` line
 //! follows (not synced: losing it only means doing an idempotent delete again).
 //!
-//! Format: one JSON object per line, `{"seq":N,"intent":{...}}` or `{"done":N}`. A torn last
-//! line (a crash in the middle of an append) is ignored on replay. When no intent is pending
-//! the file is truncated, so it stays small.
+//! The intent is written before the local operation, so a crash in between leaves one that
+//! never ran. A rename says what it moved (the inode of a local file or directory, or a file
+//! only in the bucket), so that the next start can tell from the local disk whether it ran
+//! and cancel it if not (`run.rs`); an older journal's renames lack it, and are guessed at.
+//!
+//! Format: one JSON object per line, `{"seq":N,"intent":{...}}` or `{"done":N}`, and
+//! `{"seq":N,"step":K}` for the progress of an intent the mirror carries out in steps (an
+//! exchange: redoing a step already done would swap back what it swapped), written durably
+//! too. A torn last line (a crash in the middle of an append) is ignored on replay. When no
+//! intent is pending the file is truncated, so it stays small.
 //!
 //! Paths are whatever bytes the application named, not necessarily UTF-8: a removal or rename
 //! of a name the bucket can never hold must still work locally, and a rename between such a
@@ -54,7 +61,41 @@ pub enum Intent {
         #[serde(with = "raw_path")]
         to: PathBuf,
         dir: bool,
+        /// What was renamed. `None` in journals of an etlfs that did not record it: their
+        /// replay guesses from what is local (see `mirror/`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        source: Option<Source>,
     },
+    /// `rename` with `RENAME_EXCHANGE`: `a` and `b` (each with everything below it) swap
+    /// places, atomically. One intent, not two renames: carried out one after the other, the
+    /// second moves back in the bucket what the first moved.
+    Exchange {
+        #[serde(with = "raw_path")]
+        a: PathBuf,
+        #[serde(with = "raw_path")]
+        b: PathBuf,
+        /// Whether `a` (before the exchange) is a directory.
+        a_dir: bool,
+        b_dir: bool,
+        /// The local inodes at `a` and `b` before the exchange.
+        a_ino: u64,
+        b_ino: u64,
+    },
+}
+
+/// What a rename moved, as the overlay saw it when it journaled the rename. It tells the
+/// replay after a crash whether the local operation ran (the intent is journaled before it)
+/// and whether an object of a file that is only in the bucket must move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A local file or directory: its inode. The rename ran unless the old name still leads
+    /// to it.
+    Local { ino: u64 },
+    /// A file only in the bucket: its object moves to the new name. The only local operation
+    /// is the removal of a local file it replaces (`replaced`, its inode): the rename ran
+    /// unless the new name still leads to that.
+    Bucket { replaced: Option<u64> },
 }
 
 /// A path in the journal, losslessly: a JSON string when it is UTF-8, else an array of its
@@ -92,8 +133,28 @@ mod raw_path {
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(untagged)]
 enum Line {
-    Intent { seq: u64, intent: Intent },
-    Done { done: u64 },
+    Intent {
+        seq: u64,
+        intent: Intent,
+    },
+    Done {
+        done: u64,
+    },
+    /// How far the mirror got with an intent it carries out in steps (an exchange): the
+    /// steps before `step` are done in the bucket, `step` may be partly done.
+    Step {
+        seq: u64,
+        step: u8,
+    },
+}
+
+/// An intent not done yet, as the journal holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub seq: u64,
+    pub intent: Intent,
+    /// Progress of an intent carried out in steps ([`Journal::advance`]); 0: not started.
+    pub step: u8,
 }
 
 #[derive(Debug)]
@@ -104,7 +165,7 @@ struct Inner {
     /// Blocks are allocated up to here (see [`reserve`]).
     reserved_to: u64,
     next_seq: u64,
-    pending: BTreeMap<u64, Intent>,
+    pending: BTreeMap<u64, (Intent, u8)>,
 }
 
 /// The journal file in the state directory.
@@ -154,12 +215,33 @@ pub const FILE_NAME: &str = "journal.jsonl";
 /// The intents of the journal in `state` that were not done, in order, read without opening
 /// the journal for writing: a starting mount applies them to what the bucket listing showed
 /// before it shows the directory (see `run.rs`).
-pub fn pending_in(state: &StateDir) -> io::Result<Vec<Intent>> {
-    Ok(read_pending(state)?.0.into_values().collect())
+pub fn pending_in(state: &StateDir) -> io::Result<Vec<Pending>> {
+    Ok(read_pending(state)?
+        .0
+        .into_iter()
+        .map(|(seq, (intent, step))| Pending { seq, intent, step })
+        .collect())
 }
 
-/// The intents not done yet, by sequence number, and the highest sequence number seen.
-fn read_pending(state: &StateDir) -> io::Result<(BTreeMap<u64, Intent>, u64)> {
+/// Cancels pending intents of the journal in `state` whose local operation never ran (a
+/// crash came between the journal and the operation), durably: they must not be carried
+/// out at this start nor at any later one, whatever happens locally meanwhile.
+pub fn cancel_in(state: &StateDir, seqs: &[u64]) -> io::Result<()> {
+    if seqs.is_empty() {
+        return Ok(());
+    }
+    let (journal, _) = Journal::open(state)?;
+    for seq in seqs {
+        journal.done(*seq)?;
+    }
+    journal.lock().file.sync_data()
+}
+
+/// The intents not done yet (with their progress), by sequence number, and the highest
+/// sequence number seen.
+type Read = (BTreeMap<u64, (Intent, u8)>, u64);
+
+fn read_pending(state: &StateDir) -> io::Result<Read> {
     let path = state.path().join(FILE_NAME);
     let mut pending = BTreeMap::new();
     let mut max_seq = 0;
@@ -172,10 +254,15 @@ fn read_pending(state: &StateDir) -> io::Result<(BTreeMap<u64, Intent>, u64)> {
         match serde_json::from_slice::<Line>(line) {
             Ok(Line::Intent { seq, intent }) => {
                 max_seq = max_seq.max(seq);
-                pending.insert(seq, intent);
+                pending.insert(seq, (intent, 0));
             }
             Ok(Line::Done { done }) => {
                 pending.remove(&done);
+            }
+            Ok(Line::Step { seq, step }) => {
+                if let Some((_, at)) = pending.get_mut(&seq) {
+                    *at = step;
+                }
             }
             // Only the last line can be torn; anything else unparsable is skipped rather than
             // losing the intents after it.
@@ -195,7 +282,7 @@ impl Journal {
         let file = state.open_append(FILE_NAME)?;
         let len = file.metadata()?.len();
         let reserved_to = reserve(&file, len);
-        let replay: Vec<_> = pending.iter().map(|(s, i)| (*s, i.clone())).collect();
+        let replay: Vec<_> = pending.iter().map(|(s, (i, _))| (*s, i.clone())).collect();
         let journal = Journal {
             inner: Mutex::new(Inner {
                 file,
@@ -225,8 +312,27 @@ impl Journal {
         inner.write_line(&line)?;
         inner.file.sync_data()?;
         inner.next_seq += 1;
-        inner.pending.insert(seq, intent);
+        inner.pending.insert(seq, (intent, 0));
         Ok(seq)
+    }
+
+    /// Records durably that the steps of intent `seq` before `step` are done in the bucket
+    /// (see [`Line::Step`]): a replay after a crash goes on from there, never redoes them.
+    pub fn advance(&self, seq: u64, step: u8) -> io::Result<()> {
+        let mut inner = self.lock();
+        let Some((_, at)) = inner.pending.get_mut(&seq) else {
+            return Ok(());
+        };
+        *at = step;
+        let mut line = serde_json::to_vec(&Line::Step { seq, step }).map_err(io::Error::other)?;
+        line.push(b'\n');
+        inner.write_line(&line)?;
+        inner.file.sync_data()
+    }
+
+    /// The progress of the pending intent `seq` ([`Journal::advance`]; 0 if none).
+    pub fn step(&self, seq: u64) -> u8 {
+        self.lock().pending.get(&seq).map_or(0, |(_, step)| *step)
     }
 
     /// Marks an intent as carried out (or cancelled because the local operation failed).
@@ -280,6 +386,7 @@ mod tests {
                 from: "x".into(),
                 to: "y".into(),
                 dir: true,
+                source: Some(Source::Local { ino: 7 }),
             })
             .unwrap();
         let c = j.append(rm("c")).unwrap();
@@ -319,6 +426,7 @@ mod tests {
                     from: "x".into(),
                     to: "y".into(),
                     dir: true,
+                    source: None,
                 },
             ),
         ];
@@ -332,11 +440,21 @@ mod tests {
                 from: raw(b"a\xff"),
                 to: raw(b"tab\tnew\nline \xe2\x9c\x93"),
                 dir: false,
+                source: Some(Source::Bucket { replaced: None }),
             },
             Intent::Rename {
                 from: "utf8 \u{2713}".into(),
                 to: raw(b"\x80"),
                 dir: true,
+                source: Some(Source::Local { ino: 3 }),
+            },
+            Intent::Exchange {
+                a: raw(b"e\xff"),
+                b: "f".into(),
+                a_dir: true,
+                b_dir: false,
+                a_ino: 11,
+                b_ino: 12,
             },
         ];
         let mut want = old;
@@ -353,6 +471,58 @@ mod tests {
         assert!(text.contains(r#""from":"utf8 ✓""#), "{text}");
         let (_, replay) = Journal::open(&StateDir::open(dir.path()).unwrap()).unwrap();
         assert_eq!(replay, want);
+    }
+
+    /// The progress of an intent carried out in steps survives a reopen (and a later intent
+    /// or a done line does not disturb it); a step line of an intent already done is moot.
+    #[test]
+    fn steps_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let (j, _) = Journal::open(&state).unwrap();
+        let ex = Intent::Exchange {
+            a: "a".into(),
+            b: "b".into(),
+            a_dir: true,
+            b_dir: true,
+            a_ino: 1,
+            b_ino: 2,
+        };
+        let x = j.append(ex.clone()).unwrap();
+        let r = j.append(rm("r")).unwrap();
+        assert_eq!(j.step(x), 0);
+        j.advance(x, 1).unwrap();
+        j.advance(x, 2).unwrap();
+        j.done(r).unwrap();
+        j.advance(r, 1).unwrap();
+        assert_eq!(j.step(x), 2);
+        drop(j);
+        let want = vec![Pending {
+            seq: x,
+            intent: ex,
+            step: 2,
+        }];
+        assert_eq!(pending_in(&state).unwrap(), want);
+        let (j, replay) = Journal::open(&state).unwrap();
+        assert_eq!(replay.len(), 1);
+        assert_eq!(j.step(x), 2);
+    }
+
+    /// A cancelled intent is gone for good, the others stay in order.
+    #[test]
+    fn cancelled_intents_do_not_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let (j, _) = Journal::open(&state).unwrap();
+        let a = j.append(rm("a")).unwrap();
+        let b = j.append(rm("b")).unwrap();
+        let c = j.append(rm("c")).unwrap();
+        drop(j);
+        cancel_in(&state, &[b]).unwrap();
+        let seqs: Vec<u64> = pending_in(&state).unwrap().iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![a, c]);
+        let (_, replay) = Journal::open(&state).unwrap();
+        assert_eq!(replay, vec![(a, rm("a")), (c, rm("c"))]);
     }
 
     #[test]

@@ -13,7 +13,6 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::FetchError;
-use crate::bucket::history::is_history_source;
 use crate::bucket::{Bucket, BucketError};
 use crate::escape::esc;
 use crate::index::RemoteFile;
@@ -122,16 +121,14 @@ async fn write_verified(
             source,
         }
     };
-    // The source may also be a kept version (`restore --as-of`), which never moves.
-    let mut stream = match bucket.get_stream_source(&remote.source).await {
-        // Renamed while bucket-only, and the mirror has moved the object meanwhile.
-        Err(BucketError::NotFound { .. })
-            if remote.source != path && !is_history_source(&remote.source) =>
-        {
-            bucket.get_stream(path).await.map_err(bucket_err)?
-        }
-        other => other.map_err(bucket_err)?,
-    };
+    // The source may also be a kept version (`restore --as-of`), which never moves. (An object
+    // the mirror moved meanwhile is not found: the caller asks the index where it is now. Not
+    // at `path` for sure: an exchange moves it through a stage, and whatever is at `path`
+    // then is another file's.)
+    let mut stream = bucket
+        .get_stream_source(&remote.source)
+        .await
+        .map_err(bucket_err)?;
     let mut out = tokio::fs::File::from_std(file);
     let mut hasher = Sha256::new();
     let mut got = 0u64;

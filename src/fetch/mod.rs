@@ -151,6 +151,10 @@ pub const READAHEAD_MAX: usize = 1024;
 /// The prefetch gives memory back to the kernel after this many files.
 const TRIM_EVERY: u64 = 2048;
 
+/// How often a download is tried again at the object's new key when the mirror moved it
+/// while the download was starting.
+const MOVED_RETRIES: usize = 3;
+
 /// The span the download rate is measured over.
 pub const RATE_WINDOW: Duration = Duration::from_secs(10);
 
@@ -421,7 +425,21 @@ impl Fetcher {
             return Ok(None);
         }
         let started = Instant::now();
-        let res = self.download_to_place(path, &remote).await;
+        let mut remote = remote;
+        let mut res = self.download_to_place(path, &remote).await;
+        // The mirror moved the object meanwhile (it carried out the rename, or an exchange
+        // moves it twice): the index names where it is now.
+        for _ in 0..MOVED_RETRIES {
+            let Err(FetchError::Bucket { source, .. }) = &res else {
+                break;
+            };
+            let moved = match (source.as_ref(), self.index.file(path)) {
+                (BucketError::NotFound { .. }, Some(now)) if now.source != remote.source => now,
+                _ => break,
+            };
+            remote = moved;
+            res = self.download_to_place(path, &remote).await;
+        }
         match &res {
             Ok(bytes) => {
                 self.stats.latency.record(started.elapsed());
@@ -446,11 +464,9 @@ impl Fetcher {
     }
 
     async fn download_to_place(&self, path: &Path, remote: &RemoteFile) -> Result<u64, FetchError> {
-        let still_wanted = || {
-            self.index
-                .file(path)
-                .is_some_and(|f| f.source == remote.source && f.size == remote.size)
-        };
+        // The same file is still there, bucket-only (its object may have moved meanwhile).
+        let stamp = self.index.stamp(path);
+        let still_wanted = || stamp.is_some() && self.index.stamp(path) == stamp;
         let placed = download::download_verified_with(
             &self.bucket,
             &self.local,

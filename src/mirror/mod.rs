@@ -35,6 +35,14 @@
 //! directory made at its path does not keep it), a marker unless a directory is. A renamed
 //! file whose record still matches is copied server-side rather than uploaded again.
 //!
+//! Intents are carried out in order, each before any upload of a change made after it: so
+//! when a rename's intent runs, the objects at its old names are still what those names held
+//! when it happened. The object of a file that was only in the bucket (the index serves it
+//! from there, see `index.rs`) is copied to its new name then, even if something was made
+//! at the old name since (that is uploaded afterwards, over the old object). An exchange
+//! moves such objects both ways: through a stage ([`exchange_stage`]), in three moves whose
+//! progress the journal records.
+//!
 //! A name the bucket can never hold (not UTF-8, a control character: see `Bucket::key`) has
 //! no object, so its side of an intent needs nothing: removing it is a no-op, renaming it to
 //! an ordinary name uploads what arrives there (everything below, for a directory), and
@@ -85,6 +93,19 @@ use crate::state::StateDir;
 pub use records::ObjectVersion;
 pub use records::{Identity, Record, Records};
 pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
+
+/// Where the objects of bucket-only files below `a` wait while an exchange of `a` and `b` is
+/// carried out (journal sequence number `seq`), `rel` below `a`: a directory at the top of the
+/// bucket, named for etlfs (`.etlfs` itself is reserved). The index of a start during the
+/// exchange lists it, and the replay moves it to `b` as the mirror will.
+pub fn exchange_stage(seq: u64, rel: &Path) -> PathBuf {
+    let stage = PathBuf::from(format!(".etlfs-exchange-{seq}"));
+    if rel.as_os_str().is_empty() {
+        stage
+    } else {
+        stage.join(rel)
+    }
+}
 
 /// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
 pub trait ChangeSink: Send + Sync + std::fmt::Debug {
@@ -222,7 +243,7 @@ pub(crate) struct Shared {
     pub links: links::Links,
     /// Intents carried out since start, kept while [`Mirror::record_done_intents`] asks for
     /// them (an offline start, until the listing it loads late is reconciled with them).
-    pub done_intents: Mutex<Option<Vec<crate::journal::Intent>>>,
+    pub done_intents: Mutex<Option<Vec<crate::journal::Pending>>>,
     /// Files the bucket's listing vouched for (from the manifest) that have no upload record:
     /// written by `etlfs backup` or `etlfs restore`. The start's reconcile adopts each whose
     /// bytes are the object's instead of uploading it again.
@@ -315,9 +336,9 @@ impl Mirror {
         &self.shared.stats
     }
 
-    /// From now on, keeps the intents carried out in the bucket, until
-    /// [`Mirror::take_done_intents`]: a listing taken before one of them ran still shows its
-    /// old names.
+    /// From now on, keeps the intents carried out in the bucket (forgetting any kept so far),
+    /// until [`Mirror::take_done_intents`]: a listing taken before one of them ran still shows
+    /// its old names.
     pub fn record_done_intents(&self) {
         *self
             .shared
@@ -327,7 +348,7 @@ impl Mirror {
     }
 
     /// The intents carried out since [`Mirror::record_done_intents`]; stops keeping them.
-    pub fn take_done_intents(&self) -> Vec<crate::journal::Intent> {
+    pub fn take_done_intents(&self) -> Vec<crate::journal::Pending> {
         self.shared
             .done_intents
             .lock()

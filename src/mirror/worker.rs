@@ -2,8 +2,10 @@
 //!
 //! One loop owns all scheduling state (which paths are due when, which are in flight, which
 //! intents wait), so none of it needs a lock. Work runs in spawned tasks that report back.
-//! Intents run alone: the loop starts one only when no sync task is in flight and starts no
-//! sync task while it runs, which makes "delete only what is absent locally" race-free.
+//! Intents run alone and first: the loop starts one only when no sync task is in flight, and
+//! starts no sync task while one waits, which makes "delete only what is absent locally"
+//! race-free, and means no upload of a change made after an intent reaches the objects it works
+//! on before it is carried out.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -23,7 +25,7 @@ use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
 use crate::escape::esc;
-use crate::journal::Intent;
+use crate::journal::{Intent, Source};
 use crate::local::Stat;
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
@@ -47,6 +49,8 @@ pub enum SyncError {
         #[source]
         source: std::io::Error,
     },
+    #[error("writing the journal: {0}")]
+    Journal(#[source] std::io::Error),
 }
 
 impl SyncError {
@@ -385,8 +389,9 @@ impl Worker {
             if !syncs_in_flight && Instant::now() >= self.intent_retry_at {
                 self.intent_running = true;
                 let (shared, intent) = (Arc::clone(&self.shared), intent.clone());
-                self.tasks
-                    .spawn(async move { (Job::Intent(seq), run_intent(&shared, &intent).await) });
+                self.tasks.spawn(async move {
+                    (Job::Intent(seq), run_intent(&shared, seq, &intent).await)
+                });
             }
             // Intents go first: no new sync starts while one waits.
             return;
@@ -534,7 +539,11 @@ impl Worker {
                                 .unwrap_or_else(|e| e.into_inner())
                                 .as_mut(),
                         ) {
-                            done.push(i.clone());
+                            done.push(crate::journal::Pending {
+                                seq,
+                                intent: i.clone(),
+                                step: 0,
+                            });
                         }
                         if let Outcome::Touch(paths) = out {
                             self.make_due_now(paths);
@@ -894,14 +903,20 @@ async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
 }
 
 /// Deletes every object at or below a removed directory whose local path is absent. For a
-/// renamed directory (`moved_to`), a file that is only in the bucket is first copied to its
-/// new key, so it moves with the directory (where the new path can be a key: the overlay
-/// fetches bucket-only files before they move to a name that cannot). A directory below which
-/// nothing can be a key has nothing in the bucket.
+/// renamed directory (`moved_to`), the object of a file that is only in the bucket is first
+/// copied to its new key, so it moves with the directory (where the new path can be a key: the
+/// overlay fetches bucket-only files before they move to a name that cannot). A directory
+/// below which nothing can be a key has nothing in the bucket.
+///
+/// Which objects are a bucket-only file's, the index says (`guess`: a rename from an older
+/// journal, which only the local disk can tell: an object whose old path is absent and new
+/// path is not local). Not the old path being absent: a file made there since the rename is
+/// uploaded after the intent, over an object that still holds the renamed file's bytes.
 async fn remove_tree(
     shared: &Shared,
     dir: &Path,
     moved_to: Option<&Path>,
+    guess: bool,
 ) -> Result<(), SyncError> {
     if !shared.bucket.can_hold_below(dir) {
         return Ok(());
@@ -909,22 +924,24 @@ async fn remove_tree(
     let listing = shared.bucket.list(Some(dir)).await?;
     shared.bucket.health().success();
     for obj in listing {
-        if still_there(shared, &obj.rel, obj.is_dir_marker) {
+        let there = still_there(shared, &obj.rel, obj.is_dir_marker);
+        if there && guess {
             continue;
         }
         if let (Some(to), false) = (moved_to, obj.is_dir_marker) {
             let dest = to.join(obj.rel.strip_prefix(dir).expect("listed below dir"));
-            if !exists_locally(shared, &dest) && shared.bucket.can_hold(&dest) {
+            let bucket_only = if guess {
+                !exists_locally(shared, &dest)
+            } else {
+                holds_bucket_only(shared, &obj.rel)
+            };
+            if bucket_only && shared.bucket.can_hold(&dest) {
                 move_object(shared, &obj.rel, &dest).await?;
             }
         }
-        if obj.is_dir_marker {
-            shared.bucket.delete_dir_marker(&obj.rel).await?;
-        } else {
-            shared.bucket.delete(&obj.rel).await?;
+        if !there {
+            delete_object(shared, &obj.rel, obj.is_dir_marker).await?;
         }
-        shared.records.remove(&obj.rel);
-        shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
     }
     if !exists_locally(shared, dir) {
         shared.records.remove_tree(dir);
@@ -932,8 +949,27 @@ async fn remove_tree(
     Ok(())
 }
 
-/// Copies a bucket-only file's object to its new key (the old one is deleted by the caller).
-/// A source already gone means an earlier attempt finished the move.
+/// Deletes a listed object (a file's, or a directory's marker) and forgets its record.
+async fn delete_object(shared: &Shared, rel: &Path, marker: bool) -> Result<(), SyncError> {
+    if marker {
+        shared.bucket.delete_dir_marker(rel).await?;
+    } else {
+        shared.bucket.delete(rel).await?;
+    }
+    shared.records.remove(rel);
+    shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Whether the object at `key` holds the bytes of a file that is only in the bucket, renamed
+/// since (the index serves it from there until the object moves).
+fn holds_bucket_only(shared: &Shared, key: &Path) -> bool {
+    shared.index.as_ref().is_some_and(|i| i.sources(key))
+}
+
+/// Copies a bucket-only file's object to its new key (the old one is deleted by the caller),
+/// and tells the index, which serves the file from there from now on. A source already gone
+/// means an earlier attempt finished the move.
 async fn move_object(shared: &Shared, from: &Path, to: &Path) -> Result<(), SyncError> {
     match shared.bucket.copy(from, to).await {
         Ok(()) => shared.stats.copies.fetch_add(1, Ordering::Relaxed),
@@ -941,23 +977,24 @@ async fn move_object(shared: &Shared, from: &Path, to: &Path) -> Result<(), Sync
         Err(e) => return Err(e.into()),
     };
     if let Some(index) = &shared.index {
-        index.moved(to);
+        index.object_moved(from, to);
     }
     Ok(())
 }
 
-async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncError> {
+async fn run_intent(shared: &Shared, seq: u64, intent: &Intent) -> Result<Outcome, SyncError> {
     match intent {
         Intent::Remove { path, dir: false } => {
             remove_file(shared, path).await.map(|_| Outcome::Done)
         }
-        Intent::Remove { path, dir: true } => {
-            remove_tree(shared, path, None).await.map(|_| Outcome::Done)
-        }
+        Intent::Remove { path, dir: true } => remove_tree(shared, path, None, false)
+            .await
+            .map(|_| Outcome::Done),
         Intent::Rename {
             from,
             to,
             dir: false,
+            source,
         } => {
             // Either name may be one the bucket cannot hold: the old one has no object to
             // copy or delete, the new one gets none (and the old object goes all the same).
@@ -975,8 +1012,16 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
                     shared.stats.copies.fetch_add(1, Ordering::Relaxed);
                 }
             }
-            if movable && !exists_locally(shared, from) && !exists_locally(shared, to) {
-                // A file that is only in the bucket was renamed.
+            // A file that is only in the bucket was renamed: its object moves. Whatever is at
+            // the old name locally now came after the rename (this intent runs before any
+            // upload of it), so the object there is still the renamed file's.
+            let bucket_only = match source {
+                Some(Source::Bucket { .. }) => holds_bucket_only(shared, from),
+                Some(Source::Local { .. }) => false,
+                // An older journal: a file absent at both names was bucket-only.
+                None => !exists_locally(shared, from) && !exists_locally(shared, to),
+            };
+            if movable && bucket_only {
                 move_object(shared, from, to).await?;
             }
             remove_file(shared, from).await?;
@@ -986,17 +1031,85 @@ async fn run_intent(shared: &Shared, intent: &Intent) -> Result<Outcome, SyncErr
             from,
             to,
             dir: true,
+            source,
         } => {
-            remove_tree(shared, from, Some(to)).await?;
+            remove_tree(shared, from, Some(to), source.is_none()).await?;
             let mut paths = vec![to.clone()];
-            match shared.local.walk_from(to, shared.skip.as_deref()) {
-                Ok(entries) => paths.extend(entries.into_iter().map(|(p, _)| p)),
-                Err(e) if is_gone(&e) => {}
-                Err(e) => return Err(local_err(to)(e)),
-            }
+            touch_below(shared, to, &mut paths)?;
             Ok(Outcome::Touch(paths))
         }
+        Intent::Exchange {
+            a, b, a_dir, b_dir, ..
+        } => exchange(shared, seq, (a, *a_dir), (b, *b_dir)).await,
     }
+}
+
+/// Adds every local path below the directory `dir` to `paths` (nothing if it is gone).
+fn touch_below(shared: &Shared, dir: &Path, paths: &mut Vec<PathBuf>) -> Result<(), SyncError> {
+    match shared.local.walk_from(dir, shared.skip.as_deref()) {
+        Ok(entries) => paths.extend(entries.into_iter().map(|(p, _)| p)),
+        // (gone, or no directory now: an exchange with a file)
+        Err(e) if is_gone(&e) => {}
+        Err(e) => return Err(local_err(dir)(e)),
+    }
+    Ok(())
+}
+
+/// `RENAME_EXCHANGE` of `a` and `b`. What is local under either is uploaded afresh; what the
+/// bucket holds there and is no longer local is deleted; the objects of bucket-only files
+/// below them swap sides. A swap cannot be done in place (and a replay from a listing taken
+/// half way could not tell which side an object belongs to), so it is three moves, each like
+/// a directory rename: `a`'s bucket-only objects to a stage ([`super::exchange_stage`]),
+/// `b`'s to `a`, the stage's to `b`. The journal records which move is under way
+/// ([`crate::journal::Journal::advance`], durably, before it starts): a retry, or the replay
+/// after a crash (`run.rs` gives the index the same moves), goes on with that move; each move
+/// copies before it deletes, so it can be redone.
+async fn exchange(
+    shared: &Shared,
+    seq: u64,
+    (a, a_dir): (&Path, bool),
+    (b, b_dir): (&Path, bool),
+) -> Result<Outcome, SyncError> {
+    let stage = super::exchange_stage(seq, Path::new(""));
+    let moves = [(a, stage.as_path()), (b, a), (stage.as_path(), b)];
+    let resumed = shared.journal.step(seq);
+    for step in resumed.max(1)..=3u8 {
+        if step != resumed {
+            shared
+                .journal
+                .advance(seq, step)
+                .map_err(SyncError::Journal)?;
+        }
+        let (from, to) = moves[usize::from(step - 1)];
+        if !shared.bucket.can_hold_below(from) {
+            continue;
+        }
+        let listing = shared.bucket.list(Some(from)).await?;
+        shared.bucket.health().success();
+        for obj in listing {
+            // (the stage is etlfs' own: nothing local ever stands for it)
+            let there = from != stage && still_there(shared, &obj.rel, obj.is_dir_marker);
+            if !obj.is_dir_marker && holds_bucket_only(shared, &obj.rel) {
+                let dest = to.join(obj.rel.strip_prefix(from).expect("listed below"));
+                if shared.bucket.can_hold(&dest) {
+                    move_object(shared, &obj.rel, &dest).await?;
+                }
+            }
+            if !there {
+                delete_object(shared, &obj.rel, obj.is_dir_marker).await?;
+            }
+        }
+    }
+    // A file that was at either name: its object goes unless a file is there now.
+    for (path, dir) in [(a, a_dir), (b, b_dir)] {
+        if !dir {
+            remove_file(shared, path).await?;
+        }
+    }
+    let mut paths = vec![a.to_path_buf(), b.to_path_buf()];
+    touch_below(shared, a, &mut paths)?;
+    touch_below(shared, b, &mut paths)?;
+    Ok(Outcome::Touch(paths))
 }
 
 /// Start-up reconcile: which local files and directories the bucket lacks or holds stale.

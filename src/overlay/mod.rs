@@ -47,12 +47,22 @@ pub use inode::{ROOT, Residency};
 use crate::escape::esc;
 use crate::fetch::Fetcher;
 use crate::index::{Index, RemoteFile};
+use crate::journal::Source;
 use crate::local::{self, LocalDir, Stat};
 pub use crate::local::{Creds, TimeSet, XattrReply};
 use crate::mirror::{ChangeSink, Intent};
 
 /// A node id as the kernel sees it.
 pub type Ino = u64;
+
+/// A local entry about to be removed, renamed or replaced ([`Overlay::child_id`]).
+#[derive(Debug, Clone, Copy)]
+struct Child {
+    id: Ino,
+    dir: bool,
+    /// Its local inode number (what the journal records: see [`Source`]).
+    ino: u64,
+}
 
 /// The type of a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -630,17 +640,20 @@ impl Overlay {
         }
     }
 
-    /// The node id a child entry of `parent` has (by a stat of the name, no reference taken)
-    /// and whether it is a directory. Called before a name is removed or replaced: a parked
-    /// node of that inode gets the descriptor, so the inode stays pinned while the kernel
-    /// knows its number.
-    fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<(Ino, bool)> {
+    /// The node a child entry of `parent` is (by a stat of the name, no reference taken).
+    /// Called before a name is removed or replaced: a parked node of that inode gets the
+    /// descriptor, so the inode stays pinned while the kernel knows its number.
+    fn child_id(&self, dir: &OwnedFd, name: &OsStr) -> Option<Child> {
         let (fd, st) = self.local.lookup(dir.as_fd(), name).ok()?;
         let id = self.inodes.id_of(st.dev, st.ino)?;
         if let Some((Slot::Parked { .. }, _)) = self.inodes.slot(id) {
             self.inodes.unpark(id, fd);
         }
-        Some((id, st.is_dir()))
+        Some(Child {
+            id,
+            dir: st.is_dir(),
+            ino: st.ino,
+        })
     }
 
     /// The relative path of `name` in `parent`, if the parent still has a place in the tree.
@@ -670,7 +683,8 @@ impl Overlay {
 
     /// Runs a removal or rename with its intent durably journaled first: a crash can then
     /// neither resurrect what was removed nor lose a move. The intent is cancelled when the
-    /// local operation fails.
+    /// local operation fails, and goes to the mirror when `op` returns: `op` updates what the
+    /// mirror consults (the index says which objects belong to bucket-only files) too.
     fn journaled<T>(&self, intents: Vec<Intent>, op: impl FnOnce() -> Result<T>) -> Result<T> {
         let mut tokens = Vec::with_capacity(intents.len());
         for intent in intents {
@@ -911,8 +925,8 @@ impl Overlay {
                     .map_err(OverlayError::local("unlink"))
             }
         })?;
-        if let Some((id, _)) = child {
-            self.inodes.unlinked(id, parent, name);
+        if let Some(c) = child {
+            self.inodes.unlinked(c.id, parent, name);
         }
         if let (Some(cache), Some(p)) = (&self.cache, &path) {
             cache.remove(p);
@@ -964,7 +978,7 @@ impl Overlay {
         let moved = self.child_id(&old_dir, name);
         let replaced = self.child_id(&new_dir, new_name);
         let exchange = flags & libc::RENAME_EXCHANGE != 0;
-        if let (Some((_, true)), Some(to), Some(r), false) =
+        if let (Some(Child { dir: true, .. }), Some(to), Some(r), false) =
             (replaced, &to_path, &self.remote, exchange)
         {
             if r.index.has_children(to) {
@@ -984,7 +998,7 @@ impl Overlay {
                     std::io::Error::from_raw_os_error(libc::EEXIST),
                 ));
             }
-            if from_remote && flags == 0 && !replaced.is_some_and(|(_, d)| d) && bucket.can_hold(to)
+            if from_remote && flags == 0 && !replaced.is_some_and(|c| c.dir) && bucket.can_hold(to)
             {
                 return self.rename_remote(
                     parent, name, new_parent, new_name, from, to, &new_dir, replaced,
@@ -999,17 +1013,33 @@ impl Overlay {
             if to_remote && exchange {
                 fetch.push(to.clone());
             }
-            // Bucket-only files below a moving directory are fetched too where their new name
-            // cannot be a key (the mirror could not move their object there, and it goes with
-            // the old name), and for an exchange (which the index does not follow): they then
-            // move as local files do.
-            if moved.is_some_and(|(_, d)| d) && remote.index.has_children(from) {
-                fetch.extend(remote.index.files_below(from).into_iter().filter(|p| {
-                    exchange || !bucket.can_hold(&crate::index::moved_path(p, from, to))
-                }));
+            // Bucket-only files below a moving directory stay bucket-only: the mirror moves
+            // their objects. Except where their new name cannot be a key (the mirror could not
+            // move their object there, and it goes with the old name), or, in an exchange, the
+            // name of the stage the mirror moves them through (see `mirror/`): those are
+            // fetched, and then move as local files do.
+            let cannot_move = |p: &Path, from: &Path, to: &Path, staged: bool| {
+                let rest = p.strip_prefix(from).unwrap_or(p);
+                !bucket.can_hold(&crate::index::moved_path(p, from, to))
+                    || (staged && !bucket.can_hold(&crate::mirror::exchange_stage(u64::MAX, rest)))
+            };
+            if moved.is_some_and(|c| c.dir) && remote.index.has_children(from) {
+                fetch.extend(
+                    remote
+                        .index
+                        .files_below(from)
+                        .into_iter()
+                        .filter(|p| cannot_move(p, from, to, exchange)),
+                );
             }
-            if exchange && replaced.is_some_and(|(_, d)| d) {
-                fetch.extend(remote.index.files_below(to));
+            if exchange && replaced.is_some_and(|c| c.dir) && remote.index.has_children(to) {
+                fetch.extend(
+                    remote
+                        .index
+                        .files_below(to)
+                        .into_iter()
+                        .filter(|p| cannot_move(p, to, from, false)),
+                );
             }
             if !fetch.is_empty() {
                 // Retried once they are local; by then they are no longer bucket-only.
@@ -1017,27 +1047,43 @@ impl Overlay {
             }
         }
         let mut intents = Vec::new();
-        if let (Some((_, is_dir)), Some(from), Some(to)) =
-            (moved, from_path.clone(), to_path.clone())
-        {
-            if exchange {
-                let other_dir = replaced.is_some_and(|(_, d)| d);
-                intents.push(Intent::Rename {
-                    from: to.clone(),
-                    to: from.clone(),
-                    dir: other_dir,
-                });
-            }
-            intents.push(Intent::Rename {
+        match (moved, replaced, from_path.clone(), to_path.clone()) {
+            (Some(m), Some(r), Some(a), Some(b)) if exchange => intents.push(Intent::Exchange {
+                a,
+                b,
+                a_dir: m.dir,
+                b_dir: r.dir,
+                a_ino: m.ino,
+                b_ino: r.ino,
+            }),
+            (Some(m), _, Some(from), Some(to)) if !exchange => intents.push(Intent::Rename {
                 from,
                 to,
-                dir: is_dir,
-            });
+                dir: m.dir,
+                source: Some(Source::Local { ino: m.ino }),
+            }),
+            _ => {}
         }
         self.journaled(intents, || {
             self.local
                 .rename(old_dir.as_fd(), name, new_dir.as_fd(), new_name, flags)
-                .map_err(OverlayError::local("rename"))
+                .map_err(OverlayError::local("rename"))?;
+            // Before the mirror hears of the rename: the index tells it which objects are
+            // bucket-only files' (and must move).
+            if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
+                if exchange {
+                    // Bucket-only files below either side move with it (the two nodes
+                    // themselves are local).
+                    remote.index.exchange(from, to);
+                } else if moved.is_some_and(|c| c.dir) {
+                    // Bucket-only files below a renamed directory move with it.
+                    remote.index.rename(from, to);
+                } else {
+                    // A local file now stands where a bucket-only one may have been.
+                    remote.index.remove(to);
+                }
+            }
+            Ok(())
         })?;
         if let (Some(from), Some(to), Some(cache)) = (&from_path, &to_path, &self.cache) {
             if exchange {
@@ -1048,16 +1094,7 @@ impl Overlay {
                 cache.rename(from, to);
             }
         }
-        if let (Some(from), Some(to), Some(remote)) = (&from_path, &to_path, &self.remote) {
-            if moved.is_some_and(|(_, d)| d) && !exchange {
-                // Bucket-only files below a renamed directory move with it.
-                remote.index.rename(from, to);
-            } else {
-                // A local file now stands where a bucket-only one may have been.
-                remote.index.remove(to);
-            }
-        }
-        let (moved, replaced) = (moved.map(|(i, _)| i), replaced.map(|(i, _)| i));
+        let (moved, replaced) = (moved.map(|c| c.id), replaced.map(|c| c.id));
         if let Some(id) = moved {
             self.inodes
                 .renamed(id, (parent, name), (new_parent, new_name));
@@ -1086,26 +1123,32 @@ impl Overlay {
         from: &Path,
         to: &Path,
         new_dir: &OwnedFd,
-        replaced: Option<(Ino, bool)>,
+        replaced: Option<Child>,
     ) -> Result<()> {
         let intent = Intent::Rename {
             from: from.to_owned(),
             to: to.to_owned(),
             dir: false,
+            source: Some(Source::Bucket {
+                replaced: replaced.map(|c| c.ino),
+            }),
         };
-        self.journaled(vec![intent], || match replaced {
-            // The local file being replaced goes, as a rename over it would make it go.
-            Some(_) => self
-                .local
-                .unlink(new_dir.as_fd(), new_name)
-                .map_err(OverlayError::local("rename")),
-            None => Ok(()),
+        self.journaled(vec![intent], || {
+            if replaced.is_some() {
+                // The local file being replaced goes, as a rename over it would make it go.
+                self.local
+                    .unlink(new_dir.as_fd(), new_name)
+                    .map_err(OverlayError::local("rename"))?;
+            }
+            // Before the mirror hears of it: the index says the object at `from` is this
+            // file's (and must move, see `mirror/`).
+            if let Some(r) = &self.remote {
+                r.index.rename(from, to);
+            }
+            Ok(())
         })?;
-        if let Some(r) = &self.remote {
-            r.index.rename(from, to);
-        }
-        if let Some((id, _)) = replaced {
-            self.inodes.unlinked(id, new_parent, new_name);
+        if let Some(c) = replaced {
+            self.inodes.unlinked(c.id, new_parent, new_name);
         }
         if let Some(id) = self.inodes.find_remote(parent, name, from) {
             self.inodes

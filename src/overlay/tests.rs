@@ -444,3 +444,129 @@ fn local_opens_drop_o_direct_and_take_o_noatime_from_the_policy() {
     let d = ov.opendir(ROOT).unwrap();
     ov.releasedir(d).unwrap();
 }
+
+/// Notes, when an intent reaches it, which of the keys it was told to watch the index still
+/// serves a bucket-only file from.
+#[derive(Debug)]
+struct SourcesAtFinish {
+    index: Arc<Index>,
+    watch: Vec<PathBuf>,
+    intents: std::sync::Mutex<Vec<Intent>>,
+    seen: std::sync::Mutex<Vec<(Intent, Vec<PathBuf>)>>,
+}
+
+impl ChangeSink for SourcesAtFinish {
+    fn opening_started(&self, _: &Path) {}
+    fn opening_done(&self, _: &Path) {}
+    fn writer_opened(&self, _: u64) {}
+    fn writer_closed(&self, _: u64, _: &[PathBuf]) {}
+    fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
+    fn intent(&self, intent: Intent) -> std::io::Result<u64> {
+        let mut intents = self.intents.lock().unwrap();
+        intents.push(intent);
+        Ok(intents.len() as u64 - 1)
+    }
+    fn finish(&self, token: u64, ok: bool) {
+        let intent = self.intents.lock().unwrap()[token as usize].clone();
+        let sources = self
+            .watch
+            .iter()
+            .filter(|k| self.index.sources(k))
+            .cloned()
+            .collect();
+        if ok {
+            self.seen.lock().unwrap().push((intent, sources));
+        }
+    }
+    fn fetched(&self, _: &Path, _: &Stat, _: &str) {}
+    fn in_bucket(&self, _: &Path, _: &Stat) -> Option<String> {
+        None
+    }
+}
+
+/// The mirror decides from the index which objects are bucket-only files' (and must move,
+/// not be deleted), and it may carry an intent out the moment it hears of it: so by then the
+/// index must have followed the rename. It used to be updated after, and a rename of a
+/// bucket-only file carried out at once deleted its object.
+#[test]
+fn the_index_follows_a_rename_before_the_mirror_hears_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path();
+    for d in [".etlfs", "d", "e", "f"] {
+        fs::create_dir(root.join(d)).unwrap();
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let index = Arc::new(Index::default());
+    let remote = |p: &str| crate::index::RemoteFile {
+        size: 1,
+        mtime: std::time::SystemTime::UNIX_EPOCH,
+        mode: 0o644,
+        sha256: None,
+        owner: None,
+        source: PathBuf::from(p),
+    };
+    for p in ["b", "d/x", "e/y"] {
+        index.insert(Path::new(p), remote(p));
+    }
+    let sink = Arc::new(SourcesAtFinish {
+        index: Arc::clone(&index),
+        watch: ["b", "d/x", "e/y"].iter().map(PathBuf::from).collect(),
+        intents: Default::default(),
+        seen: Default::default(),
+    });
+    let state = Arc::new(crate::state::StateDir::open(&root.join(".etlfs")).unwrap());
+    let fetcher = crate::fetch::Fetcher::new(
+        crate::bucket::in_memory("etl"),
+        LocalDir::open(root).unwrap(),
+        state,
+        Arc::clone(&index),
+        sink.clone(),
+        1,
+        rt.handle(),
+    );
+    let ov = Overlay::new(
+        LocalDir::open(root).unwrap(),
+        Some(Path::new(".etlfs")),
+        sink.clone(),
+    )
+    .unwrap()
+    .with_remote(Remote {
+        index: Arc::clone(&index),
+        fetcher,
+        rt: rt.handle().clone(),
+    });
+    // (the kernel looks every name up before it renames it)
+    for n in ["b", "d", "e", "f"] {
+        ov.lookup(ROOT, name(n)).unwrap();
+    }
+    ov.rename(ROOT, name("b"), ROOT, name("c"), 0).unwrap();
+    ov.rename(ROOT, name("d"), ROOT, name("g"), 0).unwrap();
+    ov.rename(ROOT, name("e"), ROOT, name("f"), libc::RENAME_EXCHANGE)
+        .unwrap();
+    let seen = sink.seen.lock().unwrap().clone();
+    let kinds: Vec<(&str, Vec<PathBuf>)> = seen
+        .iter()
+        .map(|(i, s)| {
+            let kind = match i {
+                Intent::Rename { dir: false, .. } => "rename file",
+                Intent::Rename { dir: true, .. } => "rename dir",
+                Intent::Exchange { .. } => "exchange",
+                Intent::Remove { .. } => "remove",
+            };
+            (kind, s.clone())
+        })
+        .collect();
+    let p = PathBuf::from;
+    assert_eq!(
+        kinds,
+        vec![
+            ("rename file", vec![p("b")]),
+            ("rename dir", vec![p("b"), p("d/x")]),
+            ("exchange", vec![p("b"), p("d/x"), p("e/y")]),
+        ]
+    );
+    assert_eq!(index.file(Path::new("f/y")).unwrap().source, p("e/y"));
+}
