@@ -476,9 +476,26 @@ pub struct Index {
     /// Bumped by every change, so a manifest writer can tell whether it has news.
     generation: AtomicU64,
     report: LoadReport,
+    /// Made before the listing could be loaded (an offline start), until [`Index::absorb`]
+    /// takes it: objects it does not know may be bucket-only files all the same.
+    awaiting: std::sync::atomic::AtomicBool,
 }
 
 impl Index {
+    /// An empty index for a mount that starts before the bucket can be listed; the listing
+    /// comes later through [`Index::absorb`].
+    pub fn awaiting_listing() -> Index {
+        let index = Index::default();
+        index.awaiting.store(true, Ordering::Relaxed);
+        index
+    }
+
+    /// Whether the listing has not been loaded yet ([`Index::awaiting_listing`]): the mirror
+    /// cannot tell from the index which objects are bucket-only files' then.
+    pub fn awaiting(&self) -> bool {
+        self.awaiting.load(Ordering::Relaxed)
+    }
+
     /// Lists the whole prefix (paginated by `object_store`), reads the manifest at the same
     /// time, and HEADs each file the manifest does not vouch for.
     pub async fn load(bucket: &Bucket) -> Result<Index, BucketError> {
@@ -875,7 +892,9 @@ impl Index {
                 continue;
             }
             inner.link(&path, false);
-            inner.files.insert(path, stored);
+            // (with a stamp of this index, and where it reads from if renamed while
+            // bucket-only: the mirror moves that object)
+            inner.put(path, stored);
             added += 1;
         }
         for (dir, children) in theirs.children {
@@ -889,6 +908,7 @@ impl Index {
         self.refused
             .fetch_add(other.refused.into_inner(), Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Relaxed);
+        self.awaiting.store(false, Ordering::Relaxed);
         added
     }
 
@@ -1393,6 +1413,25 @@ mod tests {
         assert!(!idx.sources(Path::new("f")) && idx.sources(Path::new("h")));
         idx.remove(Path::new("g"));
         assert!(!idx.sources(Path::new("h")));
+    }
+
+    /// A listing loaded late (an offline start) and absorbed: a file it has renamed while
+    /// bucket-only still tells the mirror which object it reads, under a stamp of this index.
+    #[test]
+    fn an_absorbed_listing_keeps_what_its_renamed_files_read() {
+        let idx = Index::awaiting_listing();
+        idx.insert(Path::new("a"), file_at("a"));
+        let late = Index::default();
+        late.insert(Path::new("b"), file_at("b"));
+        late.rename(Path::new("b"), Path::new("c"));
+        assert!(idx.awaiting());
+        assert_eq!(idx.absorb(late, |_| false), 1);
+        assert!(!idx.awaiting());
+        assert!(idx.sources(Path::new("b")));
+        assert_ne!(idx.stamp(Path::new("a")), idx.stamp(Path::new("c")));
+        idx.object_moved(Path::new("b"), Path::new("c"));
+        assert_eq!(idx.file(Path::new("c")).unwrap().source, PathBuf::from("c"));
+        assert!(!idx.sources(Path::new("b")));
     }
 
     fn meta(i: u32) -> FileMeta {

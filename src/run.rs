@@ -486,7 +486,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
                  the bucket listing loads in the background"
             );
             status.set_listing(crate::status::LISTING_BACKGROUND);
-            Some(Index::default())
+            Some(Index::awaiting_listing())
         }
         None => load_index(&rt, &bucket, &rx)?,
     };

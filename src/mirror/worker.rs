@@ -909,9 +909,10 @@ async fn remove_file(shared: &Shared, path: &Path) -> Result<(), SyncError> {
 /// below which nothing can be a key has nothing in the bucket.
 ///
 /// Which objects are a bucket-only file's, the index says (`guess`: a rename from an older
-/// journal, which only the local disk can tell: an object whose old path is absent and new
-/// path is not local). Not the old path being absent: a file made there since the rename is
-/// uploaded after the intent, over an object that still holds the renamed file's bytes.
+/// journal, or before an offline start's listing is loaded, when only the local disk can
+/// tell: an object whose old path is absent and new path is not local). Not the old path being
+/// absent otherwise: a file made there since the rename is uploaded after the intent, over an
+/// object that still holds the renamed file's bytes.
 async fn remove_tree(
     shared: &Shared,
     dir: &Path,
@@ -965,6 +966,11 @@ async fn delete_object(shared: &Shared, rel: &Path, marker: bool) -> Result<(), 
 /// since (the index serves it from there until the object moves).
 fn holds_bucket_only(shared: &Shared, key: &Path) -> bool {
     shared.index.as_ref().is_some_and(|i| i.sources(key))
+}
+
+/// Whether the index awaits an offline start's listing (it knows no bucket-only file yet).
+fn awaiting(shared: &Shared) -> bool {
+    shared.index.as_ref().is_some_and(|i| i.awaiting())
 }
 
 /// Copies a bucket-only file's object to its new key (the old one is deleted by the caller),
@@ -1033,7 +1039,10 @@ async fn run_intent(shared: &Shared, seq: u64, intent: &Intent) -> Result<Outcom
             dir: true,
             source,
         } => {
-            remove_tree(shared, from, Some(to), source.is_none()).await?;
+            // Without a journal that says what moved, or an index that knows the bucket-only
+            // files (an offline start, its listing not loaded yet), the local disk decides.
+            let guess = source.is_none() || awaiting(shared);
+            remove_tree(shared, from, Some(to), guess).await?;
             let mut paths = vec![to.clone()];
             touch_below(shared, to, &mut paths)?;
             Ok(Outcome::Touch(paths))
@@ -1086,11 +1095,18 @@ async fn exchange(
         }
         let listing = shared.bucket.list(Some(from)).await?;
         shared.bucket.health().success();
+        // Where this move's objects end up once the exchange is done.
+        let last = if step == 2 { a } else { b };
         for obj in listing {
             // (the stage is etlfs' own: nothing local ever stands for it)
             let there = from != stage && still_there(shared, &obj.rel, obj.is_dir_marker);
-            if !obj.is_dir_marker && holds_bucket_only(shared, &obj.rel) {
-                let dest = to.join(obj.rel.strip_prefix(from).expect("listed below"));
+            let rel = obj.rel.strip_prefix(from).expect("listed below");
+            // Before an offline start's listing is loaded the index knows no bucket-only
+            // file, and the local disk decides, as for a rename (see `remove_tree`).
+            let bucket_only = holds_bucket_only(shared, &obj.rel)
+                || (awaiting(shared) && !there && !exists_locally(shared, &last.join(rel)));
+            if !obj.is_dir_marker && bucket_only {
+                let dest = to.join(rel);
                 if shared.bucket.can_hold(&dest) {
                     move_object(shared, &obj.rel, &dest).await?;
                 }
