@@ -1558,6 +1558,35 @@ mod tests {
         assert_eq!(ran(vec![old, rm]), [true, true]);
     }
 
+    /// Every directory the bucket implies is made locally, however deep: a parent before its
+    /// children (made in any other order, a child failed with ENOENT and a new node lacked
+    /// directories).
+    #[test]
+    fn the_buckets_directories_are_made_parents_first() {
+        let tmp = tempfile::tempdir().unwrap();
+        let local = LocalDir::open(tmp.path()).unwrap();
+        let index = Index::default();
+        for p in ["a/b/c/d/x", "a/e/y", "f/g/h/i/j/z"] {
+            index.insert(
+                Path::new(p),
+                crate::index::RemoteFile {
+                    size: 1,
+                    mtime: std::time::SystemTime::UNIX_EPOCH,
+                    mode: 0o644,
+                    sha256: None,
+                    owner: None,
+                    source: PathBuf::from(p),
+                },
+            );
+        }
+        let tree = prepare_local_tree(&local, &index, None);
+        for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
+            assert!(tmp.path().join(d).is_dir(), "{d}");
+        }
+        assert!(tree.files.is_empty() && tree.only_bucket_dirs);
+        assert_eq!(index.len(), 3);
+    }
+
     /// At a start, an intent that never ran is cancelled for good and left out of the index;
     /// one that ran is applied even though its old name exists again.
     #[test]
