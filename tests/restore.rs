@@ -1065,31 +1065,14 @@ fn hostile_keys_block_nothing(kind: &str) {
         );
     }
 
-    let tmp = tempfile::Builder::new()
-        .prefix("etlfs")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let (mnt, local) = (tmp.path().join("m"), tmp.path().join("l"));
-    fs::create_dir(&mnt).unwrap();
-    fs::create_dir(&local).unwrap();
-    let cfg = tmp.path().join("object-store.yaml");
-    fs::write(&cfg, t.yaml()).unwrap();
-    let log = tmp.path().join("etlfs.log");
     let port = common::free_port();
-    let child = Command::new(common::ETLFS)
-        .env("ETLFS_LISTEN", format!("127.0.0.1:{port}"))
-        .args(["mount", "--no-prefetch", "--prefix", "etl", "--config"])
-        .arg(&cfg)
-        .arg("--local")
-        .arg(&local)
-        .arg(&mnt)
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut guard = DaemonGuard {
-        child,
-        mnt: mnt.clone(),
-    };
+    let HandMount {
+        tmp,
+        mnt,
+        log,
+        mut guard,
+        ..
+    } = HandMount::start(&t, port);
     let text = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
         poll(60, || common::is_mounted(&mnt)),
@@ -1184,30 +1167,13 @@ fn hostile_key_on_azurite_keeps_the_mount_waiting_and_named() {
     ))
     .unwrap();
     assert!(put_raw(&t, "azure", "etl//double"));
-    let tmp = tempfile::Builder::new()
-        .prefix("etlfs")
-        .tempdir_in("/tmp")
-        .unwrap();
-    let (mnt, local) = (tmp.path().join("m"), tmp.path().join("l"));
-    fs::create_dir(&mnt).unwrap();
-    fs::create_dir(&local).unwrap();
-    let cfg = tmp.path().join("object-store.yaml");
-    fs::write(&cfg, t.yaml()).unwrap();
-    let log = tmp.path().join("etlfs.log");
-    let child = Command::new(common::ETLFS)
-        .env("ETLFS_LISTEN", "127.0.0.1:0")
-        .args(["mount", "--prefix", "etl", "--config"])
-        .arg(&cfg)
-        .arg("--local")
-        .arg(&local)
-        .arg(&mnt)
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut guard = DaemonGuard {
-        child,
-        mnt: mnt.clone(),
-    };
+    let HandMount {
+        tmp: _tmp,
+        local,
+        mnt,
+        log,
+        mut guard,
+    } = HandMount::start(&t, common::free_port());
     let text = || fs::read_to_string(&log).unwrap_or_default();
     assert!(
         poll(30, || text().lines().any(|l| l
@@ -1236,6 +1202,53 @@ fn hostile_key_on_azurite_keeps_the_mount_waiting_and_named() {
 #[test]
 fn hostile_keys_block_nothing_gcs() {
     hostile_keys_block_nothing("gcs");
+}
+
+/// etlfs mounted by hand (prefix `etl`, no prefetch, status on `port`) over a new empty
+/// directory: in a temp dir of its own, `m` the mount, `l` the local directory, and beside them
+/// its config and log, so a test sees anything written outside.
+struct HandMount {
+    tmp: tempfile::TempDir,
+    mnt: std::path::PathBuf,
+    local: std::path::PathBuf,
+    log: std::path::PathBuf,
+    guard: DaemonGuard,
+}
+
+impl HandMount {
+    fn start(t: &Target, port: u16) -> HandMount {
+        let tmp = tempfile::Builder::new()
+            .prefix("etlfs")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let (mnt, local) = (tmp.path().join("m"), tmp.path().join("l"));
+        fs::create_dir(&mnt).unwrap();
+        fs::create_dir(&local).unwrap();
+        let cfg = tmp.path().join("object-store.yaml");
+        fs::write(&cfg, t.yaml()).unwrap();
+        let log = tmp.path().join("etlfs.log");
+        let child = Command::new(common::ETLFS)
+            .env("ETLFS_LISTEN", format!("127.0.0.1:{port}"))
+            .args(["mount", "--no-prefetch", "--prefix", "etl", "--config"])
+            .arg(&cfg)
+            .arg("--local")
+            .arg(&local)
+            .arg(&mnt)
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let guard = DaemonGuard {
+            child,
+            mnt: mnt.clone(),
+        };
+        HandMount {
+            tmp,
+            mnt,
+            local,
+            log,
+            guard,
+        }
+    }
 }
 
 /// Stops a daemon started by hand and clears its mount, also when the test fails.
