@@ -520,6 +520,8 @@ servers_start_one() {
 # servers_pause_one / servers_resume_one NAME [PORT]: a hanging server (SIGSTOP / SIGCONT of
 # the front): connections are accepted by the kernel but never answered.
 servers_pause_one() { _servers_signal_front STOP "$@"; }
+# (kill returns once the signal is sent; a front still forwarding on another thread would let
+# a request through after "pause" returned, so _servers_signal_front waits for the stop.)
 servers_resume_one() { _servers_signal_front CONT "$@"; }
 
 _servers_signal_front() {
@@ -533,7 +535,21 @@ _servers_signal_front() {
         _servers_err "$1 on port $port is stopped"
         return 1
     }
-    kill -"$sig" "$pid"
+    kill -"$sig" "$pid" || return 1
+    [[ $sig == STOP ]] || return 0
+    # Every thread stopped, or 10 s: a paused front forwards nothing from here on.
+    local task state deadline=$((SECONDS + 10)) all
+    while ((SECONDS < deadline)); do
+        all=1
+        for task in /proc/"$pid"/task/*; do
+            read -r state _ < <(_servers_stat "${task##*/}") || continue
+            [[ $state == T ]] || all=0
+        done
+        ((all)) && return 0
+        sleep 0.01
+    done
+    _servers_err "the $front front (pid $pid) did not stop within 10 s"
+    return 1
 }
 
 # servers_status_one NAME [PORT]: prints running, paused or stopped.

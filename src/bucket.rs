@@ -21,6 +21,7 @@
 //! refused with a [`BucketError::BadKey`] that names it. `object_store` already retries each
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
 
+pub mod azure_list;
 pub mod fault;
 pub mod history;
 pub mod requests;
@@ -336,9 +337,9 @@ pub struct Bucket {
     history_stats: Arc<history::Stats>,
     /// Shared by every clone: the requests sent, by kind (counted by the store's wrapper).
     requests: Arc<requests::RequestCounts>,
-    /// The same store, listed page by page with a size and a start: what gets a listing past
-    /// a key `object_store` cannot represent (`None`: FILESYSTEM, which cannot).
-    paged: Option<PagedLister>,
+    /// How a listing gets past a key `object_store` cannot represent (`None`: FILESYSTEM,
+    /// which cannot).
+    paged: Option<Lister>,
     /// Shared by every clone: keys a listing skipped, each logged once.
     skipped: Arc<Mutex<HashSet<String>>>,
 }
@@ -350,13 +351,21 @@ const LIST_CONCURRENCY: usize = 16;
 /// a flat listing.
 const FLAT_FANOUT: usize = 256;
 
-/// The bucket's store as a [`PaginatedListStore`] (listing with a page size and a start).
+/// How a listing gets past a key `object_store` cannot represent.
 #[derive(Clone)]
-pub struct PagedLister(pub Arc<dyn PaginatedListStore>);
+pub enum Lister {
+    /// The store listed with a page size and a start (S3, GCS).
+    Paged(Arc<dyn PaginatedListStore>),
+    /// Azure's List Blobs read raw (Azure has no start that every server honours).
+    Azure(azure_list::Shared),
+}
 
-impl std::fmt::Debug for PagedLister {
+impl std::fmt::Debug for Lister {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PagedLister")
+        f.write_str(match self {
+            Lister::Paged(_) => "Lister::Paged",
+            Lister::Azure(_) => "Lister::Azure",
+        })
     }
 }
 
@@ -452,9 +461,8 @@ impl Bucket {
         }
     }
 
-    /// Lets listings get past keys `object_store` cannot represent, through `paged` (the same
-    /// store as a [`PaginatedListStore`]).
-    pub fn with_paged_listing(mut self, paged: Option<PagedLister>) -> Bucket {
+    /// Lets listings get past keys `object_store` cannot represent, through `paged`.
+    pub fn with_paged_listing(mut self, paged: Option<Lister>) -> Bucket {
         self.paged = paged;
         self
     }
@@ -811,12 +819,12 @@ impl Bucket {
     /// flat listing, never one request per directory.
     ///
     /// A key `object_store` cannot represent (an empty, `.` or `..` segment, an ASCII control
-    /// character) fails the whole page it is on. Where the store lists page by page with a
-    /// size and a start ([`Bucket::with_paged_listing`]), such a level is listed again around
-    /// it: pages halved until the bad key stands alone, then listed past. The key (or, for a
+    /// character) fails the whole page it is on. Such a level is then listed again around it
+    /// ([`Bucket::with_paged_listing`]): on S3 and GCS with pages halved until the bad key
+    /// stands alone, then listed past; on Azure read raw ([`azure_list`]). The key (or, for a
     /// bad directory part, everything below it) is left out and logged once, escaped; the
-    /// number left out is what [`Bucket::list_each`] returns. Elsewhere (FILESYSTEM) the
-    /// listing fails, naming the key.
+    /// number left out is what [`Bucket::list_each`] returns. On FILESYSTEM the listing fails,
+    /// naming the key.
     pub async fn list(&self, dir: Option<&Path>) -> Result<Vec<ObjectInfo>> {
         let mut out = Vec::new();
         self.list_each(dir, |o| out.push(o)).await?;
@@ -891,8 +899,14 @@ impl Bucket {
                 let res = match self.store.list_with_delimiter(prefix.as_ref()).await {
                     Ok(res) => res,
                     Err(e) if names_a_bad_key(&e) => {
-                        if let Some(PagedLister(paged)) = &self.paged {
-                            return self.list_around_bad_keys(&**paged, prefix, true).await;
+                        match &self.paged {
+                            Some(Lister::Paged(paged)) => {
+                                return self.list_around_bad_keys(&**paged, prefix, true).await;
+                            }
+                            Some(Lister::Azure(raw)) => {
+                                return self.list_raw(raw, prefix, true).await;
+                            }
+                            None => {}
                         }
                         // A flat listing of the subtree fails too, but names the whole key
                         // rather than the directory part (which says less).
@@ -923,9 +937,10 @@ impl Bucket {
                 let mut step = match self.store.list(prefix.as_ref()).try_collect().await {
                     Ok(all) => Step::objects(all),
                     Err(e) if names_a_bad_key(&e) => match &self.paged {
-                        Some(PagedLister(paged)) => {
+                        Some(Lister::Paged(paged)) => {
                             self.list_around_bad_keys(&**paged, prefix, false).await?
                         }
+                        Some(Lister::Azure(raw)) => self.list_raw(raw, prefix, false).await?,
                         None => return Err(e),
                     },
                     Err(e) => return Err(e),
@@ -934,6 +949,54 @@ impl Bucket {
                 Ok(step)
             }
         }
+    }
+
+    /// Lists `prefix` (one level with `by_level`, else everything below it) through Azure's
+    /// raw listing, leaving out the names that cannot be keys.
+    async fn list_raw(
+        &self,
+        raw: &azure_list::AzureLister,
+        prefix: Option<Key>,
+        by_level: bool,
+    ) -> object_store::Result<Step> {
+        let raw_prefix = prefix.as_ref().map(|p| format!("{p}/"));
+        let mut step = Step::objects(Vec::new());
+        let mut dirs = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = raw
+                .page(raw_prefix.as_deref(), by_level, marker.as_deref())
+                .await?;
+            for b in page.blobs {
+                match Key::parse(&b.name) {
+                    Ok(location) => step.objects.push(object_store::ObjectMeta {
+                        location,
+                        last_modified: b.last_modified,
+                        size: b.size,
+                        e_tag: b.e_tag,
+                        version: None,
+                    }),
+                    Err(_) => step.skipped.push(b.name),
+                }
+            }
+            for p in page.prefixes {
+                match Key::parse(&p) {
+                    Ok(d) if !self.is_reserved_dir(&d) => dirs.push(d),
+                    Ok(_) => {}
+                    Err(_) => step.skipped.push(p),
+                }
+            }
+            match page.next {
+                Some(m) if marker.as_deref() != Some(&m) => marker = Some(m),
+                _ => break,
+            }
+        }
+        step.next = if dirs.len() > FLAT_FANOUT {
+            vec![Walk::Below(prefix)]
+        } else {
+            dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
+        };
+        Ok(step)
     }
 
     /// Lists `prefix` (one level with `by_level`, else everything below it) page by page,

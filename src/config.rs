@@ -86,7 +86,8 @@ use serde::de::{self, DeserializeOwned, IgnoredAny};
 use tracing::{debug, info, warn};
 use url::Url;
 
-use crate::bucket::PagedLister;
+use crate::bucket::Lister;
+use crate::bucket::azure_list::AzureLister;
 use crate::escape::esc;
 
 const MIB: u64 = 1024 * 1024;
@@ -141,9 +142,8 @@ impl fmt::Display for StoreKind {
 pub struct BucketConfig {
     pub kind: StoreKind,
     pub store: Arc<dyn ObjectStore>,
-    /// The same store, listed page by page (`None`: FILESYSTEM), to get a listing past a key
-    /// `object_store` cannot represent.
-    pub paged: Option<PagedLister>,
+    /// How a listing gets past a key `object_store` cannot represent (`None`: FILESYSTEM).
+    pub paged: Option<Lister>,
     /// The top-level `prefix` of the file, trimmed of '/', "" if none (NOT applied to `store`:
     /// the caller joins it with --prefix).
     pub prefix: String,
@@ -1661,7 +1661,7 @@ fn build_s3(ctx: &Ctx, y: S3Yaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::S3,
-        paged: Some(PagedLister(Arc::new(store.clone()))),
+        paged: Some(Lister::Paged(Arc::new(store.clone()))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
@@ -1888,7 +1888,7 @@ fn build_gcs(ctx: &Ctx, y: GcsYaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::Gcs,
-        paged: Some(PagedLister(Arc::new(store.clone()))),
+        paged: Some(Lister::Paged(Arc::new(store.clone()))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
@@ -2269,8 +2269,10 @@ fn build_azure(ctx: &Ctx, y: AzureYaml) -> Result<BucketConfig, ConfigError> {
         }
     }
     let (opts, limit) = apply_http_config(ctx, opts, y.http_config)?;
+    let opts = opts.with_allow_http(url.scheme() == "http");
+    let raw_opts = opts.clone();
     builder = builder
-        .with_client_options(opts.with_allow_http(url.scheme() == "http"))
+        .with_client_options(opts)
         .with_account(&account)
         .with_container_name(&container);
     // The key to blame when object_store refuses the credentials (e.g. a key not in base64).
@@ -2349,7 +2351,15 @@ fn build_azure(ctx: &Ctx, y: AzureYaml) -> Result<BucketConfig, ConfigError> {
     );
     Ok(BucketConfig {
         kind: StoreKind::Azure,
-        paged: Some(PagedLister(Arc::new(store.clone()))),
+        paged: Some(Lister::Azure(Arc::new(
+            AzureLister::new(
+                store.clone(),
+                &account,
+                format!("{url_text}/{container}"),
+                &raw_opts,
+            )
+            .map_err(|e| ctx.build_error(credential_key, StoreKind::Azure, e))?,
+        ))),
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,

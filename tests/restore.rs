@@ -1049,6 +1049,8 @@ fn hostile_keys_block_nothing(kind: &str) {
     // Directory parts that cannot be paths (everything below is left out), and file names.
     // fake-gcs stores dot and empty segments but lists them cleaned up (`etl//double` as
     // `etl/double`), and an ESC not as itself in its XML listing: on GCS only the tab.
+    // Azurite stores control characters but then fails every listing that would show them
+    // (HTTP 500): on Azure only the segments.
     let all = [
         "etl/a/../../etc/x",
         "etl//double",
@@ -1056,7 +1058,11 @@ fn hostile_keys_block_nothing(kind: &str) {
         "etl/good/tab\there",
         "etl/good/esc\x1b[31mred",
     ];
-    let hostile = if kind == "gcs" { &all[3..4] } else { &all[..] };
+    let hostile = match kind {
+        "gcs" => &all[3..4],
+        "azure" => &all[..3],
+        _ => &all[..],
+    };
     for bad in hostile {
         assert!(Key::parse(bad).is_err(), "object_store accepted {bad:?}");
         assert!(
@@ -1153,50 +1159,9 @@ fn hostile_keys_block_nothing_s3() {
     hostile_keys_block_nothing("s3");
 }
 
-/// Azurite cannot list from a given start (it ignores `startFrom`), so a listing cannot get
-/// past a key object_store rejects: the mount does not come up with an incomplete directory,
-/// says which key is in the way (escaped), keeps trying, and writes nothing.
 #[test]
-fn hostile_key_on_azurite_keeps_the_mount_waiting_and_named() {
-    let t = target("azure");
-    let store = t.store();
-    let rt = rt();
-    rt.block_on(store.put(
-        &Key::parse("etl/good/file").unwrap(),
-        PutPayload::from_static(b"good"),
-    ))
-    .unwrap();
-    assert!(put_raw(&t, "azure", "etl//double"));
-    let HandMount {
-        tmp: _tmp,
-        local,
-        mnt,
-        log,
-        mut guard,
-    } = HandMount::start(&t, common::free_port());
-    let text = || fs::read_to_string(&log).unwrap_or_default();
-    assert!(
-        poll(30, || text().lines().any(|l| l
-            .contains("cannot be listed")
-            && l.contains("etl//"))),
-        "no explanation naming the key:\n{}",
-        text()
-    );
-    assert!(!common::is_mounted(&mnt), "mounted an incomplete listing");
-    assert!(
-        guard.child.try_wait().unwrap().is_none(),
-        "etlfs gave up instead of waiting"
-    );
-    assert_eq!(
-        fs::read_dir(&local)
-            .unwrap()
-            .filter(|e| e.as_ref().unwrap().file_name() != ".etlfs")
-            .count(),
-        0
-    );
-    let pid = rustix::process::Pid::from_raw(guard.child.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(guard.child.wait().unwrap().success(), "{}", text());
+fn hostile_keys_block_nothing_azure() {
+    hostile_keys_block_nothing("azure");
 }
 
 #[test]
@@ -1210,7 +1175,6 @@ fn hostile_keys_block_nothing_gcs() {
 struct HandMount {
     tmp: tempfile::TempDir,
     mnt: std::path::PathBuf,
-    local: std::path::PathBuf,
     log: std::path::PathBuf,
     guard: DaemonGuard,
 }
@@ -1244,7 +1208,6 @@ impl HandMount {
         HandMount {
             tmp,
             mnt,
-            local,
             log,
             guard,
         }
