@@ -425,6 +425,19 @@ enum Walk {
     Below(Option<Key>),
 }
 
+impl Walk {
+    /// What is left below the level `prefix` once it is listed, with its subdirectories
+    /// `dirs`: each of them, or one flat listing below it when there are more than
+    /// [`FLAT_FANOUT`].
+    fn after_level(prefix: Option<Key>, dirs: Vec<Key>) -> Vec<Walk> {
+        if dirs.len() > FLAT_FANOUT {
+            vec![Walk::Below(prefix)]
+        } else {
+            dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
+        }
+    }
+}
+
 /// Files up to this size are read into memory and sent with one PUT (atomic everywhere);
 /// larger ones are streamed with a multipart upload, which is atomic at completion.
 pub const SINGLE_PUT_MAX: u64 = 16 * 1024 * 1024;
@@ -920,11 +933,7 @@ impl Bucket {
                     .into_iter()
                     .filter(|d| !self.is_reserved_dir(d))
                     .collect();
-                let next = if dirs.len() > FLAT_FANOUT {
-                    vec![Walk::Below(prefix)]
-                } else {
-                    dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
-                };
+                let next = Walk::after_level(prefix, dirs);
                 Ok(Step {
                     objects: res.objects,
                     next,
@@ -991,11 +1000,7 @@ impl Bucket {
                 _ => break,
             }
         }
-        step.next = if dirs.len() > FLAT_FANOUT {
-            vec![Walk::Below(prefix)]
-        } else {
-            dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
-        };
+        step.next = Walk::after_level(prefix, dirs);
         Ok(step)
     }
 
@@ -1075,11 +1080,7 @@ impl Bucket {
             }
             page = (page * 2).min(PAGE);
         }
-        step.next = if dirs.len() > FLAT_FANOUT {
-            vec![Walk::Below(prefix)]
-        } else {
-            dirs.into_iter().map(|d| Walk::Level(Some(d))).collect()
-        };
+        step.next = Walk::after_level(prefix, dirs);
         Ok(step)
     }
 
