@@ -196,6 +196,15 @@ pub struct ObjectInfo {
     pub e_tag: Option<String>,
 }
 
+impl ObjectInfo {
+    /// For tests: the path, with a `/` after a directory's marker.
+    #[cfg(test)]
+    pub(crate) fn shown(&self) -> String {
+        let slash = if self.is_dir_marker { "/" } else { "" };
+        format!("{}{slash}", self.rel.display())
+    }
+}
+
 /// What reading an object's etlfs metadata also saw, to tell which version it describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetaRead {
@@ -1728,13 +1737,7 @@ mod tests {
             .await
             .unwrap()
             .into_iter()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    o.rel.display(),
-                    if o.is_dir_marker { "/" } else { "" }
-                )
-            })
+            .map(|o| o.shown())
             .collect();
         got.sort();
         want.push("empty/".into());

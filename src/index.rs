@@ -97,6 +97,20 @@ pub struct RemoteFile {
 pub const RESTORED_MODE_BITS: u32 = 0o777;
 
 impl RemoteFile {
+    /// For tests: a 1-byte bucket-only file, mode 0644, mtime the epoch, whose object is at
+    /// `source`.
+    #[cfg(test)]
+    pub(crate) fn test_object(source: &str) -> RemoteFile {
+        RemoteFile {
+            size: 1,
+            mtime: UNIX_EPOCH,
+            mode: 0o644,
+            sha256: None,
+            owner: None,
+            source: PathBuf::from(source),
+        }
+    }
+
     /// The permission bits a restored (or bucket-only, as seen through the mount) file gets:
     /// the recorded ones without set-uid, set-gid and sticky.
     pub fn restored_mode(&self) -> u32 {
@@ -1296,14 +1310,7 @@ mod tests {
     #[test]
     fn rename_and_remove_keep_children_consistent() {
         let idx = Index::default();
-        let f = |p: &str| RemoteFile {
-            size: 1,
-            mtime: SystemTime::UNIX_EPOCH,
-            mode: 0o644,
-            sha256: None,
-            owner: None,
-            source: PathBuf::from(p),
-        };
+        let f = RemoteFile::test_object;
         idx.insert(Path::new("d/a"), f("d/a"));
         idx.insert(Path::new("d/sub/b"), f("d/sub/b"));
         idx.rename(Path::new("d"), Path::new("e"));
@@ -1333,11 +1340,7 @@ mod tests {
     fn file_at(p: &str) -> RemoteFile {
         RemoteFile {
             size: p.len() as u64,
-            mtime: SystemTime::UNIX_EPOCH,
-            mode: 0o644,
-            sha256: None,
-            owner: None,
-            source: PathBuf::from(p),
+            ..RemoteFile::test_object(p)
         }
     }
 

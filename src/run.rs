@@ -1567,17 +1567,7 @@ mod tests {
         let local = LocalDir::open(tmp.path()).unwrap();
         let index = Index::default();
         for p in ["a/b/c/d/x", "a/e/y", "f/g/h/i/j/z"] {
-            index.insert(
-                Path::new(p),
-                crate::index::RemoteFile {
-                    size: 1,
-                    mtime: std::time::SystemTime::UNIX_EPOCH,
-                    mode: 0o644,
-                    sha256: None,
-                    owner: None,
-                    source: PathBuf::from(p),
-                },
-            );
+            index.insert(Path::new(p), crate::index::RemoteFile::test_object(p));
         }
         let tree = prepare_local_tree(&local, &index, None);
         for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
@@ -1599,14 +1589,7 @@ mod tests {
         let local = LocalDir::open(root).unwrap();
         let state = StateDir::open(&root.join(".etlfs")).unwrap();
         let index = Index::default();
-        let file = |p: &str| crate::index::RemoteFile {
-            size: 1,
-            mtime: std::time::SystemTime::UNIX_EPOCH,
-            mode: 0o644,
-            sha256: None,
-            owner: None,
-            source: PathBuf::from(p),
-        };
+        let file = crate::index::RemoteFile::test_object;
         for p in ["p/a/x", "q/o/y", "c"] {
             index.insert(Path::new(p), file(p));
         }

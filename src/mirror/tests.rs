@@ -96,21 +96,7 @@ impl Env {
     }
 
     fn keys(&self) -> Vec<String> {
-        let mut v: Vec<String> = self
-            .rt
-            .block_on(self.bucket().list(None))
-            .unwrap()
-            .into_iter()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    o.rel.display(),
-                    if o.is_dir_marker { "/" } else { "" }
-                )
-            })
-            .collect();
-        v.sort();
-        v
+        listed(&self.rt, &self.bucket())
     }
 
     /// Kubecost's write: open(O_RDWR|O_CREAT), ftruncate(0), write, close.
@@ -389,6 +375,18 @@ fn unlink_and_rename_follow_in_the_bucket() {
 }
 
 /// A name given as bytes (`b"caf\xe9"`: not UTF-8).
+/// The bucket's listing, sorted, a `/` after each directory's marker.
+fn listed(rt: &tokio::runtime::Runtime, bucket: &Bucket) -> Vec<String> {
+    let mut v: Vec<String> = rt
+        .block_on(bucket.list(None))
+        .unwrap()
+        .iter()
+        .map(crate::bucket::ObjectInfo::shown)
+        .collect();
+    v.sort();
+    v
+}
+
 fn raw(name: &[u8]) -> &OsStr {
     use std::os::unix::ffi::OsStrExt;
     OsStr::from_bytes(name)
@@ -713,21 +711,8 @@ fn an_exchange_interrupted_anywhere_is_finished_by_the_next_start() {
         )
         .unwrap();
         assert!(rt.block_on(mirror.drain(Duration::from_secs(60))));
-        let mut keys: Vec<String> = rt
-            .block_on(bucket.list(None))
-            .unwrap()
-            .into_iter()
-            .map(|o| {
-                format!(
-                    "{}{}",
-                    o.rel.display(),
-                    if o.is_dir_marker { "/" } else { "" }
-                )
-            })
-            .collect();
-        keys.sort();
         assert_eq!(
-            keys,
+            listed(&rt, &bucket),
             ["a/", "a/l", "a/x", "b/", "b/only", "b/x"],
             "step {step}"
         );

@@ -500,14 +500,7 @@ fn the_index_follows_a_rename_before_the_mirror_hears_of_it() {
         .build()
         .unwrap();
     let index = Arc::new(Index::default());
-    let remote = |p: &str| crate::index::RemoteFile {
-        size: 1,
-        mtime: std::time::SystemTime::UNIX_EPOCH,
-        mode: 0o644,
-        sha256: None,
-        owner: None,
-        source: PathBuf::from(p),
-    };
+    let remote = crate::index::RemoteFile::test_object;
     for p in ["b", "d/x", "e/y"] {
         index.insert(Path::new(p), remote(p));
     }
