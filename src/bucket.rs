@@ -366,7 +366,7 @@ pub enum Lister {
     /// The store listed with a page size and a start (S3, GCS).
     Paged(Arc<dyn PaginatedListStore>),
     /// Azure's List Blobs read raw (Azure has no start that every server honours).
-    Azure(azure_list::Shared),
+    Azure(Arc<azure_list::AzureLister>),
 }
 
 impl std::fmt::Debug for Lister {

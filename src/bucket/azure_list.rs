@@ -8,8 +8,6 @@
 //! and sent through an object_store HTTP client with the store's client options: nothing here
 //! knows a secret or a TLS setting.
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use object_store::azure::{AzureAuthorizer, MicrosoftAzure};
 use object_store::client::{ClientOptions, HttpClient, HttpConnector, ReqwestConnector};
@@ -173,9 +171,6 @@ fn parse(body: &[u8]) -> object_store::Result<RawPage> {
         next: r.next_marker.filter(|m| !m.is_empty()),
     })
 }
-
-/// For [`crate::bucket::Lister`]: shared by every clone of a bucket.
-pub type Shared = Arc<AzureLister>;
 
 #[cfg(test)]
 mod tests {
