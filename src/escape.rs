@@ -4,7 +4,7 @@
 //! `object_store` error quotes the raw key it refused).
 //!
 //! Why: a key or a file name is chosen by whoever writes the bucket or the directory. Raw, a
-//! carriage return or a newline in it forges a whole log line (`...\r2026-... INFO etlfs::run:
+//! carriage return or a newline in it forges a whole log line (`...\r2026-... INFO etlfs::cli::mount:
 //! mounted`), an ESC sequence reaches the operator's terminal. Escaped, every byte stays
 //! visible and no line can be forged.
 //!

@@ -1,28 +1,29 @@
 //! etlfs: a FUSE filesystem mounted over a directory that serves it at native speed from the
-//! local disk and (in the following steps) mirrors it to object storage.
+//! local disk, mirrors every change to an object-storage bucket and fetches what is missing
+//! locally from that bucket.
 //!
-//! Module map and the rules between modules: `DESIGN.md` (shared with the team) and the
-//! README. In short: `fuse` alone touches fuser replies, `sys` alone holds `unsafe`, and the
-//! core (`overlay`) is testable without FUSE.
+//! The folders are the layers, each importing only from the ones below it
+//! (`doc/ARCHITECTURE.md` walks through them):
+//!
+//! - [`cli`]: the commands — `mount`, and `backup`/`restore`/`verify`/`history`;
+//! - [`ops`]: operating a mount — the status server, its metrics and recent events;
+//! - [`fs`]: the kernel's face — the FUSE adapter (the only module that sees fuser's
+//!   requests and replies) and the overlay it drives;
+//! - [`engine`]: keeping the directory and the bucket in step — mirror, fetch, index, journal,
+//!   lease, points in time;
+//! - [`store`]: the bucket — the only layer that imports `object_store` — and its configuration;
+//! - [`os`]: the floor — system calls (the only `unsafe`), the served directory, the state
+//!   directory.
+//!
+//! [`counters`] and [`escape`] are used by every layer.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
-pub mod bucket;
-pub mod config;
+pub mod cli;
 pub mod counters;
+pub mod engine;
 pub mod escape;
-pub mod fetch;
-pub mod fuse;
-pub mod history;
-pub mod index;
-pub mod journal;
-pub mod lease;
-pub mod local;
-pub mod mirror;
-pub mod mountopts;
-pub mod oneshot;
-pub mod overlay;
-pub mod run;
-pub mod state;
-pub mod status;
-pub mod sys;
+pub mod fs;
+pub mod ops;
+pub mod os;
+pub mod store;

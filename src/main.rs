@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use etlfs::cli::mount::{self, MountArgs, UsageError};
+use etlfs::cli::oneshot;
 use etlfs::escape::{esc, esc_chain};
-use etlfs::oneshot;
-use etlfs::run::{self, MountArgs, UsageError};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,7 +86,7 @@ enum Command {
         #[arg(long, hide = true, conflicts_with = "no_prefetch")]
         prefetch: bool,
         /// Downloads from the bucket at once (opens, readahead and prefetch share them).
-        #[arg(long, default_value_t = etlfs::fetch::DEFAULT_CONCURRENCY, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from), value_name = "N")]
+        #[arg(long, default_value_t = etlfs::engine::fetch::DEFAULT_CONCURRENCY, value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from), value_name = "N")]
         fetch_concurrency: usize,
         /// An application waiting for a download gets EIO once the bucket has delivered
         /// nothing for this long; `0` waits as long as it takes (like a hard NFS mount).
@@ -98,7 +98,7 @@ enum Command {
         max_local_bytes: Option<u64>,
         /// Address of the status server: /metrics (Prometheus), /status (JSON), /healthz,
         /// /readyz. Port 0 picks a free port (the startup log names it).
-        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::status::DEFAULT_LISTEN, value_name = "ADDR")]
+        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::ops::status::DEFAULT_LISTEN, value_name = "ADDR")]
         listen: String,
         /// /status says `degraded` once bucket operations have failed, with no success in
         /// between, for this long.
@@ -131,7 +131,7 @@ enum Command {
     /// Print a running mount's status; exit 0 only when it is ready (usable as a probe).
     Status {
         /// Address of the mount's status server (its `mount --listen`).
-        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::status::DEFAULT_LISTEN, value_name = "ADDR")]
+        #[arg(long, env = "ETLFS_LISTEN", default_value = etlfs::ops::status::DEFAULT_LISTEN, value_name = "ADDR")]
         listen: String,
     },
     /// One shot, no mount: upload every file of DIR that the bucket lacks or holds stale.
@@ -153,7 +153,7 @@ enum Command {
         force: bool,
         /// Rebuild DIR as the bucket held it at TIME (RFC 3339, or a duration ago: `3h`), from
         /// the versions history kept; files that differ are replaced whatever their mtime.
-        #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of)]
+        #[arg(long, value_name = "TIME", value_parser = etlfs::engine::as_of::parse_as_of)]
         as_of: Option<std::time::SystemTime>,
         #[command(flatten)]
         target: OneshotArgs,
@@ -162,7 +162,7 @@ enum Command {
     /// stdout, exit 1 if there is any.
     Verify {
         /// Compare with the bucket as it was at TIME (RFC 3339, or a duration ago: `3h`).
-        #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of)]
+        #[arg(long, value_name = "TIME", value_parser = etlfs::engine::as_of::parse_as_of)]
         as_of: Option<std::time::SystemTime>,
         #[command(flatten)]
         target: OneshotArgs,
@@ -191,7 +191,7 @@ struct AsOfMountArgs {
     /// Serve the directory as the bucket held it at TIME (RFC 3339, or a duration ago: `3h`),
     /// fetching each file on first open from the versions history kept. Needs --read-only and
     /// an empty directory; writes nothing to the bucket.
-    #[arg(long, value_name = "TIME", value_parser = etlfs::history::parse_as_of, requires = "read_only")]
+    #[arg(long, value_name = "TIME", value_parser = etlfs::engine::as_of::parse_as_of, requires = "read_only")]
     as_of: Option<std::time::SystemTime>,
     /// Mount read-only (only with --as-of for now).
     #[arg(long, requires = "as_of")]
@@ -211,16 +211,16 @@ struct HistoryArgs {
     /// Corruption tripwire: this many files truncated to zero, shrunk to less than half, or
     /// deleted within --history-tripwire-window log a warning, raise a metric and /status flag,
     /// and keep every version whatever the interval; `0` turns it off.
-    #[arg(long, default_value_t = etlfs::bucket::history::DEFAULT_TRIPWIRE_FILES, value_name = "N")]
+    #[arg(long, default_value_t = etlfs::store::bucket::history::DEFAULT_TRIPWIRE_FILES, value_name = "N")]
     history_tripwire: usize,
     /// The tripwire's window; a trip lasts this long after the last such change.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     history_tripwire_window: std::time::Duration,
 }
 
-impl From<HistoryArgs> for etlfs::bucket::history::Settings {
+impl From<HistoryArgs> for etlfs::store::bucket::history::Settings {
     fn from(a: HistoryArgs) -> Self {
-        etlfs::bucket::history::Settings {
+        etlfs::store::bucket::history::Settings {
             interval: a.history_interval,
             retention: a.history_retention,
             tripwire_files: a.history_tripwire,
@@ -319,7 +319,7 @@ fn init_logging(format: LogFormat) {
     tracing_subscriber::registry()
         .with(filter)
         .with(fmt)
-        .with(etlfs::status::recent::layer())
+        .with(etlfs::ops::status::recent::layer())
         .init();
 }
 
@@ -353,7 +353,7 @@ fn main() -> ExitCode {
             history,
             as_of,
             mountpoint,
-        } => run::mount(MountArgs {
+        } => mount::mount(MountArgs {
             mountpoint,
             local,
             state_dir,
@@ -372,7 +372,7 @@ fn main() -> ExitCode {
             max_local_bytes,
             listen,
             degraded_after,
-            lease: (!no_lease).then_some(run::LeaseArgs {
+            lease: (!no_lease).then_some(mount::LeaseArgs {
                 takeover,
                 period: lease_period,
             }),
@@ -380,7 +380,7 @@ fn main() -> ExitCode {
             history: history.into(),
             as_of: as_of.as_of,
         }),
-        Command::Status { listen } => etlfs::status::run_client(&listen).map_err(Into::into),
+        Command::Status { listen } => etlfs::ops::status::run_client(&listen).map_err(Into::into),
         Command::Backup {
             ignore_lease,
             history,

@@ -29,7 +29,7 @@ fn clean_files_are_evicted_and_come_back_on_open() {
             "--max-local-bytes".into(),
             "250KB".into(),
         ],
-        log_filter: Some("info,etlfs::overlay=debug,etlfs::fetch=debug".into()),
+        log_filter: Some("info,etlfs::fs::overlay=debug,etlfs::engine::fetch=debug".into()),
         ..Opts::default()
     });
     let data: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 100_000]).collect();

@@ -162,7 +162,7 @@ fn mount(t: &Target, args: &[&str]) -> (Mounted, tempfile::NamedTempFile, u16) {
         Opts {
             args: all,
             separate_local: true,
-            log_filter: Some("info,etlfs::fetch=debug".into()),
+            log_filter: Some("info,etlfs::engine::fetch=debug".into()),
             ..Opts::default()
         },
     );
@@ -182,7 +182,7 @@ fn mount_over(t: &Target, dir: &Path) -> (Mounted, tempfile::NamedTempFile, u16)
                 "--local".into(),
                 dir.display().to_string(),
             ],
-            log_filter: Some("info,etlfs::fetch=debug".into()),
+            log_filter: Some("info,etlfs::engine::fetch=debug".into()),
             ..Opts::default()
         },
     );

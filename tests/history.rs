@@ -733,7 +733,7 @@ fn kill(m: &mut Mounted) {
 /// kill left can still pass for a live one (a `stat` of its root may be answered from the
 /// kernel's attribute cache), so the fixture's own wait is not enough.
 fn restart(m: &mut Mounted) {
-    let mounts = |m: &Mounted| m.log().matches("etlfs::run: mounted").count();
+    let mounts = |m: &Mounted| m.log().matches("etlfs::cli::mount: mounted").count();
     let before = mounts(m);
     m.respawn();
     assert!(

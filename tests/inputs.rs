@@ -14,7 +14,7 @@
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use etlfs::bucket::{Bucket, DIR_MARKER, RESERVED};
+use etlfs::store::bucket::{Bucket, DIR_MARKER, RESERVED};
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
 use proptest::prelude::*;
@@ -177,7 +177,7 @@ proptest! {
 
     #[test]
     fn parser_never_panics_and_never_echoes_secrets(text in config_text()) {
-        match etlfs::config::parse(&text, "fuzz.yaml") {
+        match etlfs::store::config::parse(&text, "fuzz.yaml") {
             Ok(_) => {}
             Err(e) => {
                 let msg = format!("{e} / {e:?}");
@@ -199,7 +199,7 @@ proptest! {
 
     #[test]
     fn parser_never_panics_on_arbitrary_text(text in "\\PC{0,200}") {
-        let _ = etlfs::config::parse(&text, "fuzz.yaml");
+        let _ = etlfs::store::config::parse(&text, "fuzz.yaml");
     }
 }
 

@@ -27,7 +27,7 @@ fn mount(
     let opts = Opts {
         args: extra.iter().map(|s| s.to_string()).collect(),
         files,
-        log_filter: Some("info,object_store=warn,etlfs::mirror=debug".into()),
+        log_filter: Some("info,object_store=warn,etlfs::engine::mirror=debug".into()),
         ..Opts::default()
     };
     bucket::mount_on(t, "200ms", opts)

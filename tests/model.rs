@@ -67,15 +67,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use etlfs::bucket::Bucket;
-use etlfs::bucket::fault::{Fault, FaultPlan, FaultyStore, Op as Req, Ops, Settings};
-use etlfs::fetch::Fetcher;
-use etlfs::index::Index;
-use etlfs::journal::{Journal, Source};
-use etlfs::local::{Creds, LocalDir};
-use etlfs::mirror::{ChangeSink, Intent, Mirror, MirrorOptions, Stats};
-use etlfs::overlay::{FileKind, Overlay, ROOT, Remote, SetAttr};
-use etlfs::state::StateDir;
+use etlfs::engine::fetch::Fetcher;
+use etlfs::engine::index::Index;
+use etlfs::engine::journal::{Journal, Source};
+use etlfs::engine::mirror::{ChangeSink, Intent, Mirror, MirrorOptions, Stats};
+use etlfs::fs::overlay::{FileKind, Overlay, ROOT, Remote, SetAttr};
+use etlfs::os::local::{Creds, LocalDir};
+use etlfs::os::state::StateDir;
+use etlfs::store::bucket::Bucket;
+use etlfs::store::bucket::fault::{Fault, FaultPlan, FaultyStore, Op as Req, Ops, Settings};
 use futures::TryStreamExt;
 use object_store::memory::InMemory;
 use object_store::path::Path as Key;
@@ -666,8 +666,9 @@ impl Env {
         let hidden = Path::new(STATE);
         let state = Arc::new(StateDir::open(&root.join(STATE)).map_err(|e| e.to_string())?);
         let local = LocalDir::open(root).map_err(|e| e.to_string())?;
-        etlfs::run::apply_pending_intents(&index, &state, &local).map_err(|e| e.to_string())?;
-        etlfs::run::prepare_local_tree(&local, &index, Some(hidden));
+        etlfs::cli::mount::apply_pending_intents(&index, &state, &local)
+            .map_err(|e| e.to_string())?;
+        etlfs::cli::mount::prepare_local_tree(&local, &index, Some(hidden));
         let mirror = Mirror::start(
             bucket.clone(),
             LocalDir::open(root).map_err(|e| e.to_string())?,
@@ -812,7 +813,7 @@ struct Run {
     faulty: bool,
 }
 
-fn errno(e: etlfs::overlay::OverlayError) -> i32 {
+fn errno(e: etlfs::fs::overlay::OverlayError) -> i32 {
     e.errno()
 }
 

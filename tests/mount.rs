@@ -1140,7 +1140,7 @@ fn startup_log_names_the_io_mode() {
 fn passthrough_bypasses_the_daemon_and_daemon_mode_does_not() {
     for (mode, expect_daemon_io) in [(Mode::Passthrough, false), (Mode::Daemon, true)] {
         let mut opts = mode.opts();
-        opts.log_filter = Some("info,etlfs::fuse=trace".into());
+        opts.log_filter = Some("info,etlfs::fs::fuse=trace".into());
         let m = Mounted::with(opts);
         fs::write(m.path("io"), vec![1u8; 1 << 20]).unwrap();
         let back = fs::read(m.path("io")).unwrap();

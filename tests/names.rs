@@ -147,7 +147,7 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
     // fetched below, which logs their names at debug.
     let listable = [
         (
-            "nel\u{85}2026-01-01T00:00:00.000000Z  INFO etlfs::run: forged",
+            "nel\u{85}2026-01-01T00:00:00.000000Z  INFO etlfs::cli::mount: forged",
             "nel\\u{85}2026-01-01T00",
         ),
         ("csi\u{9b}31mred", "csi\\u{9b}31mred"),
@@ -175,7 +175,7 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
     // Local names no key can hold: each is refused by a warning that names it.
     let local: [(&[u8], &str); 5] = [
         (
-            b"cr\r2026-01-01T00:00:00.000000Z  INFO etlfs::run: mounted",
+            b"cr\r2026-01-01T00:00:00.000000Z  INFO etlfs::cli::mount: mounted",
             "cr\\r2026-01-01T00",
         ),
         (b"esc\x1b[31mred", "esc\\x1b[31mred"),
@@ -226,7 +226,7 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
     // why, naming the key, escaped.
     let unlistable = [
         (
-            "cr\r2026-01-01T00:00:00.000000Z  INFO etlfs::run: mounted",
+            "cr\r2026-01-01T00:00:00.000000Z  INFO etlfs::cli::mount: mounted",
             "cr\\r2026-01-01T00",
         ),
         ("esc\x1b[31mred", "esc\\x1b[31mred"),

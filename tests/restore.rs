@@ -31,7 +31,7 @@ use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutOption
 use sha2::{Digest, Sha256};
 
 /// The daemon's log filter in every test: fetches are logged at debug level.
-const LOG: &str = "info,object_store=warn,etlfs::fetch=debug";
+const LOG: &str = "info,object_store=warn,etlfs::engine::fetch=debug";
 /// The message etlfs logs once per completed download.
 const FETCHED: &str = "fetched from the bucket";
 

@@ -1,0 +1,3 @@
+//! Operating a mount: the status server (`/status`, `/metrics`) and what it reports.
+
+pub mod status;

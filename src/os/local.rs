@@ -1,0 +1,776 @@
+//! The directory underneath the mount: every operation on local files goes through here.
+//!
+//! `LocalDir` holds an `O_PATH` descriptor of the served directory, opened *before* the FUSE
+//! mount covers it, and a descriptor of `/proc/self/fd` for re-opening `O_PATH` descriptors
+//! with real access modes. All operations are relative to directory descriptors the overlay
+//! already holds, with single-component names (never `..`, never a `/`), so nothing the
+//! application asks for can resolve outside the directory. Multi-component paths (used by the
+//! mirror and fetcher, which work on bucket keys) are resolved with `openat2(RESOLVE_BENEATH)`.
+//!
+//! Errors are plain `io::Error`s carrying the errno: this is the syscall layer, and the overlay
+//! maps them onto its own error type.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::os::sys;
+
+/// What the overlay needs to know about a local file: a copy of `struct stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub dev: u64,
+    pub ino: u64,
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    pub rdev: u64,
+    pub size: u64,
+    pub blocks: u64,
+    pub blksize: u32,
+    pub atime: SystemTime,
+    pub mtime: SystemTime,
+    pub ctime: SystemTime,
+}
+
+fn to_time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+impl From<libc::stat> for Stat {
+    fn from(st: libc::stat) -> Self {
+        Stat {
+            dev: st.st_dev,
+            ino: st.st_ino,
+            mode: st.st_mode,
+            nlink: st.st_nlink,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev,
+            size: st.st_size as u64,
+            blocks: st.st_blocks as u64,
+            blksize: st.st_blksize as u32,
+            atime: to_time(st.st_atime, st.st_atime_nsec),
+            mtime: to_time(st.st_mtime, st.st_mtime_nsec),
+            ctime: to_time(st.st_ctime, st.st_ctime_nsec),
+        }
+    }
+}
+
+impl Stat {
+    /// Stats an open file.
+    pub fn from_file(f: &File) -> io::Result<Stat> {
+        Ok(sys::fstatat(f.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?.into())
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+}
+
+/// The identity of the caller a FUSE request is made for; files are created as this user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Restores this thread's filesystem ids when dropped, also on an early return.
+struct CredsGuard((libc::uid_t, libc::gid_t));
+
+impl CredsGuard {
+    fn switch(creds: Creds) -> Self {
+        CredsGuard(sys::switch_fs_ids(creds.uid, creds.gid))
+    }
+}
+
+impl Drop for CredsGuard {
+    fn drop(&mut self) {
+        sys::restore_fs_ids(self.0);
+    }
+}
+
+thread_local! {
+    static UMASK_CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes sure this (FUSE session) thread creates files with exactly the modes it is given.
+fn thread_umask_zero() -> io::Result<()> {
+    if !UMASK_CLEARED.get() {
+        sys::private_zero_umask()?;
+        UMASK_CLEARED.set(true);
+    }
+    Ok(())
+}
+
+/// Runs a creating operation under the caller's filesystem ids, so that ownership, set-gid
+/// inheritance and quotas come out as if the caller had done it natively.
+///
+/// The kernel has already checked permissions (we mount with `default_permissions`), using
+/// all of the caller's groups. We only learn the primary gid, so if the caller's access comes
+/// from a supplementary group the underlying filesystem refuses with `EACCES`. In that case the
+/// operation is repeated with our own (root) ids and the new entry is given to the caller.
+fn as_caller<T>(
+    creds: Creds,
+    dir: BorrowedFd<'_>,
+    name: &std::ffi::CStr,
+    op: impl Fn() -> io::Result<T>,
+) -> io::Result<T> {
+    thread_umask_zero()?;
+    let first = {
+        let _ids = CredsGuard::switch(creds);
+        op()
+    };
+    match first {
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) && sys::geteuid() == 0 => {
+            let out = op()?;
+            let dir_st = Stat::from(sys::fstatat(dir, sys::EMPTY, libc::AT_EMPTY_PATH)?);
+            let gid = if dir_st.mode & libc::S_ISGID != 0 {
+                u32::MAX
+            } else {
+                creds.gid
+            };
+            sys::fchownat(dir, name, creds.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
+            Ok(out)
+        }
+        other => other,
+    }
+}
+
+/// `fallocate(2)` on an open file.
+pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
+    sys::fallocate(file.as_fd(), mode, offset, len)
+}
+
+/// `lseek(2)` on an open file (`SEEK_DATA`, `SEEK_HOLE`, ...).
+pub fn lseek(file: &File, offset: i64, whence: i32) -> io::Result<i64> {
+    sys::lseek(file.as_fd(), offset, whence)
+}
+
+/// A new time for `set_times`.
+#[derive(Debug, Clone, Copy)]
+pub enum TimeSet {
+    Now,
+    At(SystemTime),
+}
+
+fn timespec(t: Option<TimeSet>) -> libc::timespec {
+    match t {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(TimeSet::Now) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(TimeSet::At(t)) => match t.duration_since(UNIX_EPOCH) {
+            Ok(d) => libc::timespec {
+                tv_sec: d.as_secs() as i64,
+                tv_nsec: d.subsec_nanos() as i64,
+            },
+            Err(e) => {
+                let d = e.duration();
+                let (mut sec, mut nsec) = (-(d.as_secs() as i64), -(d.subsec_nanos() as i64));
+                if nsec < 0 {
+                    sec -= 1;
+                    nsec += 1_000_000_000;
+                }
+                libc::timespec {
+                    tv_sec: sec,
+                    tv_nsec: nsec,
+                }
+            }
+        },
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone)]
+pub struct DirEntry {
+    pub name: OsString,
+    pub ino: u64,
+    /// The file type bits of the mode (`S_IFMT`).
+    pub file_type: u32,
+}
+
+/// The served directory, reached only through descriptors opened before the mount.
+#[derive(Debug)]
+pub struct LocalDir {
+    root: OwnedFd,
+    proc_fd: OwnedFd,
+    root_stat: Stat,
+}
+
+impl LocalDir {
+    /// Opens `path` as the served directory. Must be called before mounting over it.
+    pub fn open(path: &Path) -> io::Result<LocalDir> {
+        let cpath = sys::cstr(path.as_os_str())?;
+        let cwd = sys::at_fdcwd();
+        let root = sys::openat(cwd, &cpath, libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        let root_stat = Stat::from(sys::fstatat(root.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?);
+        let proc_fd = sys::openat(cwd, c"/proc/self/fd", libc::O_PATH | libc::O_DIRECTORY, 0)?;
+        Ok(LocalDir {
+            root,
+            proc_fd,
+            root_stat,
+        })
+    }
+
+    /// The `O_PATH` descriptor of the served directory.
+    pub fn root(&self) -> BorrowedFd<'_> {
+        self.root.as_fd()
+    }
+
+    /// A second `O_PATH` descriptor of the root, for the inode table to own.
+    pub fn root_clone(&self) -> io::Result<OwnedFd> {
+        self.root.try_clone()
+    }
+
+    pub fn root_stat(&self) -> Stat {
+        self.root_stat
+    }
+
+    /// Looks up one name in `dir` without following a final symlink.
+    pub fn lookup(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd, Stat)> {
+        let cname = single_component(name)?;
+        let fd = sys::openat2(
+            dir,
+            &cname,
+            libc::O_PATH | libc::O_NOFOLLOW,
+            0,
+            sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
+        )?;
+        let st = self.stat(fd.as_fd())?;
+        Ok((fd, st))
+    }
+
+    /// Stats a descriptor (`O_PATH` ones included).
+    pub fn stat(&self, fd: BorrowedFd<'_>) -> io::Result<Stat> {
+        Ok(sys::fstatat(fd, sys::EMPTY, libc::AT_EMPTY_PATH)?.into())
+    }
+
+    /// Opens the file behind an `O_PATH` descriptor for I/O with `flags` (`O_RDONLY`,
+    /// `O_RDWR`, `O_APPEND`, `O_TRUNC`, ...). `O_CREAT`/`O_EXCL` make no sense here and are
+    /// dropped; `O_NOFOLLOW` would refuse the `/proc/self/fd` magic link and is dropped too.
+    /// `O_NOATIME` is dropped where the kernel refuses it (see [`noatime_if_allowed`]).
+    pub fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+        let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
+        let name = sys::fd_name(fd);
+        noatime_if_allowed(flags, |flags| {
+            sys::openat(self.proc_fd.as_fd(), &name, flags, 0).map(File::from)
+        })
+    }
+
+    /// The file behind `fd`, opened read-only through a private bind mount of it on which
+    /// reads never update access times ([`sys::noatime_clone`]). For `noatime` in passthrough
+    /// mode: the kernel opens each backing file anew, with the application's own flags, on the
+    /// mount of the file it was handed, so our `O_NOATIME` would not reach those reads; the
+    /// mount's `noatime` does.
+    pub fn noatime_twin(&self, fd: BorrowedFd<'_>) -> io::Result<File> {
+        let tree = sys::noatime_clone(fd)?;
+        // The open file keeps the detached mount alive once `tree` is closed.
+        self.reopen(tree.as_fd(), libc::O_RDONLY)
+    }
+
+    /// Creates and opens a regular file as `creds`. Returns the open file and an `O_PATH`
+    /// descriptor for the inode table.
+    pub fn create(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        flags: i32,
+        mode: u32,
+        creds: Creds,
+    ) -> io::Result<(File, OwnedFd, Stat)> {
+        let cname = single_component(name)?;
+        let file = as_caller(creds, dir, &cname, || {
+            noatime_if_allowed(flags, |flags| {
+                sys::openat2(
+                    dir,
+                    &cname,
+                    (flags & !libc::O_NOCTTY) | libc::O_CREAT | libc::O_NOFOLLOW,
+                    // openat2 is strict: the file type bits the kernel sends along are refused.
+                    mode & 0o7777,
+                    sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
+                )
+            })
+        })?;
+        let path_fd = sys::openat(
+            self.proc_fd.as_fd(),
+            &sys::fd_name(file.as_fd()),
+            libc::O_PATH,
+            0,
+        )?;
+        let st = self.stat(path_fd.as_fd())?;
+        Ok((File::from(file), path_fd, st))
+    }
+
+    /// Creates a directory as `creds`.
+    pub fn mkdir(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+        creds: Creds,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        let cname = single_component(name)?;
+        as_caller(creds, dir, &cname, || sys::mkdirat(dir, &cname, mode))?;
+        self.lookup(dir, name)
+    }
+
+    /// Creates a special file (fifo, socket, device) as `creds`.
+    pub fn mknod(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        mode: u32,
+        rdev: u64,
+        creds: Creds,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        let cname = single_component(name)?;
+        as_caller(creds, dir, &cname, || sys::mknodat(dir, &cname, mode, rdev))?;
+        self.lookup(dir, name)
+    }
+
+    /// Creates a symlink as `creds`. The target is stored verbatim and never resolved by us.
+    pub fn symlink(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+        target: &OsStr,
+        creds: Creds,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        let cname = single_component(name)?;
+        let ctarget = sys::cstr(target)?;
+        as_caller(creds, dir, &cname, || sys::symlinkat(&ctarget, dir, &cname))?;
+        self.lookup(dir, name)
+    }
+
+    /// Adds a hard link `name` in `dir` to the inode behind `fd`.
+    pub fn link(&self, fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        let cname = single_component(name)?;
+        sys::linkat(fd, sys::EMPTY, dir, &cname, libc::AT_EMPTY_PATH)
+    }
+
+    pub fn unlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        sys::unlinkat(dir, &single_component(name)?, 0)
+    }
+
+    pub fn rmdir(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        sys::unlinkat(dir, &single_component(name)?, libc::AT_REMOVEDIR)
+    }
+
+    /// `renameat2` with the kernel's flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`, ...).
+    pub fn rename(
+        &self,
+        old_dir: BorrowedFd<'_>,
+        old_name: &OsStr,
+        new_dir: BorrowedFd<'_>,
+        new_name: &OsStr,
+        flags: u32,
+    ) -> io::Result<()> {
+        let (old, new) = (single_component(old_name)?, single_component(new_name)?);
+        sys::renameat2(old_dir, &old, new_dir, &new, flags)
+    }
+
+    pub fn readlink(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
+        sys::readlinkat(fd, sys::EMPTY)
+    }
+
+    /// `chmod` of the inode behind `fd` (not for symlinks: Linux has no symlink modes).
+    pub fn set_mode(&self, fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
+        sys::fchmodat(self.proc_fd.as_fd(), &sys::fd_name(fd), mode)
+    }
+
+    /// `chown` of the inode behind `fd`; `None` leaves an id unchanged.
+    pub fn set_owner(
+        &self,
+        fd: BorrowedFd<'_>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> io::Result<()> {
+        sys::fchownat(
+            fd,
+            sys::EMPTY,
+            uid.unwrap_or(u32::MAX),
+            gid.unwrap_or(u32::MAX),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+        )
+    }
+
+    /// Sets access and/or modification time of the inode behind `fd`. Symlinks are reached
+    /// through their parent directory and name, since `utimensat` cannot take an `O_PATH`
+    /// descriptor of a symlink.
+    pub fn set_times(
+        &self,
+        fd: BorrowedFd<'_>,
+        symlink_at: Option<(BorrowedFd<'_>, &OsStr)>,
+        atime: Option<TimeSet>,
+        mtime: Option<TimeSet>,
+    ) -> io::Result<()> {
+        let (a, m) = (timespec(atime), timespec(mtime));
+        match symlink_at {
+            Some((dir, name)) => sys::utimensat(
+                dir,
+                &single_component(name)?,
+                a,
+                m,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            None => sys::utimensat(self.proc_fd.as_fd(), &sys::fd_name(fd), a, m, 0),
+        }
+    }
+
+    /// Truncates (or extends) the file behind an `O_PATH` descriptor.
+    pub fn truncate(&self, fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
+        self.reopen(fd, libc::O_WRONLY)?.set_len(size)
+    }
+
+    /// Lists a directory (without `.` and `..`). With `noatime` the listing leaves the
+    /// directory's access time alone: for etlfs' own walks, which are no access by anyone, and
+    /// for the application's under `noatime`/`nodiratime`.
+    pub fn read_dir(&self, fd: BorrowedFd<'_>, noatime: bool) -> io::Result<Vec<DirEntry>> {
+        let flags = libc::O_RDONLY | libc::O_DIRECTORY | if noatime { libc::O_NOATIME } else { 0 };
+        let mut dir = rustix::fs::Dir::new(OwnedFd::from(self.reopen(fd, flags)?))?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry?;
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let file_type = match entry.file_type() {
+                // Some filesystems do not say in the listing: ask the entry itself.
+                rustix::fs::FileType::Unknown => {
+                    sys::fstatat(dir.fd()?, name, libc::AT_SYMLINK_NOFOLLOW)?.st_mode & libc::S_IFMT
+                }
+                t => t.as_raw_mode() & libc::S_IFMT,
+            };
+            out.push(DirEntry {
+                name: OsStr::from_bytes(name.to_bytes()).to_owned(),
+                ino: entry.ino(),
+                file_type,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn statfs(&self, fd: BorrowedFd<'_>) -> io::Result<libc::statvfs> {
+        sys::fstatvfs(fd)
+    }
+
+    pub fn get_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr, size: u32) -> io::Result<XattrReply> {
+        let (path, cname) = (sys::fd_path(fd), sys::cstr(name)?);
+        if size == 0 {
+            return Ok(XattrReply::Size(
+                sys::getxattr(&path, &cname, &mut [])? as u32
+            ));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::getxattr(&path, &cname, &mut buf)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub fn list_xattr(&self, fd: BorrowedFd<'_>, size: u32) -> io::Result<XattrReply> {
+        let path = sys::fd_path(fd);
+        if size == 0 {
+            return Ok(XattrReply::Size(sys::listxattr(&path, &mut [])? as u32));
+        }
+        let mut buf = vec![0u8; size as usize];
+        let n = sys::listxattr(&path, &mut buf)?;
+        buf.truncate(n);
+        Ok(XattrReply::Data(buf))
+    }
+
+    pub fn set_xattr(
+        &self,
+        fd: BorrowedFd<'_>,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+    ) -> io::Result<()> {
+        sys::setxattr(&sys::fd_path(fd), &sys::cstr(name)?, value, flags)
+    }
+
+    pub fn remove_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
+        sys::removexattr(&sys::fd_path(fd), &sys::cstr(name)?)
+    }
+
+    /// Opens a relative, multi-component path strictly beneath the served directory: `..`
+    /// that would climb out, absolute symlinks and symlinks pointing outside all fail with
+    /// `EXDEV`, and magic links are refused. This is how bucket keys reach local files.
+    pub fn open_beneath(&self, rel: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
+        let cpath = sys::cstr(rel.as_os_str())?;
+        sys::openat2(
+            self.root.as_fd(),
+            &cpath,
+            flags,
+            mode,
+            sys::RESOLVE_BENEATH | sys::RESOLVE_NO_MAGICLINKS,
+        )
+    }
+}
+
+impl LocalDir {
+    /// Stats a relative path beneath the served directory without following a final symlink.
+    pub fn stat_beneath(&self, rel: &Path) -> io::Result<Stat> {
+        let fd = self.open_beneath(rel, libc::O_PATH | libc::O_NOFOLLOW, 0)?;
+        self.stat(fd.as_fd())
+    }
+
+    /// The parent directory of a relative path (opened strictly beneath the root) and the
+    /// path's last component.
+    pub fn open_parent<'p>(&self, rel: &'p Path) -> io::Result<(OwnedFd, &'p OsStr)> {
+        let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        };
+        let fd = if parent.as_os_str().is_empty() {
+            self.root.try_clone()?
+        } else {
+            self.open_beneath(
+                parent,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?
+        };
+        Ok((fd, name))
+    }
+
+    /// Creates a directory (parents must exist) with mode 0755 owned like the root, unless
+    /// something is there already.
+    pub fn mkdir_beneath(&self, rel: &Path) -> io::Result<()> {
+        let (parent_fd, name) = self.open_parent(rel)?;
+        let cname = single_component(name)?;
+        match sys::mkdirat(parent_fd.as_fd(), &cname, 0o755) {
+            Ok(()) => sys::fchownat(
+                parent_fd.as_fd(),
+                &cname,
+                self.root_stat.uid,
+                self.root_stat.gid,
+                libc::AT_SYMLINK_NOFOLLOW,
+            ),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Removes a file given by its relative path (eviction; not an application unlink).
+    pub fn unlink_beneath(&self, rel: &Path) -> io::Result<()> {
+        let (parent_fd, name) = self.open_parent(rel)?;
+        sys::unlinkat(parent_fd.as_fd(), &single_component(name)?, 0)
+    }
+
+    /// Opens a regular file beneath the served directory for etlfs' own reads (uploads,
+    /// checksums): with `O_NOATIME` where allowed, because such a read is no access by anyone
+    /// and must not move the file's access time (under relatime it would, at each upload).
+    pub fn open_file_beneath(&self, rel: &Path) -> io::Result<File> {
+        noatime_if_allowed(
+            libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_NOATIME,
+            |flags| self.open_beneath(rel, flags, 0).map(File::from),
+        )
+    }
+
+    /// Every file and directory below the root (root excluded), skipping `skip` and what is
+    /// below it. Walks with descriptors, never with paths, so it works while the mount covers
+    /// the directory.
+    pub fn walk(&self, skip: Option<&Path>) -> io::Result<Vec<(std::path::PathBuf, Stat)>> {
+        self.walk_from(Path::new(""), skip)
+    }
+
+    /// Like [`LocalDir::walk`], below the directory `start` (relative; `""` is the root).
+    pub fn walk_from(
+        &self,
+        start: &Path,
+        skip: Option<&Path>,
+    ) -> io::Result<Vec<(std::path::PathBuf, Stat)>> {
+        let mut out = Vec::new();
+        self.walk_each(start, skip, |rel, st| out.push((rel.to_path_buf(), st)))?;
+        Ok(out)
+    }
+
+    /// Like [`LocalDir::walk_from`], handing each entry to `each` instead of collecting them
+    /// (a count over 100,000 files then needs no table of them).
+    pub fn walk_each(
+        &self,
+        start: &Path,
+        skip: Option<&Path>,
+        mut each: impl FnMut(&Path, Stat),
+    ) -> io::Result<()> {
+        let start_fd = if start.as_os_str().is_empty() {
+            self.root.try_clone()?
+        } else {
+            self.open_beneath(
+                start,
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                0,
+            )?
+        };
+        let mut stack = vec![(start.to_path_buf(), start_fd)];
+        while let Some((rel, fd)) = stack.pop() {
+            for e in self.read_dir(fd.as_fd(), true)? {
+                let child = rel.join(&e.name);
+                if Some(child.as_path()) == skip {
+                    continue;
+                }
+                let (cfd, st) = match self.lookup(fd.as_fd(), &e.name) {
+                    Ok(x) => x,
+                    // Removed while we were walking: nothing to report.
+                    Err(err) if err.raw_os_error() == Some(libc::ENOENT) => continue,
+                    Err(err) => return Err(err),
+                };
+                each(&child, st);
+                if st.is_dir() {
+                    stack.push((child, cfd));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Answer to a getxattr/listxattr call: the size needed, or the bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum XattrReply {
+    Size(u32),
+    Data(Vec<u8>),
+}
+
+/// Runs `open(flags)`, and if `flags` hold `O_NOATIME` and the kernel refuses it, `open` again
+/// without. The kernel allows `O_NOATIME` only to the file's owner or with `CAP_FOWNER`, which
+/// etlfs as root has, but not in a user namespace for a file of an unmapped owner; there the
+/// read goes on and counts as an access, which is better than no read.
+fn noatime_if_allowed<T>(flags: i32, open: impl Fn(i32) -> io::Result<T>) -> io::Result<T> {
+    match open(flags) {
+        Err(e) if flags & libc::O_NOATIME != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+            open(flags & !libc::O_NOATIME)
+        }
+        other => other,
+    }
+}
+
+/// A name the kernel hands us must be one path component: not empty, not `.`/`..`, no `/`,
+/// no NUL. The kernel already guarantees most of this; we check anyway because a violation
+/// would let a name walk out of the directory.
+pub fn single_component(name: &OsStr) -> io::Result<std::ffi::CString> {
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    sys::cstr(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir() -> (tempfile::TempDir, LocalDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("root/sub")).unwrap();
+        std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+        std::fs::write(tmp.path().join("root/sub/inside"), b"inside").unwrap();
+        let local = LocalDir::open(&tmp.path().join("root")).unwrap();
+        (tmp, local)
+    }
+
+    fn errno(r: io::Result<OwnedFd>) -> i32 {
+        r.unwrap_err().raw_os_error().unwrap()
+    }
+
+    #[test]
+    fn open_beneath_refuses_every_way_out() {
+        let (tmp, local) = dir();
+        let root = tmp.path().join("root");
+        std::os::unix::fs::symlink("../secret", root.join("rel_out")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), root.join("abs_out")).unwrap();
+        std::os::unix::fs::symlink("sub/inside", root.join("ok_link")).unwrap();
+        std::os::unix::fs::symlink("/proc/self/root/etc/passwd", root.join("magic")).unwrap();
+        for escape in [
+            "../secret",
+            "sub/../../secret",
+            "rel_out",
+            "abs_out",
+            "/etc/passwd",
+            "magic",
+        ] {
+            assert_eq!(
+                errno(local.open_beneath(Path::new(escape), libc::O_RDONLY, 0)),
+                libc::EXDEV,
+                "{escape}"
+            );
+        }
+        // Inside the tree, `..` and relative symlinks are fine.
+        assert!(
+            local
+                .open_beneath(Path::new("sub/../sub/inside"), libc::O_RDONLY, 0)
+                .is_ok()
+        );
+        let fd = local
+            .open_beneath(Path::new("ok_link"), libc::O_RDONLY, 0)
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(sys::fd_path(fd.as_fd()).to_str().unwrap()).unwrap(),
+            "inside"
+        );
+    }
+
+    #[test]
+    fn single_names_never_resolve_symlinks_or_dots() {
+        let (tmp, local) = dir();
+        std::os::unix::fs::symlink("/etc", tmp.path().join("root/etc")).unwrap();
+        let (_, st) = local.lookup(local.root(), OsStr::new("etc")).unwrap();
+        assert!(st.is_symlink(), "lookup must return the symlink itself");
+        for bad in ["..", ".", "sub/inside", ""] {
+            let e = local.lookup(local.root(), OsStr::new(bad)).unwrap_err();
+            assert_eq!(e.raw_os_error(), Some(libc::EINVAL), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn create_as_caller_owns_the_file() {
+        let (tmp, local) = dir();
+        let root = tmp.path().join("root");
+        std::fs::set_permissions(&root, std::os::unix::fs::PermissionsExt::from_mode(0o777))
+            .unwrap();
+        let creds = Creds {
+            uid: 4321,
+            gid: 8765,
+        };
+        let (_, _, st) = local
+            .create(
+                local.root(),
+                OsStr::new("mine"),
+                libc::O_WRONLY,
+                0o640,
+                creds,
+            )
+            .unwrap();
+        assert_eq!((st.uid, st.gid, st.mode & 0o777), (4321, 8765, 0o640));
+        // The thread's own ids are back to root afterwards.
+        let (_, st) = local
+            .mkdir(
+                local.root(),
+                OsStr::new("d"),
+                0o755,
+                Creds { uid: 0, gid: 0 },
+            )
+            .unwrap();
+        assert_eq!((st.uid, st.gid), (0, 0));
+    }
+}
