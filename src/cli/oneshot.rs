@@ -47,7 +47,8 @@ use tracing::{debug, info, warn};
 
 use crate::cli::mount::{self, DEFAULT_STATE_DIR, UsageError};
 use crate::engine::fetch::{FetchError, Placement, download_verified};
-use crate::engine::index::{Index, MANIFEST_SETTLE, ManifestWriter, RemoteFile, Version};
+use crate::engine::index::{Index, RemoteFile, Version};
+use crate::engine::manifest::{MANIFEST_SETTLE, ManifestWriter};
 use crate::engine::mirror::{Identity, Snapshot, SyncError, Uploaded, upload_snapshot};
 use crate::escape::esc;
 use crate::os::local::{LocalDir, Stat};

@@ -66,13 +66,13 @@
 //!
 //! # The manifest
 //!
-//! `manifest.rs` keeps the bucket's manifest (a cache of every file's metadata, see
+//! `publish.rs` keeps the bucket's manifest (a cache of every file's metadata, see
 //! `index.rs`) describing what the records and the index know, so the next mount over an empty
 //! directory needs no HEAD per object: at most once a minute while things change, and at the
 //! end of a drain. Uploads record the e_tag their put returned for it.
 
 mod links;
-mod manifest;
+mod publish;
 mod records;
 mod worker;
 
@@ -279,7 +279,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Mirror {
     shared: Arc<Shared>,
-    manifest: Arc<manifest::Publisher>,
+    manifest: Arc<publish::Publisher>,
     tx: mpsc::UnboundedSender<Msg>,
     /// Intents written to the journal whose local operation has not finished yet.
     staged: Mutex<HashMap<u64, Intent>>,
@@ -322,7 +322,7 @@ impl Mirror {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
-        let manifest = Arc::new(manifest::Publisher::new(Arc::clone(&shared)));
+        let manifest = Arc::new(publish::Publisher::new(Arc::clone(&shared)));
         rt.spawn(Arc::clone(&manifest).run());
         Ok(Arc::new(Mirror {
             shared,
@@ -515,7 +515,7 @@ impl ChangeSink for Mirror {
             .as_ref()
             .and_then(|i| i.take_departed(path))
         {
-            manifest::adopt(&self.shared.records, path, departed);
+            publish::adopt(&self.shared.records, path, departed);
         }
     }
 

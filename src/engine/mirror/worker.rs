@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::engine::journal::{Intent, Source};
+use crate::engine::ns;
 use crate::escape::esc;
 use crate::os::local::Stat;
 use crate::store::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
@@ -608,13 +609,6 @@ impl Worker {
     }
 }
 
-fn ns(t: std::time::SystemTime) -> i128 {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
 fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     move |source| SyncError::Local {
         path: path.to_owned(),
@@ -1196,7 +1190,7 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
     for (path, id, departed) in unrecorded {
         let same = match hash_local(&shared.local, &path) {
             Ok(sha) => {
-                super::manifest::adopt_unrecorded(&shared.records, &path, &id, &sha, &departed)
+                super::publish::adopt_unrecorded(&shared.records, &path, &id, &sha, &departed)
             }
             Err(_) => false,
         };
