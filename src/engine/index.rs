@@ -426,6 +426,8 @@ pub struct LoadReport {
     pub unused: u64,
     /// `None`: no manifest; otherwise whether it was usable, and why not.
     pub manifest: Option<Result<(), String>>,
+    /// Directories the bucket implies (by the keys below them) but holds no marker for.
+    pub unmarked_dirs: u64,
 }
 
 impl LoadReport {
@@ -476,10 +478,15 @@ impl Index {
         let ((skipped, listed_in), manifest) = futures::join!(listed, bucket.get_manifest());
         // Keys the listing had to leave out (the bucket logged each): refused as well.
         index.refused.fetch_add(skipped?, Ordering::Relaxed);
-        let Listing { mut files, dirs } = listing.close(&index);
+        let Listing {
+            mut files,
+            dirs,
+            unmarked,
+        } = listing.close(&index);
 
         let mut report = LoadReport {
             files: files.len() as u64,
+            unmarked_dirs: unmarked,
             ..LoadReport::default()
         };
         match manifest {
@@ -834,6 +841,8 @@ const DESCRIBED: u64 = u64::MAX;
 struct Listing {
     files: HashMap<PathBuf, Stored>,
     dirs: HashSet<PathBuf>,
+    /// Of `dirs`, those without a marker.
+    unmarked: u64,
 }
 
 impl Listing {
@@ -862,6 +871,7 @@ impl Listing {
                 if !self.dirs.insert(d.to_path_buf()) {
                     break;
                 }
+                self.unmarked += 1;
                 p = d.parent();
             }
         }

@@ -9,6 +9,7 @@ pub mod journal;
 pub mod lease;
 pub mod manifest;
 pub mod mirror;
+pub mod recover;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
