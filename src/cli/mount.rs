@@ -23,6 +23,7 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
+use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::core::{Core, CoreOptions};
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
@@ -36,11 +37,6 @@ use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::Bucket;
-use crate::store::config;
-
-/// Downloads of bucket-only files in flight at once.
-/// Name of the default state directory, created inside the served directory.
-pub const DEFAULT_STATE_DIR: &str = ".etlfs";
 
 /// Everything `etlfs mount` needs.
 #[derive(Debug, Clone)]
@@ -95,75 +91,6 @@ pub struct LeaseArgs {
     pub period: std::time::Duration,
 }
 
-/// Invocation errors: reported with exit code 2.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error("{what} {}: does not exist", esc(.path))]
-    Missing { what: &'static str, path: PathBuf },
-    #[error("{what} {}: not a directory", esc(.path))]
-    NotADirectory { what: &'static str, path: PathBuf },
-    #[error("{what} {}: {source}", esc(.path))]
-    Inaccessible {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("/dev/fuse: {0} (is the fuse module loaded? in a container, pass --device /dev/fuse)")]
-    NoFuseDevice(String),
-    #[error(
-        "permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)"
-    )]
-    NoPermission(String),
-    #[error("state directory {}: must not be the served directory itself", esc(.state))]
-    StateIsRoot { state: PathBuf },
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(
-        "state directory {}: must be on the same filesystem as the served directory (downloads are renamed into place)",
-        esc(.state)
-    )]
-    StateOnOtherFilesystem { state: PathBuf },
-    #[error("{}: has no parent directory to keep the default bucket in; pass --config", esc(.local))]
-    NoDefaultBucketPlace { local: PathBuf },
-    #[error(transparent)]
-    Listen(#[from] crate::ops::status::StatusError),
-    #[error("ETLFS_FD_BUDGET=\"{}\": expected a number of descriptors, at least 16", esc(.0))]
-    FdBudget(String),
-    #[error(transparent)]
-    Lease(Box<crate::engine::lease::LeaseError>),
-    #[error(transparent)]
-    MountOption(#[from] crate::fs::mountopts::UnknownOption),
-    #[error("{}: a point-in-time mount (--as-of) needs an empty directory to fetch into", esc(.0))]
-    AsOfNotEmpty(PathBuf),
-}
-
-/// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
-pub fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => path
-            .canonicalize()
-            .map_err(|source| UsageError::Inaccessible {
-                what,
-                path: path.to_owned(),
-                source,
-            }),
-        Ok(_) => Err(UsageError::NotADirectory {
-            what,
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError::Missing {
-            what,
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(UsageError::Inaccessible {
-            what,
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
 fn check_fuse_device() -> Result<(), UsageError> {
     let dev = Path::new("/dev/fuse");
     let meta = std::fs::metadata(dev).map_err(|e| UsageError::NoFuseDevice(e.to_string()))?;
@@ -179,20 +106,15 @@ fn check_fuse_device() -> Result<(), UsageError> {
         }
         Err(e) => return Err(UsageError::NoFuseDevice(e.to_string())),
     }
-    if sys::geteuid() != 0 && which("fusermount3").is_none() && which("fusermount").is_none() {
+    if sys::geteuid() != 0
+        && which::which("fusermount3").is_err()
+        && which::which("fusermount").is_err()
+    {
         return Err(UsageError::NoPermission(
             "not running as root and no fusermount3 helper is installed".into(),
         ));
     }
     Ok(())
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 /// Validated paths for a mount.
@@ -801,52 +723,6 @@ fn as_of_checks(local: &Path, bucket: &Bucket) -> Result<(), UsageError> {
         .fence()
         .raise("a point-in-time mount (--as-of) is read-only and never writes the bucket".into());
     Ok(())
-}
-
-/// The bucket named by `--config` and `--prefix`, for `mount` and the one-shot commands alike:
-/// the object-store.yaml, or without one the embedded FILESYSTEM default beside `local` (with a
-/// warning: it does not survive the loss of the machine). The key prefix is the file's own
-/// `prefix` joined with `--prefix`. Logs the one line that describes the bucket.
-pub fn open_bucket(
-    config: Option<&Path>,
-    prefix: Option<&str>,
-    local: &Path,
-) -> Result<Bucket, UsageError> {
-    let bucket_cfg = match config {
-        Some(path) => config::load(path)?,
-        None => {
-            let dir = default_bucket_dir(local)?;
-            warn!(
-                bucket = %esc(&dir),
-                "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
-                 the loss of this machine, configure object storage for real durability"
-            );
-            config::filesystem(&dir)?
-        }
-    };
-    let prefix = [bucket_cfg.prefix.as_str(), prefix.unwrap_or("")].join("/");
-    let bucket = Bucket::new(
-        Arc::clone(&bucket_cfg.store),
-        &prefix,
-        bucket_cfg.user_metadata,
-        bucket_cfg.extra_metadata.clone(),
-    )
-    .with_paged_listing(bucket_cfg.paged.clone());
-    info!(bucket = %esc(&bucket_cfg.describe), prefix = %esc(bucket.prefix()), "bucket");
-    Ok(bucket)
-}
-
-/// Where the embedded default bucket lives: beside the served directory, never inside it.
-pub fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
-    let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
-        return Err(UsageError::NoDefaultBucketPlace {
-            local: local.to_owned(),
-        });
-    };
-    let mut dir_name = std::ffi::OsString::from(".");
-    dir_name.push(name);
-    dir_name.push(".etlfs-bucket");
-    Ok(parent.join(dir_name))
 }
 
 /// Waits for the FUSE session to end after the unmount. It may not: files still open through

@@ -45,7 +45,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use crate::cli::mount::{self, DEFAULT_STATE_DIR, UsageError};
+use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::engine::fetch::{FetchError, Placement, download_verified};
 use crate::engine::index::{Index, RemoteFile, Version};
 use crate::engine::manifest::{MANIFEST_SETTLE, ManifestWriter};
@@ -213,7 +213,7 @@ pub fn history(
     dir: &Path,
     path: Option<&Path>,
 ) -> Result<(), OneshotError> {
-    let bucket = mount::open_bucket(config, prefix, dir)?;
+    let bucket = open_bucket(config, prefix, dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -251,8 +251,8 @@ struct Ctx {
 
 impl Ctx {
     fn open(target: &Target) -> Result<Ctx, OneshotError> {
-        let dir = mount::check_dir("directory", &target.dir)?;
-        let bucket = mount::open_bucket(target.config.as_deref(), target.prefix.as_deref(), &dir)?;
+        let dir = check_dir("directory", &target.dir)?;
+        let bucket = open_bucket(target.config.as_deref(), target.prefix.as_deref(), &dir)?;
         let local = LocalDir::open(&dir).map_err(|source| UsageError::Inaccessible {
             what: "directory",
             path: dir.clone(),
