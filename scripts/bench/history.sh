@@ -1,4 +1,6 @@
 # shellcheck shell=bash
+# Section "history" of scripts/bench.sh (sourced by it).
+#
 # history: what keeping versions costs in bucket requests per Kubecost rewrite. BENCH_KC_N
 # files of 64 KiB are written once, then rewritten BENCH_KC_CYCLES times (each cycle waits
 # until the mirror is idle), with history off (--history-retention 0), at its defaults (at most
