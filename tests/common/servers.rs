@@ -1,5 +1,5 @@
 //! The object-storage servers of the tests: moto (S3), Azurite (Azure Blob) and fake-gcs-server
-//! (GCS, behind scripts/gcs_adapter.py), started by scripts/servers.sh (which scripts/test.sh
+//! (GCS, behind scripts/servers/gcs_adapter.py), started by scripts/servers.sh (which scripts/test.sh
 //! sources). Self-contained: include it with
 //! `#[path = "common/servers.rs"] mod servers;`.
 //!
