@@ -11,9 +11,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::engine::events::ChangeSink;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
-use crate::engine::mirror::{ChangeSink, Mirror, MirrorOptions};
+use crate::engine::mirror::{Mirror, MirrorOptions};
 use crate::engine::recover::{LocalTree, apply_pending_intents, prepare_local_tree};
 use crate::escape::esc;
 use crate::fs::overlay::{Overlay, Policy, Remote};

@@ -6,7 +6,7 @@
 //! bucket exactly as a mount does, so the three commands and `etlfs mount` interoperate freely:
 //!
 //! - **backup** uploads every local file the bucket lacks or holds stale, through the mirror's
-//!   own snapshot upload ([`crate::engine::mirror::upload_snapshot`]): one consistent snapshot per file
+//!   own snapshot upload ([`crate::store::upload::upload_snapshot`]): one consistent snapshot per file
 //!   with the etlfs metadata (mtime, mode, SHA-256, owner), single PUT up to
 //!   [`crate::store::bucket::SINGLE_PUT_MAX`], multipart above. A bucket object is *stale* when its
 //!   size, its checksum (local files are hashed) or the metadata a restore would apply (mode,
@@ -49,13 +49,14 @@ use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::engine::fetch::{FetchError, Placement, download_verified};
 use crate::engine::index::{Index, RemoteFile, Version};
 use crate::engine::manifest::{MANIFEST_SETTLE, ManifestWriter};
-use crate::engine::mirror::{Identity, Snapshot, SyncError, Uploaded, upload_snapshot};
+use crate::engine::mirror::Identity;
 use crate::escape::esc;
 use crate::os::local::{LocalDir, Stat};
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::history::is_history_source;
 use crate::store::bucket::{Bucket, BucketError};
+use crate::store::upload::{Snapshot, UploadError, Uploaded, upload_snapshot};
 
 /// Transfers (uploads, downloads, comparisons) in flight at once: enough to hide the latency of
 /// an object store (10-50 ms per request) for Kubecost's many small files, few enough not to
@@ -114,7 +115,7 @@ enum ItemError {
     #[error(transparent)]
     Bucket(#[from] BucketError),
     #[error(transparent)]
-    Upload(#[from] SyncError),
+    Upload(#[from] UploadError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("{op} {}: {source}", esc(.path))]
@@ -418,12 +419,8 @@ impl Ctx {
                 });
             }
             let id = Identity::of(&st);
-            let still = |f: &std::fs::File| -> Result<bool, SyncError> {
-                let now = Stat::from_file(f).map_err(|source| SyncError::Local {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Ok(Identity::of(&now) == id)
+            let still = |f: &std::fs::File| -> std::io::Result<bool> {
+                Ok(Identity::of(&Stat::from_file(f)?) == id)
             };
             if let Some(r) = remote.as_ref().filter(|r| same_attrs(r, &st)) {
                 // Same size and the metadata a restore applies: the checksum decides.
@@ -431,7 +428,7 @@ impl Ctx {
                     let sha = hash_file(Arc::clone(&file))
                         .await
                         .map_err(local_err("reading", path))?;
-                    if sha == *want && still(&file)? {
+                    if sha == *want && still(&file).map_err(local_err("stat of", path))? {
                         return Ok(Backed::Unchanged);
                     }
                 }

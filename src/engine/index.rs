@@ -40,9 +40,9 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
-use super::from_ns;
 use super::manifest;
 use crate::escape::esc;
+use crate::os::from_ns;
 use crate::store::bucket::{
     Bucket, BucketError, CompactETag, FileMeta, ManifestObject, MetaRead, ObjectInfo,
 };

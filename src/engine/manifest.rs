@@ -41,7 +41,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::index::{RemoteFile, Version};
-use super::{from_ns, ns};
+use crate::os::{from_ns, ns};
 use crate::store::bucket::{CompactETag, ManifestObject};
 
 /// The manifest format this etlfs reads and writes (also part of its key).

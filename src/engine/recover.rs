@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
+use crate::engine::events::Intent;
 use crate::engine::index::Index;
 use crate::engine::journal::{Pending, Source};
-use crate::engine::mirror::Intent;
 use crate::escape::esc;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;

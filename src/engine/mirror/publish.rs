@@ -33,7 +33,7 @@ use super::Shared;
 use super::records::{ObjectVersion, Records};
 use crate::engine::index::{Departed, Index, Version};
 use crate::engine::manifest::{EntryMeta, MANIFEST_SETTLE, ManifestWriter, manifest_until};
-use crate::engine::{from_ns, ns};
+use crate::os::{from_ns, ns};
 
 /// At most one manifest write per this while things change.
 pub const EVERY: Duration = Duration::from_secs(60);

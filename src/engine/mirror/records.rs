@@ -23,9 +23,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::engine::ns;
 use crate::escape::{esc, esc_display};
 use crate::os::local::Stat;
+use crate::os::ns;
 use crate::os::state::StateDir;
 use crate::store::bucket::CompactETag;
 
