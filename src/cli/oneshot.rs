@@ -51,7 +51,7 @@ use crate::engine::index::{Index, RemoteFile, Version};
 use crate::engine::manifest::{MANIFEST_SETTLE, ManifestWriter};
 use crate::engine::mirror::Identity;
 use crate::escape::esc;
-use crate::os::local::{LocalDir, Stat};
+use crate::os::local::{LocalDir, Stat, is_gone, sha256_of};
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::history::is_history_source;
@@ -66,8 +66,6 @@ const PARALLEL: usize = crate::engine::fetch::DEFAULT_CONCURRENCY;
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// How often backup reads a file that keeps changing under it before reporting it.
 const SNAPSHOT_TRIES: u32 = 3;
-/// Read size when hashing a local file.
-const HASH_CHUNK: usize = 1 << 20;
 
 /// What all three commands are given.
 #[derive(Debug, Clone)]
@@ -139,10 +137,6 @@ fn local_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
         path: path.to_owned(),
         source,
     }
-}
-
-fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 /// `etlfs backup`: uploads what the bucket lacks or holds stale.
@@ -903,26 +897,9 @@ fn same_attrs(remote: &RemoteFile, st: &Stat) -> bool {
 /// SHA-256 of a local file, read with `pread` in a blocking task: the file offset stays where
 /// it is, so an upload of the same open file afterwards reads from the start.
 async fn hash_file(file: Arc<std::fs::File>) -> io::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; HASH_CHUNK];
-        let mut off = 0u64;
-        loop {
-            match file.read_at(&mut buf, off) {
-                Ok(0) => break,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    off += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .expect("the hash task does not panic")
+    tokio::task::spawn_blocking(move || sha256_of(&file))
+        .await
+        .expect("the hash task does not panic")
 }
 
 /// The first 12 hex digits: enough to tell checksums apart in a message.

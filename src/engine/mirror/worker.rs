@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -24,7 +23,7 @@ use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::engine::journal::{Intent, Source};
 use crate::escape::esc;
-use crate::os::local::Stat;
+use crate::os::local::{Stat, is_gone};
 use crate::store::bucket::BucketError;
 use crate::store::upload::{Snapshot, UploadError, upload_snapshot};
 
@@ -624,10 +623,6 @@ fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     }
 }
 
-fn is_gone(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
-}
-
 /// Makes the bucket hold the current local state of `path` (file or directory).
 async fn sync(
     shared: &Shared,
@@ -1103,17 +1098,6 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
 
 /// Hex SHA-256 of the local file at `path`.
 fn hash_local(local: &crate::os::local::LocalDir, path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
     let fd = local.open_beneath(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::os::local::sha256_of(&std::fs::File::from(fd))
 }
