@@ -19,13 +19,13 @@
 //! This file is the public face (what callers use) and the top level of the document; the
 //! rest is one file per concern:
 //!
-//! - [`schema`]: the two passes over the document, strict parsing, YAML 1.1 booleans;
-//! - [`error`]: [`ConfigError`] and how every check names the file and the key;
-//! - [`env`]: the environment snapshot the credential chains read;
-//! - [`secrets`]: the scrubber that keeps secret values out of every message;
-//! - [`duration`]: Go/Prometheus durations;
-//! - [`client`]: `http_config`, timeouts and retries, shared by the providers;
-//! - [`s3`], [`gcs`], [`azure`], [`filesystem`]: one per `type`.
+//! - `schema.rs`: the two passes over the document, strict parsing, YAML 1.1 booleans;
+//! - `error.rs`: [`ConfigError`] and how every check names the file and the key;
+//! - `env.rs`: the environment snapshot the credential chains read;
+//! - `secrets.rs`: the scrubber that keeps secret values out of every message;
+//! - `duration.rs`: Go/Prometheus durations;
+//! - `client.rs`: `http_config`, timeouts and retries, shared by the providers;
+//! - `s3/`, `gcs.rs`, `azure/`, `filesystem.rs`: one per `type`.
 
 mod azure;
 mod client;
