@@ -18,9 +18,9 @@
 //!   an object of its own, so the mirror is told about all of them. Unlinking one name leaves
 //!   the others: the primary name passes to another known one. Names the kernel never used
 //!   (links made before the mount) are not here; the mirror finds those itself.
-//! - Descriptors are bounded: past [`InodeTable::new`]'s budget, the oldest idle files (not
-//!   directories, not open, still named) are *parked*: their descriptor is closed and opened
-//!   again by name when next needed, checked to be the same inode. A `find` over 100,000 files
+//! - Descriptors are bounded: past the budget ([`InodeTable::set_fd_budget`]), the oldest
+//!   idle files (not directories, not open, still named) are *parked*: their descriptor is
+//!   closed and opened again by name when next needed, checked to be the same inode. A `find` over 100,000 files
 //!   then works under a 20,000-descriptor limit. A parked inode is not pinned, so before a
 //!   name of it is removed the overlay opens it again (see `Overlay::child_id`): an inode
 //!   whose number the kernel still knows is never freed for another file to reuse.

@@ -1,11 +1,13 @@
 //! How a request reaches the local inode behind a node id, and the bookkeeping every change
 //! shares.
 //!
-//! A node's descriptor may be held, parked (closed to stay within the descriptor budget, and
-//! opened again by name here) or absent (bucket-only): [`Overlay::fd_of`] hides which. The
-//! rest is what every changing request does alike: refuse the hidden state directory, tell the
-//! mirror about a change under every name of the file, and journal a removal or rename before
-//! it runs, so a crash can neither resurrect nor lose anything.
+//! A node's descriptor may be held, parked (closed to stay within the descriptor budget) or
+//! absent (bucket-only). [`Overlay::fd_of`] opens a parked one again by name, checked to be
+//! the same inode; [`Overlay::node_fd`] insists on a local file (a bucket-only one must be
+//! downloaded first, see [`super::remote`]). The rest is what every changing request does
+//! alike: refuse the hidden state directory, tell the mirror about a change under every name
+//! of the file, and journal a removal or rename before it runs, so a crash can neither
+//! resurrect nor lose anything.
 
 use std::ffi::OsStr;
 use std::os::fd::{AsFd, OwnedFd};
