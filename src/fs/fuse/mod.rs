@@ -2,7 +2,7 @@
 //!
 //! This is the only module that sees fuser's `Request` and `Reply*` types. Each callback
 //! ([`callbacks`]) unpacks the request, calls one `Overlay` method and turns the result into a
-//! reply ([`reply`]); every error goes through [`fail!`], which logs at the error's level and
+//! reply ([`reply`]); every error goes through `fail!`, which logs at the error's level and
 //! replies with its errno. A request that needs a bucket-only file is parked until the
 //! download lands, without holding a FUSE thread ([`park`]).
 //!

@@ -77,7 +77,7 @@ pub type Ino = u64;
 struct Child {
     id: Ino,
     dir: bool,
-    /// Its local inode number (what the journal records: see [`Source`]).
+    /// Its local inode number (what the journal records: see [`crate::engine::journal::Source`]).
     ino: u64,
 }
 

@@ -108,7 +108,7 @@ impl Overlay {
         self.sink.changed(self.local_ino_of(ino), &paths, urgent);
     }
 
-    /// The local inode number of a node (see [`super::files::local_ino`]): its id, unless that is synthetic.
+    /// The local inode number of a node (see `files::local_ino`): its id, unless that is synthetic.
     fn local_ino_of(&self, ino: Ino) -> u64 {
         if ino == ROOT {
             return self.local.root_stat().ino;
