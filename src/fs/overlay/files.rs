@@ -260,7 +260,8 @@ impl Overlay {
         }
     }
 
-    /// The last writer of a file went away: this is the consistent point the mirror uploads.
+    /// The last writer of a file went away and the mirror was told: the consistent point it
+    /// uploads from, traced as the moment a change is complete.
     fn closed(&self, ino: Ino) {
         tracing::trace!(ino, path = ?self.inodes.path(ino).as_deref().map(esc), "file closed after a change");
     }
