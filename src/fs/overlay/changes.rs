@@ -12,7 +12,7 @@ use std::os::fd::AsFd;
 use std::path::Path;
 
 use super::{Attr, Creds, Entry, Ino, Overlay, OverlayError, Result, SetAttr};
-use crate::engine::mirror::Intent;
+use crate::engine::events::Intent;
 
 impl Overlay {
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {

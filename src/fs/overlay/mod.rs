@@ -62,9 +62,9 @@ use handle::HandleTable;
 use inode::InodeTable;
 pub use inode::ROOT;
 
+use crate::engine::events::ChangeSink;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
-use crate::engine::mirror::ChangeSink;
 use crate::escape::esc;
 pub use crate::os::local::{Creds, TimeSet, XattrReply};
 use crate::os::local::{LocalDir, Stat};

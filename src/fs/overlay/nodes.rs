@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use super::inode::{self, ROOT, Slot};
 use super::{Attr, Child, Entry, Ino, Overlay, OverlayError, Result};
-use crate::engine::mirror::Intent;
+use crate::engine::events::Intent;
 use crate::os::local::Stat;
 
 impl Overlay {

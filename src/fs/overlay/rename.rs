@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::{Child, Ino, Overlay, OverlayError, Result};
+use crate::engine::events::Intent;
 use crate::engine::index::moved_path;
 use crate::engine::journal::Source;
-use crate::engine::mirror::{Intent, exchange_stage};
+use crate::engine::journal::exchange_stage;
 
 /// One rename request, with what it found at both names.
 struct Move<'a> {

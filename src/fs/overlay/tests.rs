@@ -6,7 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::*;
-use crate::engine::mirror::Intent;
+use crate::engine::events::Intent;
 
 const ME: Creds = Creds { uid: 0, gid: 0 };
 
@@ -17,7 +17,7 @@ fn overlay() -> (tempfile::TempDir, Overlay) {
     let ov = Overlay::new(
         local,
         Some(Path::new(".etlfs")),
-        Arc::new(crate::engine::mirror::NullSink),
+        Arc::new(crate::engine::events::NullSink),
     )
     .unwrap();
     (tmp, ov)
