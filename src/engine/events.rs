@@ -39,8 +39,6 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     /// The checksum of `path` if the bucket holds exactly the local version `st` (the file is
     /// clean and may be evicted), `None` otherwise.
     fn in_bucket(&self, path: &Path, st: &crate::os::local::Stat) -> Option<String>;
-    /// A prefetch is about to bring `files` files: each will be [`ChangeSink::fetched`].
-    fn prefetching(&self, _files: usize) {}
 }
 
 /// A sink that ignores everything (a mount without a bucket, and core tests).

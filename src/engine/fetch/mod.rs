@@ -148,7 +148,7 @@ pub struct Progress {
 /// the rest. Keeps the queue small in a directory of very many files.
 pub const READAHEAD_MAX: usize = 1024;
 
-/// The prefetch gives freed heap memory back to the kernel after this many files.
+/// The prefetch gives memory back to the kernel after this many files.
 const TRIM_EVERY: u64 = 2048;
 
 /// How often a download is tried again at the object's new key when the mirror moved it
@@ -323,15 +323,15 @@ impl Fetcher {
         dirs.extend(self.index.dirs());
         let (mut failed, mut bounded) = (0u64, false);
         let mut done = 0u64;
-        // The upload records fill as the index empties. The index's table is given back at
-        // the end, not as it empties: shrinking it reallocates it, and the old and new tables
-        // side by side cost more than the records gain (a new node of 100,000 files).
-        self.sink.prefetching(self.index.len());
+        let index = Arc::clone(&self.index);
         let mut ended = |(res, size): (Outcome, u64), pending: &mut u64| {
             *pending -= size;
             failed += u64::from(res.is_err());
             done += 1;
             if done % TRIM_EVERY == 0 {
+                // The index empties while the upload records fill: give back what the one
+                // freed, so the two never add up (a new node of 100,000 files).
+                index.shrink();
                 crate::os::sys::trim_heap();
             }
         };
@@ -354,8 +354,6 @@ impl Fetcher {
         while let Some(done) = inflight.next().await {
             ended(done, &mut pending);
         }
-        self.index.shrink();
-        crate::os::sys::trim_heap();
         let state = if bounded {
             PrefetchState::Bounded
         } else {

@@ -454,12 +454,6 @@ impl ChangeSink for Mirror {
         }
     }
 
-    fn prefetching(&self, files: usize) {
-        // Sized once for all of them: grown by doubling, the table is briefly there twice
-        // (with 100,000 files, the largest transient of a new node's restore).
-        self.shared.records.reserve(files);
-    }
-
     fn in_bucket(&self, path: &Path, st: &crate::os::local::Stat) -> Option<String> {
         let rec = self.shared.records.get(path)?;
         (!rec.dir && rec.id == Identity::of(st) && !self.shared.is_busy(st.ino, path))

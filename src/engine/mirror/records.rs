@@ -334,11 +334,6 @@ impl Records {
         self.lock().is_empty()
     }
 
-    /// Makes room for `additional` more records at once.
-    pub fn reserve(&self, additional: usize) {
-        self.lock().reserve(additional);
-    }
-
     /// Writes the table if it changed since the last save.
     pub fn save(&self) -> io::Result<()> {
         if !self.dirty.swap(false, Ordering::Relaxed) {
