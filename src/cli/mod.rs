@@ -2,6 +2,7 @@
 //! commands that compare a directory with its bucket without mounting — and what they share:
 //! the checks of their inputs, the bucket they name, and the errors that make exit code 2.
 
+pub mod args;
 pub mod mount;
 pub mod oneshot;
 
