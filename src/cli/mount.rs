@@ -406,13 +406,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         },
         rt.handle(),
     )?;
-    let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(local_bytes));
     if args.max_local_bytes.is_none() {
         // With --max-local-bytes the overlay keeps a live count; otherwise a periodic walk.
         rt.spawn(count_local_bytes(
             walk_local,
             plan.hidden.clone(),
-            Arc::clone(&walked_local_bytes),
+            Arc::clone(&local_bytes),
         ));
     }
     if !offline {
@@ -452,9 +451,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         mirror: Arc::clone(&mirror),
         fetcher: Arc::clone(&fetcher),
         index: Arc::clone(&index),
-        overlay: Arc::clone(&overlay),
+        evictions: overlay.evictions(),
         passthrough: fs.passthrough_flag(),
-        walked_local_bytes,
+        local_bytes,
         requests,
         parked: fs.parked_counter(),
     });
