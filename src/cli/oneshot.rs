@@ -157,7 +157,7 @@ pub fn backup(
         return ctx.rt.block_on(ctx.backup());
     }
     let holder = crate::engine::lease::Holder {
-        writer: crate::engine::lease::new_writer_id().map_err(OneshotError::Runtime)?,
+        writer: crate::os::state::new_writer_id().map_err(OneshotError::Runtime)?,
         serving: ctx.dir.display().to_string(),
         period: BACKUP_LEASE_PERIOD,
     };

@@ -124,14 +124,6 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// A new random writer id (for a process without a state directory of its own).
-pub fn new_writer_id() -> std::io::Result<String> {
-    use std::io::Read;
-    let mut b = [0u8; 16];
-    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
-    Ok(hex::encode(b))
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
     #[error(

@@ -133,7 +133,7 @@ impl StateDir {
                 Ok(String::from_utf8(b).expect("hex is ASCII"))
             }
             Ok(_) | Err(_) => {
-                let id = crate::engine::lease::new_writer_id()?;
+                let id = new_writer_id()?;
                 self.write_atomic(FILE, id.as_bytes())?;
                 Ok(id)
             }
@@ -196,6 +196,15 @@ impl StateDir {
             }
         }
     }
+}
+
+/// A new random writer id: what [`StateDir::writer_id`] keeps, and what a process without a
+/// state directory of its own (`etlfs backup`) uses for the lease.
+pub fn new_writer_id() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut b = [0u8; 16];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    Ok(hex::encode(b))
 }
 
 #[cfg(test)]
