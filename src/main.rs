@@ -380,7 +380,7 @@ fn main() -> ExitCode {
             history: history.into(),
             as_of: as_of.as_of,
         }),
-        Command::Status { listen } => etlfs::ops::status::run_client(&listen).map_err(Into::into),
+        Command::Status { listen } => etlfs::cli::status::run(&listen).map_err(Into::into),
         Command::Backup {
             ignore_lease,
             history,

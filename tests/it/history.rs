@@ -10,12 +10,6 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -23,13 +17,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, ETLFS, bucket};
 use bucket::{config_file, data, kubecost_write, poll, rt, snapshot, target};
 use common::{Mounted, Opts};
 use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
-
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 
 crate::on_every_backend!(
     restore_as_of_undoes_rewrites_truncation_deletes_and_renames,
@@ -268,7 +261,7 @@ fn restore_as_of_undoes_rewrites_truncation_deletes_and_renames(kind: &str) {
     );
 
     // The empty replacement: counted, logged with its path.
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert!(
         metrics.contains("etlfs_history_empty_replacements_total 1"),
         "{metrics}"
@@ -436,7 +429,7 @@ fn a_mount_collects_garbage_in_the_background(kind: &str) {
         m.log()
     );
     // (Counted once the collection's deletes returned: a moment after the keys are gone.)
-    let metrics = || common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = || common::metrics(port);
     assert!(
         poll(30, || metrics()
             .contains("etlfs_history_gc_deletions_total 2")),
@@ -622,7 +615,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
     for i in 0..n {
         assert_eq!(kept_bodies(store.as_ref(), &name(i)), [v0(i)], "thinned");
     }
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert_eq!(
         metric(&metrics, "etlfs_history_tripwire_trips_total"),
         0,
@@ -646,7 +639,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
     }
     let tripped = || {
         common::http_get(port, "/metrics")
-            .is_some_and(|m| metric(&m, "etlfs_history_corruption_suspected") == 1)
+            .is_some_and(|m| metric(&m.body, "etlfs_history_corruption_suspected") == 1)
     };
     assert!(
         poll(60, tripped),
@@ -669,7 +662,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
         m.log()
     );
 
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert!(
         metric(&metrics, "etlfs_history_tripwire_trips_total") >= 1,
         "{metrics}"
@@ -679,13 +672,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
         1,
         "{metrics}"
     );
-    let status = common::http_get(port, "/status").expect("the status server answers");
-    let status: serde_json::Value = serde_json::from_str(
-        status
-            .split_once("\r\n\r\n")
-            .map_or(&status[..], |(_, b)| b),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {status}"));
+    let status = common::status(port);
     assert!(
         status["history"]["corruption_suspected_since"].is_string(),
         "{status}"

@@ -9,17 +9,12 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket};
 use bucket::{Target, data, kubecost_read, kubecost_write, poll, rt, target, wait_for, wipe};
 use common::{Mounted, Opts};
 use object_store::path::Path as Key;
@@ -36,11 +31,9 @@ const MANIFEST: &str = "etl/.etlfs/manifest.v1.jsonl.gz";
 /// The value of an unlabelled sample on `/metrics`, once the mount is ready (after a crash the
 /// dead mount can look mounted before the new daemon has even started its status server).
 fn metric(port: u16, name: &str) -> f64 {
-    let ready = poll(30, || {
-        common::http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
+    let ready = poll(30, || common::ready(port));
     assert!(ready, "the mount did not get ready");
-    let raw = common::http_get(port, "/metrics").expect("the status server answers");
+    let raw = common::metrics(port);
     raw.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} on /metrics:\n{raw}"))

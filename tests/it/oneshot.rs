@@ -8,24 +8,18 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, ETLFS, bucket};
 use bucket::{config_file, data, kubecost_write, rt, snapshot, target, wipe};
 use common::Opts;
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutOptions, PutPayload};
 
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 /// Above the 16 MiB single-PUT limit: sent (and restored) as a multipart upload.
 const BIG: usize = 17 * 1024 * 1024 + 123;
 
@@ -494,9 +488,7 @@ fn the_first_mount_after_a_backup_uploads_nothing(kind: &str) {
     );
     let snap = snapshot(&rt(), t.store().as_ref(), None);
     assert!(snap.get(changed.rel) == Some(&other), "{}", m.log());
-    let raw = common::http_get(port, "/status").unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let status = common::status(port);
     assert_eq!(status["uploads"]["done"], 1, "{status}");
     assert!(m.stop().success(), "{}", m.log());
 }
