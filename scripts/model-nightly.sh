@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The long randomized run of the reference model (tests/it/model.rs, the ignored test `model::model`),
-# over many generator seeds: the nightly counterpart of `model_fixed_seeds`, which CI runs on
-# a few fixed seeds. Run it as root (the model runs the overlay on real directories; no FUSE
-# mount and no object-storage server is needed):
+# The long randomized run of the reference model (tests/it/model.rs, the ignored test
+# `model::model`), over many generator seeds: the nightly counterpart of `model_fixed_seeds`,
+# which CI runs on a few fixed seeds. Run it as root (the model runs the overlay on real
+# directories; no FUSE mount and no object-storage server is needed):
 #
 #     scripts/model-nightly.sh              # 20 seeds, from one derived from today's date
 #     scripts/model-nightly.sh 50           # 50 seeds
@@ -13,7 +13,8 @@
 # prints the minimal case proptest shrank it to (and the case it started from when shrinking
 # does not reproduce it: the steps race real threads, so a seed is not a fixed path on a
 # loaded machine). Replay one with
-#     MODEL_SEED=N cargo nextest run --test it --run-ignored only -E 'test(=model::model)' --no-capture
+#     MODEL_SEED=N cargo nextest run --test it --run-ignored only -E 'test(=model::model)' \
+#         --no-capture
 # and pin what it finds as a plain #[test] at the end of tests/it/model.rs. Other variables of
 # the model (RUST_LOG=etlfs=debug, MODEL_TRACE=1) pass through; cargo's CARGO_TARGET_DIR too.
 #

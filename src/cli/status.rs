@@ -1,6 +1,6 @@
 //! `etlfs status`: the client of the status server ([`crate::ops::status`]). It reads a running
 //! mount's `/status` document and prints it for a human, and exits 0 only when the mount is
-//! `ready`, so the command works as a probe (a Kubernetes exec probe, a systemd check).
+//! `ready`, so the command works as a probe.
 //!
 //! One request over reqwest's blocking client, never through a proxy (the server is on the
 //! node or in the pod). Its errors name the address and, once, the cause underneath: a refused

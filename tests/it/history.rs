@@ -11,15 +11,15 @@
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::common::{self, ETLFS, bucket};
+use crate::common::{self, bucket};
 use bucket::{config_file, data, kubecost_write, poll, rt, snapshot, target};
-use common::{Mounted, Opts};
+use common::{Mounted, Opts, Run, workdir};
 use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
@@ -35,38 +35,11 @@ crate::on_every_backend!(
 );
 
 /// What a one-shot command did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn assert_ok(&self, what: &str) {
-        assert_eq!(
-            self.code, 0,
-            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-    }
-}
-
 /// Runs `etlfs CMD --config CFG ARGS...`.
 fn etlfs(cmd: &str, cfg: &Path, args: &[&str]) -> Run {
-    let out = Command::new(ETLFS)
-        .arg(cmd)
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("RUST_LOG", "info,object_store=warn")
-        .env_remove("ETLFS_CONFIG")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<&OsStr> = vec![cmd.as_ref(), "--config".as_ref(), cfg.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    common::run(all)
 }
 
 /// A file: bytes, mode, mtime.
@@ -79,8 +52,7 @@ struct Spec {
 
 impl std::fmt::Debug for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use sha2::Digest;
-        let sha = hex::encode(sha2::Sha256::digest(&self.data));
+        let sha = common::sha256_hex(&self.data);
         write!(
             f,
             "{} bytes sha {} mode {:o} mtime {:?}",
@@ -164,13 +136,6 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Spec> {
 
 fn owned(t: &BTreeMap<&str, Spec>) -> BTreeMap<String, Spec> {
     t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn workdir(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let dir = tmp.path().join(name);
-    fs::create_dir(&dir).unwrap();
-    (tmp, dir)
 }
 
 /// Keys of the kept versions (bucket root, no prefix).

@@ -19,7 +19,6 @@ use bucket::{Target, data, kubecost_read, kubecost_write, poll, rt, target, wait
 use common::{Mounted, Opts};
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "etl";
 const MANIFEST: &str = "etl/.etlfs/manifest.v1.jsonl.gz";
@@ -220,7 +219,7 @@ fn changed_objects_are_read_again(kind: &str) {
     for (k, v) in [
         ("etlfs_mtime", "1800000000000000005".to_string()),
         ("etlfs_mode", "600".to_string()),
-        ("etlfs_sha256", hex::encode(Sha256::digest(&b.data))),
+        ("etlfs_sha256", common::sha256_hex(&b.data)),
         ("etlfs_uid", "0".to_string()),
         ("etlfs_gid", "0".to_string()),
     ] {

@@ -20,10 +20,9 @@ use crate::common::{self, bucket};
 use bucket::{
     Target, data, kubecost_read, kubecost_write, poll, rt, snapshot, target, wait_for, wipe,
 };
-use common::{Mounted, Opts};
+use common::{Mounted, Opts, sha256_hex};
 use object_store::path::Path as Key;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 /// The daemon's log filter in every test: fetches are logged at debug level.
 const LOG: &str = "info,object_store=warn,etlfs::engine::fetch=debug";
@@ -50,10 +49,6 @@ fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile
         ..Opts::default()
     };
     bucket::mount_on(t, "100ms", opts)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The paths of the "fetched from the bucket" log lines, in order.

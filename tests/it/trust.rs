@@ -14,7 +14,6 @@ use bucket::{rt, target};
 use common::Opts;
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 /// Puts `body` at `key` with etlfs metadata as another writer of the bucket could.
 fn put_with_meta(
@@ -27,7 +26,7 @@ fn put_with_meta(
     let mut meta = vec![
         ("etlfs_mtime", "1700000000000000000".to_string()),
         ("etlfs_mode", mode.to_string()),
-        ("etlfs_sha256", hex::encode(Sha256::digest(body))),
+        ("etlfs_sha256", common::sha256_hex(body)),
     ];
     if let Some((uid, gid)) = owner {
         meta.push(("etlfs_uid", uid.to_string()));

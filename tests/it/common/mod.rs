@@ -91,6 +91,62 @@ pub fn mirror_idle(port: u16) -> bool {
     status["pending"]["changes"] == 0 && status["pending"]["journal_intents"] == 0
 }
 
+/// The SHA-256 of `data` in hex, as etlfs' `etlfs_sha256` metadata holds it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A fresh directory `name` in a temporary directory under /tmp, and what keeps it alive.
+pub fn workdir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let dir = tmp.path().join(name);
+    fs::create_dir(&dir).unwrap();
+    (tmp, dir)
+}
+
+/// What a one-shot `etlfs` command (backup, restore, verify, history) did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The summary log line (`backup finished ...`).
+    pub fn summary(&self, op: &str) -> &str {
+        let want = format!("{op} finished");
+        self.stderr
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.stderr))
+    }
+
+    pub fn assert_ok(&self, what: &str) {
+        assert_eq!(
+            self.code, 0,
+            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+    }
+}
+
+/// Runs `etlfs ARGS...` to its end, logging at `info` (`object_store` at `warn`), with no
+/// `ETLFS_CONFIG` from the environment.
+pub fn run<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> Run {
+    let out = Command::new(ETLFS)
+        .args(args)
+        .env("RUST_LOG", "info,object_store=warn")
+        .env_remove("ETLFS_CONFIG")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
 /// Whether a FUSE mount is at `path` (per /proc/self/mountinfo).
 pub fn is_mounted(path: &Path) -> bool {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
