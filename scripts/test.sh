@@ -99,7 +99,7 @@ ensure_pjdfstest
 # Servers for the tests
 # ---------------------------------------------------------------------------------------------
 # Local stand-ins for the object stores (scripts/servers.sh): moto (S3), Azurite (Azure Blob)
-# and fake-gcs-server behind scripts/gcs_adapter.py (GCS). Rules:
+# and fake-gcs-server behind scripts/servers/gcs_adapter.py (GCS). Rules:
 # - listen on 127.0.0.1 only, never on all interfaces;
 # - wait until each server answers before going on;
 # - export the endpoints for the tests (ETLFS_TEST_*; tests/it/common/servers.rs reads them).

@@ -20,6 +20,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod cli;
+pub mod core;
 pub mod counters;
 pub mod engine;
 pub mod escape;

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use etlfs::cli::mount::{self, MountArgs, UsageError};
+use etlfs::cli::UsageError;
+use etlfs::cli::mount::{self, MountArgs};
 use etlfs::cli::oneshot;
 use etlfs::escape::{esc, esc_chain};
 

@@ -11,7 +11,6 @@
 //!    cwd inside), detach it lazily: it disappears from the namespace at once, and etlfs keeps
 //!    serving the open files until the last one is closed, rather than leaving a dead mount.
 
-use std::collections::HashSet;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
@@ -24,23 +23,20 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
+use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
+use crate::core::{Core, CoreOptions};
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
-use crate::engine::journal::{Pending, Source};
-use crate::engine::mirror::{ChangeSink, Intent, Mirror, MirrorOptions};
+use crate::engine::mirror::{Mirror, MirrorOptions};
+use crate::engine::recover::{apply_intents, apply_journaled_intents, prepare_local_tree};
 use crate::escape::esc;
 use crate::fs::fuse::{EtlFs, FuseOptions};
 use crate::fs::mountopts::{Atime, MountOptions};
-use crate::fs::overlay::{Overlay, Policy, Remote};
+use crate::fs::overlay::{Overlay, Policy};
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::Bucket;
-use crate::store::config;
-
-/// Downloads of bucket-only files in flight at once.
-/// Name of the default state directory, created inside the served directory.
-pub const DEFAULT_STATE_DIR: &str = ".etlfs";
 
 /// Everything `etlfs mount` needs.
 #[derive(Debug, Clone)]
@@ -95,75 +91,6 @@ pub struct LeaseArgs {
     pub period: std::time::Duration,
 }
 
-/// Invocation errors: reported with exit code 2.
-#[derive(Debug, thiserror::Error)]
-pub enum UsageError {
-    #[error("{what} {}: does not exist", esc(.path))]
-    Missing { what: &'static str, path: PathBuf },
-    #[error("{what} {}: not a directory", esc(.path))]
-    NotADirectory { what: &'static str, path: PathBuf },
-    #[error("{what} {}: {source}", esc(.path))]
-    Inaccessible {
-        what: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("/dev/fuse: {0} (is the fuse module loaded? in a container, pass --device /dev/fuse)")]
-    NoFuseDevice(String),
-    #[error(
-        "permission denied: {0}; etlfs mount needs root or CAP_SYS_ADMIN (a privileged sidecar)"
-    )]
-    NoPermission(String),
-    #[error("state directory {}: must not be the served directory itself", esc(.state))]
-    StateIsRoot { state: PathBuf },
-    #[error(transparent)]
-    Config(#[from] config::ConfigError),
-    #[error(
-        "state directory {}: must be on the same filesystem as the served directory (downloads are renamed into place)",
-        esc(.state)
-    )]
-    StateOnOtherFilesystem { state: PathBuf },
-    #[error("{}: has no parent directory to keep the default bucket in; pass --config", esc(.local))]
-    NoDefaultBucketPlace { local: PathBuf },
-    #[error(transparent)]
-    Listen(#[from] crate::ops::status::StatusError),
-    #[error("ETLFS_FD_BUDGET=\"{}\": expected a number of descriptors, at least 16", esc(.0))]
-    FdBudget(String),
-    #[error(transparent)]
-    Lease(Box<crate::engine::lease::LeaseError>),
-    #[error(transparent)]
-    MountOption(#[from] crate::fs::mountopts::UnknownOption),
-    #[error("{}: a point-in-time mount (--as-of) needs an empty directory to fetch into", esc(.0))]
-    AsOfNotEmpty(PathBuf),
-}
-
-/// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
-pub fn check_dir(what: &'static str, path: &Path) -> Result<PathBuf, UsageError> {
-    match std::fs::metadata(path) {
-        Ok(m) if m.is_dir() => path
-            .canonicalize()
-            .map_err(|source| UsageError::Inaccessible {
-                what,
-                path: path.to_owned(),
-                source,
-            }),
-        Ok(_) => Err(UsageError::NotADirectory {
-            what,
-            path: path.to_owned(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(UsageError::Missing {
-            what,
-            path: path.to_owned(),
-        }),
-        Err(source) => Err(UsageError::Inaccessible {
-            what,
-            path: path.to_owned(),
-            source,
-        }),
-    }
-}
-
 fn check_fuse_device() -> Result<(), UsageError> {
     let dev = Path::new("/dev/fuse");
     let meta = std::fs::metadata(dev).map_err(|e| UsageError::NoFuseDevice(e.to_string()))?;
@@ -179,20 +106,15 @@ fn check_fuse_device() -> Result<(), UsageError> {
         }
         Err(e) => return Err(UsageError::NoFuseDevice(e.to_string())),
     }
-    if sys::geteuid() != 0 && which("fusermount3").is_none() && which("fusermount").is_none() {
+    if sys::geteuid() != 0
+        && which::which("fusermount3").is_err()
+        && which::which("fusermount").is_err()
+    {
         return Err(UsageError::NoPermission(
             "not running as root and no fusermount3 helper is installed".into(),
         ));
     }
     Ok(())
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?
-        .to_str()?
-        .split(':')
-        .map(|d| Path::new(d).join(name))
-        .find(|p| p.is_file())
 }
 
 /// Validated paths for a mount.
@@ -340,8 +262,8 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             source,
         })
     };
-    // All opened before the mount covers the directory.
-    let (local, mirror_local, fetch_local) = (open_local()?, open_local()?, open_local()?);
+    // All opened before the mount covers the directory (the core opens its own).
+    let local = open_local()?;
     let walk_local = open_local()?;
     let late_local = open_local()?;
     let late_local_stop = open_local()?;
@@ -498,21 +420,44 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     let Some(index) = loaded else {
         return Ok(());
     };
-    let index = Arc::new(index);
-    apply_pending_intents(&index, &state, &local).with_context(|| {
-        format!(
-            "cancelling intents in the journal in {}",
-            esc(&plan.state_dir)
-        )
-    })?;
-    let LocalTree {
-        files: local_files,
-        only_bucket_dirs,
-    } = prepare_local_tree(&local, &index, plan.hidden.as_deref());
-    index.shrink();
-    let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(
-        local_files.iter().map(|(_, size)| size).sum(),
-    ));
+    if let Some(max) = args.max_local_bytes {
+        info!(
+            max_local_bytes = max,
+            "local disk bounded: clean files are evicted to the bucket"
+        );
+    }
+    let Core {
+        index,
+        mirror,
+        fetcher,
+        overlay,
+        local_bytes,
+    } = Core::open(
+        bucket,
+        &plan.local,
+        Arc::clone(&state),
+        &plan.state_dir,
+        index,
+        CoreOptions {
+            hidden: plan.hidden.clone(),
+            mirror: MirrorOptions {
+                upload_delay: args.upload_delay,
+                upload_max_delay: args.upload_max_delay,
+                concurrency: args.upload_concurrency.max(1),
+                nothing_local: false,
+            },
+            fetch_concurrency: args.fetch_concurrency,
+            policy: Policy {
+                read_only: options.read_only,
+                noatime_files: options.atime == Atime::Never,
+                noatime_dirs: options.dirs_noatime(),
+            },
+            fd_budget: Some(fd_budget),
+            max_local_bytes: args.max_local_bytes,
+        },
+        rt.handle(),
+    )?;
+    let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(local_bytes));
     if args.max_local_bytes.is_none() {
         // With --max-local-bytes the overlay keeps a live count; otherwise a periodic walk.
         rt.spawn(count_local_bytes(
@@ -528,53 +473,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             "bucket listing loaded"
         );
     }
-
-    let mirror = Mirror::start(
-        bucket.clone(),
-        mirror_local,
-        Arc::clone(&state),
-        plan.hidden.clone(),
-        MirrorOptions {
-            upload_delay: args.upload_delay,
-            upload_max_delay: args.upload_max_delay,
-            concurrency: args.upload_concurrency.max(1),
-            nothing_local: only_bucket_dirs && !offline,
-        },
-        Some(Arc::clone(&index)),
-        rt.handle(),
-    )
-    .with_context(|| format!("opening the journal in {}", esc(&plan.state_dir)))?;
-    let sink: Arc<dyn ChangeSink> = Arc::clone(&mirror) as Arc<dyn ChangeSink>;
-    let fetcher = Fetcher::new(
-        bucket,
-        fetch_local,
-        Arc::clone(&state),
-        Arc::clone(&index),
-        Arc::clone(&sink),
-        args.fetch_concurrency,
-        rt.handle(),
-    );
-    let mut overlay = Overlay::new(local, plan.hidden.as_deref(), sink)
-        .context("setting up the overlay")?
-        .with_policy(Policy {
-            read_only: options.read_only,
-            noatime_files: options.atime == Atime::Never,
-            noatime_dirs: options.dirs_noatime(),
-        })
-        .with_fd_budget(fd_budget)
-        .with_remote(Remote {
-            index: Arc::clone(&index),
-            fetcher: Arc::clone(&fetcher),
-            rt: rt.handle().clone(),
-        });
-    if let Some(max) = args.max_local_bytes {
-        info!(
-            max_local_bytes = max,
-            "local disk bounded: clean files are evicted to the bucket"
-        );
-        overlay = overlay.with_cache(max, local_files);
-    }
-    let overlay = Arc::new(overlay);
     // A new node, or a lost volume: copy everything back in the background. Not for a point
     // in time, which is for looking at, not for running on.
     if args.prefetch && args.as_of.is_none() && !index.is_empty() {
@@ -825,52 +723,6 @@ fn as_of_checks(local: &Path, bucket: &Bucket) -> Result<(), UsageError> {
         .fence()
         .raise("a point-in-time mount (--as-of) is read-only and never writes the bucket".into());
     Ok(())
-}
-
-/// The bucket named by `--config` and `--prefix`, for `mount` and the one-shot commands alike:
-/// the object-store.yaml, or without one the embedded FILESYSTEM default beside `local` (with a
-/// warning: it does not survive the loss of the machine). The key prefix is the file's own
-/// `prefix` joined with `--prefix`. Logs the one line that describes the bucket.
-pub fn open_bucket(
-    config: Option<&Path>,
-    prefix: Option<&str>,
-    local: &Path,
-) -> Result<Bucket, UsageError> {
-    let bucket_cfg = match config {
-        Some(path) => config::load(path)?,
-        None => {
-            let dir = default_bucket_dir(local)?;
-            warn!(
-                bucket = %esc(&dir),
-                "no --config: using a FILESYSTEM bucket on this machine; it does not survive \
-                 the loss of this machine, configure object storage for real durability"
-            );
-            config::filesystem(&dir)?
-        }
-    };
-    let prefix = [bucket_cfg.prefix.as_str(), prefix.unwrap_or("")].join("/");
-    let bucket = Bucket::new(
-        Arc::clone(&bucket_cfg.store),
-        &prefix,
-        bucket_cfg.user_metadata,
-        bucket_cfg.extra_metadata.clone(),
-    )
-    .with_paged_listing(bucket_cfg.paged.clone());
-    info!(bucket = %esc(&bucket_cfg.describe), prefix = %esc(bucket.prefix()), "bucket");
-    Ok(bucket)
-}
-
-/// Where the embedded default bucket lives: beside the served directory, never inside it.
-pub fn default_bucket_dir(local: &Path) -> Result<PathBuf, UsageError> {
-    let (Some(parent), Some(name)) = (local.parent(), local.file_name()) else {
-        return Err(UsageError::NoDefaultBucketPlace {
-            local: local.to_owned(),
-        });
-    };
-    let mut dir_name = std::ffi::OsString::from(".");
-    dir_name.push(name);
-    dir_name.push(".etlfs-bucket");
-    Ok(parent.join(dir_name))
 }
 
 /// Waits for the FUSE session to end after the unmount. It may not: files still open through
@@ -1205,221 +1057,6 @@ fn load_index(
     }
 }
 
-/// Removals and renames the bucket has not followed yet (etlfs was killed, or the bucket was
-/// unreachable, before the mirror carried them out) are still in the journal, and the listing
-/// still shows the old names. Apply them to the index as the overlay did when they happened,
-/// before anything looks at it: otherwise a removed or renamed-away file is listed again
-/// (bucket-only, and its download fails once the replay has deleted the object), and a
-/// removed directory is created again by [`prepare_local_tree`] and kept for good.
-///
-/// An intent is journaled *before* its local operation, so a crash can leave one that never
-/// ran ([`intent_ran`] tells from the local disk). Those are cancelled here, durably, before
-/// the mirror replays the journal: carried out, a rename that never ran would move the objects
-/// of bucket-only files below the directory that did not move. The others are applied as
-/// they happened, whatever is at their old names now (a file or directory made there since
-/// is local, and [`prepare_local_tree`] drops what the listing has at a local path).
-pub fn apply_pending_intents(
-    index: &Index,
-    state: &StateDir,
-    local: &LocalDir,
-) -> std::io::Result<()> {
-    let pending = match crate::engine::journal::pending_in(state) {
-        Ok(pending) => pending,
-        Err(e) => {
-            warn!(error = %e, "cannot read the journal before the mount");
-            return Ok(());
-        }
-    };
-    let (ran, never): (Vec<_>, Vec<_>) = (0..pending.len())
-        .map(|i| (&pending[i], intent_ran(&pending, i, local)))
-        .partition(|(_, ran)| *ran);
-    let never: Vec<u64> = never.iter().map(|(p, _)| p.seq).collect();
-    if !never.is_empty() {
-        info!(
-            intents = never.len(),
-            "cancelling journaled removals and renames a crash kept from running"
-        );
-        crate::engine::journal::cancel_in(state, &never)?;
-    }
-    let ran: Vec<Pending> = ran.into_iter().map(|(p, _)| p.clone()).collect();
-    apply_intents(index, &ran, local);
-    Ok(())
-}
-
-/// The intents pending in the journal in `state`, applied to `index` (a listing that may
-/// predate them) without cancelling any: for a listing loaded once the mount runs, when those
-/// that never ran were cancelled at the start already and any journaled since is this
-/// process's own, run or about to.
-fn apply_journaled_intents(index: &Index, state: &StateDir, local: &LocalDir) {
-    match crate::engine::journal::pending_in(state) {
-        Ok(pending) => apply_intents(index, &pending, local),
-        Err(e) => warn!(error = %e, "cannot read the journal for the late listing"),
-    }
-}
-
-/// Applies `intents` (removals, renames and exchanges made through the mount, that ran) to
-/// `index`, a listing that may predate them: see [`apply_pending_intents`].
-fn apply_intents(index: &Index, intents: &[Pending], local: &LocalDir) {
-    let gone = |p: &Path| {
-        matches!(local.stat_beneath(p), Err(e)
-            if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)))
-    };
-    let below = |p: &Path, dir: &Path| p != dir && p.starts_with(dir);
-    for pending in intents {
-        match &pending.intent {
-            Intent::Remove { path, dir: false } => {
-                index.remove(path);
-            }
-            Intent::Remove { path, dir: true } => index.remove_dir(path),
-            // A bucket-only file (or a directory's bucket-only files) goes on being served under
-            // the new name from the old key until the replay moves the objects; a local file
-            // that moved is local under its new name, and prepare_local_tree drops the entry.
-            Intent::Rename {
-                from,
-                to,
-                source: Some(_),
-                ..
-            } => index.rename(from, to),
-            Intent::Exchange { a, b, .. } => {
-                // The moves the mirror makes (see `mirror/`), from the one under way on: the
-                // listing shows those before it done.
-                let stage = crate::engine::mirror::exchange_stage(pending.seq, Path::new(""));
-                let moves = [(a.as_path(), stage.as_path()), (b, a), (&stage, b)];
-                let done = usize::from(pending.step.saturating_sub(1));
-                for (from, to) in &moves[done.min(moves.len())..] {
-                    index.rename(from, to);
-                }
-            }
-            // An older journal, which does not say what moved: what is local now decides, path
-            // by path. A source that is there stays where it is (it may be a rename that never
-            // ran, and applying it would show a directory twice); what is not moves.
-            Intent::Rename { from, to, .. } if gone(from) => index.rename(from, to),
-            Intent::Rename { dir: false, .. } => {}
-            Intent::Rename {
-                from,
-                to,
-                dir: true,
-                ..
-            } => {
-                for (p, _) in index.files() {
-                    if below(&p, from) && gone(&p) {
-                        index.rename(&p, &crate::engine::index::moved_path(&p, from, to));
-                    }
-                }
-                for d in index.dirs() {
-                    if below(&d, from) && gone(&d) {
-                        index.remove_dir(&d);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether the local operation of the journal's `pending[i]` ran before the crash.
-///
-/// The kernel holds the parent directories of an `unlink`, `rmdir` or `rename` until etlfs
-/// answers it, so an intent that shares one with a later intent had run (and was answered)
-/// before that one was journaled; and the mirror only ever starts on intents that ran.
-/// Otherwise the local disk tells: a rename ran unless the old name still leads to the inode
-/// the intent names (for a bucket-only file: unless the new name still leads to the local
-/// file it replaced), an exchange unless both names still lead to theirs. A removal counts as
-/// run: if it did not, its path is still there, and the bucket keeps whatever is there.
-/// A rename of an older journal says no inode, and counts as run (it is guessed at later).
-pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: &LocalDir) -> bool {
-    let p = &pending[i];
-    if p.step > 0 {
-        return true;
-    }
-    let parents = |intent: &Intent| -> Vec<PathBuf> {
-        let paths: Vec<&Path> = match intent {
-            Intent::Remove { path, .. } => vec![path],
-            Intent::Rename { from, to, .. } => vec![from, to],
-            Intent::Exchange { a, b, .. } => vec![a, b],
-        };
-        paths
-            .into_iter()
-            .filter_map(|p| p.parent().map(Path::to_path_buf))
-            .collect()
-    };
-    let mine = parents(&p.intent);
-    if pending[i + 1..]
-        .iter()
-        .any(|later| parents(&later.intent).iter().any(|d| mine.contains(d)))
-    {
-        return true;
-    }
-    let ino_at = |path: &Path| local.stat_beneath(path).ok().map(|st| st.ino);
-    match &p.intent {
-        Intent::Remove { .. } => true,
-        Intent::Rename {
-            from,
-            source: Some(Source::Local { ino }),
-            ..
-        } => ino_at(from) != Some(*ino),
-        Intent::Rename {
-            to,
-            source: Some(Source::Bucket {
-                replaced: Some(ino),
-            }),
-            ..
-        } => ino_at(to) != Some(*ino),
-        Intent::Rename { .. } => true,
-        Intent::Exchange {
-            a, b, a_ino, b_ino, ..
-        } => !(ino_at(a) == Some(*a_ino) && ino_at(b) == Some(*b_ino)),
-    }
-}
-
-/// The local directory as [`prepare_local_tree`] found it.
-pub struct LocalTree {
-    /// The local files and their sizes.
-    pub files: Vec<(PathBuf, u64)>,
-    /// Nothing local but the directories the bucket implies (a new node): nothing there can
-    /// have changed while etlfs was down. `false` also when the walk failed.
-    pub only_bucket_dirs: bool,
-}
-
-/// Before the mount: every directory the bucket implies exists locally (so only files can be
-/// bucket-only), and files that are local are not bucket-only.
-pub fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) -> LocalTree {
-    // In order, each parent before what is below it.
-    let dirs = index.dirs();
-    for dir in &dirs {
-        if hidden.is_some_and(|h| dir.starts_with(h)) {
-            continue;
-        }
-        if let Err(e) = local.mkdir_beneath(dir) {
-            warn!(dir = %esc(dir), error = %e, "cannot create a directory the bucket has");
-        }
-    }
-    let dirs: HashSet<PathBuf> = dirs.into_iter().collect();
-    let mut tree = LocalTree {
-        files: Vec::new(),
-        only_bucket_dirs: true,
-    };
-    match local.walk(hidden) {
-        Ok(entries) => {
-            for (path, st) in entries {
-                if !st.is_dir() {
-                    index.remove(&path);
-                }
-                if !st.is_dir() || !dirs.contains(&path) {
-                    tree.only_bucket_dirs = false;
-                }
-                if st.is_file() {
-                    tree.files.push((path, st.size));
-                }
-            }
-        }
-        Err(e) => {
-            warn!(error = %e, "cannot scan the local directory");
-            tree.only_bucket_dirs = false;
-        }
-    }
-    tree
-}
-
 /// How often the local file bytes are counted when `--max-local-bytes` does not keep count.
 const COUNT_LOCAL_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -1463,190 +1100,5 @@ fn fd_budget(limit: u64) -> Result<usize, UsageError> {
             _ => Err(UsageError::FdBudget(v)),
         },
         Err(_) => Ok(usize::try_from(limit / 2).unwrap_or(usize::MAX).max(16)),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::fs;
-    use std::os::unix::fs::MetadataExt;
-
-    use super::*;
-    use crate::engine::journal::{Journal, Pending};
-
-    fn pending(intents: Vec<Intent>) -> Vec<Pending> {
-        intents
-            .into_iter()
-            .enumerate()
-            .map(|(i, intent)| Pending {
-                seq: i as u64 + 1,
-                intent,
-                step: 0,
-            })
-            .collect()
-    }
-
-    fn rename(from: &str, to: &str, ino: u64) -> Intent {
-        Intent::Rename {
-            from: from.into(),
-            to: to.into(),
-            dir: true,
-            source: Some(Source::Local { ino }),
-        }
-    }
-
-    /// What the local disk says about intents a crash may have kept from running, and what
-    /// the journal's order says.
-    #[test]
-    fn an_intent_ran_unless_the_disk_says_otherwise() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        for d in ["p/a", "p/b", "q/c", "r"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        fs::write(root.join("f"), b"x").unwrap();
-        let local = LocalDir::open(root).unwrap();
-        let ino = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().ino();
-        let (a, b, c, f) = (ino("p/a"), ino("p/b"), ino("q/c"), ino("f"));
-        let ran = |intents: Vec<Intent>| {
-            let p = pending(intents);
-            (0..p.len())
-                .map(|i| intent_ran(&p, i, &local))
-                .collect::<Vec<_>>()
-        };
-        // p/a still is where the rename would have taken it from: it never ran.
-        assert_eq!(ran(vec![rename("p/a", "p/z", a)]), [false]);
-        // q/c is no longer at q/x (renamed from there, a new one made since, or gone).
-        assert_eq!(ran(vec![rename("q/x", "q/c", c)]), [true]);
-        assert_eq!(ran(vec![rename("q/x", "q/y", 12345)]), [true]);
-        // Renamed there and back (p/a -> p/z -> p/a): the first ran, since a later intent
-        // in the same directory was journaled after it was answered; the second did too.
-        assert_eq!(
-            ran(vec![rename("p/a", "p/z", a), rename("p/z", "p/a", a)]),
-            [true, true]
-        );
-        // Unrelated directories say nothing about each other.
-        assert_eq!(
-            ran(vec![rename("p/a", "p/z", a), rename("q/c", "r/c", c)]),
-            [false, false]
-        );
-        // A bucket-only file renamed over the local f: it ran unless f is still there.
-        let over_f = |replaced| Intent::Rename {
-            from: "g".into(),
-            to: "f".into(),
-            dir: false,
-            source: Some(Source::Bucket { replaced }),
-        };
-        assert_eq!(ran(vec![over_f(Some(f))]), [false]);
-        assert_eq!(ran(vec![over_f(Some(f + 1))]), [true]);
-        assert_eq!(ran(vec![over_f(None)]), [true]);
-        // An exchange ran unless both names still lead to what they did.
-        let exchange = |a_ino, b_ino| Intent::Exchange {
-            a: "p/a".into(),
-            b: "p/b".into(),
-            a_dir: true,
-            b_dir: true,
-            a_ino,
-            b_ino,
-        };
-        assert_eq!(ran(vec![exchange(a, b)]), [false]);
-        assert_eq!(ran(vec![exchange(b, a)]), [true]);
-        // ... and an exchange the mirror started on ran, whatever the disk says now.
-        let mut started = pending(vec![exchange(a, b)]);
-        started[0].step = 2;
-        assert!(intent_ran(&started, 0, &local));
-        // Removals, and renames of an older journal, count as run.
-        let old = Intent::Rename {
-            from: "p/a".into(),
-            to: "p/z".into(),
-            dir: true,
-            source: None,
-        };
-        let rm = Intent::Remove {
-            path: "f".into(),
-            dir: false,
-        };
-        assert_eq!(ran(vec![old, rm]), [true, true]);
-    }
-
-    /// Every directory the bucket implies is made locally, however deep: a parent before its
-    /// children (made in any other order, a child failed with ENOENT and a new node lacked
-    /// directories).
-    #[test]
-    fn the_buckets_directories_are_made_parents_first() {
-        let tmp = tempfile::tempdir().unwrap();
-        let local = LocalDir::open(tmp.path()).unwrap();
-        let index = Index::default();
-        for p in ["a/b/c/d/x", "a/e/y", "f/g/h/i/j/z"] {
-            index.insert(
-                Path::new(p),
-                crate::engine::index::RemoteFile::test_object(p),
-            );
-        }
-        let tree = prepare_local_tree(&local, &index, None);
-        for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
-            assert!(tmp.path().join(d).is_dir(), "{d}");
-        }
-        assert!(tree.files.is_empty() && tree.only_bucket_dirs);
-        assert_eq!(index.len(), 3);
-    }
-
-    /// At a start, an intent that never ran is cancelled for good and left out of the index;
-    /// one that ran is applied even though its old name exists again.
-    #[test]
-    fn pending_intents_that_never_ran_are_cancelled() {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path();
-        for d in [".etlfs", "p/a", "q", "r/m"] {
-            fs::create_dir_all(root.join(d)).unwrap();
-        }
-        let local = LocalDir::open(root).unwrap();
-        let state = StateDir::open(&root.join(".etlfs")).unwrap();
-        let index = Index::default();
-        let file = crate::engine::index::RemoteFile::test_object;
-        for p in ["p/a/x", "q/o/y", "c"] {
-            index.insert(Path::new(p), file(p));
-        }
-        let ino = |p: &str| fs::symlink_metadata(root.join(p)).unwrap().ino();
-        let (j, _) = Journal::open(&state).unwrap();
-        // Killed before `mv p/a p/b` ran; `mv q/o r/m` ran.
-        j.append(rename("p/a", "p/b", ino("p/a"))).unwrap();
-        j.append(rename("q/o", "r/m", ino("r/m"))).unwrap();
-        // A bucket-only file renamed away, and a local file made at its old name since.
-        fs::write(root.join("c"), b"new").unwrap();
-        j.append(Intent::Rename {
-            from: "c".into(),
-            to: "d".into(),
-            dir: false,
-            source: Some(Source::Bucket { replaced: None }),
-        })
-        .unwrap();
-        drop(j);
-        apply_pending_intents(&index, &state, &local).unwrap();
-        let left: Vec<Intent> = crate::engine::journal::pending_in(&state)
-            .unwrap()
-            .into_iter()
-            .map(|p| p.intent)
-            .collect();
-        assert_eq!(left.len(), 2, "{left:?}");
-        assert!(matches!(&left[0], Intent::Rename { from, .. } if from == Path::new("q/o")));
-        let files: Vec<(PathBuf, PathBuf)> = {
-            let mut v: Vec<_> = index
-                .files()
-                .into_iter()
-                .map(|(p, f)| (p, f.source))
-                .collect();
-            v.sort();
-            v
-        };
-        let p = PathBuf::from;
-        assert_eq!(
-            files,
-            vec![
-                (p("d"), p("c")),
-                (p("p/a/x"), p("p/a/x")),
-                (p("r/m/y"), p("q/o/y"))
-            ]
-        );
     }
 }

@@ -6,7 +6,7 @@
 //! bucket exactly as a mount does, so the three commands and `etlfs mount` interoperate freely:
 //!
 //! - **backup** uploads every local file the bucket lacks or holds stale, through the mirror's
-//!   own snapshot upload ([`crate::engine::mirror::upload_snapshot`]): one consistent snapshot per file
+//!   own snapshot upload ([`crate::store::upload::upload_snapshot`]): one consistent snapshot per file
 //!   with the etlfs metadata (mtime, mode, SHA-256, owner), single PUT up to
 //!   [`crate::store::bucket::SINGLE_PUT_MAX`], multipart above. A bucket object is *stale* when its
 //!   size, its checksum (local files are hashed) or the metadata a restore would apply (mode,
@@ -45,16 +45,18 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use crate::cli::mount::{self, DEFAULT_STATE_DIR, UsageError};
+use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::engine::fetch::{FetchError, Placement, download_verified};
-use crate::engine::index::{Index, MANIFEST_SETTLE, ManifestWriter, RemoteFile, Version};
-use crate::engine::mirror::{Identity, Snapshot, SyncError, Uploaded, upload_snapshot};
+use crate::engine::index::{Index, RemoteFile, Version};
+use crate::engine::manifest::{MANIFEST_SETTLE, ManifestWriter};
+use crate::engine::mirror::Identity;
 use crate::escape::esc;
-use crate::os::local::{LocalDir, Stat};
+use crate::os::local::{LocalDir, Stat, is_gone, sha256_of};
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::history::is_history_source;
 use crate::store::bucket::{Bucket, BucketError};
+use crate::store::upload::{Snapshot, UploadError, Uploaded, upload_snapshot};
 
 /// Transfers (uploads, downloads, comparisons) in flight at once: enough to hide the latency of
 /// an object store (10-50 ms per request) for Kubecost's many small files, few enough not to
@@ -64,8 +66,6 @@ const PARALLEL: usize = crate::engine::fetch::DEFAULT_CONCURRENCY;
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// How often backup reads a file that keeps changing under it before reporting it.
 const SNAPSHOT_TRIES: u32 = 3;
-/// Read size when hashing a local file.
-const HASH_CHUNK: usize = 1 << 20;
 
 /// What all three commands are given.
 #[derive(Debug, Clone)]
@@ -113,7 +113,7 @@ enum ItemError {
     #[error(transparent)]
     Bucket(#[from] BucketError),
     #[error(transparent)]
-    Upload(#[from] SyncError),
+    Upload(#[from] UploadError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
     #[error("{op} {}: {source}", esc(.path))]
@@ -137,10 +137,6 @@ fn local_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
         path: path.to_owned(),
         source,
     }
-}
-
-fn is_gone(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 /// `etlfs backup`: uploads what the bucket lacks or holds stale.
@@ -212,7 +208,7 @@ pub fn history(
     dir: &Path,
     path: Option<&Path>,
 ) -> Result<(), OneshotError> {
-    let bucket = mount::open_bucket(config, prefix, dir)?;
+    let bucket = open_bucket(config, prefix, dir)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -250,8 +246,8 @@ struct Ctx {
 
 impl Ctx {
     fn open(target: &Target) -> Result<Ctx, OneshotError> {
-        let dir = mount::check_dir("directory", &target.dir)?;
-        let bucket = mount::open_bucket(target.config.as_deref(), target.prefix.as_deref(), &dir)?;
+        let dir = check_dir("directory", &target.dir)?;
+        let bucket = open_bucket(target.config.as_deref(), target.prefix.as_deref(), &dir)?;
         let local = LocalDir::open(&dir).map_err(|source| UsageError::Inaccessible {
             what: "directory",
             path: dir.clone(),
@@ -417,12 +413,8 @@ impl Ctx {
                 });
             }
             let id = Identity::of(&st);
-            let still = |f: &std::fs::File| -> Result<bool, SyncError> {
-                let now = Stat::from_file(f).map_err(|source| SyncError::Local {
-                    path: path.to_owned(),
-                    source,
-                })?;
-                Ok(Identity::of(&now) == id)
+            let still = |f: &std::fs::File| -> std::io::Result<bool> {
+                Ok(Identity::of(&Stat::from_file(f)?) == id)
             };
             if let Some(r) = remote.as_ref().filter(|r| same_attrs(r, &st)) {
                 // Same size and the metadata a restore applies: the checksum decides.
@@ -430,7 +422,7 @@ impl Ctx {
                     let sha = hash_file(Arc::clone(&file))
                         .await
                         .map_err(local_err("reading", path))?;
-                    if sha == *want && still(&file)? {
+                    if sha == *want && still(&file).map_err(local_err("stat of", path))? {
                         return Ok(Backed::Unchanged);
                     }
                 }
@@ -905,26 +897,9 @@ fn same_attrs(remote: &RemoteFile, st: &Stat) -> bool {
 /// SHA-256 of a local file, read with `pread` in a blocking task: the file offset stays where
 /// it is, so an upload of the same open file afterwards reads from the start.
 async fn hash_file(file: Arc<std::fs::File>) -> io::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; HASH_CHUNK];
-        let mut off = 0u64;
-        loop {
-            match file.read_at(&mut buf, off) {
-                Ok(0) => break,
-                Ok(n) => {
-                    hasher.update(&buf[..n]);
-                    off += n as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(hex::encode(hasher.finalize()))
-    })
-    .await
-    .expect("the hash task does not panic")
+    tokio::task::spawn_blocking(move || sha256_of(&file))
+        .await
+        .expect("the hash task does not panic")
 }
 
 /// The first 12 hex digits: enough to tell checksums apart in a message.

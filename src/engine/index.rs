@@ -9,36 +9,16 @@
 //! (32 at a time). Objects written by other tools carry no etlfs metadata and are served with
 //! sensible defaults (their last-modified time, mode 0644, no checksum to verify).
 //!
-//! # The manifest is only a cache
+//! The manifest and the rules that decide whether one of its entries still describes the
+//! listed object are [`crate::engine::manifest`]'s; whatever is not vouched for is HEADed. A
+//! HEAD that raced with a rewrite at worst describes a version newer than the listed one, which
+//! the next load then refuses (its `until` is the listed time). The checksum check of every
+//! download stays the last line of defence.
 //!
-//! Nothing depends on it being fresh or even present: a missing, corrupt or other-format
-//! manifest is logged and costs HEADs, never a failed mount, and an entry is used only if the
-//! listing proves it still describes the object:
-//! - the listed size is the entry's;
-//! - the listed e_tag is the entry's, when both have one (S3 and GCS derive it from the bytes,
-//!   Azure and FILESYSTEM change it on every write; s3s-fs lists none);
-//! - the listed last-modified is not after the entry's `until`: the latest time, on the
-//!   *bucket's* clock, at which the entry is known to describe the object. It is the listed
-//!   last-modified of an object read at load, or — for an upload — the last-modified of the
-//!   first manifest that carried it (absent in the entry: this manifest's own). A rewrite after
-//!   that is newer, so an outside overwrite with the same size (no e_tag to tell), or a
-//!   re-upload of the same bytes with a new mode or mtime (an S3 e_tag does not change), is
-//!   caught; only clocks of the same bucket are compared. Buckets answer an object's time in
-//!   whole seconds, so an entry vouched for by a manifest's time ends just *before* that second
-//!   ([`manifest_until`]), and a writer puts the uploads it describes in an earlier second by
-//!   waiting [`MANIFEST_SETTLE`] before its PUT.
-//!
-//! Whatever is not vouched for is HEADed. A HEAD that raced with a rewrite at worst describes a
-//! version newer than the listed one, which the next load then refuses (its `until` is the
-//! listed time). The checksum check of every download stays the last line of defence.
-//!
-//! Format: gzip of JSON lines — a header `{"etlfs_manifest":1,...}`, one line per file
-//! (`p` path, `s` size, `e` e_tag, `t` until in ns, `f` etlfs metadata or absent for an object
-//! without it), and a trailer `{"end":N}` with the number of files. The gzip checksum and the
-//! trailer make a truncated or damaged manifest visible; it is then ignored as a whole.
-//! Entries are applied to the listing as they are decoded, so the decoded text never sits in
-//! memory whole. Who writes it: the mirror (`mirror/manifest.rs`) and `etlfs backup`, through
-//! [`ManifestWriter`].
+//! The load builds its table in place: each listed file goes straight into the table as the
+//! listing gave it, and the manifest or a HEAD then replaces it with what they describe — no
+//! list of the listing beside it (with 100,000 files, a second copy is what a start's memory
+//! peak was made of).
 //!
 //! The index holds only what a mount needs to show files that are not on the local disk: after
 //! the load, entries for files that are local are dropped as soon as the overlay sees them, and
@@ -50,32 +30,25 @@
 //! empty, `.` or `..` segment, or a NUL, is refused; so is a file whose name is also a
 //! directory prefix (`a` and `a/b`: the directory wins). Each refusal is logged once and counted.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::ffi::OsString;
-use std::io::{BufRead, Write};
 use std::path::{Component, Path, PathBuf};
 use std::sync::RwLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::SystemTime;
 
-use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::manifest;
 use crate::escape::esc;
+use crate::os::from_ns;
 use crate::store::bucket::{
     Bucket, BucketError, CompactETag, FileMeta, ManifestObject, MetaRead, ObjectInfo,
 };
 
 /// Concurrent HEAD requests while loading.
 const HEAD_CONCURRENCY: usize = 32;
-/// The manifest format this etlfs reads and writes (also part of its key).
-const MANIFEST_FORMAT: u32 = 1;
-/// A writer waits this long between taking its snapshot and the PUT when the manifest carries
-/// entries vouched for by the manifest's own time: more than the one-second resolution of the
-/// time a bucket reports for an object, so that time is not older than those uploads.
-pub const MANIFEST_SETTLE: Duration = Duration::from_millis(1100);
 
 /// A file that is (or may be) only in the bucket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +76,7 @@ impl RemoteFile {
     pub(crate) fn test_object(source: &str) -> RemoteFile {
         RemoteFile {
             size: 1,
-            mtime: UNIX_EPOCH,
+            mtime: std::time::UNIX_EPOCH,
             mode: 0o644,
             sha256: None,
             owner: None,
@@ -171,21 +144,6 @@ fn valid_rel(rel: &Path) -> bool {
 /// The longest file name Linux filesystems take; a longer key segment could be listed but
 /// never opened.
 const NAME_MAX: usize = 255;
-
-fn ns(t: SystemTime) -> i128 {
-    match t.duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
-fn from_ns(n: i128) -> SystemTime {
-    if n >= 0 {
-        UNIX_EPOCH + Duration::from_nanos(n as u64)
-    } else {
-        UNIX_EPOCH - Duration::from_nanos(n.unsigned_abs() as u64)
-    }
-}
 
 /// A file as the index keeps it: compact, since a mount may know 100,000 of them (the
 /// checksum in binary, the object's path not repeated when it is the file's own).
@@ -306,11 +264,6 @@ impl Stored {
             version: version.map(Known::new),
             stamp: 0,
         }
-    }
-
-    fn versioned(mut self, v: Option<Version>) -> Stored {
-        self.version = v.map(Known::new);
-        self
     }
 
     fn departed(&self, path: &Path) -> Option<Departed> {
@@ -473,6 +426,8 @@ pub struct LoadReport {
     pub unused: u64,
     /// `None`: no manifest; otherwise whether it was usable, and why not.
     pub manifest: Option<Result<(), String>>,
+    /// Directories the bucket implies (by the keys below them) but holds no marker for.
+    pub unmarked_dirs: u64,
 }
 
 impl LoadReport {
@@ -514,68 +469,33 @@ impl Index {
     /// time, and HEADs each file the manifest does not vouch for.
     pub async fn load(bucket: &Bucket) -> Result<Index, BucketError> {
         let started = std::time::Instant::now();
+        let mut index = Index::default();
+        let mut listing = Listing::default();
         let listed = async {
-            let mut objs = Vec::new();
-            let skipped = bucket.list_each(None, |o| objs.push(o)).await;
-            (skipped.map(|n| (objs, n)), started.elapsed())
+            let skipped = bucket.list_each(None, |o| listing.add(o, &index)).await;
+            (skipped, started.elapsed())
         };
-        let ((listing, listed_in), manifest) = futures::join!(listed, bucket.get_manifest());
-        let (listing, unlistable) = listing?;
-        let mut index = Index {
-            // Keys the listing had to leave out (the bucket logged each): refused as well.
-            refused: AtomicU64::new(unlistable),
-            ..Index::default()
-        };
-        let mut dirs = HashSet::new();
-        let mut files = Vec::new();
-        for obj in listing {
-            if !valid_rel(&obj.rel) {
-                index.refuse(&obj.rel, "not a safe relative path");
-                continue;
-            }
-            if obj.is_dir_marker {
-                dirs.insert(obj.rel);
-            } else {
-                files.push(obj);
-            }
-        }
-        // Every parent of a file is a directory, marker or not.
-        for f in &files {
-            let mut p = f.rel.parent();
-            while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
-                if !dirs.insert(d.to_path_buf()) {
-                    break;
-                }
-                p = d.parent();
-            }
-        }
-        // The listed files, and side by side what is known of each one's metadata.
-        let objs: Vec<ObjectInfo> = files
-            .into_iter()
-            .filter(|f| {
-                if dirs.contains(&f.rel) {
-                    index.refuse(
-                        &f.rel,
-                        "both a file and a directory in the bucket; the directory wins",
-                    );
-                    false
-                } else {
-                    true
-                }
-            })
-            .collect();
-        let mut found: Vec<Option<Stored>> = vec![None; objs.len()];
+        let ((skipped, listed_in), manifest) = futures::join!(listed, bucket.get_manifest());
+        // Keys the listing had to leave out (the bucket logged each): refused as well.
+        index.refused.fetch_add(skipped?, Ordering::Relaxed);
+        let Listing {
+            mut files,
+            dirs,
+            unmarked,
+        } = listing.close(&index);
 
         let mut report = LoadReport {
-            files: objs.len() as u64,
+            files: files.len() as u64,
+            unmarked_dirs: unmarked,
             ..LoadReport::default()
         };
         match manifest {
             Ok(Some(m)) => {
-                let res = apply_manifest(&m, &objs, &mut found, &mut report);
+                // Read once to check it whole (some damage shows only at its end), then again
+                // to apply it: nothing of a manifest that turns out bad is used.
+                let res =
+                    manifest::read(&m, |_| ()).map(|_| apply_manifest(&m, &mut files, &mut report));
                 if let Err(e) = &res {
-                    found.iter_mut().for_each(|f| *f = None);
-                    (report.from_manifest, report.stale, report.unused) = (0, 0, 0);
                     // Built from serde's words on the manifest's bytes, which are the bucket's.
                     tracing::warn!(error = %esc(e), "the bucket's manifest is unreadable; reading each object's metadata instead");
                 }
@@ -589,48 +509,21 @@ impl Index {
                 report.manifest = Some(Err(e.to_string()));
             }
         }
+        report.heads = head_the_rest(bucket, &mut files).await;
 
-        let todo: Vec<usize> = (0..objs.len()).filter(|i| found[*i].is_none()).collect();
-        report.heads = todo.len() as u64;
-        let reads: Vec<_> = futures::stream::iter(todo)
-            .map(|i| {
-                let rel = &objs[i].rel;
-                async move { (i, bucket.meta_read(rel).await) }
-            })
-            .buffer_unordered(HEAD_CONCURRENCY)
-            .collect()
-            .await;
-        let sidecars = !bucket.user_metadata();
-        let mut gone = HashSet::new();
-        for (i, read) in reads {
-            let obj = &objs[i];
-            match read {
-                Ok(read) => found[i] = Some(from_read(obj, read, sidecars)),
-                Err(BucketError::NotFound { .. }) => {
-                    gone.insert(i); // deleted while we listed
-                }
-                Err(e) => {
-                    tracing::warn!(path = %esc(&obj.rel), error = %e, "unreadable object metadata; serving the object with defaults");
-                    found[i] = Some(Stored::plain(obj.size, obj.last_modified));
-                }
-            }
+        let inner = index.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        for d in &dirs {
+            inner.link(d, true);
         }
-        {
-            let inner = index.inner.get_mut().unwrap_or_else(|e| e.into_inner());
-            for d in &dirs {
-                inner.link(d, true);
-            }
-            // Sized once: growing by doubling would hold two copies of the table at the end,
-            // the start's peak of memory with 100,000 files.
-            inner.files.reserve(objs.len());
-            for (i, (obj, found)) in objs.into_iter().zip(found).enumerate() {
-                let Some(found) = found.filter(|_| !gone.contains(&i)) else {
-                    continue;
-                };
-                inner.link(&obj.rel, false);
-                inner.put(obj.rel, found);
-            }
+        for path in files.keys() {
+            inner.link(path, false);
         }
+        // The table built above becomes the index's own, stamped as [`Inner::put`] would.
+        for s in files.values_mut() {
+            inner.last_stamp += 1;
+            s.stamp = inner.last_stamp;
+        }
+        inner.files = files;
         tracing::info!(
             files = report.files,
             from_manifest = report.from_manifest,
@@ -936,281 +829,180 @@ impl Index {
     }
 }
 
-fn path_bytes(p: &Path) -> &[u8] {
-    p.as_os_str().as_encoded_bytes()
+/// The stamp of a file during [`Index::load`] while it is as the listing gave it (size,
+/// last-modified as its mtime, the listed e_tag in its version): nothing has described it yet.
+/// Stamps of the finished table start at 1.
+const AS_LISTED: u64 = 0;
+/// The stamp of a file during [`Index::load`] once the manifest or a HEAD has described it.
+const DESCRIBED: u64 = u64::MAX;
+
+/// What a load gathers from the listing: the files as listed and the directories.
+#[derive(Default)]
+struct Listing {
+    files: HashMap<PathBuf, Stored>,
+    dirs: HashSet<PathBuf>,
+    /// Of `dirs`, those without a marker.
+    unmarked: u64,
 }
 
-/// A listed object and the metadata read for it. The version it is recorded as ends at the
+impl Listing {
+    fn add(&mut self, obj: ObjectInfo, index: &Index) {
+        if !valid_rel(&obj.rel) {
+            index.refuse(&obj.rel, "not a safe relative path");
+        } else if obj.is_dir_marker {
+            self.dirs.insert(obj.rel);
+        } else {
+            let mut s = Stored::plain(obj.size, obj.last_modified);
+            s.version = Some(Known {
+                e_tag: obj.e_tag.as_deref().map(CompactETag::new),
+                until: None,
+            });
+            s.stamp = AS_LISTED;
+            self.files.insert(obj.rel, s);
+        }
+    }
+
+    /// Every parent of a file is a directory, marker or not; a file that is also a directory
+    /// is left out.
+    fn close(mut self, index: &Index) -> Listing {
+        for f in self.files.keys() {
+            let mut p = f.parent();
+            while let Some(d) = p.filter(|d| !d.as_os_str().is_empty()) {
+                if !self.dirs.insert(d.to_path_buf()) {
+                    break;
+                }
+                self.unmarked += 1;
+                p = d.parent();
+            }
+        }
+        let dirs = &self.dirs;
+        self.files.retain(|f, _| {
+            let both = dirs.contains(f);
+            if both {
+                index.refuse(
+                    f,
+                    "both a file and a directory in the bucket; the directory wins",
+                );
+            }
+            !both
+        });
+        self
+    }
+}
+
+/// The e_tag a file as listed was listed with.
+fn listed_e_tag(s: &Stored) -> Option<&CompactETag> {
+    s.version.as_ref()?.e_tag.as_ref()
+}
+
+/// Applies a manifest (already read whole without error) to the files as listed.
+fn apply_manifest(
+    m: &ManifestObject,
+    files: &mut HashMap<PathBuf, Stored>,
+    report: &mut LoadReport,
+) {
+    let read = manifest::read(m, |e| {
+        let Some(s) = files.get_mut(Path::new(&*e.path)) else {
+            report.unused += 1;
+            return;
+        };
+        if s.stamp != AS_LISTED {
+            // Two entries for one file: each vouches for itself, so the first valid one is as
+            // good as any.
+            return;
+        }
+        let Some(until) = manifest::vouches(&e, m.last_modified, s.size, s.mtime, listed_e_tag(s))
+        else {
+            report.stale += 1;
+            return;
+        };
+        let mut file = match &e.meta {
+            Some(f) => Stored::described(e.size, f.mtime_ns, f.mode, &f.sha256, f.owner),
+            None => Stored::plain(e.size, s.mtime),
+        };
+        file.version = Some(Known {
+            e_tag: e
+                .e_tag
+                .as_deref()
+                .map(CompactETag::new)
+                .or_else(|| listed_e_tag(s).cloned()),
+            until: Some(until),
+        });
+        file.stamp = DESCRIBED;
+        *s = file;
+        report.from_manifest += 1;
+    });
+    debug_assert!(read.is_ok(), "a manifest read whole once reads again");
+}
+
+/// HEADs every file still as listed (32 at a time) and describes it by what the HEAD says;
+/// returns how many were HEADed. A file gone since the listing leaves the table.
+async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<PathBuf, Stored>) -> u64 {
+    let todo: Vec<PathBuf> = files
+        .iter()
+        .filter(|(_, s)| s.stamp == AS_LISTED)
+        .map(|(p, _)| p.clone())
+        .collect();
+    let heads = todo.len() as u64;
+    let sidecars = !bucket.user_metadata();
+    let mut reads = futures::stream::iter(todo)
+        .map(|path| async move {
+            let read = bucket.meta_read(&path).await;
+            (path, read)
+        })
+        .buffer_unordered(HEAD_CONCURRENCY);
+    while let Some((path, read)) = reads.next().await {
+        let Some(listed) = files.get_mut(&path) else {
+            continue;
+        };
+        match read {
+            Ok(read) => *listed = from_read(listed, read, sidecars),
+            Err(BucketError::NotFound { .. }) => {
+                files.remove(&path); // deleted while we listed
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(path = %esc(&path), error = %e, "unreadable object metadata; serving the object with defaults");
+                listed.version = None;
+            }
+        }
+        listed.stamp = DESCRIBED;
+    }
+    heads
+}
+
+/// A file as listed and the metadata read for it. The version it is recorded as ends at the
 /// *listed* last-modified: if the read saw a later rewrite, that rewrite is newer and the next
 /// load reads it again.
-fn from_read(obj: &ObjectInfo, read: MetaRead, sidecars: bool) -> Stored {
-    let until = Some(obj.last_modified);
+fn from_read(listed: &Stored, read: MetaRead, sidecars: bool) -> Stored {
+    let (last_modified, listed_e_tag) = (listed.mtime, listed_e_tag(listed).cloned());
+    let until = Some(last_modified);
     if sidecars {
         // The object and its sidecar are two writes (object first): a sidecar older than the
         // object may belong to another version, and a missing one may be about to appear.
-        let version = match &read.meta {
-            Some(_) if read.last_modified >= obj.last_modified => Some(Version {
-                e_tag: obj.e_tag.clone(),
+        let mut file = match &read.meta {
+            Some(m) => Stored::with_meta(listed.size, m),
+            None => Stored::plain(listed.size, last_modified),
+        };
+        if read.meta.is_some() && read.last_modified >= last_modified {
+            file.version = Some(Known {
+                e_tag: listed_e_tag,
                 until,
-            }),
-            _ => None,
-        };
-        let file = match &read.meta {
-            Some(m) => Stored::with_meta(obj.size, m),
-            None => Stored::plain(obj.size, obj.last_modified),
-        };
-        return file.versioned(version);
+            });
+        }
+        return file;
     }
     // A HEAD sees the object as one version: its size, e_tag and metadata belong together.
-    let size = read.size.unwrap_or(obj.size);
-    let file = match &read.meta {
+    let size = read.size.unwrap_or(listed.size);
+    let mut file = match &read.meta {
         Some(m) => Stored::with_meta(size, m),
-        None => Stored::plain(size, obj.last_modified),
+        None => Stored::plain(size, last_modified),
     };
-    file.versioned(Some(Version {
-        e_tag: read.e_tag.or_else(|| obj.e_tag.clone()),
+    file.version = Some(Known {
+        e_tag: read.e_tag.as_deref().map(CompactETag::new).or(listed_e_tag),
         until,
-    }))
-}
-
-// ---------------------------------------------------------------------------------------------
-// The manifest format
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Serialize, Deserialize)]
-struct Header {
-    etlfs_manifest: u32,
-    /// `mount` or `backup`, for whoever reads it by hand.
-    #[serde(default)]
-    written_by: String,
-}
-
-/// The etlfs metadata of a manifest entry, borrowed for writing; read back as a [`FileMeta`]
-/// (same field names).
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct EntryMeta<'a> {
-    pub mtime_ns: i128,
-    pub mode: u32,
-    pub sha256: &'a str,
-    pub owner: Option<(u32, u32)>,
-}
-
-#[derive(Debug, Serialize)]
-struct EntryOut<'a> {
-    p: &'a str,
-    s: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    e: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    t: Option<i128>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    f: Option<EntryMeta<'a>>,
-}
-
-/// A manifest line as read: borrowed from the line where it can be.
-#[derive(Debug, Deserialize)]
-struct EntryIn<'a> {
-    #[serde(borrow)]
-    p: Cow<'a, str>,
-    s: u64,
-    #[serde(default)]
-    e: Option<String>,
-    #[serde(default)]
-    t: Option<i128>,
-    #[serde(default, borrow)]
-    f: Option<MetaIn<'a>>,
-}
-
-/// [`EntryMeta`] as read.
-#[derive(Debug, Deserialize)]
-struct MetaIn<'a> {
-    mtime_ns: i128,
-    mode: u32,
-    #[serde(borrow)]
-    sha256: Cow<'a, str>,
-    #[serde(default)]
-    owner: Option<(u32, u32)>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Trailer {
-    end: u64,
-}
-
-/// Builds a manifest, compressing as it goes: the uncompressed text never exists whole.
-pub struct ManifestWriter {
-    gz: flate2::write::GzEncoder<Vec<u8>>,
-    files: u64,
-    line: Vec<u8>,
-}
-
-impl std::fmt::Debug for ManifestWriter {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ManifestWriter")
-            .field("files", &self.files)
-            .finish()
-    }
-}
-
-impl ManifestWriter {
-    /// `written_by` says who wrote it (`mount`, `backup`), for a human reading it.
-    pub fn new(written_by: &str) -> ManifestWriter {
-        let mut w = ManifestWriter {
-            // Fast compression: most of the text is hex checksums, which no level shrinks
-            // much further, and a writer may hold a lock while it encodes.
-            gz: flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()),
-            files: 0,
-            line: Vec::with_capacity(512),
-        };
-        let header = Header {
-            etlfs_manifest: MANIFEST_FORMAT,
-            written_by: written_by.to_owned(),
-        };
-        w.put_line(&header);
-        w
-    }
-
-    fn put_line(&mut self, v: &impl Serialize) {
-        self.line.clear();
-        serde_json::to_writer(&mut self.line, v).expect("manifest lines serialize");
-        self.line.push(b'\n');
-        self.gz
-            .write_all(&self.line)
-            .expect("writing to memory does not fail");
-    }
-
-    /// Adds a file. `meta` is `None` for an object without etlfs metadata. Paths that are not
-    /// UTF-8 cannot be keys and are skipped.
-    pub fn add(&mut self, path: &Path, size: u64, version: &Version, meta: Option<EntryMeta<'_>>) {
-        let Some(p) = path.to_str() else {
-            return;
-        };
-        let entry = EntryOut {
-            p,
-            s: size,
-            e: version.e_tag.as_deref(),
-            t: version.until.map(ns),
-            f: meta,
-        };
-        self.put_line(&entry);
-        self.files += 1;
-    }
-
-    /// Adds a file as the index knows it.
-    pub fn add_remote(&mut self, path: &Path, file: &RemoteFile, version: &Version) {
-        let meta = file.sha256.as_deref().map(|sha256| EntryMeta {
-            mtime_ns: ns(file.mtime),
-            mode: file.mode,
-            sha256,
-            owner: file.owner,
-        });
-        self.add(path, file.size, version, meta);
-    }
-
-    pub fn files(&self) -> u64 {
-        self.files
-    }
-
-    /// The compressed manifest.
-    pub fn finish(mut self) -> Bytes {
-        let trailer = serde_json::json!({ "end": self.files });
-        self.put_line(&trailer);
-        Bytes::from(self.gz.finish().expect("writing to memory does not fail"))
-    }
-}
-
-/// The `until` a manifest's own time `written` gives the entries that have none: just before
-/// it. Buckets report that time in whole seconds (rounded down), and so do some listings: an
-/// object rewritten in the same second after the manifest then lists *at* that second, and
-/// must not pass. The writer's [`MANIFEST_SETTLE`] puts the uploads a manifest describes in an
-/// earlier second.
-pub fn manifest_until(written: SystemTime) -> SystemTime {
-    written - Duration::from_nanos(1)
-}
-
-/// Applies a manifest's entries to the listed files `objs`, filling `found`. An error means
-/// the manifest as a whole cannot be trusted; the caller then drops what was applied.
-fn apply_manifest(
-    m: &ManifestObject,
-    objs: &[ObjectInfo],
-    found: &mut [Option<Stored>],
-    report: &mut LoadReport,
-) -> Result<(), String> {
-    let by_path: HashMap<&[u8], usize> = objs
-        .iter()
-        .enumerate()
-        .map(|(i, o)| (path_bytes(&o.rel), i))
-        .collect();
-    let mut reader =
-        std::io::BufReader::with_capacity(1 << 16, flate2::read::GzDecoder::new(&m.body[..]));
-    let mut line = Vec::with_capacity(512);
-    let mut next = |line: &mut Vec<u8>| -> Result<bool, String> {
-        line.clear();
-        let n = reader
-            .read_until(b'\n', line)
-            .map_err(|e| format!("decompressing: {e}"))?;
-        Ok(n > 0)
-    };
-    if !next(&mut line)? {
-        return Err("empty".into());
-    }
-    let header: Header = serde_json::from_slice(&line).map_err(|e| format!("header: {e}"))?;
-    if header.etlfs_manifest != MANIFEST_FORMAT {
-        return Err(format!(
-            "format {} (this etlfs reads {MANIFEST_FORMAT})",
-            header.etlfs_manifest
-        ));
-    }
-    let manifest_time = manifest_until(m.last_modified);
-    let mut entries = 0u64;
-    loop {
-        if !next(&mut line)? {
-            return Err(format!("truncated after {entries} files (no trailer)"));
-        }
-        if line.starts_with(b"{\"end\":") {
-            let t: Trailer = serde_json::from_slice(&line).map_err(|e| format!("trailer: {e}"))?;
-            if t.end != entries {
-                return Err(format!("trailer says {} files, found {entries}", t.end));
-            }
-            break;
-        }
-        let e: EntryIn<'_> =
-            serde_json::from_slice(&line).map_err(|err| format!("line {}: {err}", entries + 2))?;
-        entries += 1;
-        let Some(&i) = by_path.get(e.p.as_bytes()) else {
-            report.unused += 1;
-            continue;
-        };
-        if found[i].is_some() {
-            // Two entries for one file: each vouches for itself, so the first valid one is as
-            // good as any.
-            continue;
-        }
-        let obj = &objs[i];
-        let until = e.t.map_or(manifest_time, from_ns);
-        let e_tag_ok = match (&obj.e_tag, &e.e) {
-            (Some(listed), Some(recorded)) => listed == recorded,
-            _ => true,
-        };
-        if obj.size != e.s || obj.last_modified > until || !e_tag_ok {
-            report.stale += 1;
-            continue;
-        }
-        let file = match &e.f {
-            Some(f) => Stored::described(e.s, f.mtime_ns, f.mode, &f.sha256, f.owner),
-            None => Stored::plain(e.s, obj.last_modified),
-        };
-        report.from_manifest += 1;
-        found[i] = Some(file.versioned(Some(Version {
-            e_tag: e.e.or_else(|| obj.e_tag.clone()),
-            until: Some(until),
-        })));
-    }
-    // The gzip checksum is only checked at the very end of the stream.
-    if next(&mut line)? {
-        return Err("data after the trailer".into());
-    }
-    Ok(())
+    });
+    file
 }
 
 /// Where `p`, at or below `from`, ends up when `from` is renamed to `to`.
@@ -1223,13 +1015,16 @@ pub fn moved_path(p: &Path, from: &Path, to: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::sync::Arc;
+    use std::time::{Duration, UNIX_EPOCH};
 
     use bytes::Bytes;
     use object_store::memory::InMemory;
     use object_store::{ObjectStoreExt, PutPayload};
 
     use super::*;
+    use crate::engine::manifest::{ManifestWriter, manifest_until};
     use crate::store::bucket::FileMeta;
 
     #[test]
@@ -1659,7 +1454,9 @@ mod tests {
             is_dir_marker: false,
             e_tag: None,
         };
-        let objs = vec![
+        let index = Index::default();
+        let mut listing = Listing::default();
+        for obj in [
             // written before the manifest's second: vouched for
             slot("a", 5, Duration::from_millis(9_999)),
             // listed at exactly the time its entry records
@@ -1670,17 +1467,21 @@ mod tests {
             slot("d", 5, Duration::from_secs(10)),
             // not in the manifest
             slot("e", 5, Duration::ZERO),
-        ];
+        ] {
+            listing.add(obj, &index);
+        }
+        let mut files = listing.close(&index).files;
         let mut report = LoadReport::default();
-        let mut found = vec![None; objs.len()];
-        apply_manifest(&m, &objs, &mut found, &mut report).unwrap();
+        assert_eq!(manifest::read(&m, |_| ()), Ok(5));
+        apply_manifest(&m, &mut files, &mut report);
         assert_eq!(
             (report.from_manifest, report.stale, report.unused),
             (2, 2, 1)
         );
-        let known: Vec<bool> = found.iter().map(Option::is_some).collect();
+        let described = |p: &str| files[Path::new(p)].stamp == DESCRIBED;
+        let known: Vec<bool> = ["a", "b", "c", "d", "e"].map(described).to_vec();
         assert_eq!(known, [true, true, false, false, false]);
-        let a = found[0].as_ref().unwrap();
+        let a = &files[Path::new("a")];
         assert_eq!(a.remote(Path::new("a")).sha256, Some("ab".repeat(32)));
         assert_eq!(
             a.version.as_ref().unwrap().until,

@@ -1,10 +1,14 @@
-//! Keeping the served directory and the bucket in step: what the bucket holds (index), changes
-//! on their way up (mirror, journal, lease), files on their way down (fetch), and the bucket as
-//! it was at a point in time (as_of).
+//! Keeping the served directory and the bucket in step: what the bucket holds (index, and its
+//! cache, the manifest), changes on their way up (events, mirror, journal, lease), files on
+//! their way down (fetch), what a start reconciles (recover), and the bucket as it was at a
+//! point in time (as_of).
 
 pub mod as_of;
+pub mod events;
 pub mod fetch;
 pub mod index;
 pub mod journal;
 pub mod lease;
+pub mod manifest;
 pub mod mirror;
+pub mod recover;

@@ -20,6 +20,36 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::os::sys;
 
+/// Whether an error opening or reading `path` says it is not there (any more): the name is
+/// gone, or a directory on its way is not one now. What to do then is the caller's business;
+/// these are not failures.
+pub fn is_gone(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
+}
+
+/// Hex SHA-256 of a local file's bytes, read with `pread` from its start: the file offset
+/// stays where it is, so a read of the same open file afterwards starts where it would have.
+/// Blocking: call it off the async threads.
+pub fn sha256_of(file: &File) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut off = 0u64;
+    loop {
+        match file.read_at(&mut buf, off) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                off += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
 /// What the overlay needs to know about a local file: a copy of `struct stat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {

@@ -67,12 +67,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use etlfs::core::{Core, CoreOptions};
 use etlfs::engine::fetch::Fetcher;
 use etlfs::engine::index::Index;
 use etlfs::engine::journal::{Journal, Source};
-use etlfs::engine::mirror::{ChangeSink, Intent, Mirror, MirrorOptions, Stats};
-use etlfs::fs::overlay::{FileKind, Overlay, ROOT, Remote, SetAttr};
-use etlfs::os::local::{Creds, LocalDir};
+use etlfs::engine::mirror::{Intent, Mirror, MirrorOptions, Stats};
+use etlfs::fs::overlay::{FileKind, Overlay, ROOT, SetAttr};
+use etlfs::os::local::Creds;
 use etlfs::os::state::StateDir;
 use etlfs::store::bucket::Bucket;
 use etlfs::store::bucket::fault::{Fault, FaultPlan, FaultyStore, Op as Req, Ops, Settings};
@@ -625,14 +626,12 @@ struct Env {
     rt: tokio::runtime::Runtime,
     mirror: Arc<Mirror>,
     fetcher: Arc<Fetcher>,
-    ov: Overlay,
+    ov: Arc<Overlay>,
 }
 
 impl Env {
-    /// What `run::mount` does before it mounts: load the index (waiting for the bucket),
-    /// apply the journal's pending intents to it, create the directories the bucket implies,
-    /// drop local files from the index, start the mirror, the fetcher and the overlay. (The
-    /// two middle steps are private functions of `run.rs`, repeated here: keep them in step.)
+    /// What `etlfs mount` does before it mounts: load the index (waiting for the bucket), then
+    /// open the core as every start does ([`Core::open`]).
     fn start(
         root: &Path,
         store: &Arc<dyn ObjectStore>,
@@ -649,7 +648,7 @@ impl Env {
         let mut tries = 0;
         let index = loop {
             match rt.block_on(Index::load(&bucket)) {
-                Ok(i) => break Arc::new(i),
+                Ok(i) => break i,
                 Err(e) => {
                     tries += 1;
                     if tries == 20 {
@@ -663,39 +662,30 @@ impl Env {
                 }
             }
         };
-        let hidden = Path::new(STATE);
         let state = Arc::new(StateDir::open(&root.join(STATE)).map_err(|e| e.to_string())?);
-        let local = LocalDir::open(root).map_err(|e| e.to_string())?;
-        etlfs::cli::mount::apply_pending_intents(&index, &state, &local)
-            .map_err(|e| e.to_string())?;
-        etlfs::cli::mount::prepare_local_tree(&local, &index, Some(hidden));
-        let mirror = Mirror::start(
-            bucket.clone(),
-            LocalDir::open(root).map_err(|e| e.to_string())?,
-            Arc::clone(&state),
-            Some(hidden.to_path_buf()),
-            opts,
-            Some(Arc::clone(&index)),
+        let core = Core::open(
+            bucket,
+            root,
+            state,
+            &root.join(STATE),
+            index,
+            CoreOptions {
+                hidden: Some(STATE.into()),
+                mirror: opts,
+                fetch_concurrency: 8,
+                policy: Default::default(),
+                fd_budget: None,
+                max_local_bytes: None,
+            },
             rt.handle(),
         )
         .map_err(|e| e.to_string())?;
-        let sink: Arc<dyn ChangeSink> = Arc::clone(&mirror) as Arc<dyn ChangeSink>;
-        let fetcher = Fetcher::new(
-            bucket,
-            LocalDir::open(root).map_err(|e| e.to_string())?,
-            state,
-            Arc::clone(&index),
-            Arc::clone(&sink),
-            8,
-            rt.handle(),
-        );
-        let ov = Overlay::new(local, Some(hidden), sink)
-            .map_err(|e| e.to_string())?
-            .with_remote(Remote {
-                index,
-                fetcher: Arc::clone(&fetcher),
-                rt: rt.handle().clone(),
-            });
+        let Core {
+            mirror,
+            fetcher,
+            overlay: ov,
+            ..
+        } = core;
         Ok(Env {
             rt,
             mirror,

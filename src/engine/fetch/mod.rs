@@ -44,8 +44,8 @@ use futures::{FutureExt, StreamExt};
 pub use download::{Placement, download_verified};
 pub use queue::{Depth, Flight, Outcome, Priority};
 
+use crate::engine::events::ChangeSink;
 use crate::engine::index::{Index, RemoteFile};
-use crate::engine::mirror::ChangeSink;
 use crate::escape::esc;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;

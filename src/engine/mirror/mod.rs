@@ -66,13 +66,13 @@
 //!
 //! # The manifest
 //!
-//! `manifest.rs` keeps the bucket's manifest (a cache of every file's metadata, see
-//! `index.rs`) describing what the records and the index know, so the next mount over an empty
+//! `publish.rs` keeps the bucket's manifest (a cache of every file's metadata, see
+//! `engine/manifest.rs`) describing what the records and the index know, so the next mount over an empty
 //! directory needs no HEAD per object: at most once a minute while things change, and at the
 //! end of a drain. Uploads record the e_tag their put returned for it.
 
 mod links;
-mod manifest;
+mod publish;
 mod records;
 mod worker;
 
@@ -85,14 +85,14 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::engine::journal::Intent;
+pub use crate::engine::events::{ChangeSink, Intent, NullSink};
 use crate::engine::journal::Journal;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
 use crate::store::bucket::Bucket;
 pub use records::ObjectVersion;
 pub use records::{Identity, Record, Records};
-pub use worker::{Snapshot, SyncError, Uploaded, upload_snapshot};
+pub use worker::SyncError;
 
 /// Where the objects of bucket-only files below `a` wait while an exchange of `a` and `b` is
 /// carried out (journal sequence number `seq`), `rel` below `a`: a directory at the top of the
@@ -104,58 +104,6 @@ pub fn exchange_stage(seq: u64, rel: &Path) -> PathBuf {
         stage
     } else {
         stage.join(rel)
-    }
-}
-
-/// How the overlay reports changes. Implemented by [`Mirror`]; tests use recorders.
-pub trait ChangeSink: Send + Sync + std::fmt::Debug {
-    /// A file is about to be created, or truncated by an `O_TRUNC` open, at `path` (once per
-    /// name of it the overlay knows; a writer registers next: [`ChangeSink::writer_opened`]). Until [`ChangeSink::opening_done`] it
-    /// is not uploaded even if found meanwhile (by the start's reconcile, or a pending upload):
-    /// between the syscall and the writer's registration it is an empty file nobody closed.
-    fn opening_started(&self, path: &Path);
-    /// The open of `path` ended (its writer is registered, or it failed).
-    fn opening_done(&self, path: &Path);
-    /// A handle with write access to the local inode `ino` was opened.
-    fn writer_opened(&self, ino: u64);
-    /// The last write handle of `ino` was released; `paths` are the names of it the overlay
-    /// knows (none once they were all removed; a file with several links may have others).
-    fn writer_closed(&self, ino: u64, paths: &[PathBuf]);
-    /// The local inode `ino`, known by `paths`, changed without a write handle (truncate,
-    /// chmod, utimens, mkdir, link), or was fsynced (`urgent`: upload now the state it has
-    /// now, even if it is still open).
-    fn changed(&self, ino: u64, paths: &[PathBuf], urgent: bool);
-    /// Records an intent durably, before the local operation. Returns a token for
-    /// [`ChangeSink::finish`].
-    fn intent(&self, intent: Intent) -> io::Result<u64>;
-    /// The local operation for the intent ran: `ok` queues it for the bucket, otherwise it is
-    /// cancelled.
-    fn finish(&self, token: u64, ok: bool);
-    /// `path` was just downloaded from the bucket as `st` with checksum `sha256`: the bucket
-    /// already holds this version.
-    fn fetched(&self, path: &Path, st: &crate::os::local::Stat, sha256: &str);
-    /// The checksum of `path` if the bucket holds exactly the local version `st` (the file is
-    /// clean and may be evicted), `None` otherwise.
-    fn in_bucket(&self, path: &Path, st: &crate::os::local::Stat) -> Option<String>;
-}
-
-/// A sink that ignores everything (a mount without a bucket, and core tests).
-#[derive(Debug, Default)]
-pub struct NullSink;
-
-impl ChangeSink for NullSink {
-    fn opening_started(&self, _: &Path) {}
-    fn opening_done(&self, _: &Path) {}
-    fn writer_opened(&self, _: u64) {}
-    fn writer_closed(&self, _: u64, _: &[PathBuf]) {}
-    fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
-    fn intent(&self, _: Intent) -> io::Result<u64> {
-        Ok(0)
-    }
-    fn finish(&self, _: u64, _: bool) {}
-    fn fetched(&self, _: &Path, _: &crate::os::local::Stat, _: &str) {}
-    fn in_bucket(&self, _: &Path, _: &crate::os::local::Stat) -> Option<String> {
-        None
     }
 }
 
@@ -279,7 +227,7 @@ impl Shared {
 #[derive(Debug)]
 pub struct Mirror {
     shared: Arc<Shared>,
-    manifest: Arc<manifest::Publisher>,
+    manifest: Arc<publish::Publisher>,
     tx: mpsc::UnboundedSender<Msg>,
     /// Intents written to the journal whose local operation has not finished yet.
     staged: Mutex<HashMap<u64, Intent>>,
@@ -322,7 +270,7 @@ impl Mirror {
         });
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
-        let manifest = Arc::new(manifest::Publisher::new(Arc::clone(&shared)));
+        let manifest = Arc::new(publish::Publisher::new(Arc::clone(&shared)));
         rt.spawn(Arc::clone(&manifest).run());
         Ok(Arc::new(Mirror {
             shared,
@@ -515,7 +463,7 @@ impl ChangeSink for Mirror {
             .as_ref()
             .and_then(|i| i.take_departed(path))
         {
-            manifest::adopt(&self.shared.records, path, departed);
+            publish::adopt(&self.shared.records, path, departed);
         }
     }
 

@@ -11,7 +11,7 @@
 //!
 //! A record also knows, when it can, which object version the upload made (its e_tag, the
 //! owner it was uploaded with, and once a manifest has carried it, until when the bucket's clock
-//! vouches for it): what the manifest writer (`manifest.rs`) needs to describe the file to the
+//! vouches for it): what the manifest writer (`publish.rs`) needs to describe the file to the
 //! next mount without a HEAD. Any plain [`Records::set`] forgets that, so a record can never
 //! pair one version's metadata with another's e_tag.
 
@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::escape::{esc, esc_display};
 use crate::os::local::Stat;
+use crate::os::ns;
 use crate::os::state::StateDir;
 use crate::store::bucket::CompactETag;
 
@@ -36,13 +37,6 @@ pub struct Identity {
     pub mtime_ns: i128,
     pub ctime_ns: i128,
     pub mode: u32,
-}
-
-fn ns(t: std::time::SystemTime) -> i128 {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
 }
 
 impl Identity {

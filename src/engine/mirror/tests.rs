@@ -683,10 +683,30 @@ fn an_exchange_interrupted_anywhere_is_finished_by_the_next_start() {
         }
         drop(j);
         // The start, as `etlfs mount` makes it.
-        let local = LocalDir::open(&root).unwrap();
-        let index = Arc::new(rt.block_on(Index::load(&bucket)).unwrap());
-        crate::cli::mount::apply_pending_intents(&index, &state, &local).unwrap();
-        crate::cli::mount::prepare_local_tree(&local, &index, Some(Path::new(".etlfs")));
+        let index = rt.block_on(Index::load(&bucket)).unwrap();
+        let core = crate::core::Core::open(
+            bucket.clone(),
+            &root,
+            state,
+            &root.join(".etlfs"),
+            index,
+            crate::core::CoreOptions {
+                hidden: Some(".etlfs".into()),
+                mirror: MirrorOptions {
+                    upload_delay: Duration::ZERO,
+                    upload_max_delay: Duration::from_secs(30),
+                    concurrency: 4,
+                    nothing_local: false,
+                },
+                fetch_concurrency: 4,
+                policy: Default::default(),
+                fd_budget: None,
+                max_local_bytes: None,
+            },
+            rt.handle(),
+        )
+        .unwrap();
+        let (index, mirror) = (Arc::clone(&core.index), Arc::clone(&core.mirror));
         let paths = |i: &Index| {
             let mut v: Vec<_> = i.files().into_iter().map(|(p, _)| p).collect();
             v.sort();
@@ -697,21 +717,6 @@ fn an_exchange_interrupted_anywhere_is_finished_by_the_next_start() {
             ["a/x", "b/only", "b/x"].map(std::path::PathBuf::from),
             "step {step}"
         );
-        let mirror = Mirror::start(
-            bucket.clone(),
-            LocalDir::open(&root).unwrap(),
-            state,
-            Some(".etlfs".into()),
-            MirrorOptions {
-                upload_delay: Duration::ZERO,
-                upload_max_delay: Duration::from_secs(30),
-                concurrency: 4,
-                nothing_local: false,
-            },
-            Some(Arc::clone(&index)),
-            rt.handle(),
-        )
-        .unwrap();
         assert!(rt.block_on(mirror.drain(Duration::from_secs(60))));
         assert_eq!(
             listed(&rt, &bucket),
@@ -728,7 +733,7 @@ fn an_exchange_interrupted_anywhere_is_finished_by_the_next_start() {
             assert_eq!(index.file(Path::new(p)).unwrap().source, Path::new(p));
         }
         assert_eq!(mirror.journal_pending(), 0);
-        drop(mirror);
+        drop((mirror, core));
         rt.shutdown_timeout(Duration::from_secs(1));
     }
 }

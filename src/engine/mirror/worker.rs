@@ -9,13 +9,11 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -25,8 +23,9 @@ use super::records::{Identity, ObjectVersion, Record};
 use super::{Msg, Shared};
 use crate::engine::journal::{Intent, Source};
 use crate::escape::esc;
-use crate::os::local::Stat;
-use crate::store::bucket::{Bucket, BucketError, FileMeta, SINGLE_PUT_MAX};
+use crate::os::local::{Stat, is_gone};
+use crate::store::bucket::BucketError;
+use crate::store::upload::{Snapshot, UploadError, upload_snapshot};
 
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -51,6 +50,15 @@ pub enum SyncError {
     },
     #[error("writing the journal: {0}")]
     Journal(#[source] std::io::Error),
+}
+
+impl From<UploadError> for SyncError {
+    fn from(e: UploadError) -> SyncError {
+        match e {
+            UploadError::Bucket(e) => SyncError::Bucket(e),
+            UploadError::Local { path, source } => SyncError::Local { path, source },
+        }
+    }
 }
 
 impl SyncError {
@@ -608,22 +616,11 @@ impl Worker {
     }
 }
 
-fn ns(t: std::time::SystemTime) -> i128 {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
-
 fn local_err(path: &Path) -> impl FnOnce(std::io::Error) -> SyncError + '_ {
     move |source| SyncError::Local {
         path: path.to_owned(),
         source,
     }
-}
-
-fn is_gone(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
 }
 
 /// Makes the bucket hold the current local state of `path` (file or directory).
@@ -684,145 +681,6 @@ async fn sync(
     upload(shared, path, &st, fsynced).await
 }
 
-/// Reads the file in a blocking task: all of it (small files) or one chunk.
-async fn read_all(file: Arc<std::fs::File>, path: &Path) -> Result<Vec<u8>, SyncError> {
-    tokio::task::spawn_blocking(move || {
-        let mut buf = Vec::new();
-        (&*file).read_to_end(&mut buf).map(|_| buf)
-    })
-    .await
-    // (cancelled by a runtime shutting down: a read itself does not panic)
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    .map_err(local_err(path))
-}
-
-async fn read_chunk(
-    file: Arc<std::fs::File>,
-    offset: u64,
-    len: usize,
-    path: &Path,
-) -> Result<Vec<u8>, SyncError> {
-    tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt;
-        let mut buf = vec![0u8; len];
-        let mut filled = 0;
-        while filled < len {
-            match file.read_at(&mut buf[filled..], offset + filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
-        buf.truncate(filled);
-        Ok(buf)
-    })
-    .await
-    // (cancelled by a runtime shutting down: a read itself does not panic)
-    .unwrap_or_else(|e| Err(std::io::Error::other(e)))
-    .map_err(local_err(path))
-}
-
-/// How [`upload_snapshot`] ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Snapshot {
-    /// The object now holds the file as its `Stat` described it.
-    Uploaded(Uploaded),
-    /// The file moved under us (or `still` said no): nothing was committed.
-    Moved,
-}
-
-/// What a committed snapshot left in the bucket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Uploaded {
-    /// Hex SHA-256 of the bytes.
-    pub sha256: String,
-    /// The object's normalized e_tag, as the put returned it (for the manifest).
-    pub e_tag: Option<String>,
-}
-
-/// Uploads one consistent snapshot of an open regular file described by `st`, with the
-/// etlfs metadata (mtime, mode, checksum, owner) every reader of the bucket relies on — or
-/// nothing. `still(file)` says whether the snapshot is still good (the mirror: same identity
-/// and no writer; `etlfs backup`: same identity); it is asked before reading, after the last
-/// byte is read and right before the object is committed. Shared by the mirror and
-/// `etlfs backup`, so both write objects the other (and a restore) reads the same way.
-pub async fn upload_snapshot(
-    bucket: &Bucket,
-    file: &Arc<std::fs::File>,
-    path: &Path,
-    st: &Stat,
-    still: impl Fn(&std::fs::File) -> Result<bool, SyncError>,
-) -> Result<Snapshot, SyncError> {
-    if !still(file)? {
-        return Ok(Snapshot::Moved);
-    }
-    let meta_of = |sha256: String| FileMeta {
-        mtime_ns: ns(st.mtime),
-        mode: st.mode & 0o7777,
-        sha256,
-        owner: Some((st.uid, st.gid)),
-    };
-    let (sha256, e_tag) = if st.size <= SINGLE_PUT_MAX {
-        let data = read_all(Arc::clone(file), path).await?;
-        if !still(file)? || data.len() as u64 != st.size {
-            return Ok(Snapshot::Moved);
-        }
-        let sha = hex::encode(Sha256::digest(&data));
-        let e_tag = bucket
-            .put_bytes(path, data.into(), &meta_of(sha.clone()))
-            .await?;
-        (sha, e_tag)
-    } else {
-        // Pass 1 computes the checksum the object's metadata carries; pass 2 streams the
-        // bytes, and the upload is only completed if they hash the same and the file's
-        // identity never moved.
-        let chunk = crate::store::bucket::PART_SIZE;
-        let mut hasher = Sha256::new();
-        let mut off = 0;
-        while off < st.size {
-            let buf = read_chunk(Arc::clone(file), off, chunk, path).await?;
-            if buf.is_empty() {
-                return Ok(Snapshot::Moved);
-            }
-            hasher.update(&buf);
-            off += buf.len() as u64;
-        }
-        let sha = hex::encode(hasher.finalize());
-        if !still(file)? {
-            return Ok(Snapshot::Moved);
-        }
-        let mut up = bucket.start_upload(path, &meta_of(sha.clone())).await?;
-        let mut hasher = Sha256::new();
-        let mut off = 0;
-        while off < st.size {
-            let buf = match read_chunk(Arc::clone(file), off, chunk, path).await {
-                Ok(b) if !b.is_empty() => b,
-                Ok(_) => {
-                    let _ = up.abort().await;
-                    return Ok(Snapshot::Moved);
-                }
-                Err(e) => {
-                    let _ = up.abort().await;
-                    return Err(e);
-                }
-            };
-            hasher.update(&buf);
-            off += buf.len() as u64;
-            if let Err(e) = up.write(&buf).await {
-                let _ = up.abort().await;
-                return Err(e.into());
-            }
-        }
-        if hex::encode(hasher.finalize()) != sha || !still(file)? {
-            let _ = up.abort().await;
-            return Ok(Snapshot::Moved);
-        }
-        (sha, up.finish(bucket).await?)
-    };
-    Ok(Snapshot::Uploaded(Uploaded { sha256, e_tag }))
-}
-
 /// Uploads a consistent snapshot of a closed file, or nothing.
 async fn upload(
     shared: &Shared,
@@ -838,8 +696,8 @@ async fn upload(
         Err(e) => return Err(local_err(path)(e)),
     };
     let id = Identity::of(st);
-    let unchanged = |f: &std::fs::File| -> Result<bool, SyncError> {
-        let now = crate::os::local::Stat::from_file(f).map_err(local_err(path))?;
+    let unchanged = |f: &std::fs::File| -> std::io::Result<bool> {
+        let now = crate::os::local::Stat::from_file(f)?;
         Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino, path)))
     };
     let up = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
@@ -1196,7 +1054,7 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
     for (path, id, departed) in unrecorded {
         let same = match hash_local(&shared.local, &path) {
             Ok(sha) => {
-                super::manifest::adopt_unrecorded(&shared.records, &path, &id, &sha, &departed)
+                super::publish::adopt_unrecorded(&shared.records, &path, &id, &sha, &departed)
             }
             Err(_) => false,
         };
@@ -1240,17 +1098,6 @@ async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
 
 /// Hex SHA-256 of the local file at `path`.
 fn hash_local(local: &crate::os::local::LocalDir, path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
     let fd = local.open_beneath(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
-    let mut file = std::fs::File::from(fd);
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    crate::os::local::sha256_of(&std::fs::File::from(fd))
 }

@@ -1,6 +1,6 @@
 //! The object-storage servers of the tests: moto (S3), Azurite (Azure Blob) and fake-gcs-server
-//! (GCS, behind scripts/gcs_adapter.py), started by scripts/servers.sh (which scripts/test.sh
-//! sources).
+//! (GCS, behind scripts/servers/gcs_adapter.py), started by scripts/servers.sh (which
+//! scripts/test.sh sources).
 //!
 //! [`s3`], [`azure`] and [`gcs`] each create a fresh, uniquely named bucket (container) on the
 //! shared endpoint; the `*_isolated` variants also give the test an endpoint of its own, so that

@@ -1,4 +1,4 @@
-//! Keeps the bucket's manifest (see `index.rs`) describing what the mirror knows, so the next
+//! Keeps the bucket's manifest (see `engine/manifest.rs`) describing what the mirror knows, so the next
 //! mount over an empty directory starts from one GET instead of one HEAD per object.
 //!
 //! What goes in: every bucket-only file of the index whose object version the load established,
@@ -31,21 +31,14 @@ use tracing::{debug, info, warn};
 
 use super::Shared;
 use super::records::{ObjectVersion, Records};
-use crate::engine::index::{
-    Departed, EntryMeta, Index, MANIFEST_SETTLE, ManifestWriter, Version, manifest_until,
-};
+use crate::engine::index::{Departed, Index, Version};
+use crate::engine::manifest::{EntryMeta, MANIFEST_SETTLE, ManifestWriter, manifest_until};
+use crate::os::{from_ns, ns};
 
 /// At most one manifest write per this while things change.
 pub const EVERY: Duration = Duration::from_secs(60);
 /// How often the writer looks for news.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
-
-fn ns(t: std::time::SystemTime) -> i128 {
-    match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    }
-}
 
 /// Records a local file that no upload of ours wrote (`etlfs backup`, `etlfs restore`) as
 /// uploaded, with the object version the index knew, if its identity `id` and its bytes'
@@ -237,13 +230,4 @@ fn encode(records: &Records, index: &Index) -> (bytes::Bytes, u64, Vec<(PathBuf,
     });
     let files = w.files();
     (w.finish(), files, carried)
-}
-
-fn from_ns(n: i128) -> std::time::SystemTime {
-    let epoch = std::time::UNIX_EPOCH;
-    if n >= 0 {
-        epoch + Duration::from_nanos(n as u64)
-    } else {
-        epoch - Duration::from_nanos(n.unsigned_abs() as u64)
-    }
 }
