@@ -263,29 +263,24 @@ fn oneshot_result(res: Result<(), oneshot::OneshotError>) -> anyhow::Result<()> 
     })
 }
 
-/// Parses `1234`, `500KB`, `20MiB`, `1.5GiB`, `2T` (decimal KB/MB/GB/TB, binary KiB/MiB/...).
+/// Parses `1234`, `500KB`, `20MiB`, `1.5GiB`, `2T`: decimal kB/MB/GB/TB, binary KiB/MiB/...,
+/// any case, the `B` optional.
 fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{} is not a size (e.g. 500MiB, 20GB)", esc(s)))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "m" | "mb" => 1e6,
-        "g" | "gb" => 1e9,
-        "t" | "tb" => 1e12,
-        "ki" | "kib" => 1024.0,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "ti" | "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown size unit {} in {}", esc(other), esc(s))),
+    let text = s.trim();
+    // parse-size wants a digit before the point; `.5GiB` has always been accepted here.
+    let text = match text.strip_prefix('.') {
+        Some(fraction) => format!("0.{fraction}"),
+        None => text.to_string(),
     };
-    Ok((n * mult) as u64)
+    match parse_size::parse_size(&text) {
+        Ok(bytes) => Ok(bytes),
+        // Beyond 16 EiB a bound bounds nothing; it has always been taken as the largest one.
+        Err(parse_size::Error::PosOverflow) => Ok(u64::MAX),
+        Err(_) => Err(format!(
+            "{} is not a size: a number with an optional unit, e.g. 500MiB, 20GB or 1.5T",
+            esc(s)
+        )),
+    }
 }
 
 /// A lease period: whole seconds, at least one (the lease records it in seconds).
@@ -418,6 +413,42 @@ fn main() -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_in_every_unit_and_case() {
+        for (text, want) in [
+            ("1234", 1234),
+            ("0", 0),
+            (" 20GiB ", 20 << 30),
+            ("500MB", 500_000_000),
+            ("500mb", 500_000_000),
+            ("500 MiB", 500 << 20),
+            ("1.5GiB", 3 << 29),
+            (".5k", 500),
+            ("2T", 2_000_000_000_000),
+            ("2ti", 2 << 40),
+            ("1kb", 1000),
+            ("1KiB", 1024),
+            ("7b", 7),
+            ("99999999999999999999TB", u64::MAX),
+        ] {
+            assert_eq!(parse_size(text), Ok(want), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_input() {
+        for bad in ["", "MB", "20XB", "-5GB", "1.2.3G", "twenty"] {
+            let e = parse_size(bad).unwrap_err();
+            assert!(e.contains("is not a size"), "{bad:?}: {e}");
+            assert!(e.contains(bad), "{bad:?}: {e}");
         }
     }
 }

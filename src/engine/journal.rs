@@ -36,7 +36,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
@@ -81,6 +81,19 @@ pub enum Intent {
         a_ino: u64,
         b_ino: u64,
     },
+}
+
+/// Where the objects of bucket-only files below `a` wait while an exchange of `a` and `b` is
+/// carried out (journal sequence number `seq`), `rel` below `a`: a directory at the top of the
+/// bucket, named for etlfs (`.etlfs` itself is reserved). The index of a start during the
+/// exchange lists it, and the replay moves it to `b` as the mirror will.
+pub fn exchange_stage(seq: u64, rel: &Path) -> PathBuf {
+    let stage = PathBuf::from(format!(".etlfs-exchange-{seq}"));
+    if rel.as_os_str().is_empty() {
+        stage
+    } else {
+        stage.join(rel)
+    }
 }
 
 /// What a rename moved, as the overlay saw it when it journaled the rename. It tells the

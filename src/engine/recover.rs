@@ -97,7 +97,7 @@ pub fn apply_intents(index: &Index, intents: &[Pending], local: &LocalDir) {
             Intent::Exchange { a, b, .. } => {
                 // The moves the mirror makes (see `mirror/`), from the one under way on: the
                 // listing shows those before it done.
-                let stage = crate::engine::mirror::exchange_stage(pending.seq, Path::new(""));
+                let stage = crate::engine::journal::exchange_stage(pending.seq, Path::new(""));
                 let moves = [(a.as_path(), stage.as_path()), (b, a), (&stage, b)];
                 let done = usize::from(pending.step.saturating_sub(1));
                 for (from, to) in &moves[done.min(moves.len())..] {

@@ -1,7 +1,7 @@
 //! The `-o` mount options of `etlfs mount`: the comma-separated words `mount(8)` and fstab
 //! pass, parsed into [`MountOptions`], what this mount then does. Mapping them onto the
-//! kernel's mount flags is `run`'s business; honouring them in the served files is the
-//! overlay's.
+//! kernel's mount flags is the mount command's business ([`crate::cli::mount`]); honouring
+//! them in the served files is the overlay's ([`crate::fs::overlay::Policy`]).
 //!
 //! Three kinds of word:
 //! - kept: `ro`/`rw`, `suid`/`nosuid`, `dev`/`nodev`, `exec`/`noexec`, `sync`/`async`,

@@ -68,10 +68,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use etlfs::core::{Core, CoreOptions};
+use etlfs::engine::events::Intent;
 use etlfs::engine::fetch::Fetcher;
 use etlfs::engine::index::Index;
 use etlfs::engine::journal::{Journal, Source};
-use etlfs::engine::mirror::{Intent, Mirror, MirrorOptions, Stats};
+use etlfs::engine::mirror::{Mirror, MirrorOptions, Stats};
 use etlfs::fs::overlay::{FileKind, Overlay, ROOT, SetAttr};
 use etlfs::os::local::Creds;
 use etlfs::os::state::StateDir;

@@ -85,7 +85,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::engine::events::{ChangeSink, Intent, NullSink};
+use crate::engine::events::{ChangeSink, Intent};
 use crate::engine::journal::Journal;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
@@ -93,19 +93,6 @@ use crate::store::bucket::Bucket;
 pub use records::ObjectVersion;
 pub use records::{Identity, Record, Records};
 pub use worker::SyncError;
-
-/// Where the objects of bucket-only files below `a` wait while an exchange of `a` and `b` is
-/// carried out (journal sequence number `seq`), `rel` below `a`: a directory at the top of the
-/// bucket, named for etlfs (`.etlfs` itself is reserved). The index of a start during the
-/// exchange lists it, and the replay moves it to `b` as the mirror will.
-pub fn exchange_stage(seq: u64, rel: &Path) -> PathBuf {
-    let stage = PathBuf::from(format!(".etlfs-exchange-{seq}"));
-    if rel.as_os_str().is_empty() {
-        stage
-    } else {
-        stage.join(rel)
-    }
-}
 
 /// Settings of the mirror.
 #[derive(Debug, Clone, Copy)]

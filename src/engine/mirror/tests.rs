@@ -654,7 +654,7 @@ fn an_exchange_interrupted_anywhere_is_finished_by_the_next_start() {
             .unwrap();
         // What the mirror had done in the bucket: the moves before `step`, and maybe the
         // copy of the one under way.
-        let stage = super::exchange_stage(seq, Path::new(""));
+        let stage = crate::engine::journal::exchange_stage(seq, Path::new(""));
         let s = |rel: &str| stage.join(rel).to_str().unwrap().to_owned();
         let moves: [Vec<(String, String)>; 3] = [
             vec![("a/x".into(), s("x")), ("a/only".into(), s("only"))],

@@ -926,7 +926,7 @@ fn touch_below(shared: &Shared, dir: &Path, paths: &mut Vec<PathBuf>) -> Result<
 /// bucket holds there and is no longer local is deleted; the objects of bucket-only files
 /// below them swap sides. A swap cannot be done in place (and a replay from a listing taken
 /// half way could not tell which side an object belongs to), so it is three moves, each like
-/// a directory rename: `a`'s bucket-only objects to a stage ([`super::exchange_stage`]),
+/// a directory rename: `a`'s bucket-only objects to a stage ([`crate::engine::journal::exchange_stage`]),
 /// `b`'s to `a`, the stage's to `b`. The journal records which move is under way
 /// ([`crate::engine::journal::Journal::advance`], durably, before it starts): a retry, or the replay
 /// after a crash (`cli/mount.rs` gives the index the same moves), goes on with that move; each move
@@ -937,7 +937,7 @@ async fn exchange(
     (a, a_dir): (&Path, bool),
     (b, b_dir): (&Path, bool),
 ) -> Result<Outcome, SyncError> {
-    let stage = super::exchange_stage(seq, Path::new(""));
+    let stage = crate::engine::journal::exchange_stage(seq, Path::new(""));
     let moves = [(a, stage.as_path()), (b, a), (stage.as_path(), b)];
     let resumed = shared.journal.step(seq);
     for step in resumed.max(1)..=3u8 {

@@ -19,7 +19,7 @@ pub struct FileHandle {
     pub ino: Ino,
     pub file: Arc<File>,
     pub writable: bool,
-    /// Opened by `execve` (see [`super::is_exec`]).
+    /// Opened by `execve` (see `files::is_exec`).
     pub exec: bool,
 }
 

@@ -9,7 +9,8 @@
 //!   `readdir`'s `d_ino` and `stat`'s `st_ino` agree without a lookup. This cannot collide:
 //!   while we hold a node's `O_PATH` descriptor, the underlying inode cannot be freed, so its
 //!   number cannot be reused by another file. Files on other devices (a bind mount inside the
-//!   directory) get synthetic ids above [`SYNTHETIC_BASE`]; so will bucket-only files later.
+//!   directory) get synthetic ids above [`SYNTHETIC_BASE`], and so do bucket-only files (derived
+//!   from their path, see [`InodeTable::insert_remote`]).
 //! - `parent` and `name` are the node's last known place in the tree (kept up to date on
 //!   rename and unlink): its *primary* name, the one last looked up, which parking reopens.
 //!   A file with several hard links also keeps, in `links`, every other name of it that the
@@ -17,9 +18,9 @@
 //!   an object of its own, so the mirror is told about all of them. Unlinking one name leaves
 //!   the others: the primary name passes to another known one. Names the kernel never used
 //!   (links made before the mount) are not here; the mirror finds those itself.
-//! - Descriptors are bounded: past [`InodeTable::new`]'s budget, the oldest idle files (not
-//!   directories, not open, still named) are *parked*: their descriptor is closed and opened
-//!   again by name when next needed, checked to be the same inode. A `find` over 100,000 files
+//! - Descriptors are bounded: past the budget ([`InodeTable::set_fd_budget`]), the oldest
+//!   idle files (not directories, not open, still named) are *parked*: their descriptor is
+//!   closed and opened again by name when next needed, checked to be the same inode. A `find` over 100,000 files
 //!   then works under a 20,000-descriptor limit. A parked inode is not pinned, so before a
 //!   name of it is removed the overlay opens it again (see `Overlay::child_id`): an inode
 //!   whose number the kernel still knows is never freed for another file to reuse.
@@ -39,17 +40,6 @@ pub const ROOT: Ino = 1;
 /// Ids at and above this value are handed out by us rather than taken from `st_ino`.
 pub const SYNTHETIC_BASE: Ino = 1 << 62;
 
-/// Where a file's bytes are, and whether the bucket has them (see the overlay module docs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Residency {
-    /// Only in the bucket; opening it fetches it.
-    Remote,
-    /// Present locally and, as far as we know, unchanged since the bucket last saw it.
-    Local,
-    /// Opened for writing, written or truncated since the bucket last saw it.
-    Dirty,
-}
-
 /// What the kernel knows as one inode.
 #[derive(Debug)]
 pub struct Node {
@@ -66,7 +56,6 @@ pub struct Node {
     /// nearly every node (no allocation then).
     pub links: Vec<(Ino, OsString)>,
     pub lookups: u64,
-    pub residency: Residency,
     /// Open handles with write access; the file is "closed" for the mirror when this drops
     /// back to zero.
     pub writers: u32,
@@ -156,7 +145,6 @@ impl InodeTable {
                 name: OsString::new(),
                 links: Vec::new(),
                 lookups: 1,
-                residency: Residency::Local,
                 writers: 0,
                 openers: 0,
                 executors: 0,
@@ -237,7 +225,6 @@ impl InodeTable {
                         name: name.to_owned(),
                         links: Vec::new(),
                         lookups: 1,
-                        residency: Residency::Local,
                         writers: 0,
                         openers: 0,
                         executors: 0,
@@ -358,7 +345,6 @@ impl InodeTable {
                 name: name.to_owned(),
                 links: Vec::new(),
                 lookups: 1,
-                residency: Residency::Remote,
                 writers: 0,
                 openers: 0,
                 executors: 0,
@@ -391,7 +377,6 @@ impl InodeTable {
         let fd = Arc::new(fd);
         node.fd = Some(Arc::clone(&fd));
         node.parked = false;
-        node.residency = Residency::Local;
         t.foreign.insert((st.dev, st.ino), id);
         self.gained_fd(&mut t, id);
         Some(fd)
@@ -412,7 +397,6 @@ impl InodeTable {
             Some(n) => {
                 let had_fd = n.fd.take().is_some();
                 n.parked = false;
-                n.residency = Residency::Remote;
                 if had_fd {
                     t.open_fds -= 1;
                 }
@@ -430,7 +414,6 @@ impl InodeTable {
         if let Some(n) = t.nodes.get_mut(&id) {
             let had_fd = n.fd.take().is_some();
             n.parked = false;
-            n.residency = Residency::Remote;
             if had_fd {
                 t.open_fds -= 1;
             }

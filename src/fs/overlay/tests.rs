@@ -6,6 +6,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::*;
+use crate::engine::events::Intent;
 
 const ME: Creds = Creds { uid: 0, gid: 0 };
 
@@ -16,7 +17,7 @@ fn overlay() -> (tempfile::TempDir, Overlay) {
     let ov = Overlay::new(
         local,
         Some(Path::new(".etlfs")),
-        Arc::new(crate::engine::mirror::NullSink),
+        Arc::new(crate::engine::events::NullSink),
     )
     .unwrap();
     (tmp, ov)
@@ -26,30 +27,67 @@ fn name(s: &str) -> &OsStr {
     OsStr::new(s)
 }
 
+/// Records what the mirror hears of writers: `+` for a writer opened, the names given at a
+/// writer's release (none unless it was the last).
+#[derive(Debug, Default)]
+struct Writers(std::sync::Mutex<Vec<String>>);
+
+impl Writers {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+impl ChangeSink for Writers {
+    fn opening_started(&self, _: &Path) {}
+    fn opening_done(&self, _: &Path) {}
+    fn writer_opened(&self, _: u64) {
+        self.0.lock().unwrap().push("+".into());
+    }
+    fn writer_closed(&self, _: u64, paths: &[PathBuf]) {
+        let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+        self.0.lock().unwrap().push(format!("-{}", names.join(",")));
+    }
+    fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
+    fn intent(&self, _: Intent) -> std::io::Result<u64> {
+        Ok(0)
+    }
+    fn finish(&self, _: u64, _: bool) {}
+    fn fetched(&self, _: &Path, _: &Stat, _: &str) {}
+    fn in_bucket(&self, _: &Path, _: &Stat) -> Option<String> {
+        None
+    }
+}
+
 #[test]
-fn create_write_release_round_trip_and_residency() {
-    let (tmp, ov) = overlay();
+fn create_write_release_round_trip_and_writers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let writers = Arc::new(Writers::default());
+    let ov = Overlay::new(LocalDir::open(tmp.path()).unwrap(), None, writers.clone()).unwrap();
+    // A created file is a writer for the mirror until released, whatever its access mode.
     let (entry, opened) = ov.create(ROOT, name("f"), 0o600, libc::O_RDWR, ME).unwrap();
-    assert_eq!(ov.residency(entry.ino), Some(Residency::Dirty));
+    assert_eq!(writers.take(), ["+"]);
     assert_eq!(ov.write(opened.fh, 0, b"hello").unwrap(), 5);
     assert_eq!(ov.read(opened.fh, 1, 100).unwrap(), b"ello");
     ov.release(opened.fh).unwrap();
-    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    assert_eq!(
+        writers.take(),
+        ["-f"],
+        "the last writer's release names the file"
+    );
     assert_eq!(fs::read(tmp.path().join("f")).unwrap(), b"hello");
-    // Reading does not make a file dirty; writing does, until the last writer goes.
+    // Reading registers no writer; writing does, and the file is due only when the last
+    // writer goes.
     let r = ov.open(entry.ino, libc::O_RDONLY).unwrap();
-    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    assert_eq!(writers.take(), Vec::<String>::new());
     let w1 = ov.open(entry.ino, libc::O_WRONLY).unwrap();
     let w2 = ov.open(entry.ino, libc::O_RDWR).unwrap();
+    assert_eq!(writers.take(), ["+", "+"]);
     ov.release(w1.fh).unwrap();
-    assert_eq!(
-        ov.residency(entry.ino),
-        Some(Residency::Dirty),
-        "one writer still open"
-    );
+    assert_eq!(writers.take(), ["-"], "one writer still open");
     ov.release(w2.fh).unwrap();
     ov.release(r.fh).unwrap();
-    assert_eq!(ov.residency(entry.ino), Some(Residency::Local));
+    assert_eq!(writers.take(), ["-f"]);
     assert_eq!(ov.open_handles(), 0);
 }
 
