@@ -10,6 +10,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::engine::events::ChangeSink;
 use crate::engine::fetch::Fetcher;
@@ -47,8 +48,9 @@ pub struct Core {
     pub mirror: Arc<Mirror>,
     pub fetcher: Arc<Fetcher>,
     pub overlay: Arc<Overlay>,
-    /// Bytes of the local regular files when the core was opened.
-    pub local_bytes: u64,
+    /// Bytes of the local regular files: kept by the overlay with `--max-local-bytes`, else
+    /// as counted when the core was opened (for whoever counts them from then on).
+    pub local_bytes: Arc<AtomicU64>,
 }
 
 /// Why the core could not be opened.
@@ -99,7 +101,9 @@ impl Core {
             only_bucket_dirs,
         } = prepare_local_tree(&overlay_local, &index, hidden);
         index.shrink();
-        let local_bytes = local_files.iter().map(|(_, size)| size).sum();
+        let local_bytes = Arc::new(AtomicU64::new(
+            local_files.iter().map(|(_, size)| size).sum(),
+        ));
 
         let mirror = Mirror::start(
             bucket.clone(),
@@ -143,7 +147,7 @@ impl Core {
             overlay = overlay.with_fd_budget(budget);
         }
         if let Some(max) = options.max_local_bytes {
-            overlay = overlay.with_cache(max, local_files);
+            overlay = overlay.with_cache(max, local_files, Arc::clone(&local_bytes));
         }
         Ok(Core {
             index,

@@ -3,6 +3,7 @@
 //! client of a mount's status server) — and what they share: the checks of their inputs, the
 //! bucket they name, and the errors that make exit code 2.
 
+pub mod args;
 pub mod mount;
 pub mod oneshot;
 pub mod status;

@@ -23,6 +23,7 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
+use crate::cli::args::MountArgs;
 use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::core::{Core, CoreOptions};
 use crate::engine::fetch::Fetcher;
@@ -37,59 +38,6 @@ use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
 use crate::os::sys;
 use crate::store::bucket::Bucket;
-
-/// Everything `etlfs mount` needs.
-#[derive(Debug, Clone)]
-pub struct MountArgs {
-    pub mountpoint: PathBuf,
-    pub local: Option<PathBuf>,
-    pub state_dir: Option<PathBuf>,
-    pub passthrough: bool,
-    pub threads: usize,
-    /// Serve extended attributes of the local files (not mirrored).
-    pub xattrs: bool,
-    /// object-store.yaml; `None` uses the embedded FILESYSTEM default.
-    pub config: Option<PathBuf>,
-    /// Joined after the file's own top-level `prefix`.
-    pub prefix: Option<String>,
-    pub upload_delay: std::time::Duration,
-    /// A changed file is uploaded within this long however often it changes.
-    pub upload_max_delay: std::time::Duration,
-    pub upload_concurrency: usize,
-    pub drain_timeout: std::time::Duration,
-    /// Download every bucket-only file in the background after mounting (when there are any).
-    pub prefetch: bool,
-    /// Downloads at once.
-    pub fetch_concurrency: usize,
-    /// How long a request waiting for a download waits for a bucket that delivers nothing;
-    /// `None`: as long as it takes.
-    pub fetch_timeout: Option<std::time::Duration>,
-    /// Bound on local file bytes; least recently used clean files are evicted to the bucket.
-    pub max_local_bytes: Option<u64>,
-    /// Address of the status server (`/metrics`, `/status`, `/healthz`, `/readyz`).
-    pub listen: String,
-    /// How long bucket operations must keep failing before `/status` says `degraded`.
-    pub degraded_after: std::time::Duration,
-    /// The lease that makes this mount the one writer of its prefix (`None`: `--no-lease`).
-    pub lease: Option<LeaseArgs>,
-    /// The `-o` arguments, as given (each may hold several comma-separated options).
-    pub options: Vec<String>,
-    /// How versions that uploads and deletes would destroy are kept (`bucket/history.rs`).
-    pub history: crate::store::bucket::history::Settings,
-    /// Serve the directory as the bucket held it then, read-only, writing nothing to the
-    /// bucket (`crate::engine::as_of`); the served directory must be empty.
-    pub as_of: Option<std::time::SystemTime>,
-}
-
-/// How a writer takes and keeps the lease (see [`crate::engine::lease`]).
-#[derive(Debug, Clone)]
-pub struct LeaseArgs {
-    /// Take the lease even from a live holder (which then stops writing) or an unreadable
-    /// lease object.
-    pub takeover: bool,
-    /// How often the lease is renewed; it expires after three periods without a renewal.
-    pub period: std::time::Duration,
-}
 
 fn check_fuse_device() -> Result<(), UsageError> {
     let dev = Path::new("/dev/fuse");
@@ -201,9 +149,10 @@ enum Event {
 /// [`UsageError`] inside for invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     sys::tune_allocator();
+    let as_of = args.as_of();
     let mut options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
     // A point in time is served read-only.
-    options.read_only |= args.as_of.is_some();
+    options.read_only |= as_of.is_some();
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.
@@ -229,10 +178,10 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     );
 
     let bucket = open_bucket(args.config.as_deref(), args.prefix.as_deref(), &plan.local)?
-        .with_history(args.history);
+        .with_history(args.history());
     let requests = Arc::clone(bucket.requests());
     let bucket_fence = Arc::clone(bucket.fence());
-    if args.as_of.is_some() {
+    if as_of.is_some() {
         as_of_checks(&plan.local, &bucket)?;
     }
 
@@ -303,7 +252,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // bucket to serve: if the bucket does not answer at once, it mounts anyway, and lists the
     // bucket (and takes the lease) in the background. See `local_is_complete`. (A bucket
     // that answers is listed before the mount, as at any start.)
-    let eligible = args.as_of.is_none()
+    let eligible = as_of.is_none()
         && args.max_local_bytes.is_none()
         && local_is_complete(&state, &local, plan.hidden.as_deref());
     let mut offline = false;
@@ -315,9 +264,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     // One writer per prefix: the lease first, so that a second mount is refused before it
     // shows anything or writes anything.
-    let lease = match &args.lease {
+    let lease = match &args.lease() {
         // It writes nothing: no lease to take (whose renewal would lift the fence).
-        _ if args.as_of.is_some() => None,
+        _ if as_of.is_some() => None,
         None => {
             warn!("--no-lease: nothing stops a second etlfs from writing this prefix too");
             None
@@ -377,7 +326,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             }
         }
     };
-    if eligible && args.lease.is_none() {
+    if eligible && args.lease().is_none() {
         // No lease to try: one small read tells whether the bucket answers.
         let probe = async {
             tokio::time::timeout(
@@ -394,7 +343,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         *lease_slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((lease, keeper));
     }
     // After the lease: garbage collection deletes, so it is a writer too (and fenced like one).
-    if args.as_of.is_none() {
+    if as_of.is_none() {
         rt.spawn(crate::store::bucket::history::gc_loop(bucket.clone()));
     }
     status.watch_history(Arc::clone(bucket.history_stats()));
@@ -402,7 +351,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
     // the listing, retrying, until it loads or we are told to stop.
-    let loaded = match args.as_of {
+    let loaded = match as_of {
         Some(t) => Some(
             rt.block_on(crate::engine::as_of::index_at(&bucket, t))
                 .context("reading the point in time")?,
@@ -457,13 +406,12 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         },
         rt.handle(),
     )?;
-    let walked_local_bytes = Arc::new(std::sync::atomic::AtomicU64::new(local_bytes));
     if args.max_local_bytes.is_none() {
         // With --max-local-bytes the overlay keeps a live count; otherwise a periodic walk.
         rt.spawn(count_local_bytes(
             walk_local,
             plan.hidden.clone(),
-            Arc::clone(&walked_local_bytes),
+            Arc::clone(&local_bytes),
         ));
     }
     if !offline {
@@ -475,7 +423,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     }
     // A new node, or a lost volume: copy everything back in the background. Not for a point
     // in time, which is for looking at, not for running on.
-    if args.prefetch && args.as_of.is_none() && !index.is_empty() {
+    if args.prefetch() && as_of.is_none() && !index.is_empty() {
         rt.spawn(Arc::clone(&fetcher).prefetch());
     }
     if offline {
@@ -488,24 +436,24 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             local: late_local,
             hidden: plan.hidden.clone(),
             status: Arc::clone(&status),
-            prefetch: args.prefetch,
+            prefetch: args.prefetch(),
         }));
     }
     let fs = EtlFs::new(
         Arc::clone(&overlay),
         FuseOptions {
-            passthrough: args.passthrough,
+            passthrough: args.passthrough(),
             xattrs: args.xattrs,
-            fetch_timeout: args.fetch_timeout,
+            fetch_timeout: args.fetch_timeout(),
         },
     );
     status.attach(crate::ops::status::Sources {
         mirror: Arc::clone(&mirror),
         fetcher: Arc::clone(&fetcher),
         index: Arc::clone(&index),
-        overlay: Arc::clone(&overlay),
+        evictions: overlay.evictions(),
         passthrough: fs.passthrough_flag(),
-        walked_local_bytes,
+        local_bytes,
         requests,
         parked: fs.parked_counter(),
     });
@@ -569,7 +517,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Nothing can be uploaded once the lease is lost (another node writes the prefix), or
     // while writes are fenced for another reason (an offline start that never got the lease);
     // a point in time uploads nothing at all.
-    let may_upload = args.as_of.is_none()
+    let may_upload = as_of.is_none()
         && !lease.as_ref().is_some_and(|(l, _)| l.lost())
         && bucket_fence.reason().is_none();
     let deadline = std::time::Instant::now() + args.drain_timeout;
@@ -613,7 +561,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // Upload what is still pending within what is left of the deadline. What is left after it
     // stays in the journal and is found by the reconcile at the next start.
     let pending = crate::engine::mirror::Stats::get(&mirror.stats().pending);
-    if args.as_of.is_some() {
+    if as_of.is_some() {
         // The files fetched from a point in time look new to the mirror; none may be uploaded.
         info!("a point-in-time mount uploads nothing");
     } else if !may_upload || lease.as_ref().is_some_and(|(l, _)| l.lost()) {
@@ -646,7 +594,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // The next start may mount at once if every file of the bucket is local now.
     // (Never for a point in time, whose directory must not be mounted normally, nor with
     // --max-local-bytes, which makes files bucket-only by design.)
-    if args.as_of.is_none() && args.max_local_bytes.is_none() {
+    if as_of.is_none() && args.max_local_bytes.is_none() {
         record_completeness(
             &state,
             &late_local_stop,

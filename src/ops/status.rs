@@ -52,7 +52,6 @@ use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
 use crate::engine::mirror::Mirror;
 use crate::escape::esc;
-use crate::fs::overlay::Overlay;
 use crate::store::bucket::Fence;
 
 /// Default address of the status server (and of `etlfs status`).
@@ -108,11 +107,13 @@ pub struct Sources {
     pub mirror: Arc<Mirror>,
     pub fetcher: Arc<Fetcher>,
     pub index: Arc<Index>,
-    pub overlay: Arc<Overlay>,
+    /// Files evicted to the bucket ([`crate::fs::overlay::Overlay::evictions`]).
+    pub evictions: Arc<AtomicU64>,
     /// Whether FUSE passthrough is on ([`crate::fs::fuse::EtlFs::passthrough_flag`]).
     pub passthrough: Arc<AtomicBool>,
-    /// Local file bytes as last counted by a walk, when the overlay does not keep count.
-    pub walked_local_bytes: Arc<AtomicU64>,
+    /// Local file bytes: kept by the overlay with `--max-local-bytes`, else by a periodic walk
+    /// ([`crate::core::Core::local_bytes`]).
+    pub local_bytes: Arc<AtomicU64>,
     /// The requests sent to the bucket ([`crate::store::bucket::Bucket::requests`]).
     pub requests: Arc<crate::store::bucket::requests::RequestCounts>,
     /// Requests waiting for a download ([`crate::fs::fuse::EtlFs::parked_counter`]).
@@ -305,11 +306,8 @@ impl Status {
         f.fetch_latency = Some(&fe.latency);
         f.restore = Some(s.fetcher.progress());
         f.waiting_requests = get(&s.parked);
-        f.evictions = s.overlay.evictions();
-        f.local_bytes = s
-            .overlay
-            .cached_bytes()
-            .unwrap_or_else(|| get(&s.walked_local_bytes));
+        f.evictions = get(&s.evictions);
+        f.local_bytes = get(&s.local_bytes);
         f.bucket_only_files = s.index.len() as u64;
         f.index_heads = s.index.report().heads;
         f.refused_keys = s.index.refused();

@@ -8,7 +8,8 @@
 //! local usage can exceed it while uploads are pending.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use lru::LruCache;
 
@@ -19,6 +20,8 @@ use crate::engine::index::moved_path;
 pub struct LocalCache {
     max: u64,
     inner: Mutex<Inner>,
+    /// The total, where `/metrics` reads it (updated with every change).
+    published: Arc<AtomicU64>,
 }
 
 #[derive(Debug)]
@@ -28,7 +31,7 @@ struct Inner {
 }
 
 impl LocalCache {
-    pub fn new(max: u64, existing: Vec<(PathBuf, u64)>) -> LocalCache {
+    pub fn new(max: u64, existing: Vec<(PathBuf, u64)>, published: Arc<AtomicU64>) -> LocalCache {
         let mut inner = Inner {
             lru: LruCache::unbounded(),
             total: 0,
@@ -37,9 +40,11 @@ impl LocalCache {
             inner.total += size;
             inner.lru.put(p, size);
         }
+        published.store(inner.total, Ordering::Relaxed);
         LocalCache {
             max,
             inner: Mutex::new(inner),
+            published,
         }
     }
 
@@ -47,11 +52,16 @@ impl LocalCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn publish(&self, inner: &Inner) {
+        self.published.store(inner.total, Ordering::Relaxed);
+    }
+
     /// `path` was used and is `size` bytes now.
     pub fn touch(&self, path: &Path, size: u64) {
         let mut inner = self.lock();
         let old = inner.lru.put(path.to_path_buf(), size).unwrap_or(0);
         inner.total = inner.total.saturating_sub(old) + size;
+        self.publish(&inner);
     }
 
     /// `path` was placed by a background download (prefetch, readahead): counted, but the
@@ -61,6 +71,7 @@ impl LocalCache {
         let old = inner.lru.put(path.to_path_buf(), size).unwrap_or(0);
         inner.lru.demote(path);
         inner.total = inner.total.saturating_sub(old) + size;
+        self.publish(&inner);
     }
 
     /// Whether `bytes` more stay within the bound.
@@ -72,6 +83,7 @@ impl LocalCache {
         let mut inner = self.lock();
         if let Some(size) = inner.lru.pop(path) {
             inner.total = inner.total.saturating_sub(size);
+            self.publish(&inner);
         }
     }
 
@@ -126,7 +138,11 @@ mod tests {
 
     #[test]
     fn tracks_sizes_in_lru_order() {
-        let c = LocalCache::new(100, vec![("a".into(), 40), ("b".into(), 30)]);
+        let c = LocalCache::new(
+            100,
+            vec![("a".into(), 40), ("b".into(), 30)],
+            Default::default(),
+        );
         assert_eq!(c.total(), 70);
         c.touch(Path::new("c"), 50);
         assert!(c.over_limit());

@@ -218,7 +218,7 @@ pub struct Overlay {
     /// of it is under way.
     evict_lock: RwLock<()>,
     /// Files evicted to the bucket since start (for `/metrics`).
-    evictions: AtomicU64,
+    evictions: Arc<AtomicU64>,
     /// What the mount options ask of the served files.
     policy: Policy,
     /// Whether the kernel refused a private noatime mount for a backing file (said once).
@@ -324,9 +324,14 @@ impl Overlay {
     }
 
     /// Bounds the local disk to `max` bytes of files (needs a remote). `existing` are the local
-    /// files at start with their sizes.
-    pub fn with_cache(mut self, max: u64, existing: Vec<(PathBuf, u64)>) -> Overlay {
-        let cache = Arc::new(LocalCache::new(max, existing));
+    /// files at start with their sizes; their total is kept in `local_bytes` as it changes.
+    pub fn with_cache(
+        mut self,
+        max: u64,
+        existing: Vec<(PathBuf, u64)>,
+        local_bytes: Arc<AtomicU64>,
+    ) -> Overlay {
+        let cache = Arc::new(LocalCache::new(max, existing, local_bytes));
         if let Some(r) = &self.remote {
             r.fetcher.set_budget(Arc::clone(&cache) as _);
         }
@@ -399,14 +404,10 @@ impl Overlay {
         self.inodes.path(ino)
     }
 
-    /// Files evicted to the bucket since start (`--max-local-bytes`).
-    pub fn evictions(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
-    }
-
-    /// Bytes of local files, when `--max-local-bytes` keeps count of them; `None` otherwise.
-    pub fn cached_bytes(&self) -> Option<u64> {
-        self.cache.as_deref().map(LocalCache::total)
+    /// Files evicted to the bucket since start (`--max-local-bytes`), as a counter the status
+    /// server reads without holding the overlay.
+    pub fn evictions(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.evictions)
     }
 
     /// Open file and directory handles (for shutdown logs and tests).
