@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The long randomized run of the reference model (tests/model.rs, the ignored test `model`),
-# over many generator seeds: the nightly counterpart of `model_fixed_seeds`, which CI runs on
-# a few fixed seeds. Run it as root (the model runs the overlay on real directories; no FUSE
-# mount and no object-storage server is needed):
+# The long randomized run of the reference model (tests/it/model.rs, the ignored test
+# `model::model`), over many generator seeds: the nightly counterpart of `model_fixed_seeds`,
+# which CI runs on a few fixed seeds. Run it as root (the model runs the overlay on real
+# directories; no FUSE mount and no object-storage server is needed):
 #
 #     scripts/model-nightly.sh              # 20 seeds, from one derived from today's date
 #     scripts/model-nightly.sh 50           # 50 seeds
@@ -13,8 +13,9 @@
 # prints the minimal case proptest shrank it to (and the case it started from when shrinking
 # does not reproduce it: the steps race real threads, so a seed is not a fixed path on a
 # loaded machine). Replay one with
-#     MODEL_SEED=N cargo nextest run --test model --run-ignored only -E 'test(=model)' --no-capture
-# and pin what it finds as a plain #[test] at the end of tests/model.rs. Other variables of
+#     MODEL_SEED=N cargo nextest run --test it --run-ignored only -E 'test(=model::model)' \
+#         --no-capture
+# and pin what it finds as a plain #[test] at the end of tests/it/model.rs. Other variables of
 # the model (RUST_LOG=etlfs=debug, MODEL_TRACE=1) pass through; cargo's CARGO_TARGET_DIR too.
 #
 # Exits 0 only if every seed passed; the last lines list the seeds that failed, with their logs
@@ -38,12 +39,12 @@ mkdir -p "$logs"
 
 echo "==> model: seeds $first to $((first + count - 1)), ${PROPTEST_CASES:-48} cases each; logs in $logs" >&2
 # Build once, outside the timed runs.
-cargo nextest run --test model --no-run
+cargo nextest run --test it --no-run
 
 failed=()
 for ((seed = first; seed < first + count; seed++)); do
     log=$logs/seed-$seed.log
-    if MODEL_SEED=$seed cargo nextest run --test model --run-ignored only -E 'test(=model)' \
+    if MODEL_SEED=$seed cargo nextest run --test it --run-ignored only -E 'test(=model::model)' \
         --no-capture >"$log" 2>&1; then
         grep -m1 '^model (' "$log" >&2 || echo "seed $seed: passed" >&2
     else

@@ -11,7 +11,7 @@
 #     servers_start               # starts all servers, waits for them, exports ETLFS_TEST_*
 #     cargo test ...
 #
-# servers_start exports, for the tests (tests/common/servers.rs reads them):
+# servers_start exports, for the tests (tests/it/common/servers.rs reads them):
 #     ETLFS_TEST_S3_ENDPOINT         http://127.0.0.1:PORT (path-style; any access key works)
 #     ETLFS_TEST_AZURE_ENDPOINT      http://127.0.0.1:PORT/devstoreaccount1
 #     ETLFS_TEST_AZURE_ACCOUNT       devstoreaccount1
@@ -48,7 +48,7 @@
 # moto quirk: its WSGI server drops request headers whose name contains "_", so stock
 # moto_server silently loses user metadata such as x-amz-meta-etlfs_sha256 (real S3 keeps it).
 # moto runs here through a small launcher (scripts/servers/moto_server.py) that carries those
-# names through; tests/servers.rs checks the metadata round trip on every server.
+# names through; tests/it/servers.rs checks the metadata round trip on every server.
 #
 # Settings (environment): ETLFS_TEST_CACHE (default ~/.cache/etlfs-test), ETLFS_TEST_PYTHON
 # (the python3 used to make the venv), TMPDIR (where the run directory goes),

@@ -10,7 +10,7 @@
 #    lint check does not stop the tests from running, but makes the script fail; the last
 #    thing printed is always the test runner's own summary.
 #
-# Extra arguments go to the test runner, e.g. `bash scripts/test.sh -E 'binary(pjdfstest)'`.
+# Extra arguments go to the test runner, e.g. `bash scripts/test.sh -E 'test(/^pjdfstest::/)'`.
 
 set -euo pipefail
 
@@ -77,7 +77,7 @@ ensure_rust() {
     ensure_cmd umount mount # the test fixture's last-resort `umount -l`
 }
 
-# The third-party POSIX test suite (tests/pjdfstest.rs). Honours a preset $PJDFSTEST;
+# The third-party POSIX test suite (tests/it/pjdfstest.rs). Honours a preset $PJDFSTEST;
 # otherwise installs the pinned version into ~/.cargo/bin unless it is already there.
 ensure_pjdfstest() {
     if [[ -n ${PJDFSTEST:-} ]]; then
@@ -102,7 +102,7 @@ ensure_pjdfstest
 # and fake-gcs-server behind scripts/servers/gcs_adapter.py (GCS). Rules:
 # - listen on 127.0.0.1 only, never on all interfaces;
 # - wait until each server answers before going on;
-# - export the endpoints for the tests (ETLFS_TEST_*; tests/common/servers.rs reads them).
+# - export the endpoints for the tests (ETLFS_TEST_*; tests/it/common/servers.rs reads them).
 # They are stopped when this script exits, however it exits.
 
 # shellcheck source=scripts/servers.sh

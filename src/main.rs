@@ -136,7 +136,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Mount(args) => mount::mount(args),
-        Command::Status { listen } => etlfs::ops::status::run_client(&listen).map_err(Into::into),
+        Command::Status { listen } => etlfs::cli::status::run(&listen).map_err(Into::into),
         Command::Backup {
             ignore_lease,
             history,

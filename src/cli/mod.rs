@@ -1,10 +1,12 @@
-//! The commands: `etlfs mount` (wiring the layers below into a served mount) and the one-shot
-//! commands that compare a directory with its bucket without mounting — and what they share:
-//! the checks of their inputs, the bucket they name, and the errors that make exit code 2.
+//! The commands: `etlfs mount` (wiring the layers below into a served mount), the one-shot
+//! commands that compare a directory with its bucket without mounting, and `etlfs status` (the
+//! client of a mount's status server) — and what they share: the checks of their inputs, the
+//! bucket they name, and the errors that make exit code 2.
 
 pub mod args;
 pub mod mount;
 pub mod oneshot;
+pub mod status;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! Operating etlfs: the HTTP status server of `etlfs mount --listen` and the `etlfs status`
-//! client that reads it.
+//! Operating etlfs: the HTTP status server of `etlfs mount --listen` (its client, `etlfs
+//! status`, is [`crate::cli::status`]).
 //!
 //! The server answers four paths, on the mount's tokio runtime, from the moment the
 //! command line has been checked — before the bucket listing loads, so a probe sees `starting`
@@ -35,8 +35,7 @@
 pub mod metrics;
 pub mod recent;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -58,10 +57,7 @@ use crate::store::bucket::Fence;
 /// Default address of the status server (and of `etlfs status`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9500";
 
-/// How long `etlfs status` waits for the server.
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Errors of the status server and of `etlfs status`.
+/// Errors of the status server.
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
     #[error("--listen {}: cannot listen there: {source}", esc(.addr))]
@@ -72,17 +68,6 @@ pub enum StatusError {
     },
     #[error("--listen {}: not an address (expected HOST:PORT, e.g. {DEFAULT_LISTEN})", esc(.addr))]
     BadAddress { addr: String },
-    #[error("no etlfs status server answers at {}: {source}", esc(.addr))]
-    Unreachable {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
-    // `detail` quotes what the server sent.
-    #[error("{}: unexpected answer: {}", esc(.addr), esc(.detail))]
-    BadReply { addr: String, detail: String },
-    #[error("the mount at {} is {state}", esc(.addr))]
-    NotReady { addr: String, state: State },
 }
 
 /// What a running mount is doing; see the module documentation.
@@ -645,225 +630,6 @@ async fn readyz(AxState(s): AxState<Arc<ServerState>>) -> Response {
     (code, format!("{state}\n")).into_response()
 }
 
-// ---------------------------------------------------------------------------------------------
-// Client: `etlfs status`
-// ---------------------------------------------------------------------------------------------
-
-/// `etlfs status`: prints the mount's status for a human. `Ok` only when it is `ready`, so the
-/// command works as a probe; [`StatusError::NotReady`] for any other state.
-pub fn run_client(addr: &str) -> Result<(), StatusError> {
-    let report = query(addr)?;
-    print!("{}", human(addr, &report));
-    match report.state {
-        State::Ready => Ok(()),
-        state => Err(StatusError::NotReady {
-            addr: addr.to_owned(),
-            state,
-        }),
-    }
-}
-
-/// Reads `/status` from a running mount (plain HTTP/1.1 over std; one request).
-pub fn query(addr: &str) -> Result<Report, StatusError> {
-    let unreachable = |source| StatusError::Unreachable {
-        addr: addr.to_owned(),
-        source,
-    };
-    let bad = |detail: String| StatusError::BadReply {
-        addr: addr.to_owned(),
-        detail,
-    };
-    let sock = addr
-        .to_socket_addrs()
-        .map_err(|_| StatusError::BadAddress {
-            addr: addr.to_owned(),
-        })?
-        .next()
-        .ok_or_else(|| StatusError::BadAddress {
-            addr: addr.to_owned(),
-        })?;
-    let mut conn = TcpStream::connect_timeout(&sock, CLIENT_TIMEOUT).map_err(unreachable)?;
-    conn.set_read_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(unreachable)?;
-    conn.set_write_timeout(Some(CLIENT_TIMEOUT))
-        .map_err(unreachable)?;
-    write!(
-        conn,
-        "GET /status HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: application/json\r\n\r\n"
-    )
-    .map_err(unreachable)?;
-    let mut raw = Vec::new();
-    conn.read_to_end(&mut raw).map_err(unreachable)?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| bad("no HTTP header".into()))?;
-    let status_line = head.lines().next().unwrap_or_default();
-    if status_line.split_whitespace().nth(1) != Some("200") {
-        return Err(bad(status_line.to_owned()));
-    }
-    serde_json::from_str(body).map_err(|e| bad(format!("not an etlfs status document: {e}")))
-}
-
-/// `5 s ago`, `3 min ago`... from an RFC 3339 time.
-fn ago(when: &Option<String>) -> String {
-    let Some(t) = when else {
-        return "never".into();
-    };
-    match humantime::parse_rfc3339_weak(t)
-        .ok()
-        .and_then(|t| SystemTime::now().duration_since(t).ok())
-    {
-        Some(d) => format!("{} ago", short(d)),
-        None => t.clone(),
-    }
-}
-
-fn short(d: Duration) -> String {
-    humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-/// The human rendering of a report.
-pub fn human(addr: &str, r: &Report) -> String {
-    let mut out = String::new();
-    let line = |out: &mut String, s: String| {
-        out.push_str(&s);
-        out.push('\n');
-    };
-    line(
-        &mut out,
-        format!(
-            "etlfs {} at {addr}: {} (mounted on {}, up {})",
-            r.version,
-            r.state.to_string().to_uppercase(),
-            r.mountpoint,
-            short(Duration::from_secs(r.uptime_seconds))
-        ),
-    );
-    let bucket = match &r.bucket.failing_since {
-        Some(_) => format!(
-            "failing since {} (last answer {}; degraded after {} s)",
-            ago(&r.bucket.failing_since),
-            ago(&r.bucket.last_success),
-            r.degraded_after_seconds
-        ),
-        None => format!("ok (last answer {})", ago(&r.bucket.last_success)),
-    };
-    line(&mut out, format!("bucket:   {bucket}"));
-    if let Some(why) = &r.bucket.writes_stopped {
-        line(&mut out, format!("writes:   STOPPED: {why}"));
-    }
-    if r.history.corruption_suspected_since.is_some() {
-        line(
-            &mut out,
-            format!(
-                "history:  POSSIBLE CORRUPTION: many files truncated, shrunk or deleted since {}; every version is kept",
-                ago(&r.history.corruption_suspected_since)
-            ),
-        );
-    }
-    let oldest = r
-        .pending
-        .oldest_age_seconds
-        .map(|s| format!(", oldest {} old", short(Duration::from_secs_f64(s))))
-        .unwrap_or_default();
-    line(
-        &mut out,
-        format!(
-            "pending:  {} changes, {}{oldest}; journal {} intents ({})",
-            r.pending.changes,
-            bytes(r.pending.bytes),
-            r.pending.journal_intents,
-            bytes(r.pending.journal_bytes)
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "uploads:  {} done ({}), {} failed, {} retries, {} skipped paths; last {}",
-            r.uploads.done,
-            bytes(r.uploads.bytes),
-            r.uploads.failed,
-            r.uploads.retries,
-            r.uploads.skipped_paths,
-            ago(&r.uploads.last_success)
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "deletes:  {} done, {} failed",
-            r.deletes.done, r.deletes.failed
-        ),
-    );
-    line(
-        &mut out,
-        format!(
-            "fetches:  {} done ({}), {} failed",
-            r.fetches.done,
-            bytes(r.fetches.bytes),
-            r.fetches.failed
-        ),
-    );
-    if let Some(rs) = &r.restore {
-        line(
-            &mut out,
-            format!(
-                "restore:  {} files ({}) only in the bucket, {}/s{}, prefetch {}; {} requests waiting, {} downloading",
-                rs.files_left,
-                bytes(rs.bytes_left),
-                bytes(rs.bytes_per_second),
-                rs.eta_seconds
-                    .map(|s| format!(
-                        ", about {} left",
-                        humantime::format_duration(Duration::from_secs(s))
-                    ))
-                    .unwrap_or_default(),
-                rs.prefetch,
-                rs.waiting_requests,
-                rs.downloading
-            ),
-        );
-    }
-    line(
-        &mut out,
-        format!(
-            "local:    {} in files, {} files only in the bucket, {} evictions, passthrough {}",
-            bytes(r.local.bytes),
-            r.local.bucket_only_files,
-            r.local.evictions,
-            if r.local.passthrough { "on" } else { "off" }
-        ),
-    );
-    if r.recent_events.is_empty() {
-        line(&mut out, "recent warnings and errors: none".into());
-    } else {
-        line(&mut out, "recent warnings and errors:".into());
-        for e in &r.recent_events {
-            line(
-                &mut out,
-                format!("  {} {:5} {}: {}", e.time, e.level, e.target, e.message),
-            );
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -897,22 +663,5 @@ mod tests {
         s.set_draining();
         s.set_ready();
         assert_eq!(s.state(), State::Draining);
-    }
-
-    #[test]
-    fn the_report_round_trips_and_renders() {
-        let s = Status::new(
-            "/m".into(),
-            Duration::from_secs(30),
-            Arc::default(),
-            Arc::default(),
-        );
-        let r = s.report();
-        let json = serde_json::to_string(&r).unwrap();
-        let back: Report = serde_json::from_str(&json).unwrap();
-        assert_eq!(back.state, State::Starting);
-        let text = human("127.0.0.1:1", &back);
-        assert!(text.contains("STARTING"), "{text}");
-        assert_eq!(bytes(1536), "1.5 KiB");
     }
 }

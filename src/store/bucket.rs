@@ -22,6 +22,9 @@
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
 
 pub mod azure_list;
+// The fault-injecting store is for tests only (the unit tests, and the integration tests
+// through the `testing` feature): never in a release build.
+#[cfg(any(test, feature = "testing"))]
 pub mod fault;
 pub mod history;
 pub mod requests;

@@ -21,8 +21,9 @@
 //! itself depends on the scheduler). Every injected fault is counted ([`FaultPlan::counts`]),
 //! so a test can say what it survived.
 //!
-//! Nothing here is used by a mount; it lives in the bucket module because that module alone
-//! touches `object_store`.
+//! Nothing here is used by a mount, and it is compiled only for tests (the unit tests, and the
+//! integration tests through the `testing` feature); it lives in the bucket module because that
+//! module alone touches `object_store`.
 
 use std::fmt;
 use std::ops::Range;

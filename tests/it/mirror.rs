@@ -3,18 +3,13 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
 use std::fs::{self};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::common::{self, bucket, servers};
 use bucket::{Target, kubecost_write, poll, rt, snapshot, target, wait_for};
 use common::{Mounted, Opts};
 
@@ -595,9 +590,8 @@ fn append(path: &std::path::Path, data: &[u8]) {
 /// nothing left to do, and the bucket must hold exactly the local files.
 fn settle_and_stop(t: &Target, m: &mut Mounted, port: u16) {
     let pending = || {
-        let raw = common::http_get(port, "/status")?;
-        let body = raw.split("\r\n\r\n").nth(1)?;
-        let v: serde_json::Value = serde_json::from_str(body).ok()?;
+        let r = common::http_get(port, "/status")?;
+        let v: serde_json::Value = serde_json::from_str(&r.body).ok()?;
         v["pending"]["changes"].as_u64()
     };
     assert!(

@@ -1,11 +1,13 @@
-//! Shared fixture for the mount tests: runs the real `etlfs` binary over a temporary
-//! directory and always unmounts, also when a test fails or panics.
+//! The fixture every test module shares: [`Mounted`] runs the real `etlfs` binary over a
+//! temporary directory and always unmounts, also when a test fails or panics; [`servers`] are
+//! the object-storage servers on 127.0.0.1 and [`bucket`] what the tests do with a bucket on
+//! them (or on a FILESYSTEM bucket).
 
-#![allow(dead_code)] // each test binary uses a different part of the fixture
+pub mod bucket;
+pub mod servers;
 
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -21,35 +23,128 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `GET path` on 127.0.0.1:port (a status server): the whole raw response, head and body, or
-/// `None` if nothing answers.
-pub fn http_get(port: u16, path: &str) -> Option<String> {
-    let mut conn = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    conn.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut raw = String::new();
-    conn.read_to_string(&mut raw).ok()?;
-    Some(raw)
+/// An answer of a status server.
+#[derive(Debug)]
+pub struct Reply {
+    pub code: u16,
+    /// The header lines, `name: value` each.
+    pub head: String,
+    pub body: String,
+}
+
+/// `GET path` on the status server at 127.0.0.1:port, or `None` if nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<Reply> {
+    let resp = http_client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .ok()?;
+    let code = resp.status().as_u16();
+    let head = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| format!("{k}: {}\n", String::from_utf8_lossy(v.as_bytes())))
+        .collect();
+    let body = resp.text().ok()?;
+    Some(Reply { code, head, body })
+}
+
+/// The client for the status servers: blocking, never through a proxy from the environment.
+fn http_client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .no_proxy()
+        .build()
+        .expect("an HTTP client")
+}
+
+/// `/status` of the mount whose status server listens on `port`, parsed; panics unless it
+/// answers 200 with JSON.
+pub fn status(port: u16) -> serde_json::Value {
+    let r = http_get(port, "/status").expect("the status server answers");
+    assert_eq!(r.code, 200, "{}", r.body);
+    serde_json::from_str(&r.body)
+        .unwrap_or_else(|e| panic!("/status is not JSON ({e}): {}", r.body))
+}
+
+/// `/metrics` of the mount whose status server listens on `port`; panics if nothing answers.
+pub fn metrics(port: u16) -> String {
+    http_get(port, "/metrics")
+        .expect("the status server answers")
+        .body
+}
+
+/// Whether the mount whose status server listens on `port` is ready (`/readyz` answers 200).
+pub fn ready(port: u16) -> bool {
+    http_get(port, "/readyz").is_some_and(|r| r.code == 200)
 }
 
 /// Whether the mirror of the mount whose status server listens on `port` is idle: nothing
 /// due or in flight and no journal intent left (`/status`'s `pending`). A change the daemon
 /// has not been told of yet does not count: wait for its effect too.
 pub fn mirror_idle(port: u16) -> bool {
-    let Some(raw) = http_get(port, "/status") else {
+    let Some(r) = http_get(port, "/status") else {
         return false;
     };
-    let Some((_, body)) = raw.split_once("\r\n\r\n") else {
-        return false;
-    };
-    let Ok(status) = serde_json::from_str::<serde_json::Value>(body) else {
+    let Ok(status) = serde_json::from_str::<serde_json::Value>(&r.body) else {
         return false;
     };
     status["pending"]["changes"] == 0 && status["pending"]["journal_intents"] == 0
+}
+
+/// The SHA-256 of `data` in hex, as etlfs' `etlfs_sha256` metadata holds it.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// A fresh directory `name` in a temporary directory under /tmp, and what keeps it alive.
+pub fn workdir(name: &str) -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir_in("/tmp").unwrap();
+    let dir = tmp.path().join(name);
+    fs::create_dir(&dir).unwrap();
+    (tmp, dir)
+}
+
+/// What a one-shot `etlfs` command (backup, restore, verify, history) did.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The summary log line (`backup finished ...`).
+    pub fn summary(&self, op: &str) -> &str {
+        let want = format!("{op} finished");
+        self.stderr
+            .lines()
+            .find(|l| l.contains(&want))
+            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.stderr))
+    }
+
+    pub fn assert_ok(&self, what: &str) {
+        assert_eq!(
+            self.code, 0,
+            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
+    }
+}
+
+/// Runs `etlfs ARGS...` to its end, logging at `info` (`object_store` at `warn`), with no
+/// `ETLFS_CONFIG` from the environment.
+pub fn run<I: IntoIterator<Item = S>, S: AsRef<std::ffi::OsStr>>(args: I) -> Run {
+    let out = Command::new(ETLFS)
+        .args(args)
+        .env("RUST_LOG", "info,object_store=warn")
+        .env_remove("ETLFS_CONFIG")
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 /// Whether a FUSE mount is at `path` (per /proc/self/mountinfo).

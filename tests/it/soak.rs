@@ -4,18 +4,13 @@
 //! The servers are started by scripts/test.sh (the soak reuses them; run alone, soak.sh starts
 //! its own).
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::common::{self, bucket, servers};
 use bucket::{Target, poll, rt, wait_for};
 use common::{Mounted, Opts};
 

@@ -8,17 +8,12 @@
 //! modes; a FILESYSTEM bucket and moto. Every wait is for a condition (the mirror idle on
 //! /status), with a generous deadline.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::{self, bucket};
 use bucket::{Target, rt, snapshot, target, wait_for};
 use common::Opts;
 
@@ -244,8 +239,7 @@ fn workload(kind: &str, passthrough: bool, seed: u64) {
     // ... and stays so: nothing pending that could still change it.
     let idle = bucket::poll(60, || {
         common::http_get(port, "/status")
-            .and_then(|r| r.split("\r\n\r\n").nth(1).map(str::to_owned))
-            .and_then(|b| serde_json::from_str::<serde_json::Value>(&b).ok())
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
             .is_some_and(|v| v["pending"]["changes"] == 0)
     });
     assert!(idle, "the mirror never went idle\n{}", m.log());

@@ -7,20 +7,14 @@
 //! local files, every acknowledged removal and rename carried out, nothing already in the
 //! bucket lost.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 
+use crate::common::{self, ETLFS, bucket, servers};
 use bucket::{Target, data, kubecost_read, kubecost_write, poll, wait_for};
 
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 const ENOSPC: i32 = 28;
 
 /// The file that fills the disk. The journal refuses an intent when its line does not fit in

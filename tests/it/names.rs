@@ -16,18 +16,13 @@
 //! name, a file or a whole directory is uploaded; renamed from one, its objects go; files only
 //! in the bucket are fetched before they move to such a name, so nothing is lost.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use crate::common::{self, bucket};
 use bucket::{Target, kubecost_read, kubecost_write, poll, snapshot, target, wait_for};
 use common::Opts;
 use rustix::fs::{CWD, RenameFlags};
@@ -202,9 +197,7 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
     assert_no_forged_line(&m.log());
 
     // /status keeps the warnings as the log has them.
-    let raw = common::http_get(port, "/status").expect("the status server answers");
-    let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let report: serde_json::Value = serde_json::from_str(body).expect("JSON");
+    let report = common::status(port);
     let messages: Vec<&str> = report["recent_events"]
         .as_array()
         .expect("recent_events")

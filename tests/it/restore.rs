@@ -6,12 +6,6 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{Read, Write};
@@ -22,13 +16,13 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket};
 use bucket::{
     Target, data, kubecost_read, kubecost_write, poll, rt, snapshot, target, wait_for, wipe,
 };
-use common::{Mounted, Opts};
+use common::{Mounted, Opts, sha256_hex};
 use object_store::path::Path as Key;
 use object_store::{Attribute, GetOptions, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 /// The daemon's log filter in every test: fetches are logged at debug level.
 const LOG: &str = "info,object_store=warn,etlfs::engine::fetch=debug";
@@ -36,7 +30,7 @@ const LOG: &str = "info,object_store=warn,etlfs::engine::fetch=debug";
 const FETCHED: &str = "fetched from the bucket";
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (the shared ones are in tests/common/bucket.rs)
+// Helpers (the shared ones are in tests/it/common/bucket.rs)
 // ---------------------------------------------------------------------------------------------
 
 /// A mount of etlfs on `t` with a 100 ms upload delay, fetches logged. `separate_local`: the
@@ -55,10 +49,6 @@ fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile
         ..Opts::default()
     };
     bucket::mount_on(t, "100ms", opts)
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// The paths of the "fetched from the bucket" log lines, in order.
@@ -889,21 +879,18 @@ fn odd_bucket_keys_are_shown_or_refused() {
     assert!(m.stop().success());
 }
 
-/// A PUT straight to the storage server, bypassing every client-side key check: the request
-/// line carries `path` exactly as given (no normalization of `.`, `..` or `//`).
+/// A PUT straight to the storage server (no auth: moto accepts unsigned requests), bypassing
+/// every client-side key check: the request line carries `path` exactly as given. Written out
+/// by hand because an HTTP client would not: URL parsing removes `.` and `..` segments (also
+/// percent-encoded ones) before the request is sent.
 fn raw_put(base: &str, path: &str, body: &[u8]) -> (u16, String) {
-    raw(base, "PUT", path, body)
-}
-
-/// One raw HTTP/1.1 request to `base` (no auth: moto accepts unsigned requests).
-fn raw(base: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let authority = base.strip_prefix("http://").expect("http URL");
     let authority = authority.split('/').next().unwrap();
     let mut conn = TcpStream::connect(authority).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
+        "PUT {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
          Content-Length: {}\r\n\r\n",
         body.len()
     );
@@ -918,6 +905,21 @@ fn raw(base: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     (status, text)
+}
+
+/// One unauthenticated request to `base` + `path` (moto and fake-gcs take them): (status,
+/// body).
+fn request(base: &str, method: reqwest::Method, path: &str, body: &[u8]) -> (u16, String) {
+    let resp = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .unwrap()
+        .request(method, format!("{base}{path}"))
+        .body(body.to_vec())
+        .send()
+        .unwrap_or_else(|e| panic!("{base}{path}: {e}"));
+    (resp.status().as_u16(), resp.text().unwrap())
 }
 
 /// Percent-encodes everything but unreserved characters and `/`.
@@ -944,9 +946,9 @@ fn put_raw(t: &Target, kind: &str, key: &str) -> bool {
                 std::env::var("ETLFS_TEST_S3_SERVER").expect("run through scripts/test.sh");
             let (status, resp) = raw_put(&server, &format!("/{bucket}/{}", pct(key)), b"hostile");
             assert_eq!(status, 200, "raw PUT of {key:?}: {resp}");
-            let (status, listing) = raw(
+            let (status, listing) = request(
                 &server,
-                "GET",
+                reqwest::Method::GET,
                 &format!("/{bucket}?list-type=2&prefix=etl/&encoding-type=url"),
                 b"",
             );
@@ -958,17 +960,17 @@ fn put_raw(t: &Target, kind: &str, key: &str) -> bool {
             let server =
                 std::env::var("ETLFS_TEST_GCS_SERVER").expect("run through scripts/test.sh");
             let name = pct(key).replace('/', "%2F");
-            let (status, resp) = raw(
+            let (status, resp) = request(
                 &server,
-                "POST",
+                reqwest::Method::POST,
                 &format!("/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}"),
                 b"hostile",
             );
             assert_eq!(status, 200, "raw upload of {key:?}: {resp}");
             eprintln!("UPLOAD {}", &resp[..resp.len().min(400)]);
-            let (status, listing) = raw(
+            let (status, listing) = request(
                 &server,
-                "GET",
+                reqwest::Method::GET,
                 &format!("/storage/v1/b/{bucket}/o?prefix=etl/"),
                 b"",
             );
@@ -1131,11 +1133,9 @@ fn hostile_keys_block_nothing(kind: &str) {
         !log_text.contains('\x1b'),
         "a raw control character reached the log"
     );
-    let status = common::http_get(port, "/status").expect("the status server answers");
-    let (_, body) = status.split_once("\r\n\r\n").expect("an HTTP response");
-    let report: serde_json::Value = serde_json::from_str(body).expect("JSON");
-    assert_eq!(report["index"]["refused_keys"], refused, "{body}");
-    let metrics = common::http_get(port, "/metrics").expect("metrics");
+    let report = common::status(port);
+    assert_eq!(report["index"]["refused_keys"], refused, "{report}");
+    let metrics = common::metrics(port);
     assert!(
         metrics.contains(&format!("etlfs_bucket_keys_refused {refused}")),
         "{metrics}"

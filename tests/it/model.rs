@@ -50,8 +50,8 @@
 //!
 //! In the normal test run, [`model_fixed_seeds`] draws a few cases from each of a few fixed
 //! seeds (about 25 s on two cores, busy or not: most of it is waiting for the mirror);
-//! `cargo nextest run --test model --no-capture` shows its summary lines. The long run,
-//! [`model`], is ignored: `cargo nextest run --test model --run-ignored only -E 'test(=model)'
+//! `cargo nextest run -E 'test(/^model::/)' --no-capture` shows its summary lines. The long
+//! run, [`model`], is ignored: `cargo nextest run --run-ignored only -E 'test(=model::model)'
 //! --no-capture` draws [`DEFAULT_CASES`] cases, `PROPTEST_CASES=500` more, and `MODEL_SEED=N`
 //! (or `MODEL_SEED=4,5,6`, or `random`) from other seeds. `RUST_LOG=etlfs=debug` shows what
 //! etlfs did, and `MODEL_TRACE=1` the model after every step. `scripts/model-nightly.sh` runs
@@ -2032,7 +2032,7 @@ fn model_fixed_seeds() {
 }
 
 /// The long randomized run, for exploration: not in the default run. Run it with
-/// `cargo nextest run --run-ignored only --test model -E 'test(=model)' --no-capture`
+/// `cargo nextest run --run-ignored only -E 'test(=model::model)' --no-capture`
 /// (servers are not needed). It draws [`DEFAULT_CASES`] cases from [`DEFAULT_SEED`];
 /// `PROPTEST_CASES=500` draws more, `MODEL_SEED=N` (or several, `MODEL_SEED=4,5,6`) draws from
 /// other seeds, `MODEL_SEED=random` from a new one each time. Its steps race real threads, so

@@ -8,8 +8,6 @@
 //! scripts/test.sh), or point the `PJDFSTEST` environment variable at it. A missing binary
 //! fails the test rather than skipping it. Run with `--nocapture` to see the summaries.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -18,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common;
 use common::{Mounted, Opts};
 
 /// The pjdfstest configuration (opt-in features, nap time, users to switch to).

@@ -4,8 +4,6 @@
 //! (`--no-passthrough`), because the two serve reads, writes and mmap through entirely
 //! different kernel paths.
 
-mod common;
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -13,6 +11,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common;
 use common::{Mounted, Opts, is_mounted};
 use rustix::fs::{FlockOperation, RenameFlags};
 use rustix::io::Errno;

@@ -7,20 +7,13 @@
 //! Real servers (moto, Azurite, fake-gcs-server behind its adapter), started by
 //! scripts/test.sh.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::io::Write;
 use std::process::{Command, Output};
 
+use crate::common::{self, ETLFS, bucket, servers};
 use bucket::{kubecost_write, poll};
 use common::{Mounted, Opts};
-
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 
 /// Distinctive values: a hit cannot be a coincidence.
 const S3_SECRET: &str = "etlfsSecretKey9f3b2c71d0";
@@ -31,9 +24,9 @@ const S3_KEY_ID: &str = "AKIAETLFSKEYID4242";
 const AZURE_WRONG_KEY: &str = "ZXRsZnMgd3Jvbmcga2V5IGZvciB0aGUgc2VjcmV0cyB0ZXN0IDEyMzQ1Ng==";
 const GCS_SECRET: &str = "etlfsGcsPrivateKey0c1d2e3f";
 
-/// `GET path` on 127.0.0.1:port, the raw response (head and body), or "" if nothing answers.
+/// `GET path` on 127.0.0.1:port, the response (headers and body), or "" if nothing answers.
 fn get(port: u16, path: &str) -> String {
-    common::http_get(port, path).unwrap_or_default()
+    common::http_get(port, path).map_or_else(String::new, |r| format!("{}\n{}", r.head, r.body))
 }
 
 /// Everything a run produced, labelled, to search and to show on failure.

@@ -10,26 +10,19 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket};
 use bucket::{config_file, data, kubecost_write, poll, rt, snapshot, target};
-use common::{Mounted, Opts};
+use common::{Mounted, Opts, Run, workdir};
 use futures::TryStreamExt;
 use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
-
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 
 crate::on_every_backend!(
     restore_as_of_undoes_rewrites_truncation_deletes_and_renames,
@@ -42,38 +35,11 @@ crate::on_every_backend!(
 );
 
 /// What a one-shot command did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    fn assert_ok(&self, what: &str) {
-        assert_eq!(
-            self.code, 0,
-            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-    }
-}
-
 /// Runs `etlfs CMD --config CFG ARGS...`.
 fn etlfs(cmd: &str, cfg: &Path, args: &[&str]) -> Run {
-    let out = Command::new(ETLFS)
-        .arg(cmd)
-        .arg("--config")
-        .arg(cfg)
-        .args(args)
-        .env("RUST_LOG", "info,object_store=warn")
-        .env_remove("ETLFS_CONFIG")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all: Vec<&OsStr> = vec![cmd.as_ref(), "--config".as_ref(), cfg.as_os_str()];
+    all.extend(args.iter().map(OsStr::new));
+    common::run(all)
 }
 
 /// A file: bytes, mode, mtime.
@@ -86,8 +52,7 @@ struct Spec {
 
 impl std::fmt::Debug for Spec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        use sha2::Digest;
-        let sha = hex::encode(sha2::Sha256::digest(&self.data));
+        let sha = common::sha256_hex(&self.data);
         write!(
             f,
             "{} bytes sha {} mode {:o} mtime {:?}",
@@ -171,13 +136,6 @@ fn read_tree(dir: &Path) -> BTreeMap<String, Spec> {
 
 fn owned(t: &BTreeMap<&str, Spec>) -> BTreeMap<String, Spec> {
     t.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn workdir(name: &str) -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let dir = tmp.path().join(name);
-    fs::create_dir(&dir).unwrap();
-    (tmp, dir)
 }
 
 /// Keys of the kept versions (bucket root, no prefix).
@@ -268,7 +226,7 @@ fn restore_as_of_undoes_rewrites_truncation_deletes_and_renames(kind: &str) {
     );
 
     // The empty replacement: counted, logged with its path.
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert!(
         metrics.contains("etlfs_history_empty_replacements_total 1"),
         "{metrics}"
@@ -436,7 +394,7 @@ fn a_mount_collects_garbage_in_the_background(kind: &str) {
         m.log()
     );
     // (Counted once the collection's deletes returned: a moment after the keys are gone.)
-    let metrics = || common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = || common::metrics(port);
     assert!(
         poll(30, || metrics()
             .contains("etlfs_history_gc_deletions_total 2")),
@@ -622,7 +580,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
     for i in 0..n {
         assert_eq!(kept_bodies(store.as_ref(), &name(i)), [v0(i)], "thinned");
     }
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert_eq!(
         metric(&metrics, "etlfs_history_tripwire_trips_total"),
         0,
@@ -646,7 +604,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
     }
     let tripped = || {
         common::http_get(port, "/metrics")
-            .is_some_and(|m| metric(&m, "etlfs_history_corruption_suspected") == 1)
+            .is_some_and(|m| metric(&m.body, "etlfs_history_corruption_suspected") == 1)
     };
     assert!(
         poll(60, tripped),
@@ -669,7 +627,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
         m.log()
     );
 
-    let metrics = common::http_get(port, "/metrics").expect("the status server answers");
+    let metrics = common::metrics(port);
     assert!(
         metric(&metrics, "etlfs_history_tripwire_trips_total") >= 1,
         "{metrics}"
@@ -679,13 +637,7 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
         1,
         "{metrics}"
     );
-    let status = common::http_get(port, "/status").expect("the status server answers");
-    let status: serde_json::Value = serde_json::from_str(
-        status
-            .split_once("\r\n\r\n")
-            .map_or(&status[..], |(_, b)| b),
-    )
-    .unwrap_or_else(|e| panic!("{e}: {status}"));
+    let status = common::status(port);
     assert!(
         status["history"]["corruption_suspected_since"].is_string(),
         "{status}"

@@ -1,7 +1,6 @@
 //! The object-storage servers of the tests: moto (S3), Azurite (Azure Blob) and fake-gcs-server
-//! (GCS, behind scripts/servers/gcs_adapter.py), started by scripts/servers.sh (which scripts/test.sh
-//! sources). Self-contained: include it with
-//! `#[path = "common/servers.rs"] mod servers;`.
+//! (GCS, behind scripts/servers/gcs_adapter.py), started by scripts/servers.sh (which
+//! scripts/test.sh sources).
 //!
 //! [`s3`], [`azure`] and [`gcs`] each create a fresh, uniquely named bucket (container) on the
 //! shared endpoint; the `*_isolated` variants also give the test an endpoint of its own, so that
@@ -12,10 +11,6 @@
 //! A missing environment variable is a panic, never a skip: run the tests through
 //! scripts/test.sh.
 
-#![allow(dead_code)] // each test binary uses a different part
-
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -380,55 +375,38 @@ fn create_bucket(kind: Kind, name: &str) {
     }
 }
 
-/// A minimal HTTP/1.1 client (one request per connection): (status, body as text).
+/// One request to a storage server: (status, body as text). Retried a few times if it gets no
+/// answer at all (a server restarting). On a thread of its own: reqwest's blocking client must
+/// not run on an async runtime's thread, and the `#[tokio::test]`s make buckets too.
 fn http(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, String) {
-    let rest = url
-        .strip_prefix("http://")
-        .unwrap_or_else(|| panic!("not an http:// URL: {url}"));
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = if path.is_empty() { "/" } else { path };
-    let mut last_err = None;
-    for attempt in 0..5 {
-        if attempt > 0 {
-            std::thread::sleep(Duration::from_millis(200 * attempt));
-        }
-        let mut conn = match TcpStream::connect(authority) {
-            Ok(c) => c,
-            Err(e) => {
-                last_err = Some(e);
-                continue;
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let client = reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .no_proxy()
+                .build()
+                .expect("an HTTP client");
+            let mut last_err = None;
+            for attempt in 0..5 {
+                if attempt > 0 {
+                    std::thread::sleep(Duration::from_millis(200 * attempt));
+                }
+                let mut req = client.request(method.clone(), url).body(body.to_vec());
+                for (k, v) in headers {
+                    req = req.header(*k, *v);
+                }
+                match req
+                    .send()
+                    .and_then(|r| Ok((r.status().as_u16(), r.text()?)))
+                {
+                    Ok(answer) => return answer,
+                    Err(e) => last_err = Some(e),
+                }
             }
-        };
-        conn.set_read_timeout(Some(Duration::from_secs(60)))
-            .unwrap();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\
-             Content-Length: {}\r\n",
-            body.len()
-        );
-        for (k, v) in headers {
-            req.push_str(&format!("{k}: {v}\r\n"));
-        }
-        req.push_str("\r\n");
-        let mut resp = Vec::new();
-        let sent = conn
-            .write_all(req.as_bytes())
-            .and_then(|()| conn.write_all(body))
-            .and_then(|()| conn.read_to_end(&mut resp));
-        if let Err(e) = sent {
-            last_err = Some(e);
-            continue;
-        }
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let status = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("{method} {url}: not an HTTP response: {text:?}"));
-        let body = text
-            .split_once("\r\n\r\n")
-            .map_or(String::new(), |(_, b)| b.to_owned());
-        return (status, body);
-    }
-    panic!("{method} {url}: {}", last_err.unwrap());
+            panic!("{method} {url}: {}", last_err.unwrap());
+        })
+        .join()
+        .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }

@@ -4,23 +4,12 @@
 //! mounts against the test's own front of the S3 and Azure servers, paused for the outage (it
 //! accepts connections and never answers: the worst kind).
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
+use crate::common::{self, bucket, servers};
 use bucket::{Target, kubecost_read, kubecost_write, poll, rt, snapshot};
-use common::{Mounted, Opts, free_port, http_get, is_mounted, mirror_idle};
-
-fn status(port: u16) -> serde_json::Value {
-    let raw = http_get(port, "/status").expect("the status server answers");
-    let body = raw.split_once("\r\n\r\n").expect("an HTTP response").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("/status: {e}: {body}"))
-}
+use common::{Mounted, Opts, free_port, is_mounted, mirror_idle, status};
 
 fn isolated(kind: &str) -> Target {
     Target::Cloud(match kind {
@@ -87,7 +76,7 @@ fn a_complete_directory_mounts_during_an_outage(kind: &str) {
         .iter()
         .all(|(rel, data)| kubecost_read(&m.path(rel)).is_ok_and(|d| d == *data));
     let s = status(port);
-    let ready = http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"));
+    let ready = common::ready(port);
     // Written while the bucket is down: local at once, uploaded once it is back.
     kubecost_write(&m.path("offline"), b"written during the outage").unwrap();
     t.server().resume();

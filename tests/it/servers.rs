@@ -1,14 +1,10 @@
 //! Smoke tests of the test servers themselves (scripts/servers.sh): every operation etlfs
 //! needs works on each of them through object_store, and outages keep the data.
 
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::BTreeMap;
-use std::io::Read;
-use std::net::TcpStream;
 use std::time::Duration;
 
+use crate::common::servers;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
@@ -356,19 +352,17 @@ fn paused_server_hangs() {
     let server = servers::s3_isolated();
     server.pause();
     assert_eq!(server.status(), "paused");
-    let mut conn = TcpStream::connect(server.host_port()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_millis(500)))
+    // Connected, and no answer: a timeout, not a refused connection.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .no_proxy()
+        .build()
         .unwrap();
-    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-    let mut buf = [0u8; 16];
-    let err = conn.read(&mut buf).unwrap_err();
-    assert!(
-        matches!(
-            err.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
-        "{err}"
-    );
+    let err = client
+        .get(format!("http://{}/", server.host_port()))
+        .send()
+        .unwrap_err();
+    assert!(err.is_timeout() && !err.is_connect(), "{err:?}");
     server.resume();
     assert_eq!(server.status(), "running");
 }

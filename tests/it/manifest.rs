@@ -9,22 +9,16 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket};
 use bucket::{Target, data, kubecost_read, kubecost_write, poll, rt, target, wait_for, wipe};
 use common::{Mounted, Opts};
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStore, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 const PREFIX: &str = "etl";
 const MANIFEST: &str = "etl/.etlfs/manifest.v1.jsonl.gz";
@@ -36,11 +30,9 @@ const MANIFEST: &str = "etl/.etlfs/manifest.v1.jsonl.gz";
 /// The value of an unlabelled sample on `/metrics`, once the mount is ready (after a crash the
 /// dead mount can look mounted before the new daemon has even started its status server).
 fn metric(port: u16, name: &str) -> f64 {
-    let ready = poll(30, || {
-        common::http_get(port, "/readyz").is_some_and(|r| r.starts_with("HTTP/1.1 200"))
-    });
+    let ready = poll(30, || common::ready(port));
     assert!(ready, "the mount did not get ready");
-    let raw = common::http_get(port, "/metrics").expect("the status server answers");
+    let raw = common::metrics(port);
     raw.lines()
         .find_map(|l| l.strip_prefix(&format!("{name} ")))
         .unwrap_or_else(|| panic!("no {name} on /metrics:\n{raw}"))
@@ -227,7 +219,7 @@ fn changed_objects_are_read_again(kind: &str) {
     for (k, v) in [
         ("etlfs_mtime", "1800000000000000005".to_string()),
         ("etlfs_mode", "600".to_string()),
-        ("etlfs_sha256", hex::encode(Sha256::digest(&b.data))),
+        ("etlfs_sha256", common::sha256_hex(&b.data)),
         ("etlfs_uid", "0".to_string()),
         ("etlfs_gid", "0".to_string()),
     ] {

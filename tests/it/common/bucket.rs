@@ -1,9 +1,6 @@
-//! Bucket helpers shared by the mount tests that talk to object storage (tests/mirror.rs,
-//! tests/restore.rs): which bucket a test uses, polling its contents, Kubecost's I/O pattern.
-//! Include with `#[path = "common/bucket.rs"] mod bucket;` next to `mod common;` and
-//! `#[path = "common/servers.rs"] mod servers;`.
-
-#![allow(dead_code)] // each test binary uses a different part
+//! Bucket helpers for the tests that talk to object storage: which bucket a test uses
+//! ([`target`], and [`on_every_backend!`](crate::on_every_backend) for one test per backend),
+//! polling its contents, Kubecost's I/O pattern.
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -18,7 +15,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use rustix::fs::FlockOperation;
 
-use crate::servers;
+use super::servers;
 
 /// Where the bucket is, for one test.
 pub enum Target {

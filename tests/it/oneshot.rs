@@ -8,72 +8,30 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
+use std::ffi::OsStr;
 use std::fs::{self, File, FileTimes};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket};
 use bucket::{config_file, data, kubecost_write, rt, snapshot, target, wipe};
-use common::Opts;
+use common::{Opts, Run, workdir};
 use object_store::path::Path as Key;
 use object_store::{GetOptions, PutOptions, PutPayload};
 
-const ETLFS: &str = env!("CARGO_BIN_EXE_etlfs");
 /// Above the 16 MiB single-PUT limit: sent (and restored) as a multipart upload.
 const BIG: usize = 17 * 1024 * 1024 + 123;
 
-/// What a one-shot command did.
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The summary log line (`backup finished ...`).
-    fn summary(&self, op: &str) -> &str {
-        let want = format!("{op} finished");
-        self.stderr
-            .lines()
-            .find(|l| l.contains(&want))
-            .unwrap_or_else(|| panic!("no summary line in:\n{}", self.stderr))
-    }
-
-    fn assert_ok(&self, what: &str) {
-        assert_eq!(
-            self.code, 0,
-            "{what}: exit {}\nstdout:\n{}\nstderr:\n{}",
-            self.code, self.stdout, self.stderr
-        );
-    }
-}
-
 /// Runs `etlfs CMD [--config CFG] EXTRA... DIR`.
 fn etlfs(cmd: &str, cfg: Option<&Path>, extra: &[&str], dir: &Path) -> Run {
-    let mut c = Command::new(ETLFS);
-    c.arg(cmd);
+    let mut args: Vec<&OsStr> = vec![cmd.as_ref()];
     if let Some(cfg) = cfg {
-        c.arg("--config").arg(cfg);
+        args.extend([OsStr::new("--config"), cfg.as_os_str()]);
     }
-    let out = c
-        .args(extra)
-        .arg(dir)
-        .env("RUST_LOG", "info,object_store=warn")
-        .env_remove("ETLFS_CONFIG")
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    args.extend(extra.iter().map(OsStr::new));
+    args.push(dir.as_os_str());
+    common::run(args)
 }
 
 /// A file of the test tree.
@@ -161,19 +119,11 @@ fn check_tree(dir: &Path, files: &[Spec], empty_dirs: &[&str]) {
     }
 }
 
-/// A fresh directory to back up, and what keeps it alive.
-fn workdir() -> (tempfile::TempDir, PathBuf) {
-    let tmp = tempfile::tempdir_in("/tmp").unwrap();
-    let dir = tmp.path().join("etl");
-    fs::create_dir(&dir).unwrap();
-    (tmp, dir)
-}
-
 fn round_trip(kind: &str) {
     let t = target(kind);
     let cfg = config_file(&t);
     let cfg = Some(cfg.path());
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     let files = tree();
     write_tree(&dir, &files, &EMPTY_DIRS);
     let prefix = ["--prefix", "etl"];
@@ -244,7 +194,7 @@ fn restore_keeps_newer_local_files_unless_forced() {
     let t = target("s3");
     let cfg = config_file(&t);
     let cfg = Some(cfg.path());
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     let [newer, older] = [
         spec("d/newer", 3_000, 0o600, 0),
         spec("d/older", 3_000, 0o644, 1),
@@ -294,7 +244,7 @@ fn verify_names_every_difference() {
     let store = t.store();
     let cfg = config_file(&t);
     let cfg = Some(cfg.path());
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     let files = [
         spec("d/victim", 200_000, 0o600, 0),
         spec("d/fine", 5_000, 0o644, 1),
@@ -353,7 +303,7 @@ fn verify_names_every_difference() {
 fn mount_and_oneshot_commands_share_the_bucket() {
     let t = target("s3");
     let cfg = config_file(&t);
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     let files = [spec("a/one", 100_000, 0o600, 0), spec("two", 7, 0o644, 1)];
     write_tree(&dir, &files, &[]);
     etlfs("backup", Some(cfg.path()), &["--prefix", "etl"], &dir).assert_ok("backup");
@@ -388,7 +338,7 @@ fn mount_and_oneshot_commands_share_the_bucket() {
 
 #[test]
 fn bad_directory_or_config_is_exit_2() {
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     for cmd in ["backup", "restore", "verify"] {
         let r = etlfs(cmd, None, &[], &dir.join("missing"));
         assert_eq!(r.code, 2, "{cmd}: {}", r.stderr);
@@ -403,7 +353,7 @@ fn bad_directory_or_config_is_exit_2() {
 /// same warning as `mount`.
 #[test]
 fn default_bucket_is_beside_the_directory() {
-    let (tmp, dir) = workdir();
+    let (tmp, dir) = workdir("etl");
     let files = tree();
     write_tree(&dir, &files[..2], &EMPTY_DIRS);
     let r = etlfs("backup", None, &[], &dir);
@@ -420,7 +370,7 @@ fn default_bucket_is_beside_the_directory() {
 /// read moves a file's (or a walked directory's) access time.
 #[test]
 fn oneshot_reads_leave_access_times_alone() {
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     fs::create_dir(dir.join("d")).unwrap();
     fs::write(dir.join("d/f"), b"checked, not accessed").unwrap();
     // Long past: under relatime any read would move it now.
@@ -448,7 +398,7 @@ crate::on_every_backend!(the_first_mount_after_a_backup_uploads_nothing);
 fn the_first_mount_after_a_backup_uploads_nothing(kind: &str) {
     let t = target(kind);
     let cfg = config_file(&t);
-    let (_tmp, dir) = workdir();
+    let (_tmp, dir) = workdir("etl");
     let files = tree();
     write_tree(&dir, &files, &[]);
     etlfs("backup", Some(cfg.path()), &[], &dir).assert_ok("backup");
@@ -494,9 +444,7 @@ fn the_first_mount_after_a_backup_uploads_nothing(kind: &str) {
     );
     let snap = snapshot(&rt(), t.store().as_ref(), None);
     assert!(snap.get(changed.rel) == Some(&other), "{}", m.log());
-    let raw = common::http_get(port, "/status").unwrap();
-    let status: serde_json::Value =
-        serde_json::from_str(raw.split_once("\r\n\r\n").unwrap().1).unwrap();
+    let status = common::status(port);
     assert_eq!(status["uploads"]["done"], 1, "{status}");
     assert!(m.stop().success(), "{}", m.log());
 }

@@ -4,12 +4,6 @@
 //! `degraded` during an outage and back to `ready` after it, and `draining` on SIGTERM;
 //! `/readyz` answers 503 until the bucket listing loads; `etlfs status` is a usable probe.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::Write;
@@ -17,6 +11,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
+use crate::common::{self, bucket, servers};
 use bucket::{Target, kubecost_read, kubecost_write, poll, target, wipe};
 use common::{Mounted, Opts};
 
@@ -26,20 +21,11 @@ use common::{Mounted, Opts};
 
 /// `GET path` on 127.0.0.1:port: (status code, body), or `None` if nothing answers.
 fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let raw = common::http_get(port, path)?;
-    let (head, body) = raw.split_once("\r\n\r\n")?;
-    let code = head.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
-}
-
-fn status_json(port: u16) -> serde_json::Value {
-    let (code, body) = get(port, "/status").expect("the status server answers");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("/status is not JSON ({e}): {body}"))
+    common::http_get(port, path).map(|r| (r.code, r.body))
 }
 
 fn state(port: u16) -> String {
-    status_json(port)["state"].as_str().unwrap().to_owned()
+    common::status(port)["state"].as_str().unwrap().to_owned()
 }
 
 /// Parses the text exposition strictly enough to catch a malformed page: every line is a
@@ -224,7 +210,7 @@ fn metrics_follow_uploads_deletes_and_fetches() {
         metrics(port),
         m.log()
     );
-    let s = status_json(port);
+    let s = common::status(port);
     assert_eq!(s["state"], "ready");
     assert_eq!(s["uploads"]["done"], 3);
     assert_eq!(s["uploads"]["bytes"], 6000);
@@ -261,7 +247,7 @@ fn metrics_follow_uploads_deletes_and_fetches() {
     assert_eq!(warm["etlfs_fetch_duration_seconds_count"], 2.0);
     assert_eq!(warm["etlfs_bucket_only_files"], 0.0);
     assert_eq!(warm["etlfs_restore_bytes_left"], 0.0);
-    assert_eq!(status_json(port)["fetches"]["done"], 2);
+    assert_eq!(common::status(port)["fetches"]["done"], 2);
     assert!(m.stop().success());
 }
 
@@ -304,10 +290,10 @@ fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     assert!(
         poll(30, || state(port) == "degraded"),
         "not degraded: {}\n{}",
-        status_json(port),
+        common::status(port),
         m.log()
     );
-    let s = status_json(port);
+    let s = common::status(port);
     assert!(s["bucket"]["failing_since"].is_string(), "{s}");
     assert!(s["pending"]["changes"].as_u64() >= Some(1), "{s}");
     assert!(
@@ -334,10 +320,10 @@ fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     assert!(
         poll(60, || state(port) == "ready"),
         "not ready again: {}\n{}",
-        status_json(port),
+        common::status(port),
         m.log()
     );
-    assert!(poll(30, || status_json(port)["pending"]["changes"] == 0));
+    assert!(poll(30, || common::status(port)["pending"]["changes"] == 0));
     assert!(etlfs_status(port).status.success());
 
     // Pending work at SIGTERM: draining (not ready) until the drain gives up.
@@ -345,10 +331,10 @@ fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     kubecost_write(&m.path("at-shutdown"), b"data").unwrap();
     // The mirror knows of the file (its close reaches etlfs asynchronously) before SIGTERM.
     assert!(
-        poll(30, || status_json(port)["pending"]["changes"].as_u64()
+        poll(30, || common::status(port)["pending"]["changes"].as_u64()
             >= Some(1)),
         "{}\n{}",
-        status_json(port),
+        common::status(port),
         m.log()
     );
     m.signal(rustix::process::Signal::TERM);

@@ -1,11 +1,10 @@
 //! `--max-local-bytes`: the local directory as an LRU cache of the bucket (FILESYSTEM bucket,
 //! real mounts).
 
-mod common;
-
 use std::fs;
 use std::time::{Duration, Instant};
 
+use crate::common;
 use common::{Mounted, Opts};
 
 fn local_file_bytes(dir: &std::path::Path) -> u64 {

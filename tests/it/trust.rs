@@ -5,21 +5,15 @@
 //!
 //! The servers are started by scripts/test.sh; each test gets a bucket of its own.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::process::Command;
 
+use crate::common::{self, bucket};
 use bucket::{rt, target};
 use common::Opts;
 use object_store::path::Path as Key;
 use object_store::{Attribute, Attributes, ObjectStoreExt, PutOptions, PutPayload};
-use sha2::{Digest, Sha256};
 
 /// Puts `body` at `key` with etlfs metadata as another writer of the bucket could.
 fn put_with_meta(
@@ -32,7 +26,7 @@ fn put_with_meta(
     let mut meta = vec![
         ("etlfs_mtime", "1700000000000000000".to_string()),
         ("etlfs_mode", mode.to_string()),
-        ("etlfs_sha256", hex::encode(Sha256::digest(body))),
+        ("etlfs_sha256", common::sha256_hex(body)),
     ];
     if let Some((uid, gid)) = owner {
         meta.push(("etlfs_uid", uid.to_string()));
@@ -183,13 +177,6 @@ fn lease_of(t: &bucket::Target) -> Option<serde_json::Value> {
     Some(serde_json::from_slice(&got).expect("the lease is JSON"))
 }
 
-/// The `/status` document of the mount whose status server is on `port`.
-fn status_of(port: u16) -> serde_json::Value {
-    let raw = common::http_get(port, "/status").expect("the status server answers");
-    let body = raw.split("\r\n\r\n").nth(1).expect("a body");
-    serde_json::from_str(body).expect("/status is JSON")
-}
-
 /// A mounts and uploads; B over another directory is refused (exit 2, naming A); B with
 /// `--takeover` mounts, and A — at its next renewal — stops writing the bucket for good: its
 /// later upload and removal never reach it (while B's do), /status says `degraded` with the
@@ -224,7 +211,7 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first(kind: &str) {
         "A never noticed:\n{}",
         a.log()
     );
-    let st = status_of(port_a);
+    let st = common::status(port_a);
     assert_eq!(st["state"], "degraded", "{st}");
     assert!(
         st["bucket"]["writes_stopped"]
@@ -234,12 +221,25 @@ fn a_second_writer_is_refused_and_a_takeover_fences_the_first(kind: &str) {
     );
 
     // A's mirror tries its upload and then its removal, and each is refused (and counted).
-    let refused =
-        |what: &str| bucket::poll(60, || status_of(port_a)[what]["failed"].as_u64() >= Some(1));
+    let refused = |what: &str| {
+        bucket::poll(60, || {
+            common::status(port_a)[what]["failed"].as_u64() >= Some(1)
+        })
+    };
     bucket::kubecost_write(&a.path("after"), b"from a, fenced").unwrap();
-    assert!(refused("uploads"), "{}\n{}", status_of(port_a), a.log());
+    assert!(
+        refused("uploads"),
+        "{}\n{}",
+        common::status(port_a),
+        a.log()
+    );
     fs::remove_file(a.path("one")).unwrap();
-    assert!(refused("deletes"), "{}\n{}", status_of(port_a), a.log());
+    assert!(
+        refused("deletes"),
+        "{}\n{}",
+        common::status(port_a),
+        a.log()
+    );
     // B's upload goes through.
     bucket::kubecost_write(&b.path("from-b"), b"from b").unwrap();
     let snap = bucket::wait_for(&rt, &*store, Some(PREFIX), 60, |s| {

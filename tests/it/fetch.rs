@@ -7,12 +7,6 @@
 //! connections and answers nothing); on FILESYSTEM the objects are replaced by FIFOs, whose
 //! open in the bucket's GET waits for a writer.
 
-#[path = "common/bucket.rs"]
-mod bucket;
-mod common;
-#[path = "common/servers.rs"]
-mod servers;
-
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -22,8 +16,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::common::{self, bucket, servers};
 use bucket::{Target, config_file, data, kubecost_read, poll};
-use common::{ETLFS, Mounted, Opts, free_port, http_get};
+use common::{ETLFS, Mounted, Opts, free_port, status};
 
 crate::on_every_backend!(
     waiting_opens_leave_local_files_alone,
@@ -190,12 +185,6 @@ fn mount_over(t: &Target, dir: &Path) -> (Mounted, tempfile::NamedTempFile, u16)
 }
 
 /// `/status` of the mount at `port`, as JSON.
-fn status(port: u16) -> serde_json::Value {
-    let raw = http_get(port, "/status").expect("the status server answers");
-    let body = raw.split_once("\r\n\r\n").expect("an HTTP response").1;
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("/status: {e}: {body}"))
-}
-
 fn waiting(port: u16) -> u64 {
     status(port)["restore"]["waiting_requests"]
         .as_u64()
@@ -425,7 +414,7 @@ fn a_new_node_prefetches_everything_by_default(kind: &str) {
     assert!(m.local.join("bingen/allocations/1d/f019").exists());
     assert!(!m.local.join("bingen/allocations/1d/f000").exists());
     assert!(!m.local.join("bingen/assets/1h/f004").exists());
-    let metrics = http_get(port, "/metrics").unwrap();
+    let metrics = common::metrics(port);
     assert!(
         metrics.contains(&format!("etlfs_restore_bytes_left {bytes_left}")),
         "{metrics}"
