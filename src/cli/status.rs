@@ -135,18 +135,7 @@ fn short(d: Duration) -> String {
 }
 
 fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
+    indicatif::BinaryBytes(n).to_string()
 }
 
 /// The human rendering of a report.
@@ -295,6 +284,6 @@ mod tests {
         assert_eq!(back.state, State::Starting);
         let text = human("127.0.0.1:1", &back);
         assert!(text.contains("STARTING"), "{text}");
-        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(1536), "1.50 KiB");
     }
 }
