@@ -3,8 +3,10 @@
 //! module, not on the mirror that implements it, so either can be driven and tested with any
 //! sink (a recorder, [`NullSink`]).
 
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 pub use crate::engine::journal::Intent;
 
@@ -18,10 +20,16 @@ pub trait ChangeSink: Send + Sync + std::fmt::Debug {
     fn opening_started(&self, path: &Path);
     /// The open of `path` ended (its writer is registered, or it failed).
     fn opening_done(&self, path: &Path);
-    /// A handle with write access to the local inode `ino` was opened.
-    fn writer_opened(&self, ino: u64);
-    /// The last write handle of `ino` was released; `paths` are the names of it the overlay
-    /// knows (none once they were all removed; a file with several links may have others).
+    /// The count of open write handles the overlay keeps and the sink reads: one count for
+    /// both, asked for once, when the overlay is made.
+    fn write_count(&self) -> Arc<WriteCount> {
+        Arc::default()
+    }
+    /// A handle with write access to the local inode `ino` was opened (and counted).
+    fn writer_opened(&self, _ino: u64) {}
+    /// A write handle of `ino` was released (and counted); `paths` are the names of it the
+    /// overlay knows when it was the last (none once they were all removed; a file with
+    /// several links may have others), else empty.
     fn writer_closed(&self, ino: u64, paths: &[PathBuf]);
     /// The local inode `ino`, known by `paths`, changed without a write handle (truncate,
     /// chmod, utimens, mkdir, link), or was fsynced (`urgent`: upload now the state it has
@@ -48,7 +56,6 @@ pub struct NullSink;
 impl ChangeSink for NullSink {
     fn opening_started(&self, _: &Path) {}
     fn opening_done(&self, _: &Path) {}
-    fn writer_opened(&self, _: u64) {}
     fn writer_closed(&self, _: u64, _: &[PathBuf]) {}
     fn changed(&self, _: u64, _: &[PathBuf], _: bool) {}
     fn intent(&self, _: Intent) -> io::Result<u64> {
@@ -58,5 +65,39 @@ impl ChangeSink for NullSink {
     fn fetched(&self, _: &Path, _: &crate::os::local::Stat, _: &str) {}
     fn in_bucket(&self, _: &Path, _: &crate::os::local::Stat) -> Option<String> {
         None
+    }
+}
+
+/// Open write handles per local inode, counted once: the overlay counts them as handles open
+/// and close, the mirror reads them (a file open for writing holds no state anybody closed).
+#[derive(Debug, Default)]
+pub struct WriteCount(Mutex<HashMap<u64, u32>>);
+
+impl WriteCount {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, u32>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn opened(&self, ino: u64) {
+        *self.lock().entry(ino).or_insert(0) += 1;
+    }
+
+    /// One write handle of `ino` was released; whether it was the last.
+    pub fn closed(&self, ino: u64) -> bool {
+        let mut open = self.lock();
+        match open.get_mut(&ino) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                open.remove(&ino);
+                true
+            }
+        }
+    }
+
+    pub fn is_open(&self, ino: u64) -> bool {
+        self.lock().get(&ino).is_some_and(|n| *n > 0)
     }
 }

@@ -85,7 +85,7 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::events::{ChangeSink, Intent};
+use crate::engine::events::{ChangeSink, Intent, WriteCount};
 use crate::engine::journal::Journal;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
@@ -164,8 +164,8 @@ pub(crate) struct Shared {
     pub local: LocalDir,
     pub records: Records,
     pub journal: Journal,
-    /// Open write handles per local inode.
-    pub busy: Mutex<HashMap<u64, u32>>,
+    /// Open write handles per local inode, as the overlay counts them.
+    pub writers: Arc<WriteCount>,
     /// Creating or truncating opens in flight per path ([`ChangeSink::opening_started`]).
     pub creating: Mutex<HashMap<PathBuf, u32>>,
     /// The state directory, relative to the served one, when it lives inside it.
@@ -190,13 +190,7 @@ impl Shared {
     /// or truncated by an open (through any name of it): its content is not a state anybody
     /// closed.
     pub fn is_busy(&self, ino: u64, path: &Path) -> bool {
-        let open = self
-            .busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&ino)
-            .is_some_and(|n| *n > 0);
-        if open {
+        if self.writers.is_open(ino) {
             return true;
         }
         let creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
@@ -245,7 +239,7 @@ impl Mirror {
             local,
             records,
             journal,
-            busy: Mutex::new(HashMap::new()),
+            writers: Arc::default(),
             creating: Mutex::new(HashMap::new()),
             skip,
             stats: Stats::default(),
@@ -357,30 +351,12 @@ impl ChangeSink for Mirror {
         }
     }
 
-    fn writer_opened(&self, ino: u64) {
-        *self
-            .shared
-            .busy
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(ino)
-            .or_insert(0) += 1;
+    fn write_count(&self) -> Arc<WriteCount> {
+        Arc::clone(&self.shared.writers)
     }
 
     fn writer_closed(&self, ino: u64, paths: &[PathBuf]) {
-        let last = {
-            let mut busy = self.shared.busy.lock().unwrap_or_else(|e| e.into_inner());
-            match busy.get_mut(&ino) {
-                Some(n) if *n > 1 => {
-                    *n -= 1;
-                    false
-                }
-                _ => {
-                    busy.remove(&ino);
-                    true
-                }
-            }
-        };
+        let last = !self.shared.writers.is_open(ino);
         // The names the overlay does not know are due once the file is closed for good.
         let paths = if last {
             self.shared.links.with_names(ino, paths)

@@ -138,10 +138,11 @@ impl Overlay {
     }
 
     fn register_handle(&self, ino: Ino, file: File, writable: bool, exec: bool) -> Opened {
-        // (the sink counts writers by local inode; see `local_ino`)
+        // (writers are counted by local inode; see `local_ino`)
         if writable {
-            self.inodes.with_node(ino, |n| n.writers += 1);
-            self.sink.writer_opened(local_ino(&file, ino));
+            let local = local_ino(&file, ino);
+            self.writers.opened(local);
+            self.sink.writer_opened(local);
         }
         self.inodes.with_node(ino, |n| {
             n.openers += 1;
@@ -195,19 +196,13 @@ impl Overlay {
                 .with_node(h.ino, |n| n.executors = n.executors.saturating_sub(1));
         }
         if h.writable {
-            let last = self
-                .inodes
-                .with_node(h.ino, |n| {
-                    n.writers = n.writers.saturating_sub(1);
-                    n.writers == 0
-                })
-                .unwrap_or(false);
+            let local = local_ino(&h.file, h.ino);
+            let last = self.writers.closed(local);
             let paths = if last {
                 self.inodes.paths(h.ino)
             } else {
                 Vec::new()
             };
-            let local = local_ino(&h.file, h.ino);
             self.sink.writer_closed(local, &paths);
             if last {
                 self.closed(h.ino);
@@ -250,10 +245,8 @@ impl Overlay {
     /// A file was truncated. With no writer open, that is a writer that opens and closes in one
     /// step; with one, the last writer's release reports it.
     pub(super) fn modified(&self, ino: Ino) {
-        let idle = self
-            .inodes
-            .with_node(ino, |n| n.writers == 0)
-            .unwrap_or(false);
+        let idle = self.inodes.with_node(ino, |_| ()).is_some()
+            && !self.writers.is_open(self.local_ino_of(ino));
         if idle {
             self.changed(ino, false);
             self.closed(ino);

@@ -56,9 +56,6 @@ pub struct Node {
     /// nearly every node (no allocation then).
     pub links: Vec<(Ino, OsString)>,
     pub lookups: u64,
-    /// Open handles with write access; the file is "closed" for the mirror when this drops
-    /// back to zero.
-    pub writers: u32,
     /// Open handles of any kind; a file with open handles is never evicted.
     pub openers: u32,
     /// Open handles by which the file is being executed: while there is one, an `O_TRUNC`
@@ -145,7 +142,6 @@ impl InodeTable {
                 name: OsString::new(),
                 links: Vec::new(),
                 lookups: 1,
-                writers: 0,
                 openers: 0,
                 executors: 0,
             },
@@ -225,7 +221,6 @@ impl InodeTable {
                         name: name.to_owned(),
                         links: Vec::new(),
                         lookups: 1,
-                        writers: 0,
                         openers: 0,
                         executors: 0,
                     },
@@ -345,7 +340,6 @@ impl InodeTable {
                 name: name.to_owned(),
                 links: Vec::new(),
                 lookups: 1,
-                writers: 0,
                 openers: 0,
                 executors: 0,
             },

@@ -20,14 +20,15 @@
 //! - **local**: on the local disk; its node holds an `O_PATH` descriptor, or is parked (the
 //!   descriptor closed to stay within the budget, opened again by name when needed).
 //! - **being written**: local, with handles that have write access (create, open for
-//!   writing) or just truncated. Each such handle registers a writer with the mirror
-//!   ([`ChangeSink::writer_opened`]); the release of the last one is the consistent point from
-//!   which the mirror uploads, after a quiet time ([`ChangeSink::writer_closed`]).
+//!   writing) or just truncated. Each such handle is counted in the one count of writers the
+//!   mirror reads too ([`ChangeSink::write_count`]); the release of the last one is the
+//!   consistent point from which the mirror uploads, after a quiet time
+//!   ([`ChangeSink::writer_closed`]).
 //! - **evicted**: under `--max-local-bytes`, a local file that nobody has open, that has one
 //!   link and whose exact version the bucket holds is deleted locally: bucket-only again.
 //!
 //! Those states are what the overlay decides by: the node's [`inode::Slot`] (descriptor,
-//! parked, none) and its count of writers. Whether the bucket holds the local version is the
+//! parked, none) and the count of writers of its local inode. Whether the bucket holds the local version is the
 //! mirror's knowledge, which eviction asks for ([`ChangeSink::in_bucket`]).
 //!
 //! # Concurrency
@@ -62,7 +63,7 @@ use handle::HandleTable;
 use inode::InodeTable;
 pub use inode::ROOT;
 
-use crate::engine::events::ChangeSink;
+use crate::engine::events::{ChangeSink, WriteCount};
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
 use crate::escape::esc;
@@ -210,6 +211,9 @@ pub struct Overlay {
     hidden: Option<Hidden>,
     /// Where changes are reported (the mirror).
     sink: Arc<dyn ChangeSink>,
+    /// Open write handles per local inode: counted here, read by the sink
+    /// ([`ChangeSink::write_count`]).
+    writers: Arc<WriteCount>,
     /// Bucket-only files: absent without a bucket (and in core tests).
     remote: Option<Remote>,
     /// `--max-local-bytes`: local files as an LRU cache of the bucket.
@@ -294,6 +298,7 @@ impl Overlay {
             inodes,
             handles: HandleTable::default(),
             hidden,
+            writers: sink.write_count(),
             sink,
             remote: None,
             cache: None,

@@ -109,7 +109,7 @@ impl Overlay {
     }
 
     /// The local inode number of a node (see `files::local_ino`): its id, unless that is synthetic.
-    fn local_ino_of(&self, ino: Ino) -> u64 {
+    pub(super) fn local_ino_of(&self, ino: Ino) -> u64 {
         if ino == ROOT {
             return self.local.root_stat().ino;
         }
