@@ -179,9 +179,10 @@ pub(crate) struct Shared {
     /// Intents carried out since start, kept while [`Mirror::record_done_intents`] asks for
     /// them (an offline start, until the listing it loads late is reconciled with them).
     pub done_intents: Mutex<Option<Vec<crate::engine::journal::Pending>>>,
-    /// Files the bucket's listing vouched for (from the manifest) that have no upload record:
-    /// written by `etlfs backup` or `etlfs restore`. The start's reconcile adopts each whose
-    /// bytes are the object's instead of uploading it again.
+    /// Files the index knew (object version and checksum) that are local and have no upload
+    /// record: written by `etlfs backup` or `etlfs restore`. Filled once, by
+    /// [`publish::Publisher::new`] before the worker starts; the start's reconcile takes them
+    /// and adopts each whose bytes are the object's instead of uploading it again.
     pub unrecorded: Mutex<HashMap<PathBuf, crate::engine::index::Departed>>,
 }
 
@@ -249,9 +250,13 @@ impl Mirror {
             done_intents: Mutex::new(None),
             unrecorded: Mutex::new(HashMap::new()),
         });
+        // The publisher hands the start's reconcile the files without an upload record
+        // (`unrecorded`): it must have done so before the worker, whose first job is that
+        // reconcile, can run. The other way round, a reconcile that got there first would find
+        // none and upload every file a backup or restore had put in the bucket already.
+        let manifest = Arc::new(publish::Publisher::new(Arc::clone(&shared)));
         let (tx, rx) = mpsc::unbounded_channel();
         rt.spawn(worker::Worker::new(Arc::clone(&shared), rx, replay).run());
-        let manifest = Arc::new(publish::Publisher::new(Arc::clone(&shared)));
         rt.spawn(Arc::clone(&manifest).run());
         Ok(Arc::new(Mirror {
             shared,
