@@ -478,18 +478,15 @@ pub fn at_fdcwd() -> BorrowedFd<'static> {
 /// blocking pool make dozens, each keeping its freed chunks), and an mmap threshold that grows
 /// after a large free, after which the next large buffers come from (and stay in) the heap. A
 /// long-running daemon with a burst of work at start (the listing, the walk, the records) is
-/// better off with one arena and large blocks always mapped: memory one thread frees (the
-/// index's entries, as a restore makes files local) is reused by another (the upload records
-/// those files get) instead of sitting in a second arena — measured on a new node restoring
-/// 100,000 files, a peak of 62 MiB against 67 MiB with two arenas. Small allocations do not
-/// contend for it: each thread's cache serves them. Glibc only; other C libraries ignore it.
+/// better off with few arenas and large blocks always mapped, so that freeing them returns
+/// them to the kernel. Glibc only; other C libraries ignore it.
 pub fn tune_allocator() {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: mallopt only changes allocator parameters; no pointers are involved. Called
         // at start, before other threads allocate.
         unsafe {
-            libc::mallopt(libc::M_ARENA_MAX, 1);
+            libc::mallopt(libc::M_ARENA_MAX, 2);
             // Setting it also turns off the dynamic adjustment.
             libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
         }
