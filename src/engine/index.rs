@@ -287,10 +287,7 @@ impl Stored {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// A B-tree, not a hash table: filled at the load and emptied as files become local, it
-    /// grows a node at a time and gives memory back as entries go, where a hash table doubles
-    /// (both tables there for a moment) and must be rebuilt to shrink.
-    files: BTreeMap<PathBuf, Stored>,
+    files: HashMap<PathBuf, Stored>,
     /// Directory path → its entries' names and whether each is a directory.
     children: HashMap<PathBuf, BTreeMap<OsString, bool>>,
     /// Entries that left `files` with a known version, until the mirror takes them.
@@ -718,6 +715,7 @@ impl Index {
     /// leaves the index: with 100,000 of them the emptied tables would keep ~20 MB).
     pub fn shrink(&self) {
         let mut inner = self.write();
+        inner.files.shrink_to_fit();
         inner.children.shrink_to_fit();
         inner.by_source.shrink_to_fit();
         inner.departed.shrink_to_fit();
@@ -841,7 +839,7 @@ const DESCRIBED: u64 = u64::MAX;
 /// What a load gathers from the listing: the files as listed and the directories.
 #[derive(Default)]
 struct Listing {
-    files: BTreeMap<PathBuf, Stored>,
+    files: HashMap<PathBuf, Stored>,
     dirs: HashSet<PathBuf>,
     /// Of `dirs`, those without a marker.
     unmarked: u64,
@@ -900,7 +898,7 @@ fn listed_e_tag(s: &Stored) -> Option<&CompactETag> {
 /// Applies a manifest (already read whole without error) to the files as listed.
 fn apply_manifest(
     m: &ManifestObject,
-    files: &mut BTreeMap<PathBuf, Stored>,
+    files: &mut HashMap<PathBuf, Stored>,
     report: &mut LoadReport,
 ) {
     let read = manifest::read(m, |e| {
@@ -939,7 +937,7 @@ fn apply_manifest(
 
 /// HEADs every file still as listed (32 at a time) and describes it by what the HEAD says;
 /// returns how many were HEADed. A file gone since the listing leaves the table.
-async fn head_the_rest(bucket: &Bucket, files: &mut BTreeMap<PathBuf, Stored>) -> u64 {
+async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<PathBuf, Stored>) -> u64 {
     let todo: Vec<PathBuf> = files
         .iter()
         .filter(|(_, s)| s.stamp == AS_LISTED)

@@ -15,7 +15,7 @@
 //! next mount without a HEAD. Any plain [`Records::set`] forgets that, so a record can never
 //! pair one version's metadata with another's e_tag.
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -192,10 +192,7 @@ fn decode_sha(hex_text: &str) -> Option<[u8; 32]> {
 #[derive(Debug)]
 pub struct Records {
     state: Arc<StateDir>,
-    /// A B-tree, not a hash table: it grows a node at a time and gives memory back as
-    /// records go, where a hash table doubles and holds both tables for a moment (with
-    /// 100,000 records, that moment was a new node's memory peak during its restore).
-    map: Mutex<BTreeMap<Box<Path>, Stored>>,
+    map: Mutex<HashMap<Box<Path>, Stored>>,
     dirty: AtomicBool,
     /// Bumped by every change, so the manifest writer can tell whether it has news.
     generation: AtomicU64,
@@ -212,9 +209,9 @@ impl Records {
                 .unwrap_or_else(|e| {
                     // A damaged record file costs re-uploads, never data: start over.
                     tracing::warn!(file = %esc(&path), error = %esc_display(&e), "upload records unreadable; every file will be checked against the bucket");
-                    BTreeMap::new()
+                    HashMap::new()
                 }),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
         Ok(Records {
@@ -225,7 +222,7 @@ impl Records {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<Box<Path>, Stored>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<Path>, Stored>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -356,7 +353,7 @@ impl Records {
 }
 
 /// Deserializes the table from the [`OnDisk`] form, one record converted at a time.
-struct Loaded(BTreeMap<Box<Path>, Stored>);
+struct Loaded(HashMap<Box<Path>, Stored>);
 
 impl<'de> Deserialize<'de> for Loaded {
     fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
@@ -369,7 +366,7 @@ impl<'de> Deserialize<'de> for Loaded {
             }
 
             fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Loaded, A::Error> {
-                let mut map = BTreeMap::new();
+                let mut map = HashMap::with_capacity(m.size_hint().unwrap_or(0));
                 while let Some((p, d)) = m.next_entry::<PathBuf, OnDisk>()? {
                     let rec = Record {
                         id: d.id,
@@ -386,7 +383,7 @@ impl<'de> Deserialize<'de> for Loaded {
 }
 
 /// Serializes the table in the [`OnDisk`] form, one record converted at a time.
-struct OnDiskMap<'a>(&'a BTreeMap<Box<Path>, Stored>);
+struct OnDiskMap<'a>(&'a HashMap<Box<Path>, Stored>);
 
 impl Serialize for OnDiskMap<'_> {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
@@ -465,7 +462,7 @@ mod tests {
         // A file an older etlfs wrote: no versions at all.
         std::fs::write(
             dir.path().join(FILE_NAME),
-            serde_json::to_vec(&std::collections::HashMap::from([("old", rec(9))])).unwrap(),
+            serde_json::to_vec(&HashMap::from([("old", rec(9))])).unwrap(),
         )
         .unwrap();
         let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
