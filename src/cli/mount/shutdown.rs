@@ -19,6 +19,7 @@ use super::lease::LeaseSlot;
 use super::offline::record_completeness;
 use super::{Event, MountArgs, Plan};
 use crate::engine::index::Index;
+use crate::engine::lease::Lease;
 use crate::engine::mirror::Mirror;
 use crate::escape::esc;
 use crate::fs::overlay::Overlay;
@@ -128,38 +129,18 @@ pub(super) fn serve_until_stopped(args: &MountArgs, plan: &Plan, s: Serving) -> 
         );
     }
     handle.close();
-    // Upload what is still pending within what is left of the deadline. What is left after it
-    // stays in the journal and is found by the reconcile at the next start.
-    let pending = crate::engine::mirror::Stats::get(&mirror.stats().pending);
     if args.as_of().is_some() {
         // The files fetched from a point in time look new to the mirror; none may be uploaded.
         info!("a point-in-time mount uploads nothing");
-    } else if !may_upload || lease.as_ref().is_some_and(|(l, _)| l.lost()) {
-        // Another node writes the prefix now (or we never got the lease); ours stay in the
-        // journal and the upload records.
-        if lease.as_ref().is_some_and(|(l, _)| l.lost()) {
-            warn!(
-                pending,
-                "the lease was lost: nothing is uploaded; the changes stay on the local disk"
-            );
-        } else {
-            warn!(
-                pending,
-                reason = bucket_fence.reason().unwrap_or_default(),
-                "writes to the bucket are stopped: nothing is uploaded; the changes stay on the local disk"
-            );
-        }
     } else {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        info!(pending, left = ?left, "draining pending uploads");
-        if rt.block_on(mirror.drain(left)) {
-            info!("all changes are in the bucket");
-        } else {
-            warn!(
-                pending = crate::engine::mirror::Stats::get(&mirror.stats().pending),
-                "drain timed out; the rest is uploaded at the next start"
-            );
-        }
+        drain_pending(
+            &rt,
+            &mirror,
+            may_upload,
+            lease.as_ref().map(|(l, _)| &**l),
+            &bucket_fence,
+            deadline,
+        );
     }
     // The next start may mount at once if every file of the bucket is local now.
     // (Never for a point in time, whose directory must not be mounted normally, nor with
@@ -179,6 +160,57 @@ pub(super) fn serve_until_stopped(args: &MountArgs, plan: &Plan, s: Serving) -> 
         let _ = rt.block_on(keeper);
         rt.block_on(lease.release());
     }
+    session_outcome(ended)?;
+    info!(open_handles = overlay.open_handles(), "stopped cleanly");
+    // A download stalled in a blocking read (a FILESYSTEM bucket on a hung disk) must not keep
+    // the process from exiting.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// Uploads what is still pending within what is left of `deadline`, unless this mount may not
+/// write (`may_upload`, or a `lease` lost meanwhile). What is left after it stays in the
+/// journal and is found by the reconcile at the next start.
+fn drain_pending(
+    rt: &tokio::runtime::Runtime,
+    mirror: &Mirror,
+    may_upload: bool,
+    lease: Option<&Lease>,
+    fence: &Fence,
+    deadline: std::time::Instant,
+) {
+    let pending = crate::engine::mirror::Stats::get(&mirror.stats().pending);
+    if !may_upload || lease.is_some_and(|l| l.lost()) {
+        // Another node writes the prefix now (or we never got the lease); ours stay in the
+        // journal and the upload records.
+        if lease.is_some_and(|l| l.lost()) {
+            warn!(
+                pending,
+                "the lease was lost: nothing is uploaded; the changes stay on the local disk"
+            );
+        } else {
+            warn!(
+                pending,
+                reason = fence.reason().unwrap_or_default(),
+                "writes to the bucket are stopped: nothing is uploaded; the changes stay on the local disk"
+            );
+        }
+    } else {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        info!(pending, left = ?left, "draining pending uploads");
+        if rt.block_on(mirror.drain(left)) {
+            info!("all changes are in the bucket");
+        } else {
+            warn!(
+                pending = crate::engine::mirror::Stats::get(&mirror.stats().pending),
+                "drain timed out; the rest is uploaded at the next start"
+            );
+        }
+    }
+}
+
+/// How the FUSE session ended (`None`: abandoned after the unmount), as the command's result.
+fn session_outcome(ended: Option<std::io::Result<()>>) -> anyhow::Result<()> {
     match ended {
         // After an unmount (above all a lazy one), the kernel may end the connection by
         // aborting it rather than closing it; the session is over either way.
@@ -190,10 +222,6 @@ pub(super) fn serve_until_stopped(args: &MountArgs, plan: &Plan, s: Serving) -> 
         // mount elsewhere answers ENOTCONN from then on.
         None => info!("leaving the FUSE session that outlived the unmount; exiting ends it"),
     }
-    info!(open_handles = overlay.open_handles(), "stopped cleanly");
-    // A download stalled in a blocking read (a FILESYSTEM bucket on a hung disk) must not keep
-    // the process from exiting.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
 
