@@ -20,6 +20,10 @@
 //! write and read); a relative path that cannot be a key (not UTF-8, empty or dot segments) is
 //! refused with a [`BucketError::BadKey`] that names it. `object_store` already retries each
 //! request with backoff; callers (the mirror) retry whole operations on top of that.
+//!
+//! This file holds the types callers see and the [`Bucket`] itself; its operations are split
+//! by concern below it: `keys` (path ↔ key), `listing` (the walk), `reads`, `writes`,
+//! `reserved` (etlfs' own objects: lease, manifest) and `error`.
 
 pub mod azure_list;
 mod error;

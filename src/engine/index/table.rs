@@ -1,9 +1,9 @@
 //! The index's table: how each file is kept (compactly: a mount may know 100,000 of them), the
 //! directory tree beside it, the entries that departed, and which object serves which file.
 //!
-//! Apart from [`super::Index`]'s methods because these are the invariants — a file's children
-//! links, its source object, its stamp — that every change must keep together; the methods
-//! above only lock and call them.
+//! Apart from [`super::Index`]'s methods because these keep what must change together — a
+//! file's entry, its link in the directory tree, the object that serves it, its stamp —
+//! together; the methods take the lock and change the table mostly through them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;

@@ -52,7 +52,7 @@ struct Step {
 }
 
 impl Step {
-    pub(super) fn objects(objects: Vec<object_store::ObjectMeta>) -> Step {
+    fn objects(objects: Vec<object_store::ObjectMeta>) -> Step {
         Step {
             objects,
             next: Vec::new(),
@@ -64,7 +64,7 @@ impl Step {
 /// The smallest listing start after `key` — and, for a directory part (ending in `/`), after
 /// every key below it: start-after compares UTF-8 bytes, and no key below it goes past the
 /// highest code point.
-pub(super) fn past(key: &str) -> String {
+fn past(key: &str) -> String {
     if key.ends_with('/') {
         format!("{key}\u{10FFFF}")
     } else {
@@ -389,7 +389,7 @@ impl Bucket {
         rel == Some(RESERVED)
     }
 
-    pub(super) fn info(&self, m: object_store::ObjectMeta) -> Option<ObjectInfo> {
+    fn info(&self, m: object_store::ObjectMeta) -> Option<ObjectInfo> {
         let (rel, is_dir_marker) = self.rel_of(&m.location)?;
         Some(ObjectInfo {
             rel,

@@ -1,5 +1,7 @@
 //! Writes: file uploads (one PUT, or a streamed multipart [`Upload`]), deletes, copies and
-//! directory markers, each checked against the [`super::Fence`] before a request is sent.
+//! directory markers, each checked against the [`super::Fence`] before a request is sent. With
+//! history on, a file's upload, copy or delete keeps the version it replaces or removes first
+//! (see [`super::history`]).
 //!
 //! The object's etlfs metadata travels with every write (user metadata, or a sidecar object on
 //! FILESYSTEM), so that what is in the bucket always says how to restore it.
@@ -16,7 +18,7 @@ use object_store::{
 use super::{Bucket, BucketError, FileMeta, PART_SIZE, Result, history, normalize_e_tag};
 
 impl Bucket {
-    pub(super) fn attributes(&self, meta: &FileMeta) -> Attributes {
+    fn attributes(&self, meta: &FileMeta) -> Attributes {
         let mut attrs = Attributes::new();
         if !self.user_metadata {
             return attrs;

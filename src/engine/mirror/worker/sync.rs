@@ -85,7 +85,7 @@ pub(super) async fn sync(
 }
 
 /// Uploads a consistent snapshot of a closed file, or nothing.
-pub(super) async fn upload(
+async fn upload(
     shared: &Shared,
     path: &Path,
     st: &Stat,
