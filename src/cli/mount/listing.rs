@@ -1,0 +1,160 @@
+//! The bucket listing a mount serves: waited for before the mount (an application that found
+//! an empty directory might rebuild its data over good backups), read at a point in time, or —
+//! after an offline start — loaded in the background and merged into the index being served.
+//!
+//! Its own file because the late merge is the subtle part of an offline start: what happened
+//! since the start must be applied to the listing before it joins the served index.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use super::{Event, MountArgs, stopped_while_waiting};
+use crate::engine::fetch::Fetcher;
+use crate::engine::index::Index;
+use crate::engine::mirror::Mirror;
+use crate::engine::recover::{apply_intents, apply_journaled_intents, prepare_local_tree};
+use crate::os::local::LocalDir;
+use crate::os::state::StateDir;
+use crate::store::bucket::Bucket;
+
+/// The index the mount starts with: the bucket at `--as-of`, an empty one awaiting the
+/// background listing of an `offline` start, or else the listing, waited for. `None` if a
+/// signal asked us to stop first.
+pub(super) fn first_index(
+    args: &MountArgs,
+    rt: &tokio::runtime::Runtime,
+    bucket: &Bucket,
+    signals: &mpsc::Receiver<Event>,
+    offline: bool,
+    status: &crate::ops::status::Status,
+) -> anyhow::Result<Option<Index>> {
+    Ok(match args.as_of() {
+        Some(t) => Some(
+            rt.block_on(crate::engine::as_of::index_at(bucket, t))
+                .context("reading the point in time")?,
+        ),
+        None if offline => {
+            info!(
+                "the local directory was complete at the last clean stop: mounting at once; \
+                 the bucket listing loads in the background"
+            );
+            status.set_listing(crate::ops::status::LISTING_BACKGROUND);
+            Some(Index::awaiting_listing())
+        }
+        None => load_index(rt, bucket, signals)?,
+    })
+}
+
+/// Loads the bucket index, retrying with backoff while the bucket is unreachable. `None` if a
+/// signal asked us to stop first.
+fn load_index(
+    rt: &tokio::runtime::Runtime,
+    bucket: &Bucket,
+    signals: &mpsc::Receiver<Event>,
+) -> anyhow::Result<Option<Index>> {
+    let mut wait = std::time::Duration::from_millis(500);
+    loop {
+        match rt.block_on(Index::load(bucket)) {
+            Ok(index) => {
+                bucket.health().success();
+                return Ok(Some(index));
+            }
+            Err(e) if e.is_outage() && !e.is_unlistable_key() => {
+                bucket.health().failure();
+                warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+            }
+            Err(e) if e.is_unlistable_key() => {
+                tracing::error!(
+                    error = %e,
+                    retry_in = ?wait,
+                    "the bucket holds an object whose key cannot be listed (an empty, `.` or `..` \
+                     path segment, or an ASCII control character); remove or rename that object. \
+                     The mount waits rather than show an incomplete directory"
+                );
+            }
+            Err(e) => {
+                warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+            }
+        }
+        if stopped_while_waiting(signals, wait) {
+            return Ok(None);
+        }
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    }
+}
+
+/// What an offline start's background listing needs.
+pub(super) struct LateListing {
+    pub(super) index: Arc<Index>,
+    pub(super) mirror: Arc<Mirror>,
+    pub(super) fetcher: Arc<Fetcher>,
+    pub(super) state: Arc<StateDir>,
+    pub(super) local: LocalDir,
+    pub(super) hidden: Option<PathBuf>,
+    pub(super) status: Arc<crate::ops::status::Status>,
+    pub(super) prefetch: bool,
+}
+
+/// Loads the listing of an offline start, retrying while the bucket is unreachable, and adds
+/// what is only in the bucket to the index the mount serves. What happened since the start is
+/// applied first — removals and renames the mirror has carried out already (the listing may
+/// have been taken before) and those still pending — and a file made local meanwhile wins.
+pub(super) async fn load_index_later(l: LateListing) {
+    let bucket = l.fetcher.bucket().clone();
+    let mut wait = std::time::Duration::from_millis(500);
+    let loaded = loop {
+        // Only what is carried out from now on can be missing from this listing (and an
+        // exchange applied to a listing that shows it done already would swap back).
+        l.mirror.record_done_intents();
+        match Index::load(&bucket).await {
+            Ok(index) => {
+                bucket.health().success();
+                break index;
+            }
+            Err(e) if e.is_unlistable_key() => tracing::error!(
+                error = %e,
+                retry_in = ?wait,
+                "the bucket holds an object whose key cannot be listed (an empty, `.` or `..` \
+                 path segment, or an ASCII control character); remove or rename that object. \
+                 The local files are served; files only in the bucket appear once it lists"
+            ),
+            Err(e) => {
+                if e.is_outage() {
+                    bucket.health().failure();
+                }
+                // Said once in a while, not at every retry.
+                if wait >= std::time::Duration::from_secs(30) || wait.as_millis() == 500 {
+                    warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet (started offline: serving the local files)");
+                }
+            }
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(std::time::Duration::from_secs(30));
+    };
+    let merged = tokio::task::spawn_blocking(move || {
+        apply_intents(&loaded, &l.mirror.take_done_intents(), &l.local);
+        apply_journaled_intents(&loaded, &l.state, &l.local);
+        prepare_local_tree(&l.local, &loaded, l.hidden.as_deref());
+        // No download lands and no bucket-only name is removed or renamed meanwhile.
+        let added = {
+            let _placing = l.fetcher.placing();
+            l.index.absorb(loaded, |p| l.local.stat_beneath(p).is_ok())
+        };
+        l.status.set_listing(crate::ops::status::LISTING_LOADED);
+        info!(
+            bucket_only_files = added,
+            "bucket listing loaded (started offline)"
+        );
+        (added, l.fetcher, l.prefetch)
+    })
+    .await;
+    if let Ok((added, fetcher, true)) = merged {
+        if added > 0 {
+            fetcher.prefetch().await;
+        }
+    }
+}
