@@ -213,7 +213,7 @@ impl Index {
         self.read()
             .children
             .get(dir)
-            .map(|c| c.iter().map(|(n, d)| (n.clone(), *d)).collect())
+            .map(|c| c.iter().map(|(n, d)| (n.to_os_string(), *d)).collect())
             .unwrap_or_default()
     }
 
@@ -226,7 +226,7 @@ impl Index {
             .flat_map(|(parent, c)| {
                 c.iter()
                     .filter(|(_, d)| **d)
-                    .map(move |(n, _)| parent.join(n))
+                    .map(move |(n, _)| parent.join(&**n))
             })
             .collect();
         out.sort();
@@ -238,7 +238,7 @@ impl Index {
         self.read()
             .files
             .iter()
-            .map(|(p, s)| (p.clone(), s.remote(p)))
+            .map(|(p, s)| (p.to_path_buf(), s.remote(p)))
             .collect()
     }
 
@@ -248,7 +248,7 @@ impl Index {
             .files
             .keys()
             .filter(|p| p.starts_with(path))
-            .cloned()
+            .map(|p| p.to_path_buf())
             .collect()
     }
 
@@ -279,7 +279,7 @@ impl Index {
         inner.unlink(path);
         let file = s.remote(path);
         if s.version.is_some() {
-            inner.departed.insert(path.to_path_buf(), s);
+            inner.departed.insert(path.into(), s);
         }
         Some(file)
     }
@@ -292,12 +292,12 @@ impl Index {
             .files
             .keys()
             .filter(|p| p.starts_with(dir))
-            .cloned()
+            .map(|p| p.to_path_buf())
             .collect();
         for p in below {
             if let Some(s) = inner.take(&p) {
                 if s.version.is_some() {
-                    inner.departed.insert(p, s);
+                    inner.departed.insert(p.into(), s);
                 }
             }
         }
@@ -320,11 +320,16 @@ impl Index {
     /// stay for [`Index::take_departed`].
     pub fn drain_departed_if(&self, take: impl Fn(&Path) -> bool) -> Vec<(PathBuf, Departed)> {
         let mut inner = self.write();
-        let paths: Vec<PathBuf> = inner.departed.keys().filter(|p| take(p)).cloned().collect();
+        let paths: Vec<PathBuf> = inner
+            .departed
+            .keys()
+            .filter(|p| take(p))
+            .map(|p| p.to_path_buf())
+            .collect();
         paths
             .into_iter()
             .filter_map(|p| {
-                let s = inner.departed.remove(&p)?;
+                let s = inner.departed.remove(p.as_path())?;
                 s.departed(&p).map(|d| (p, d))
             })
             .collect()
@@ -341,7 +346,7 @@ impl Index {
                 .departed,
         );
         all.into_iter()
-            .filter_map(|(p, s)| s.departed(&p).map(|d| (p, d)))
+            .filter_map(|(p, s)| s.departed(&p).map(|d| (p.into(), d)))
     }
 
     /// Gives back the memory of entries removed in bulk (at start, every file found locally
@@ -392,7 +397,11 @@ impl Index {
         let Some((path, stamp)) = inner.by_source.remove(from) else {
             return;
         };
-        let Some(s) = inner.files.get_mut(&path).filter(|s| s.stamp == stamp) else {
+        let Some(s) = inner
+            .files
+            .get_mut(path.as_path())
+            .filter(|s| s.stamp == stamp)
+        else {
             return;
         };
         if path == to {
@@ -434,13 +443,13 @@ impl Index {
             inner.link(&path, false);
             // (with a stamp of this index, and where it reads from if renamed while
             // bucket-only: the mirror moves that object)
-            inner.put(path, stored);
+            inner.put(path.into(), stored);
             added += 1;
         }
         for (dir, children) in theirs.children {
             for (name, is_dir) in children {
                 if is_dir {
-                    inner.link(&dir.join(name), true);
+                    inner.link(&dir.join(&*name), true);
                 }
             }
         }

@@ -16,6 +16,11 @@ pub fn ns(t: SystemTime) -> i128 {
     }
 }
 
+/// `n` in 64 bits (±292 years around 1970), saturating: for tables that keep many times.
+pub fn narrow(n: i128) -> i64 {
+    n.clamp(i64::MIN.into(), i64::MAX.into()) as i64
+}
+
 /// [`ns`] read back.
 pub fn from_ns(n: i128) -> SystemTime {
     if n >= 0 {

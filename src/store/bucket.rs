@@ -162,6 +162,36 @@ impl CompactETag {
     }
 }
 
+/// A checksum: 32 bytes when it is lowercase hex SHA-256 (what etlfs writes), else the text
+/// as the object carries it. Inline, for tables of 100,000 files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CompactSha {
+    Bin([u8; 32]),
+    Text(Box<str>),
+}
+
+impl CompactSha {
+    /// `None` for the empty text (no checksum).
+    pub fn new(hex_text: &str) -> Option<CompactSha> {
+        if hex_text.is_empty() {
+            return None;
+        }
+        let mut bin = [0u8; 32];
+        match hex::decode_to_slice(hex_text, &mut bin) {
+            // Only the canonical form, so that the text reads back exactly.
+            Ok(()) if hex::encode(bin) == hex_text => Some(CompactSha::Bin(bin)),
+            _ => Some(CompactSha::Text(hex_text.into())),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        match self {
+            CompactSha::Bin(b) => hex::encode(b),
+            CompactSha::Text(t) => t.to_string(),
+        }
+    }
+}
+
 /// Whether this process may write the bucket: one writer per prefix (the lease, in
 /// `crate::engine::lease`, decides; this is where every write obeys). Shared by every clone of a
 /// [`Bucket`]. While fenced, every write (upload, delete, copy, marker, manifest) fails with

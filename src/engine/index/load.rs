@@ -132,7 +132,7 @@ const DESCRIBED: u64 = u64::MAX;
 /// What a load gathers from the listing: the files as listed and the directories.
 #[derive(Default)]
 struct Listing {
-    files: HashMap<PathBuf, Stored>,
+    files: HashMap<Box<Path>, Stored>,
     dirs: HashSet<PathBuf>,
     /// Of `dirs`, those without a marker.
     unmarked: u64,
@@ -146,12 +146,9 @@ impl Listing {
             self.dirs.insert(obj.rel);
         } else {
             let mut s = Stored::plain(obj.size, obj.last_modified);
-            s.version = Some(Known {
-                e_tag: obj.e_tag.as_deref().map(CompactETag::new),
-                until: None,
-            });
+            s.version = Some(Known::at(obj.e_tag.as_deref().map(CompactETag::new), None));
             s.stamp = AS_LISTED;
-            self.files.insert(obj.rel, s);
+            self.files.insert(obj.rel.into(), s);
         }
     }
 
@@ -170,7 +167,7 @@ impl Listing {
         }
         let dirs = &self.dirs;
         self.files.retain(|f, _| {
-            let both = dirs.contains(f);
+            let both = dirs.contains(&**f);
             if both {
                 index.refuse(
                     f,
@@ -191,7 +188,7 @@ fn listed_e_tag(s: &Stored) -> Option<&CompactETag> {
 /// Applies a manifest (already read whole without error) to the files as listed.
 fn apply_manifest(
     m: &ManifestObject,
-    files: &mut HashMap<PathBuf, Stored>,
+    files: &mut HashMap<Box<Path>, Stored>,
     report: &mut LoadReport,
 ) {
     let read = manifest::read(m, |e| {
@@ -204,23 +201,21 @@ fn apply_manifest(
             // good as any.
             return;
         }
-        let Some(until) = manifest::vouches(&e, m.last_modified, s.size, s.mtime, listed_e_tag(s))
+        let Some(until) =
+            manifest::vouches(&e, m.last_modified, s.size, s.mtime(), listed_e_tag(s))
         else {
             report.stale += 1;
             return;
         };
         let mut file = match &e.meta {
             Some(f) => Stored::described(e.size, f.mtime_ns, f.mode, &f.sha256, f.owner),
-            None => Stored::plain(e.size, s.mtime),
+            None => Stored::plain(e.size, s.mtime()),
         };
-        file.version = Some(Known {
-            e_tag: e
-                .e_tag
-                .as_deref()
-                .map(CompactETag::new)
-                .or_else(|| listed_e_tag(s).cloned()),
-            until: Some(until),
-        });
+        let e_tag = e.e_tag.as_deref().map(CompactETag::new);
+        file.version = Some(Known::at(
+            e_tag.or_else(|| listed_e_tag(s).cloned()),
+            Some(until),
+        ));
         file.stamp = DESCRIBED;
         *s = file;
         report.from_manifest += 1;
@@ -230,11 +225,11 @@ fn apply_manifest(
 
 /// HEADs every file still as listed (32 at a time) and describes it by what the HEAD says;
 /// returns how many were HEADed. A file gone since the listing leaves the table.
-async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<PathBuf, Stored>) -> u64 {
+async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<Box<Path>, Stored>) -> u64 {
     let todo: Vec<PathBuf> = files
         .iter()
         .filter(|(_, s)| s.stamp == AS_LISTED)
-        .map(|(p, _)| p.clone())
+        .map(|(p, _)| p.to_path_buf())
         .collect();
     let heads = todo.len() as u64;
     let sidecars = !bucket.user_metadata();
@@ -245,13 +240,13 @@ async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<PathBuf, Stored>) ->
         })
         .buffer_unordered(HEAD_CONCURRENCY);
     while let Some((path, read)) = reads.next().await {
-        let Some(listed) = files.get_mut(&path) else {
+        let Some(listed) = files.get_mut(path.as_path()) else {
             continue;
         };
         match read {
             Ok(read) => *listed = from_read(listed, read, sidecars),
             Err(BucketError::NotFound { .. }) => {
-                files.remove(&path); // deleted while we listed
+                files.remove(path.as_path()); // deleted while we listed
                 continue;
             }
             Err(e) => {
@@ -268,7 +263,7 @@ async fn head_the_rest(bucket: &Bucket, files: &mut HashMap<PathBuf, Stored>) ->
 /// *listed* last-modified: if the read saw a later rewrite, that rewrite is newer and the next
 /// load reads it again.
 fn from_read(listed: &Stored, read: MetaRead, sidecars: bool) -> Stored {
-    let (last_modified, listed_e_tag) = (listed.mtime, listed_e_tag(listed).cloned());
+    let (last_modified, listed_e_tag) = (listed.mtime(), listed_e_tag(listed).cloned());
     let until = Some(last_modified);
     if sidecars {
         // The object and its sidecar are two writes (object first): a sidecar older than the
@@ -278,10 +273,7 @@ fn from_read(listed: &Stored, read: MetaRead, sidecars: bool) -> Stored {
             None => Stored::plain(listed.size, last_modified),
         };
         if read.meta.is_some() && read.last_modified >= last_modified {
-            file.version = Some(Known {
-                e_tag: listed_e_tag,
-                until,
-            });
+            file.version = Some(Known::at(listed_e_tag, until));
         }
         return file;
     }
@@ -291,10 +283,8 @@ fn from_read(listed: &Stored, read: MetaRead, sidecars: bool) -> Stored {
         Some(m) => Stored::with_meta(size, m),
         None => Stored::plain(size, last_modified),
     };
-    file.version = Some(Known {
-        e_tag: read.e_tag.as_deref().map(CompactETag::new).or(listed_e_tag),
-        until,
-    });
+    let e_tag = read.e_tag.as_deref().map(CompactETag::new);
+    file.version = Some(Known::at(e_tag.or(listed_e_tag), until));
     file
 }
 
@@ -596,7 +586,7 @@ mod tests {
         let a = &files[Path::new("a")];
         assert_eq!(a.remote(Path::new("a")).sha256, Some("ab".repeat(32)));
         assert_eq!(
-            a.version.as_ref().unwrap().until,
+            a.version.as_ref().unwrap().until(),
             Some(manifest_until(m.last_modified))
         );
     }

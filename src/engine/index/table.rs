@@ -6,23 +6,24 @@
 //! together; the methods take the lock and change the table mostly through them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::{Departed, RemoteFile, Version, moved_path};
-use crate::os::from_ns;
-use crate::store::bucket::{CompactETag, FileMeta};
+use crate::os::{from_ns, narrow, ns};
+use crate::store::bucket::{CompactETag, CompactSha, FileMeta};
 
 /// A file as the index keeps it: compact, since a mount may know 100,000 of them (the
 /// checksum in binary, the object's path not repeated when it is the file's own).
 #[derive(Debug, Clone)]
 pub(super) struct Stored {
     pub(super) size: u64,
-    pub(super) mtime: SystemTime,
+    /// Nanoseconds since the epoch (half a `SystemTime`).
+    pub(super) mtime_ns: i64,
     pub(super) mode: u32,
     pub(super) owner: Option<(u32, u32)>,
-    sha256: Option<Sha>,
+    sha256: Option<CompactSha>,
     /// Where the object is, when not at the file's own path (a rename not carried out yet).
     pub(super) source: Option<Box<Path>>,
     /// `None`: not known well enough to be written to a manifest (evicted, renamed, or its
@@ -33,53 +34,35 @@ pub(super) struct Stored {
     pub(super) stamp: u64,
 }
 
-/// A checksum: 32 bytes when it is lowercase hex SHA-256 (what etlfs writes), else the text
-/// as the object carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Sha {
-    Bin([u8; 32]),
-    Text(Box<str>),
-}
-
-impl Sha {
-    pub(super) fn new(hex_text: &str) -> Option<Sha> {
-        if hex_text.is_empty() {
-            return None;
-        }
-        let mut bin = [0u8; 32];
-        match hex::decode_to_slice(hex_text, &mut bin) {
-            Ok(()) if hex::encode(bin) == hex_text => Some(Sha::Bin(bin)),
-            _ => Some(Sha::Text(hex_text.into())),
-        }
-    }
-
-    fn text(&self) -> String {
-        match self {
-            Sha::Bin(b) => hex::encode(b),
-            Sha::Text(t) => t.to_string(),
-        }
-    }
-}
-
 /// [`Version`], kept compact.
 #[derive(Debug, Clone)]
 pub(super) struct Known {
     pub(super) e_tag: Option<CompactETag>,
-    pub(super) until: Option<SystemTime>,
+    /// [`Version::until`] in nanoseconds, `i64::MIN` for `None` (an `Option` costs 8 bytes
+    /// more per file).
+    until_ns: i64,
 }
 
 impl Known {
     pub(super) fn new(v: Version) -> Known {
+        Known::at(v.e_tag.as_deref().map(CompactETag::new), v.until)
+    }
+
+    pub(super) fn at(e_tag: Option<CompactETag>, until: Option<SystemTime>) -> Known {
         Known {
-            e_tag: v.e_tag.as_deref().map(CompactETag::new),
-            until: v.until,
+            e_tag,
+            until_ns: until.map_or(i64::MIN, |t| narrow(ns(t))),
         }
+    }
+
+    pub(super) fn until(&self) -> Option<SystemTime> {
+        (self.until_ns != i64::MIN).then(|| from_ns(self.until_ns.into()))
     }
 
     pub(super) fn version(&self) -> Version {
         Version {
             e_tag: self.e_tag.as_ref().map(CompactETag::text),
-            until: self.until,
+            until: self.until(),
         }
     }
 }
@@ -89,7 +72,7 @@ impl Stored {
     pub(super) fn plain(size: u64, last_modified: SystemTime) -> Stored {
         Stored {
             size,
-            mtime: last_modified,
+            mtime_ns: narrow(ns(last_modified)),
             mode: 0o644,
             owner: None,
             sha256: None,
@@ -112,10 +95,10 @@ impl Stored {
     ) -> Stored {
         Stored {
             size,
-            mtime: from_ns(mtime_ns),
+            mtime_ns: narrow(mtime_ns),
             mode: mode & 0o7777,
             owner,
-            sha256: Sha::new(sha256),
+            sha256: CompactSha::new(sha256),
             source: None,
             version: None,
             stamp: 0,
@@ -125,14 +108,18 @@ impl Stored {
     pub(super) fn from_remote(file: &RemoteFile, path: &Path, version: Option<Version>) -> Stored {
         Stored {
             size: file.size,
-            mtime: file.mtime,
+            mtime_ns: narrow(ns(file.mtime)),
             mode: file.mode,
             owner: file.owner,
-            sha256: file.sha256.as_deref().and_then(Sha::new),
+            sha256: file.sha256.as_deref().and_then(CompactSha::new),
             source: (file.source != path).then(|| file.source.clone().into_boxed_path()),
             version: version.map(Known::new),
             stamp: 0,
         }
+    }
+
+    pub(super) fn mtime(&self) -> SystemTime {
+        from_ns(self.mtime_ns.into())
     }
 
     pub(super) fn departed(&self, path: &Path) -> Option<Departed> {
@@ -145,9 +132,9 @@ impl Stored {
     pub(super) fn remote(&self, path: &Path) -> RemoteFile {
         RemoteFile {
             size: self.size,
-            mtime: self.mtime,
+            mtime: self.mtime(),
             mode: self.mode,
-            sha256: self.sha256.as_ref().map(Sha::text),
+            sha256: self.sha256.as_ref().map(CompactSha::text),
             owner: self.owner,
             source: self.source.as_deref().unwrap_or(path).to_path_buf(),
         }
@@ -156,11 +143,12 @@ impl Stored {
 
 #[derive(Debug, Default)]
 pub(super) struct Inner {
-    pub(super) files: HashMap<PathBuf, Stored>,
+    /// Boxed paths and names: a `PathBuf` is a third larger and may carry spare capacity.
+    pub(super) files: HashMap<Box<Path>, Stored>,
     /// Directory path → its entries' names and whether each is a directory.
-    pub(super) children: HashMap<PathBuf, BTreeMap<OsString, bool>>,
+    pub(super) children: HashMap<PathBuf, BTreeMap<Box<OsStr>, bool>>,
     /// Entries that left `files` with a known version, until the mirror takes them.
-    pub(super) departed: HashMap<PathBuf, Stored>,
+    pub(super) departed: HashMap<Box<Path>, Stored>,
     /// Where the object of each file renamed while bucket-only is (its `source`) → the file.
     /// One file per object: a bucket-only file is never copied (a hard link fetches it).
     /// Few entries: only renames the mirror has not carried out yet.
@@ -173,14 +161,14 @@ impl Inner {
     pub(super) fn put(&mut self, path: PathBuf, mut s: Stored) {
         self.last_stamp += 1;
         s.stamp = self.last_stamp;
-        if let Some(old) = self.files.remove(&path) {
+        if let Some(old) = self.files.remove(path.as_path()) {
             self.forget_source(&old);
         }
         if let Some(src) = &s.source {
             self.by_source
                 .insert(src.to_path_buf(), (path.clone(), s.stamp));
         }
-        self.files.insert(path, s);
+        self.files.insert(path.into_boxed_path(), s);
     }
 
     /// Takes the file at `path` out of `files`.
@@ -207,7 +195,7 @@ impl Inner {
         let mut dir = is_dir;
         while let (Some(parent), Some(name)) = (
             cur.parent().map(Path::to_path_buf),
-            cur.file_name().map(OsString::from),
+            cur.file_name().map(Box::<OsStr>::from),
         ) {
             let entry = self.children.entry(parent.clone()).or_default();
             let known = entry.insert(name, dir);
@@ -225,7 +213,7 @@ impl Inner {
             .files
             .keys()
             .filter(|p| p.starts_with(from))
-            .cloned()
+            .map(|p| p.to_path_buf())
             .collect();
         for p in moved {
             let Some(mut s) = self.take(&p) else {
@@ -277,5 +265,14 @@ impl Inner {
                 c.remove(name);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The table's entries are what a mount of 100,000 files spends its memory on.
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(std::mem::size_of::<super::Stored>() <= 128);
     }
 }
