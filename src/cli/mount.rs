@@ -185,9 +185,14 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
 
     let dirs = OpenDirs::open(&plan)?;
     let state = Arc::clone(&dirs.state);
+    // Everything on this runtime is background work to the application, whose requests
+    // the FUSE threads answer: uploads, the manifest, listings, the status page, and
+    // downloads (bound by the network, not the CPU). Its threads (workers and blocking pool)
+    // run at a lower CPU and I/O priority, so that on a small machine the application wins.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("etlfs-io")
+        .on_thread_start(lower_priority)
         .enable_all()
         .build()
         .context("starting the I/O runtime")?;
@@ -593,5 +598,16 @@ fn fd_budget(limit: u64) -> Result<usize, UsageError> {
             _ => Err(UsageError::FdBudget(v)),
         },
         Err(_) => Ok(usize::try_from(limit / 2).unwrap_or(usize::MAX).max(16)),
+    }
+}
+
+/// Gives the calling runtime thread background priority ([`crate::os::sys::background_priority`]);
+/// a refusal (a seccomp profile, say) is said once and costs nothing else.
+fn lower_priority() {
+    static WARNED: std::sync::Once = std::sync::Once::new();
+    if let Err(e) = crate::os::sys::background_priority() {
+        WARNED.call_once(|| {
+            warn!(error = %e, "cannot lower the priority of the background threads; they compete with the application's requests");
+        });
     }
 }

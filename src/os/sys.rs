@@ -473,6 +473,38 @@ pub fn at_fdcwd() -> BorrowedFd<'static> {
     unsafe { BorrowedFd::borrow_raw(libc::AT_FDCWD) }
 }
 
+/// What [`background_priority`] gives a thread: CPU niceness (weight ~110 against 1024 for the
+/// application's nice-0 threads: about a tenth of a contended CPU, never starved).
+pub const BACKGROUND_NICE: libc::c_int = 10;
+/// ... and its I/O priority: the lowest level of the best-effort class (not the idle class,
+/// which a busy disk can starve forever).
+pub const BACKGROUND_IOPRIO_LEVEL: libc::c_int = 7;
+
+/// Lowers the calling thread's CPU and I/O priority below the FUSE threads' (which keep the
+/// process's), for the work the application does not wait on directly: `SCHED_BATCH` (the
+/// scheduler treats it as throughput work and does not let its wake-ups preempt), nice
+/// [`BACKGROUND_NICE`], I/O best-effort level [`BACKGROUND_IOPRIO_LEVEL`]. Per thread: Linux
+/// keeps both per task. Errors are returned, not fatal: a container may forbid the calls.
+pub fn background_priority() -> io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: sched_setscheduler reads the param struct we pass by reference; pid 0 is the
+    // calling thread.
+    check(unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) })?;
+    // SAFETY: setpriority takes plain integers; who 0 is the calling thread (Linux keeps the
+    // nice value per task).
+    check(unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) })?;
+    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+    const IOPRIO_CLASS_BE: libc::c_long = 2;
+    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
+    let prio =
+        (IOPRIO_CLASS_BE << IOPRIO_CLASS_SHIFT) | libc::c_long::from(BACKGROUND_IOPRIO_LEVEL);
+    // SAFETY: ioprio_set takes plain integers (glibc has no wrapper); who 0 with
+    // IOPRIO_WHO_PROCESS is the calling thread.
+    let r = unsafe { libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, 0, prio) };
+    check(r as libc::c_int)?;
+    Ok(())
+}
+
 /// Keeps glibc's allocator from holding on to memory the daemon no longer uses. Its defaults
 /// suit short programs: one arena per thread (the FUSE threads, the runtime's workers and its
 /// blocking pool make dozens, each keeping its freed chunks), and an mmap threshold that grows

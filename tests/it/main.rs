@@ -26,6 +26,7 @@ mod mount;
 mod names;
 mod oneshot;
 mod pjdfstest;
+mod priority;
 mod restore;
 mod secrets;
 mod servers;
