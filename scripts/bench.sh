@@ -6,11 +6,14 @@
 #   sudo BENCH_SECTIONS=scale scripts/bench.sh   # 100,000 objects: about 10 minutes more
 #
 # Sections (BENCH_SECTIONS, default "local bucket restore oneshot"), each printing one table:
-#   local    native disk vs etlfs in passthrough and daemon mode (below), and the same workloads
-#            through `rclone mount --vfs-cache-mode full` on the S3 server (BENCH_LOCAL_RCLONE)
+#   local    native disk vs etlfs in passthrough and daemon mode (uploads held back: below), and
+#            in passthrough mode with the mirror uploading to its FILESYSTEM bucket at the default
+#            upload delay ("etlfs, uploading"), and the same workloads through `rclone mount
+#            --vfs-cache-mode full` on the S3 server (BENCH_LOCAL_RCLONE)
 #   bucket   time from the last close of a Kubecost write pass (BENCH_KC_N x 64 KiB) to all
 #            its files being in an S3 bucket: etlfs (--upload-delay BENCH_UPLOAD_DELAY) vs
-#            `rclone mount --vfs-cache-mode full --vfs-write-back BENCH_UPLOAD_DELAY`
+#            `rclone mount --vfs-cache-mode full --vfs-write-back BENCH_UPLOAD_DELAY`, and the CPU
+#            seconds each daemon spends per 1,000 such files and per GiB of one large file
 #   restore  a new node's restore of BENCH_RESTORE_N x BENCH_RESTORE_SIZE files at a real
 #            bucket's latency (BENCH_LATENCY_MS per request, added by `fsbench delayproxy` in
 #            front of the S3 server), each into an empty directory: `etlfs restore`, `etlfs
@@ -53,6 +56,7 @@
 #   BENCH_SMALL_N   number of 4 KiB files for create/stat        (default 5000)
 #   BENCH_KC_N      files in the Kubecost pattern (local, bucket) (default 300)
 #   BENCH_KC_CYCLES cycles of the Kubecost pattern               (default 3)
+#   BENCH_CPU_MIB   bucket: the large file whose upload CPU is measured (default 256)
 #   BENCH_COLD      1 = also measure cold reads (drop_caches)    (default 1)
 #   BENCH_LOCAL_RCLONE 1 = the local section also runs every workload through rclone mount
 #                   (write-back held for an hour, like etlfs' uploads), shown as a ratio
@@ -134,6 +138,7 @@ SMALL_SIZE=4096
 KC_N=${BENCH_KC_N:-300}
 KC_SIZE=65536
 KC_CYCLES=${BENCH_KC_CYCLES:-3}
+CPU_MIB=${BENCH_CPU_MIB:-256}
 COLD=${BENCH_COLD:-1}
 if [[ -v BENCH_ETLFS_ARGS ]]; then ETLFS_EXTRA=$BENCH_ETLFS_ARGS; else ETLFS_EXTRA="--upload-delay 1h --drain-timeout 0s"; fi
 STAT_COLD=${BENCH_STAT_COLD:-drop}
@@ -159,7 +164,9 @@ unset ETLFS_TEST_SERVERS_DIR
 source "$ROOT/scripts/servers.sh"
 
 # etlfs modes: name -> extra `etlfs mount` arguments. "native" is the plain-directory baseline.
-declare -A MODE_ARGS=([passthrough]="" [daemon]="--no-passthrough")
+# "mirroring" is passthrough with the mirror uploading as it does for users (the default upload
+# delay), where the others hold uploads back (BENCH_ETLFS_ARGS).
+declare -A MODE_ARGS=([passthrough]="" [daemon]="--no-passthrough" [mirroring]="")
 declare -A MODE_DIR=()   # mode -> its directory (the mount point for etlfs modes)
 declare -A MODE_PID=()   # mode -> pid of its running etlfs (or rclone)
 declare -A MODE_LOG=()   # mode -> the log file of its etlfs (or rclone)

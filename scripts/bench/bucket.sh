@@ -13,9 +13,29 @@
 #   100 ms from the last close until all files are there with their full size. The time is
 #   measured to the end of the listing that showed them all, so it is at most ~0.1 s + one
 #   listing late. Goal: at most BENCH_UPLOAD_DELAY + 2 s, and below rclone.
+# - CPU: the daemon's own CPU seconds (user + system, /proc/PID/stat) over each pass — the FUSE
+#   requests of the writes and the uploads — per 1,000 files; then over one pass of a single
+#   file of BENCH_CPU_MIB MiB (default 256), per GiB. Not judged: the figures say what the
+#   mirror costs the machine it shares with the application.
+
+# cpu_seconds PID: user + system CPU seconds the process has used so far (fields 14 and 15 of
+# /proc/PID/stat, counted after the name, which may hold spaces).
+cpu_seconds() {
+    awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat"
+}
+
+# measure_cpu ROW MODE REP PID SCALE -- fsbench args...: runs fsbench once and records PID's CPU
+# seconds over it, times SCALE.
+measure_cpu() {
+    local row=$1 m=$2 rep=$3 pid=$4 scale=$5 before
+    shift 6
+    before=$(cpu_seconds "$pid")
+    "$FSBENCH" "$@" >/dev/null
+    record "$row" "$m" "$rep" "$(awk -v a="$before" -v b="$(cpu_seconds "$pid")" -v s="$scale" 'BEGIN { print (b - a) * s }')"
+}
 
 section_bucket() {
-    local modes=(rclone etlfs) order m rep k
+    local modes=(rclone etlfs) order m rep k pid cpu
     local de=$S3_DIR/bucket-etlfs dr=$S3_DIR/bucket-rclone
     s3_up
     ROWS=()
@@ -24,6 +44,8 @@ section_bucket() {
     MODE_LABEL=([rclone]="rclone mount" [etlfs]="etlfs")
     define_row upload "last close -> ${KC_N} x $((KC_SIZE / 1024)) KiB in bucket (s)" secs "<1"
     ROW_MAX[upload]=$((UPLOAD_DELAY + 2))
+    define_row cpu_small "daemon CPU per 1,000 files of $((KC_SIZE / 1024)) KiB written and uploaded (s)" secs "-"
+    define_row cpu_large "daemon CPU per GiB, one ${CPU_MIB} MiB file written and uploaded (s)" secs "-"
     make_bucket bench-upload-etlfs
     make_bucket bench-upload-rclone
     mkdir -p "$de" "$dr" "$dr.cache"
@@ -37,8 +59,18 @@ section_bucket() {
         if ((rep < 1)); then log "bucket: warm-up round"; else log "bucket: round $rep/$REPEAT: ${order[*]}"; fi
         for m in "${order[@]}"; do
             sync
+            pid=${MODE_PID[$m-bucket]}
+            cpu=$(cpu_seconds "$pid")
             measure upload "$m" "$rep" -- kcupload "$S3_DIR/bucket-$m/kc.$rep" "$KC_N" "$KC_SIZE" \
                 "$S3_EP" "bench-upload-$m" "kc.$rep" "$S3_TIMEOUT"
+            record cpu_small "$m" "$rep" "$(awk -v a="$cpu" -v b="$(cpu_seconds "$pid")" -v n="$KC_N" \
+                'BEGIN { print (b - a) * 1000 / n }')"
+        done
+        for m in "${order[@]}"; do
+            sync
+            measure_cpu cpu_large "$m" "$rep" "${MODE_PID[$m-bucket]}" "$(awk -v m="$CPU_MIB" 'BEGIN { print 1024 / m }')" \
+                -- kcupload "$S3_DIR/bucket-$m/big.$rep" 1 $((CPU_MIB << 20)) \
+                "$S3_EP" "bench-upload-$m" "big.$rep" "$S3_TIMEOUT"
         done
     done
 

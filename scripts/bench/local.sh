@@ -3,10 +3,11 @@
 # filesystem (and rclone mount on the S3 server, BENCH_LOCAL_RCLONE).
 
 section_local() {
-    local modes=(native passthrough daemon) order m d rep k
+    local modes=(native passthrough daemon mirroring) order m d rep k
     local small="${SMALL_N} x $((SMALL_SIZE / 1024)) KiB"
     ROWS=()
     SAMPLES=()
+    MODE_LABEL[mirroring]="etlfs, uploading"
     if [[ ${BENCH_LOCAL_RCLONE:-1} == 1 ]]; then
         s3_up
         make_bucket bench-local-rclone
@@ -68,10 +69,10 @@ section_local() {
     for m in "${modes[@]}"; do unmount_mode "$m"; done
     if [[ -n ${MODE_DIR[rclone]:-} ]]; then
         TABLE_REF=rclone
-        print_table "native disk vs etlfs vs rclone mount --vfs-cache-mode full ($S3_LABEL)" native passthrough daemon
+        print_table "native disk vs etlfs vs rclone mount --vfs-cache-mode full ($S3_LABEL)" native passthrough daemon mirroring
         TABLE_REF=
     else
-        print_table "native disk vs etlfs" native passthrough daemon
+        print_table "native disk vs etlfs" native passthrough daemon mirroring
     fi
 }
 

@@ -105,9 +105,11 @@ mount_mode() {
         mount_rclone rclone "${MODE_DIR[rclone]}" bench-local-rclone "$S3_DIR/local-rclone.cache" 3600
         return 0
     fi
-    # shellcheck disable=SC2086 # MODE_ARGS and ETLFS_EXTRA hold zero or more words
+    local extra=$ETLFS_EXTRA
+    [[ $m != mirroring ]] || extra="--drain-timeout 0s"
+    # shellcheck disable=SC2086 # MODE_ARGS and extra hold zero or more words
     start_mount "$m" "${MODE_DIR[$m]}" "$LOG_DIR/etlfs-$m.log" \
-        "$ETLFS" mount --listen 127.0.0.1:0 ${MODE_ARGS[$m]} $ETLFS_EXTRA "${MODE_DIR[$m]}"
+        "$ETLFS" mount --listen 127.0.0.1:0 ${MODE_ARGS[$m]} $extra "${MODE_DIR[$m]}"
 }
 
 # start_mount MODE DIR LOG COMMAND...: runs COMMAND (a FUSE daemon in the foreground: etlfs, or

@@ -66,6 +66,7 @@ impl Drop for SmallDisk {
 /// `etlfs mount` over `dir`, run directly (the served directory is a mount of its own).
 struct Etlfs {
     child: Child,
+    port: u16,
     log: PathBuf,
     dir: PathBuf,
 }
@@ -90,6 +91,7 @@ impl Etlfs {
             .unwrap();
         let e = Etlfs {
             child,
+            port,
             log: log.to_owned(),
             dir: dir.to_owned(),
         };
@@ -204,6 +206,13 @@ fn full_disk_is_enospc_for_the_application_and_nothing_else() {
         "{log}"
     );
     let mut e = Etlfs::start(d, cfg.path(), &logf);
+    // The start's own work (the reconcile, a manifest, a save of the records) ends before the
+    // outage: a save of the records during it would hand blocks back.
+    assert!(
+        poll(120, || common::mirror_idle(e.port)),
+        "the restarted mount never went idle: {}",
+        e.log()
+    );
 
     // An outage piles intents up in the journal until even its reserve is used: then a
     // rename is refused with ENOSPC, and the file stays where it was.

@@ -134,7 +134,7 @@ fn populate(
                 .all(|d| s.contains_key(&key(&format!("{d}/.etlfs-dir"))))
     };
     let p = (!prefix.is_empty()).then_some(prefix);
-    let snap = wait_for(&rt, store, p, 40, want);
+    let snap = wait_for(&rt, store, p, 180, want);
     assert!(
         want(&snap),
         "the bucket did not get the tree: {:?}\n{}",

@@ -260,15 +260,20 @@ impl Records {
     /// clock): records still holding that version and no time yet get it.
     pub fn published(&self, carried: &[(PathBuf, Option<String>)], until_ns: i128) {
         let mut map = self.lock();
+        let mut changed = false;
         for (path, e_tag) in carried {
             if let Some(o) = map.get_mut(path.as_path()).and_then(|s| s.object.as_mut()) {
                 if o.until_ns().is_none() && o.e_tag == e_tag.as_deref().map(CompactETag::new) {
                     o.until_ns = narrow(until_ns);
+                    changed = true;
                 }
             }
         }
         drop(map);
-        self.dirty.store(true, Ordering::Relaxed);
+        // Only a change is saved: a save needs disk space, which a full disk may not have.
+        if changed {
+            self.dirty.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Calls `f(path, identity, sha256, object)` for every file record whose object version
