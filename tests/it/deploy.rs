@@ -1,6 +1,6 @@
 //! The deployment examples stay correct and agree with the binary: every manifest under
 //! deploy/kubernetes (the example Deployment, the Secret, the Helm values and the post-renderer
-//! patch) and deploy/systemd/etlfs.service.
+//! patches) and deploy/systemd/etlfs.service. The post-renderer itself runs in [`helm`].
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,8 +9,37 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde_yaml_ng::Value;
 
-/// Kubecost's ETL directory: what every example mounts over.
+mod helm;
+
+/// Kubecost's ETL directory with the chart's defaults: what the examples mount over.
 const ETL: &str = "/var/configs/db/etl";
+
+/// Where Kubecost keeps its ETL directory, which the etlfs sidecar mounts over, and which
+/// containers of the chart's pod mount the volume that holds it.
+struct Layout {
+    etl: &'static str,
+    volume: &'static str,
+    mount_path: &'static str,
+    consumers: &'static [&'static str],
+}
+
+/// The chart's default: the ETL directory on the `persistent-configs` volume, which cost-model
+/// and (Kubecost v2 `singlepod`) aggregator and cloud-cost mount.
+const CONFIGS: Layout = Layout {
+    etl: ETL,
+    volume: "persistent-configs",
+    mount_path: "/var/configs",
+    consumers: &["cost-model", "aggregator", "cloud-cost"],
+};
+
+/// `persistentVolume.dbPVEnabled: true`: ETL_PATH_PREFIX=/var/db on the `persistent-db` volume,
+/// which only cost-model and aggregator mount.
+const DB_PV: Layout = Layout {
+    etl: "/var/db/etl",
+    volume: "persistent-db",
+    mount_path: "/var/db",
+    consumers: &["cost-model", "aggregator"],
+};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,9 +147,10 @@ fn assert_flags_exist(cmd: &str, args: &[String], what: &str) {
     }
 }
 
-/// The etlfs sidecar of a pod spec and its consumers, checked field by field.
-fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
-    let at = file.display();
+/// The etlfs sidecar of a pod spec and its consumers, checked field by field. `at` names the pod
+/// in messages.
+fn check_pod(at: &str, pod: &Value, secrets: &[(String, Vec<String>)], layout: &Layout) {
+    let etl = layout.etl;
     let inits = seq(pod, "initContainers");
     let pos = inits
         .iter()
@@ -156,7 +186,7 @@ fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
         Some("mount"),
         "{at}: {args:?}"
     );
-    assert_eq!(args.last().map(String::as_str), Some(ETL), "{at}: {args:?}");
+    assert_eq!(args.last().map(String::as_str), Some(etl), "{at}: {args:?}");
     assert_eq!(flag_value(&args, "--prefix"), Some("etl"), "{at}: {args:?}");
     assert_flags_exist("mount", &args[1..], &format!("{at} args"));
     let config = flag_value(&args, "--config").unwrap_or_else(|| panic!("{at}: no --config"));
@@ -166,7 +196,7 @@ fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
     let mounts = seq(etlfs, "volumeMounts");
     let etl_mount = mounts
         .iter()
-        .find(|m| str_at(m, "mountPath").is_some_and(|p| ETL.starts_with(p)))
+        .find(|m| str_at(m, "mountPath").is_some_and(|p| etl.starts_with(p)))
         .unwrap_or_else(|| panic!("{at}: the sidecar does not mount the ETL volume"));
     assert_eq!(
         str_at(etl_mount, "mountPropagation"),
@@ -175,6 +205,11 @@ fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
     );
     let volume = str_at(etl_mount, "name").unwrap();
     let path = str_at(etl_mount, "mountPath").unwrap();
+    assert_eq!(
+        (volume, path),
+        (layout.volume, layout.mount_path),
+        "{at}: the sidecar mounts the wrong volume for {etl}"
+    );
     let mut consumers = Vec::new();
     for c in seq(pod, "containers") {
         let name = str_at(c, "name").unwrap();
@@ -194,20 +229,24 @@ fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
             }
         }
     }
-    for needed in ["cost-model", "aggregator"] {
+    for needed in layout.consumers {
         assert!(
-            consumers.contains(&needed),
+            consumers.contains(needed),
             "{at}: {needed} does not get the mount"
         );
     }
 
-    // The directory exists before etlfs mounts over it.
+    // The directory exists before etlfs mounts over it, made on the volume that holds it.
     assert!(
         inits[..pos].iter().any(|c| {
             let cmd = strings(c, "command");
-            cmd.iter().any(|a| a == "mkdir") && cmd.iter().any(|a| a == ETL)
+            cmd.iter().any(|a| a == "mkdir")
+                && cmd.iter().any(|a| a == etl)
+                && seq(c, "volumeMounts").iter().any(|m| {
+                    str_at(m, "name") == Some(volume) && str_at(m, "mountPath") == Some(path)
+                })
         }),
-        "{at}: no init container creates {ETL} before the sidecar"
+        "{at}: no init container creates {etl} on {volume} before the sidecar"
     );
 
     // The Secret: mounted read-only where --config points, with the right key.
@@ -282,11 +321,9 @@ fn check_pod(file: &Path, pod: &Value, secrets: &[(String, Vec<String>)]) {
     }
 }
 
-#[test]
-fn kubernetes_manifests_wire_the_sidecar() {
-    let docs = documents();
-    let secrets: Vec<(String, Vec<String>)> = docs
-        .iter()
+/// The example Secrets under deploy/kubernetes: name and keys of each.
+fn secrets(docs: &[(PathBuf, Value)]) -> Vec<(String, Vec<String>)> {
+    docs.iter()
         .filter(|(_, d)| kind(d) == Some("Secret"))
         .map(|(_, d)| {
             let mut keys = Vec::new();
@@ -297,7 +334,13 @@ fn kubernetes_manifests_wire_the_sidecar() {
             }
             (str_at(d, "metadata.name").unwrap().to_string(), keys)
         })
-        .collect();
+        .collect()
+}
+
+#[test]
+fn kubernetes_manifests_wire_the_sidecar() {
+    let docs = documents();
+    let secrets = secrets(&docs);
     assert!(!secrets.is_empty(), "no Secret example");
     for (file, d) in docs.iter().filter(|(_, d)| kind(d) == Some("Secret")) {
         let text = get(d, "stringData")
@@ -313,49 +356,80 @@ fn kubernetes_manifests_wire_the_sidecar() {
         );
     }
 
+    // The example Deployment, and the post-renderer's patches for the chart's Deployment: one
+    // per layout of the ETL directory.
+    let dir = repo().join("deploy/kubernetes");
+    let expected = [
+        ("deployment.yaml", &CONFIGS),
+        ("helm-postrender/kubecost-patch.yaml", &CONFIGS),
+        ("helm-postrender/kubecost-patch-dbpv.yaml", &DB_PV),
+    ];
     let deployments: Vec<_> = docs
         .iter()
         .filter(|(_, d)| kind(d) == Some("Deployment"))
         .collect();
-    // The example Deployment and the post-renderer's patch for the chart's Deployment.
-    assert!(
-        deployments.len() >= 2,
-        "expected the Deployment and the patch"
-    );
+    let mut names: Vec<_> = deployments
+        .iter()
+        .map(|(f, _)| f.strip_prefix(&dir).unwrap().to_str().unwrap())
+        .collect();
+    names.sort_unstable();
+    let mut want: Vec<_> = expected.iter().map(|(f, _)| *f).collect();
+    want.sort_unstable();
+    assert_eq!(names, want, "one Deployment in each file, no other");
     for (file, d) in deployments {
-        assert_eq!(
-            str_at(d, "apiVersion"),
-            Some("apps/v1"),
-            "{}",
-            file.display()
-        );
-        assert_eq!(
-            str_at(d, "spec.strategy.type"),
-            Some("Recreate"),
-            "{}: two pods must never mirror the same volume at once",
-            file.display()
-        );
+        let name = file.strip_prefix(&dir).unwrap().to_str().unwrap();
+        let layout = expected.iter().find(|(f, _)| *f == name).unwrap().1;
+        assert_eq!(str_at(d, "apiVersion"), Some("apps/v1"), "{name}");
+        if name == "deployment.yaml" {
+            assert_eq!(
+                str_at(d, "spec.strategy.type"),
+                Some("Recreate"),
+                "{name}: two pods must never mirror the same volume at once"
+            );
+        } else {
+            // The chart has a value for the strategy (helm-values.yaml); the post-renderer
+            // checks the rendering has it.
+            assert!(
+                get(d, "spec.strategy").is_none(),
+                "{name}: the strategy is the chart's value, not the patch's"
+            );
+        }
         if let Some(selector) = get(d, "spec.selector.matchLabels").and_then(Value::as_mapping) {
             let labels = get(d, "spec.template.metadata.labels").unwrap();
             for (k, v) in selector {
-                assert_eq!(labels.get(k), Some(v), "{}: selector {k:?}", file.display());
+                assert_eq!(labels.get(k), Some(v), "{name}: selector {k:?}");
             }
         }
-        check_pod(file, get(d, "spec.template.spec").unwrap(), &secrets);
+        check_pod(
+            name,
+            get(d, "spec.template.spec").unwrap(),
+            &secrets,
+            layout,
+        );
     }
 
-    // The post-renderer patches what it says, with a file that exists.
-    let (file, k) = docs
-        .iter()
-        .find(|(_, d)| kind(d) == Some("Kustomization"))
-        .expect("no kustomization for the post-renderer");
-    let dir = file.parent().unwrap();
-    for p in seq(k, "patches") {
-        let patch = str_at(p, "path").unwrap();
-        assert!(dir.join(patch).is_file(), "{}: no {patch}", file.display());
-        assert_eq!(str_at(p, "target.kind"), Some("Deployment"));
-    }
-    assert!(dir.join("kustomize.sh").is_file());
+    // The two patches differ only in where the ETL directory is: the same sidecar otherwise.
+    let patch = |file: &str| -> Value {
+        let d = &docs.iter().find(|(f, _)| f.ends_with(file)).unwrap().1;
+        let mut pod = get(d, "spec.template.spec").unwrap().clone();
+        let inits = pod.get_mut("initContainers").unwrap();
+        for c in inits.as_sequence_mut().unwrap() {
+            let c = c.as_mapping_mut().unwrap();
+            c.remove("volumeMounts");
+            c.remove("command");
+            if let Some(args) = c.get_mut("args").and_then(Value::as_sequence_mut) {
+                args.pop();
+            }
+        }
+        pod.as_mapping_mut().unwrap().remove("containers");
+        pod
+    };
+    assert_eq!(
+        patch("helm-postrender/kubecost-patch.yaml"),
+        patch("helm-postrender/kubecost-patch-dbpv.yaml"),
+        "the patches' sidecars differ beyond the ETL directory"
+    );
+    assert!(dir.join("helm-postrender/kustomize.sh").is_file());
 }
 
 #[test]
@@ -376,6 +450,15 @@ fn helm_values_turn_kubecost_backup_off() {
     assert_eq!(
         str_at(&values, "kubecostAggregator.deployMethod"),
         Some("singlepod")
+    );
+    // The chart's own value for the rollout, and one pod.
+    assert_eq!(
+        str_at(&values, "kubecostDeployment.deploymentStrategy.type"),
+        Some("Recreate")
+    );
+    assert_eq!(
+        get(&values, "kubecostDeployment.replicas").and_then(Value::as_u64),
+        Some(1)
     );
 }
 
