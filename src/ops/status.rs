@@ -33,6 +33,8 @@
 //! secrets never go.
 
 pub mod metrics;
+pub mod page;
+pub mod process;
 pub mod recent;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -42,7 +44,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State as AxState;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -53,6 +55,7 @@ use crate::engine::index::Index;
 use crate::engine::mirror::Mirror;
 use crate::escape::esc;
 use crate::store::bucket::Fence;
+use crate::store::bucket::requests::RequestCounts;
 
 /// Default address of the status server (and of `etlfs status`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9500";
@@ -114,8 +117,8 @@ pub struct Sources {
     /// Local file bytes: kept by the overlay with `--max-local-bytes`, else by a periodic walk
     /// ([`crate::core::Core::local_bytes`]).
     pub local_bytes: Arc<AtomicU64>,
-    /// The requests sent to the bucket ([`crate::store::bucket::Bucket::requests`]).
-    pub requests: Arc<crate::store::bucket::requests::RequestCounts>,
+    /// `--max-local-bytes`, if given.
+    pub max_local_bytes: Option<u64>,
     /// Requests waiting for a download ([`crate::fs::fuse::EtlFs::parked_counter`]).
     pub parked: Arc<AtomicU64>,
 }
@@ -130,6 +133,9 @@ pub struct Status {
     /// Whether this mount may write the bucket (the lease; see [`crate::engine::lease`]).
     fence: Arc<Fence>,
     sources: OnceLock<Sources>,
+    /// The requests sent to the bucket ([`crate::store::bucket::Bucket::requests`]): shown
+    /// from the start, because the start's listing and lease are requests too.
+    requests: Arc<RequestCounts>,
     /// What the bucket's history did (kept versions, garbage collected).
     history: OnceLock<Arc<crate::store::bucket::history::Stats>>,
     mountpoint: String,
@@ -168,8 +174,10 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
-    /// Requests sent to the bucket by kind, once the parts are attached.
-    pub bucket_requests: Vec<(&'static str, u64)>,
+    /// The requests sent to the bucket, by operation and outcome, with their durations.
+    pub bucket_requests: Option<&'a RequestCounts>,
+    /// `--max-local-bytes` (0: none), once the parts are attached.
+    pub max_local_bytes: u64,
     pub history_versions_kept: u64,
     pub history_bytes_kept: u64,
     pub history_gc_deletions: u64,
@@ -194,6 +202,7 @@ impl Status {
         degraded_after: Duration,
         health: Arc<Health>,
         fence: Arc<Fence>,
+        requests: Arc<RequestCounts>,
     ) -> Arc<Status> {
         Arc::new(Status {
             phase: AtomicU8::new(PHASE_STARTING),
@@ -201,6 +210,7 @@ impl Status {
             health,
             fence,
             sources: OnceLock::new(),
+            requests,
             history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
@@ -267,6 +277,7 @@ impl Status {
             bucket_last_success_ms: self.health.last_success_ms(),
             bucket_failing_since_ms: self.health.failing_since_ms(),
             writes_stopped: self.fence.reason(),
+            bucket_requests: Some(&self.requests),
             ..Figures::default()
         };
         if let Some(h) = self.history.get() {
@@ -315,7 +326,7 @@ impl Status {
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
         f.passthrough = s.passthrough.load(Ordering::Relaxed);
-        f.bucket_requests = s.requests.snapshot();
+        f.max_local_bytes = s.max_local_bytes.unwrap_or(0);
         f
     }
 
@@ -588,6 +599,7 @@ pub fn serve(
     registry.register_collector(Box::new(metrics::Collector(Arc::clone(&status))));
     let state = Arc::new(ServerState { status, registry });
     let app = Router::new()
+        .route("/", get(html_page))
         .route("/metrics", get(metrics_page))
         .route("/status", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -602,19 +614,32 @@ pub fn serve(
     Ok(())
 }
 
-async fn metrics_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
+/// `/metrics`, in the format the client's `Accept` header prefers ([`metrics::negotiate`]).
+async fn metrics_page(AxState(s): AxState<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = metrics::negotiate((!accept.is_empty()).then_some(accept.as_str()));
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+    match format.encode(&mut body, &s.registry) {
         Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::VARY, "Accept"),
+            ],
             body,
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// `/`: the status for a person, as an HTML page ([`page`]).
+async fn html_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
+    page::render(&s.status)
 }
 
 async fn status_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
@@ -643,6 +668,7 @@ mod tests {
             Duration::from_millis(50),
             Arc::clone(&health),
             Arc::clone(&fence),
+            Arc::default(),
         );
         health.failure();
         assert_eq!(s.state(), State::Starting);
