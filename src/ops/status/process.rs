@@ -10,8 +10,8 @@
 //! (`etlfs_memory_limit_bytes`), read from the cgroup files, because Prometheus has no
 //! standard name for it and an alert on "memory near the limit" needs it.
 //!
-//! A figure that cannot be read (no `/proc`, say) is left out rather than shown as 0, so that
-//! a dashboard shows a gap and not a false value.
+//! A `process_*` figure that cannot be read (no `/proc`, say) is left out rather than shown
+//! as 0, so that a dashboard shows a gap and not a false value.
 
 use std::path::Path;
 
@@ -166,11 +166,13 @@ pub fn encode(e: &mut DescriptorEncoder) -> std::fmt::Result {
         "Number of OS threads in the process",
         f.threads,
     )?;
+    // Always there (0: no limit), like `etlfs_max_local_bytes`, so that a rule can test for
+    // a limit instead of guessing why the series is missing.
     gauge(
         e,
         "etlfs_memory_limit_bytes",
-        "Memory limit of etlfs' cgroup (a container's limit, the smallest along its cgroup path); absent without a limit",
-        f.memory_limit_bytes,
+        "Memory limit of etlfs' cgroup (a container's limit, the smallest along its cgroup path); 0 without a limit",
+        Some(f.memory_limit_bytes.unwrap_or(0)),
     )
 }
 

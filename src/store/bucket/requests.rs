@@ -133,9 +133,10 @@ impl RequestCounts {
     }
 
     /// Requests of operation `op` that failed: every outcome but `ok` and the answers that
-    /// are part of normal work (`not_found`, `precondition`).
+    /// are part of normal work (`not_found`, `precondition`, and `unsupported`, after which
+    /// etlfs falls back to another way).
     pub fn failed(&self, op: &str) -> u64 {
-        let expected = ["ok", "not_found", "precondition"];
+        let expected = ["ok", "not_found", "precondition", "unsupported"];
         self.snapshot()
             .into_iter()
             .filter(|c| c.op == op && !expected.contains(&c.outcome))
