@@ -1,8 +1,9 @@
 //! The monitoring kit under deploy/monitoring stays correct and agrees with the binary: the
 //! Prometheus alerting rules pass `promtool check rules` and their unit tests
 //! (`promtool test rules`), every expression of the Grafana dashboard is valid PromQL, and every
-//! metric either of them names is one a live mount serves on `/metrics`. The alerts and panels
-//! an operator relies on are there by name.
+//! metric either of them names is one a live mount serves on `/metrics` (and doc/METRICS.md
+//! describes every metric served). The alerts and panels an operator relies on are there by
+//! name.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -173,7 +174,8 @@ fn the_dashboard_is_valid_promql_with_the_panels_operators_need() {
     }
 }
 
-/// The names the rules and the dashboard use are exactly ones a live mount serves.
+/// The names the rules and the dashboard use are ones a live mount serves, and every one it
+/// serves is documented.
 #[test]
 fn every_metric_the_rules_and_the_dashboard_use_is_served() {
     let mut used = BTreeSet::new();
@@ -208,6 +210,28 @@ fn every_metric_the_rules_and_the_dashboard_use_is_served() {
     assert!(
         missing.is_empty(),
         "used by deploy/monitoring but not on /metrics: {missing:?}\nserved: {served:?}"
+    );
+
+    // And doc/METRICS.md describes each (a histogram under its family's name).
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("doc/METRICS.md"))
+            .unwrap();
+    let undocumented: Vec<&String> = served
+        .iter()
+        .filter(|name| {
+            let family = ["_bucket", "_sum", "_count"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(name);
+            !doc.contains(&format!("`{name}`"))
+                && !doc.contains(&format!("`{name}{{"))
+                && !doc.contains(&format!("`{family}`"))
+                && !doc.contains(&format!("`{family}{{"))
+        })
+        .collect();
+    assert!(
+        undocumented.is_empty(),
+        "served but not in doc/METRICS.md: {undocumented:?}"
     );
 }
 

@@ -163,3 +163,19 @@ fn the_page_shows_the_status_and_hostile_names_as_text() {
         bytes.len()
     );
 }
+
+/// doc/METRICS.md shows the page with a picture that is there.
+#[test]
+fn the_metrics_doc_shows_a_picture_of_the_page() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let doc = fs::read_to_string(root.join("doc/METRICS.md")).unwrap();
+    assert!(
+        doc.contains("](status-page.png)"),
+        "no picture in doc/METRICS.md"
+    );
+    let png = fs::read(root.join("doc/status-page.png")).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG\r\n\x1a\n"),
+        "doc/status-page.png is not a PNG"
+    );
+}
