@@ -1,7 +1,7 @@
 //! Operating etlfs: the HTTP status server of `etlfs mount --listen` (its client, `etlfs
 //! status`, is [`crate::cli::status`]).
 //!
-//! The server answers four paths, on the mount's tokio runtime, from the moment the
+//! The server answers five paths, on the mount's tokio runtime, from the moment the
 //! command line has been checked — before the bucket listing loads, so a probe sees `starting`
 //! rather than a refused connection during a long first listing:
 //!
@@ -11,8 +11,10 @@
 //!   application keeps working on the local disk, and restarting the pod would not help.
 //! - `/status`: a JSON [`Report`]: the state (below), the figures of `/metrics` in plain units,
 //!   and the last WARN/ERROR log events ([`recent`]);
-//! - `/metrics`: the same figures in the Prometheus/OpenMetrics text format ([`metrics`], the
-//!   one place that names them; doc/METRICS.md describes each).
+//! - `/metrics`: the same figures in the OpenMetrics or the Prometheus text format, as the
+//!   client's `Accept` asks ([`metrics`], the one place that names them; doc/METRICS.md
+//!   describes each);
+//! - `/`: the status as an HTML page for a person ([`page`]).
 //!
 //! # States
 //!
@@ -578,8 +580,8 @@ struct ServerState {
     registry: prometheus_client::registry::Registry,
 }
 
-/// Serves `/metrics`, `/status`, `/healthz` and `/readyz` on `listener` until the runtime
-/// stops.
+/// Serves `/`, `/metrics`, `/status`, `/healthz` and `/readyz` on `listener` until the
+/// runtime stops.
 pub fn serve(
     listener: std::net::TcpListener,
     status: Arc<Status>,
@@ -605,7 +607,7 @@ pub fn serve(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    tracing::info!(addr = %local, "status server listening (/status, /metrics, /healthz, /readyz)");
+    tracing::info!(addr = %local, "status server listening (/, /status, /metrics, /healthz, /readyz)");
     rt.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "status server stopped");
