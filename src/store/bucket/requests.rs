@@ -2,10 +2,12 @@
 //! a mount costs in requests (and what history adds to each upload), how many fail and why,
 //! and how long the bucket takes to answer are figures on `/metrics`, not guesses.
 //!
-//! [`CountingStore`] wraps the store every [`super::Bucket`] is built on, so it is the one
-//! place every request passes: a single PUT, each step of a multipart upload (start, part,
-//! completion, abort), a GET, a HEAD, a listing page (`list_with_delimiter`) or a whole flat
-//! listing, a DELETE, a server-side copy. Each is recorded once, when it ends, with its
+//! [`CountingStore`] wraps the store every [`super::Bucket`] is built on, so every request
+//! passes it: a single PUT, each step of a multipart upload (start, part, completion, abort),
+//! a GET, a HEAD, a listing page (`list_with_delimiter`) or a whole flat listing, a DELETE, a
+//! server-side copy. (The one exception, the listing pages that get past a key object_store
+//! cannot represent, go to the backend directly and are counted through
+//! [`RequestCounts::time_list`].) Each request is recorded once, when it ends, with its
 //! outcome (see [`OUTCOMES`]) and its duration: for a GET until the response headers (the
 //! body streams afterwards, and the fetch's own duration covers it), for a flat listing until
 //! its last page. A request whose caller gave up on it (a future dropped, a timeout) is
@@ -130,6 +132,17 @@ impl RequestCounts {
     /// The duration histogram of each operation.
     pub fn latencies(&self) -> impl Iterator<Item = (&'static str, &Latency)> {
         OPS.iter().copied().zip(self.latency.iter())
+    }
+
+    /// Counts and times one listing page requested around [`CountingStore`]: the pages that
+    /// get past a key object_store cannot represent (`super::listing`), which go to the
+    /// backend's paginated or raw listing directly.
+    pub(super) async fn time_list<T>(
+        self: &Arc<Self>,
+        request: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        let timer = Timer::start(self, LIST);
+        timer.end(request.await)
     }
 
     /// Requests of operation `op` that failed: every outcome but `ok` and the answers that
