@@ -21,6 +21,8 @@ FROM ${RUST_BUILD_IMAGE} AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# The status page's HTML template, compiled into the binary.
+COPY templates ./templates
 # The registry and target caches survive between builds (a source change rebuilds incrementally);
 # the binary is copied out of the cache mount so that the next stage can use it.
 RUN --mount=type=cache,id=etlfs-cargo-registry,target=/usr/local/cargo/registry \

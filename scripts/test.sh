@@ -131,9 +131,36 @@ PY
     kubectl_ok || die "kubectl in $KUBECTL_DIR does not run (is $KUBECTL_DIR on PATH?)"
 }
 
+# The programs that check what the status server serves and the monitoring kit
+# (tests/it/common/tools.rs): promtool (in Debian's prometheus package; only the binary is
+# used, no server is started), headless chromium for the HTML status page, and Debian's own
+# Python with Prometheus' reference parsers.
+ensure_monitoring_tools() {
+    if ! command -v promtool >/dev/null; then
+        log "installing prometheus (for promtool), with its service kept from starting"
+        # policy-rc.d is how Debian lets an installer forbid starting services; one that is
+        # already there (container images have one) is left alone.
+        local policy=/usr/sbin/policy-rc.d
+        local own_policy=false
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy"
+            chmod 755 "$policy"
+            own_policy=true
+        fi
+        apt_install prometheus || { $own_policy && rm -f "$policy"; die "cannot install prometheus"; }
+        if $own_policy; then rm -f "$policy"; fi
+    fi
+    ensure_cmd chromium chromium
+    if ! /usr/bin/python3 -c 'import prometheus_client' 2>/dev/null; then
+        log "installing python3-prometheus-client"
+        apt_install python3-prometheus-client
+    fi
+}
+
 check_fuse
 ensure_rust
 ensure_pjdfstest
+ensure_monitoring_tools
 
 # ---------------------------------------------------------------------------------------------
 # Servers for the tests

@@ -203,6 +203,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         args.degraded_after,
         Arc::clone(bucket.health()),
         Arc::clone(bucket.fence()),
+        requests,
     );
     crate::ops::status::serve(listener, Arc::clone(&status), rt.handle())
         .map_err(UsageError::from)?;
@@ -307,7 +308,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         evictions: overlay.evictions(),
         passthrough: fs.passthrough_flag(),
         local_bytes,
-        requests,
+        max_local_bytes: args.max_local_bytes,
         parked: fs.parked_counter(),
     });
 

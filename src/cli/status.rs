@@ -277,6 +277,7 @@ mod tests {
             Duration::from_secs(30),
             Arc::default(),
             Arc::default(),
+            Arc::default(),
         );
         let r = s.report();
         let json = serde_json::to_string(&r).unwrap();

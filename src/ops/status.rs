@@ -1,7 +1,7 @@
 //! Operating etlfs: the HTTP status server of `etlfs mount --listen` (its client, `etlfs
 //! status`, is [`crate::cli::status`]).
 //!
-//! The server answers four paths, on the mount's tokio runtime, from the moment the
+//! The server answers five paths, on the mount's tokio runtime, from the moment the
 //! command line has been checked — before the bucket listing loads, so a probe sees `starting`
 //! rather than a refused connection during a long first listing:
 //!
@@ -11,8 +11,10 @@
 //!   application keeps working on the local disk, and restarting the pod would not help.
 //! - `/status`: a JSON [`Report`]: the state (below), the figures of `/metrics` in plain units,
 //!   and the last WARN/ERROR log events ([`recent`]);
-//! - `/metrics`: the same figures in the Prometheus/OpenMetrics text format ([`metrics`], the
-//!   one place that names them; doc/METRICS.md describes each).
+//! - `/metrics`: the same figures in the OpenMetrics or the Prometheus text format, as the
+//!   client's `Accept` asks ([`metrics`], the one place that names them; doc/METRICS.md
+//!   describes each);
+//! - `/`: the status as an HTML page for a person ([`page`]).
 //!
 //! # States
 //!
@@ -33,6 +35,8 @@
 //! secrets never go.
 
 pub mod metrics;
+pub mod page;
+pub mod process;
 pub mod recent;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -42,7 +46,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State as AxState;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::{Deserialize, Serialize};
@@ -53,6 +57,7 @@ use crate::engine::index::Index;
 use crate::engine::mirror::Mirror;
 use crate::escape::esc;
 use crate::store::bucket::Fence;
+use crate::store::bucket::requests::RequestCounts;
 
 /// Default address of the status server (and of `etlfs status`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:9500";
@@ -114,8 +119,8 @@ pub struct Sources {
     /// Local file bytes: kept by the overlay with `--max-local-bytes`, else by a periodic walk
     /// ([`crate::core::Core::local_bytes`]).
     pub local_bytes: Arc<AtomicU64>,
-    /// The requests sent to the bucket ([`crate::store::bucket::Bucket::requests`]).
-    pub requests: Arc<crate::store::bucket::requests::RequestCounts>,
+    /// `--max-local-bytes`, if given.
+    pub max_local_bytes: Option<u64>,
     /// Requests waiting for a download ([`crate::fs::fuse::EtlFs::parked_counter`]).
     pub parked: Arc<AtomicU64>,
 }
@@ -130,6 +135,9 @@ pub struct Status {
     /// Whether this mount may write the bucket (the lease; see [`crate::engine::lease`]).
     fence: Arc<Fence>,
     sources: OnceLock<Sources>,
+    /// The requests sent to the bucket ([`crate::store::bucket::Bucket::requests`]): shown
+    /// from the start, because the start's listing and lease are requests too.
+    requests: Arc<RequestCounts>,
     /// What the bucket's history did (kept versions, garbage collected).
     history: OnceLock<Arc<crate::store::bucket::history::Stats>>,
     mountpoint: String,
@@ -168,8 +176,10 @@ pub(crate) struct Figures<'a> {
     pub index_from_manifest: u64,
     pub journal_intents: u64,
     pub journal_bytes: u64,
-    /// Requests sent to the bucket by kind, once the parts are attached.
-    pub bucket_requests: Vec<(&'static str, u64)>,
+    /// The requests sent to the bucket, by operation and outcome, with their durations.
+    pub bucket_requests: Option<&'a RequestCounts>,
+    /// `--max-local-bytes` (0: none), once the parts are attached.
+    pub max_local_bytes: u64,
     pub history_versions_kept: u64,
     pub history_bytes_kept: u64,
     pub history_gc_deletions: u64,
@@ -194,6 +204,7 @@ impl Status {
         degraded_after: Duration,
         health: Arc<Health>,
         fence: Arc<Fence>,
+        requests: Arc<RequestCounts>,
     ) -> Arc<Status> {
         Arc::new(Status {
             phase: AtomicU8::new(PHASE_STARTING),
@@ -201,6 +212,7 @@ impl Status {
             health,
             fence,
             sources: OnceLock::new(),
+            requests,
             history: OnceLock::new(),
             mountpoint,
             started: SystemTime::now(),
@@ -267,6 +279,7 @@ impl Status {
             bucket_last_success_ms: self.health.last_success_ms(),
             bucket_failing_since_ms: self.health.failing_since_ms(),
             writes_stopped: self.fence.reason(),
+            bucket_requests: Some(&self.requests),
             ..Figures::default()
         };
         if let Some(h) = self.history.get() {
@@ -315,7 +328,7 @@ impl Status {
         f.journal_intents = s.mirror.journal_pending() as u64;
         f.journal_bytes = s.mirror.journal_size();
         f.passthrough = s.passthrough.load(Ordering::Relaxed);
-        f.bucket_requests = s.requests.snapshot();
+        f.max_local_bytes = s.max_local_bytes.unwrap_or(0);
         f
     }
 
@@ -567,8 +580,8 @@ struct ServerState {
     registry: prometheus_client::registry::Registry,
 }
 
-/// Serves `/metrics`, `/status`, `/healthz` and `/readyz` on `listener` until the runtime
-/// stops.
+/// Serves `/`, `/metrics`, `/status`, `/healthz` and `/readyz` on `listener` until the
+/// runtime stops.
 pub fn serve(
     listener: std::net::TcpListener,
     status: Arc<Status>,
@@ -588,12 +601,13 @@ pub fn serve(
     registry.register_collector(Box::new(metrics::Collector(Arc::clone(&status))));
     let state = Arc::new(ServerState { status, registry });
     let app = Router::new()
+        .route("/", get(html_page))
         .route("/metrics", get(metrics_page))
         .route("/status", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state);
-    tracing::info!(addr = %local, "status server listening (/status, /metrics, /healthz, /readyz)");
+    tracing::info!(addr = %local, "status server listening (/, /status, /metrics, /healthz, /readyz)");
     rt.spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "status server stopped");
@@ -602,19 +616,32 @@ pub fn serve(
     Ok(())
 }
 
-async fn metrics_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
+/// `/metrics`, in the format the client's `Accept` header prefers ([`metrics::negotiate`]).
+async fn metrics_page(AxState(s): AxState<Arc<ServerState>>, headers: HeaderMap) -> Response {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = metrics::negotiate((!accept.is_empty()).then_some(accept.as_str()));
     let mut body = String::new();
-    match prometheus_client::encoding::text::encode(&mut body, &s.registry) {
+    match format.encode(&mut body, &s.registry) {
         Ok(()) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                (header::VARY, "Accept"),
+            ],
             body,
         )
             .into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
+}
+
+/// `/`: the status for a person, as an HTML page ([`page`]).
+async fn html_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
+    page::render(&s.status)
 }
 
 async fn status_page(AxState(s): AxState<Arc<ServerState>>) -> Response {
@@ -643,6 +670,7 @@ mod tests {
             Duration::from_millis(50),
             Arc::clone(&health),
             Arc::clone(&fence),
+            Arc::default(),
         );
         health.failure();
         assert_eq!(s.state(), State::Starting);

@@ -1140,6 +1140,16 @@ fn hostile_keys_block_nothing(kind: &str) {
         metrics.contains(&format!("etlfs_bucket_keys_refused {refused}")),
         "{metrics}"
     );
+    // The listing pages that failed on them are counted as such.
+    let failed_pages: f64 = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("etlfs_bucket_requests_total{op=\"list\",outcome=\"invalid_key\"} ")
+        })
+        .unwrap_or_else(|| panic!("no list/invalid_key counter: {metrics}"))
+        .parse()
+        .unwrap();
+    assert!(failed_pages >= 1.0, "{metrics}");
 
     // Nothing outside the directory, nothing local but the state.
     let mut beside: Vec<String> = fs::read_dir(tmp.path())

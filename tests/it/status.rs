@@ -11,7 +11,9 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Output};
 use std::time::Duration;
 
-use crate::common::{self, bucket, servers};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::{self, bucket, servers, tools};
 use bucket::{Target, kubecost_read, kubecost_write, poll, target, wipe};
 use common::{Mounted, Opts};
 
@@ -47,7 +49,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
             let (name, kind) = rest.split_once(' ').expect("# TYPE name kind");
             assert!(valid_name(name), "bad metric name in {line:?}");
             assert!(
-                ["counter", "gauge", "histogram"].contains(&kind),
+                ["counter", "gauge", "histogram", "info"].contains(&kind),
                 "unexpected type in {line:?}"
             );
             types.insert(name.to_owned(), kind.to_owned());
@@ -79,7 +81,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
                 }
             }
         }
-        let family = ["_total", "_bucket", "_sum", "_count"]
+        let family = ["_total", "_bucket", "_sum", "_count", "_info"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|f| types.contains_key(*f)))
             .unwrap_or(name);
@@ -100,10 +102,12 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
     samples
 }
 
+/// `/metrics` in OpenMetrics (what Prometheus asks for), parsed.
 fn metrics(port: u16) -> BTreeMap<String, f64> {
-    let (code, body) = get(port, "/metrics").expect("the status server answers");
-    assert_eq!(code, 200, "{body}");
-    parse_metrics(&body)
+    let r =
+        common::http_get_accept(port, "/metrics", OPENMETRICS).expect("the status server answers");
+    assert_eq!(r.code, 200, "{}", r.body);
+    parse_metrics(&r.body)
 }
 
 fn etlfs_status(port: u16) -> Output {
@@ -125,9 +129,212 @@ fn fast_failing_config(server: &servers::Server) -> tempfile::NamedTempFile {
     f
 }
 
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0";
+const TEXT_004: &str = "text/plain; version=0.0.4";
+
+/// Parses an exposition with the reference parsers of Prometheus' Python client (strict for
+/// OpenMetrics: `# EOF`, counter and histogram shapes) and prints `type name labels value`
+/// for each sample.
+const PY_PARSE: &str = r#"
+import sys
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics
+from prometheus_client.parser import text_string_to_metric_families as text
+parse = openmetrics if sys.argv[1] == "openmetrics" else text
+for family in parse(sys.stdin.read()):
+    for s in family.samples:
+        labels = ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items()))
+        print(family.type, s.name, "{" + labels + "}", s.value)
+"#;
+
+/// The samples of an exposition, parsed by Prometheus' Python client: `name{labels}` (labels
+/// sorted) → (family type, value).
+fn python_parse(format: &str, body: &str) -> BTreeMap<String, (String, f64)> {
+    let mut cmd = Command::new(tools::python());
+    cmd.args(["-c", PY_PARSE, format]);
+    let ran = tools::run(cmd, Some(body), 60);
+    ran.assert_ok(&format!("parsing {format} with prometheus_client"));
+    ran.stdout
+        .lines()
+        .map(|l| {
+            let mut w = l.splitn(4, ' ');
+            let (kind, name, labels, value) = (
+                w.next().unwrap(),
+                w.next().unwrap(),
+                w.next().unwrap(),
+                w.next().unwrap(),
+            );
+            let labels = if labels == "{}" { "" } else { labels };
+            (
+                format!("{name}{labels}"),
+                (kind.to_owned(), value.parse().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// `GET /metrics` with no `Accept` header at all (every HTTP client library adds one): the
+/// status line and headers of the answer, lower-cased.
+fn raw_get_metrics_head(port: u16) -> String {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_lowercase();
+    answer.split("\r\n\r\n").next().unwrap().to_owned()
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tests
 // ---------------------------------------------------------------------------------------------
+
+/// `/metrics` speaks both exposition formats, chosen by `Accept`: OpenMetrics for
+/// `application/openmetrics-text` (and Prometheus' own header), the text format 0.0.4 for
+/// `text/plain;version=0.0.4`, `*/*` and no header. Both parse with the reference parsers
+/// (promtool, Prometheus' Python client) and carry the same samples: build info, process
+/// figures, and request counters and latencies by operation and outcome that move when a
+/// file is uploaded.
+#[test]
+fn metrics_in_both_formats_with_request_counters_that_follow_an_upload() {
+    let t = target("s3");
+    let port = common::free_port();
+    let (m, _cfg) = bucket::mount_on(
+        &t,
+        "100ms",
+        Opts {
+            args: vec!["--listen".into(), format!("127.0.0.1:{port}")],
+            ..Opts::default()
+        },
+    );
+    let fetch = |accept: &str| {
+        let r = common::http_get_accept(port, "/metrics", accept).unwrap();
+        assert_eq!(r.code, 200, "{}", r.body);
+        let ctype = r
+            .head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-type: "))
+            .unwrap_or_default()
+            .to_owned();
+        (ctype, r.body)
+    };
+    let prometheus_accept = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [OPENMETRICS, prometheus_accept] {
+        let (ctype, body) = fetch(accept);
+        assert!(
+            ctype.starts_with("application/openmetrics-text; version=1.0.0"),
+            "{accept}: {ctype}"
+        );
+        assert!(body.ends_with("# EOF\n"), "{body}");
+    }
+    for accept in [TEXT_004, "*/*", "text/html"] {
+        let (ctype, body) = fetch(accept);
+        assert_eq!(
+            ctype, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept}"
+        );
+        assert!(!body.contains("# EOF"), "{body}");
+    }
+    let head = raw_get_metrics_head(port);
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+
+    // promtool reads the text format (and lints it); the Python client parses both.
+    let (_, text) = fetch(TEXT_004);
+    let mut check = Command::new(tools::promtool());
+    check.args(["check", "metrics"]);
+    let ran = tools::run(check, Some(&text), 60);
+    ran.assert_ok("promtool check metrics");
+    let (_, om) = fetch(OPENMETRICS);
+    let om_samples = python_parse("openmetrics", &om);
+    let text_samples = python_parse("text", &text);
+    for (name, kind) in [
+        (
+            "etlfs_build_info{arch=\"x86_64\",profile=\"debug\",version=\"0.1.0\"}",
+            "info",
+        ),
+        ("process_cpu_seconds_total", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_virtual_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_max_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+        ("etlfs_memory_limit_bytes", "gauge"),
+        ("etlfs_max_local_bytes", "gauge"),
+        (
+            "etlfs_bucket_requests_total{op=\"list\",outcome=\"ok\"}",
+            "counter",
+        ),
+        (
+            "etlfs_bucket_request_duration_seconds_count{op=\"put\"}",
+            "histogram",
+        ),
+    ] {
+        let name = name.replace("x86_64", std::env::consts::ARCH).replace(
+            "debug",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        );
+        let (got, _) = om_samples
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} missing from OpenMetrics: {om}"));
+        assert_eq!(got, kind, "{name}");
+        let (text_kind, _) = text_samples
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} missing from the text format: {text}"));
+        // The text format has no info type: an info metric is a gauge there.
+        assert_eq!(
+            text_kind,
+            if kind == "info" { "gauge" } else { kind },
+            "{name}"
+        );
+    }
+    let value = |name: &str| om_samples[name].1;
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let started = value("process_start_time_seconds");
+    assert!(
+        started <= now + 1.0 && started > now - 600.0,
+        "{started} {now}"
+    );
+
+    // An upload: a PUT more, timed, and nothing counted as failed.
+    let puts_ok = "etlfs_bucket_requests_total{op=\"put\",outcome=\"ok\"}";
+    let put_count = "etlfs_bucket_request_duration_seconds_count{op=\"put\"}";
+    let before = metrics(port);
+    kubecost_write(&m.path("uploaded"), b"some bytes").unwrap();
+    assert!(
+        poll(30, || metrics(port)["etlfs_uploads_total"] >= 1.0),
+        "no upload: {}",
+        m.log()
+    );
+    let after = metrics(port);
+    assert!(after[puts_ok] >= before[puts_ok] + 1.0, "{after:?}");
+    assert!(after[put_count] >= before[put_count] + 1.0, "{after:?}");
+    assert!(after["etlfs_bucket_request_duration_seconds_sum{op=\"put\"}"] > 0.0);
+    for outcome in ["error", "timeout", "connect", "denied"] {
+        assert_eq!(
+            after[&format!("etlfs_bucket_requests_total{{op=\"put\",outcome=\"{outcome}\"}}")],
+            0.0
+        );
+    }
+    // A missing object answers 404: the HEAD of a file before its first upload, say.
+    assert!(
+        after.contains_key("etlfs_bucket_requests_total{op=\"head\",outcome=\"not_found\"}"),
+        "{after:?}"
+    );
+}
 
 /// `/metrics` parses, and its counters follow uploads, deletes and (after a lost volume)
 /// fetches; `/status` carries the same figures.
@@ -198,10 +405,11 @@ fn metrics_follow_uploads_deletes_and_fetches() {
     );
     assert!(after["etlfs_last_upload_timestamp_seconds"] > 1.6e9);
     // Three single PUTs more than before, at least: each upload is one request.
-    let puts = |m: &BTreeMap<String, f64>| m["etlfs_bucket_requests_total{op=\"put\"}"];
+    let puts =
+        |m: &BTreeMap<String, f64>| m["etlfs_bucket_requests_total{op=\"put\",outcome=\"ok\"}"];
     assert!(puts(&after) >= puts(&before) + 3.0, "{after:?}");
     assert!(
-        after["etlfs_bucket_requests_total{op=\"list\"}"] >= 1.0,
+        after["etlfs_bucket_requests_total{op=\"list\",outcome=\"ok\"}"] >= 1.0,
         "the start's listing"
     );
     assert!(

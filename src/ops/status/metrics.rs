@@ -14,9 +14,11 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::info::Info;
 
 use super::{State, Status};
 use crate::counters::Latency;
+use crate::store::bucket::requests::RequestCounts;
 
 /// Writes every metric on each scrape.
 #[derive(Debug)]
@@ -37,19 +39,74 @@ fn gauge_f(enc: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> std::
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
+/// (sum, count, buckets) of a histogram; before the mount is up, an empty one with the same
+/// buckets.
+fn snapshot(l: Option<&Latency>) -> (f64, u64, Vec<(f64, u64)>) {
+    l.map_or_else(|| Latency::default().snapshot(), Latency::snapshot)
+}
+
 fn histogram(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     l: Option<&Latency>,
 ) -> std::fmt::Result {
-    let (sum, count, buckets) = match l {
-        Some(l) => l.snapshot(),
-        // Before the mount is up: an empty histogram with the same buckets.
-        None => Latency::default().snapshot(),
-    };
+    let (sum, count, buckets) = snapshot(l);
     enc.encode_descriptor(name, help, None, MetricType::Histogram)?
         .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+}
+
+/// `etlfs_build_info`: which etlfs this is, for dashboards that compare nodes or releases.
+fn build_info(e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let info = Info::new([
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("arch", std::env::consts::ARCH),
+        (
+            "profile",
+            if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        ),
+    ]);
+    info.encode(e.encode_descriptor(
+        "etlfs_build",
+        "etlfs' version, architecture and build profile (always 1)",
+        None,
+        info.metric_type(),
+    )?)
+}
+
+/// The bucket's requests by operation and outcome, and their durations by operation
+/// ([`crate::store::bucket::requests`]).
+fn bucket_requests(e: &mut DescriptorEncoder, r: Option<&RequestCounts>) -> std::fmt::Result {
+    let fallback = RequestCounts::default();
+    let r = r.unwrap_or(&fallback);
+    {
+        let mut m = e.encode_descriptor(
+            "etlfs_bucket_requests",
+            "Requests sent to the bucket, by operation (put, multipart_start, multipart_part, multipart_complete, multipart_abort, get, head, list, delete, copy) and outcome (ok, not_found, precondition, denied, unsupported, invalid_key, timeout, connect, error, cancelled), counted when they end",
+            None,
+            MetricType::Counter,
+        )?;
+        for c in r.snapshot() {
+            let labels = [("op", c.op), ("outcome", c.outcome)];
+            ConstCounter::new(c.count).encode(m.encode_family(&labels)?)?;
+        }
+    }
+    let mut m = e.encode_descriptor(
+        "etlfs_bucket_request_duration_seconds",
+        "Duration of the requests sent to the bucket, by operation, whatever their outcome (a GET until its response headers, a flat listing until its last page)",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (op, l) in r.latencies() {
+        let (sum, count, buckets) = l.snapshot();
+        m.encode_family(&[("op", op)])?
+            .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
+    }
+    Ok(())
 }
 
 /// Unix ms (0 = never) as Unix seconds.
@@ -61,6 +118,7 @@ impl prometheus_client::collector::Collector for Collector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let f = self.0.figures();
         let e = &mut enc;
+        build_info(e)?;
         {
             let state = f.state.unwrap_or(State::Starting);
             let mut m = e.encode_descriptor(
@@ -223,6 +281,12 @@ impl prometheus_client::collector::Collector for Collector {
         )?;
         gauge(
             e,
+            "etlfs_max_local_bytes",
+            "--max-local-bytes: the local bytes above which clean files are evicted; 0 without a bound",
+            f.max_local_bytes as i64,
+        )?;
+        gauge(
+            e,
             "etlfs_bucket_only_files",
             "Files that are only in the bucket (not yet fetched)",
             f.bucket_only_files as i64,
@@ -263,18 +327,7 @@ impl prometheus_client::collector::Collector for Collector {
             "1 when FUSE passthrough is on, 0 in daemon mode",
             i64::from(f.passthrough),
         )?;
-        {
-            let mut m = e.encode_descriptor(
-                "etlfs_bucket_requests",
-                "Requests sent to the bucket, by kind (put, multipart: the start of one, get, head, list: one page or one flat listing, delete, copy)",
-                None,
-                MetricType::Counter,
-            )?;
-            for (kind, n) in &f.bucket_requests {
-                let labels = [("op", kind.to_string())];
-                ConstCounter::new(*n).encode(m.encode_family(&labels)?)?;
-            }
-        }
+        bucket_requests(e, f.bucket_requests)?;
         counter(
             e,
             "etlfs_history_versions_kept",
@@ -329,6 +382,155 @@ impl prometheus_client::collector::Collector for Collector {
             "Unix time the bucket last answered an operation; 0 if never since start",
             secs(f.bucket_last_success_ms),
         )?;
-        Ok(())
+        super::process::encode(e)
+    }
+}
+
+/// The exposition formats `/metrics` speaks; see [`negotiate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0 text (`application/openmetrics-text`), which Prometheus asks for first.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`).
+    Text,
+}
+
+impl Format {
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+        }
+    }
+
+    /// Every metric of `registry`, in this format.
+    pub fn encode(
+        self,
+        out: &mut String,
+        registry: &prometheus_client::registry::Registry,
+    ) -> std::fmt::Result {
+        match self {
+            Format::OpenMetrics => prometheus_client::encoding::text::encode(out, registry),
+            Format::Text => prometheus_client::encoding::prometheus_text::encode(out, registry),
+        }
+    }
+}
+
+/// How one format matched an `Accept` header: how specific the range was (2 for the exact
+/// type, 1 for `type/*`, 0 for `*/*`), its weight, and its place in the header.
+#[derive(Debug, Clone, Copy)]
+struct Match {
+    specific: u8,
+    q: f32,
+    at: usize,
+}
+
+/// The format to answer an `Accept` header with.
+///
+/// OpenMetrics when the client prefers it: a higher `q`, or the same `q` from a more specific
+/// range, or from an equally specific one listed earlier. Everything else — no `Accept`,
+/// `*/*`, `text/plain`, a header naming neither — gets the Prometheus text format 0.0.4:
+/// Prometheus itself always asks for OpenMetrics first, so it gets OpenMetrics, while the
+/// tools that send no preference (curl, promtool, agents that scrape "Prometheus
+/// endpoints") all read the classic format and not all of them read OpenMetrics. The official
+/// Go client decides the same way. Version parameters are not compared: there is one version
+/// of each format to give.
+pub fn negotiate(accept: Option<&str>) -> Format {
+    use mediatype::names::{_STAR, APPLICATION, PLAIN, Q, TEXT};
+    use mediatype::{Name, ReadParams};
+    const OPENMETRICS: Name = Name::new_unchecked("openmetrics-text");
+    let Some(accept) = accept else {
+        return Format::Text;
+    };
+    let mut best: [Option<Match>; 2] = [None, None];
+    for (at, range) in mediatype::MediaTypeList::new(accept).enumerate() {
+        // A malformed entry is skipped, as if it were not there.
+        let Ok(range) = range else { continue };
+        let q = range
+            .get_param(Q)
+            .and_then(|v| v.unquoted_str().trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        for (slot, (ty, subty)) in [(APPLICATION, OPENMETRICS), (TEXT, PLAIN)]
+            .into_iter()
+            .enumerate()
+        {
+            let specific = if range.ty == ty && range.subty == subty {
+                2
+            } else if range.ty == ty && range.subty == _STAR {
+                1
+            } else if range.ty == _STAR {
+                0
+            } else {
+                continue;
+            };
+            // The most specific range that matches decides (RFC 9110, 12.5.1).
+            if best[slot].is_none_or(|b| specific > b.specific) {
+                best[slot] = Some(Match { specific, q, at });
+            }
+        }
+    }
+    let key = |m: Match| (m.q, m.specific, std::cmp::Reverse(m.at));
+    match best {
+        [Some(om), text] if om.q > 0.0 && text.is_none_or(|t| key(om) > key(t)) => {
+            Format::OpenMetrics
+        }
+        _ => Format::Text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_s_preference_picks_the_format() {
+        let cases = [
+            (None, Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some(""), Format::Text),
+            (Some("application/json"), Format::Text),
+            (Some("text/plain;version=0.0.4"), Format::Text),
+            (Some("application/openmetrics-text"), Format::OpenMetrics),
+            (Some("application/openmetrics-text;q=0"), Format::Text),
+            (
+                Some("*/*, application/openmetrics-text"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("text/plain, application/openmetrics-text"),
+                Format::Text,
+            ),
+            (
+                Some("application/openmetrics-text, text/plain"),
+                Format::OpenMetrics,
+            ),
+            (
+                Some("application/*;q=0.9, text/*;q=0.8"),
+                Format::OpenMetrics,
+            ),
+            // What Prometheus 2 and 3 send by default.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Format::OpenMetrics,
+            ),
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2",
+                ),
+                Format::OpenMetrics,
+            ),
+            // Prometheus told to prefer the classic format (scrape_protocols).
+            (
+                Some(
+                    "text/plain;version=0.0.4;q=0.5,application/openmetrics-text;version=1.0.0;q=0.4,*/*;q=0.1",
+                ),
+                Format::Text,
+            ),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(negotiate(accept), want, "{accept:?}");
+        }
     }
 }

@@ -266,8 +266,9 @@ impl Bucket {
         let mut dirs = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let page = raw
-                .page(raw_prefix.as_deref(), by_level, marker.as_deref())
+            let page = self
+                .requests
+                .time_list(raw.page(raw_prefix.as_deref(), by_level, marker.as_deref()))
                 .await?;
             for b in page.blobs {
                 match Key::parse(&b.name) {
@@ -324,7 +325,8 @@ impl Bucket {
                 max_keys: Some(page),
                 ..Default::default()
             };
-            let res = match paged.list_paginated(raw_prefix.as_deref(), opts).await {
+            let listed = paged.list_paginated(raw_prefix.as_deref(), opts);
+            let res = match self.requests.time_list(listed).await {
                 Ok(res) => res,
                 Err(e) if names_a_bad_key(&e) && page > 1 => {
                     page /= 2;

@@ -1,10 +1,12 @@
 //! The fixture every test module shares: [`Mounted`] runs the real `etlfs` binary over a
 //! temporary directory and always unmounts, also when a test fails or panics; [`servers`] are
 //! the object-storage servers on 127.0.0.1 and [`bucket`] what the tests do with a bucket on
-//! them (or on a FILESYSTEM bucket).
+//! them (or on a FILESYSTEM bucket); [`tools`] runs the outside programs some tests check
+//! with (promtool, chromium, Debian's Python).
 
 pub mod bucket;
 pub mod servers;
+pub mod tools;
 
 use std::fs;
 use std::net::TcpListener;
@@ -34,8 +36,14 @@ pub struct Reply {
 
 /// `GET path` on the status server at 127.0.0.1:port, or `None` if nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<Reply> {
+    http_get_accept(port, path, "*/*")
+}
+
+/// `GET path` with an `Accept` header, or `None` if nothing answers.
+pub fn http_get_accept(port: u16, path: &str, accept: &str) -> Option<Reply> {
     let resp = http_client()
         .get(format!("http://127.0.0.1:{port}{path}"))
+        .header(reqwest::header::ACCEPT, accept)
         .send()
         .ok()?;
     let code = resp.status().as_u16();
