@@ -279,7 +279,7 @@ fn an_fstab_line_mounts_once_and_noallow_other_keeps_other_users_out() {
         &fstab,
         format!(
             "# etlfs over a test directory\n{} {} fuse.etlfs prefix=etl,listen=127.0.0.1:{port},\
-             noallow_other,log_file={},x-systemd.requires=network-online.target,_netdev,noauto 0 0\n",
+             noallow_other,log_file={},x-systemd.requires=network-online.target,_netdev 0 0\n",
             f.cfg.display(),
             f.mnt.display(),
             log.display()
@@ -301,7 +301,8 @@ fn an_fstab_line_mounts_once_and_noallow_other_keeps_other_users_out() {
         "{denied:?}"
     );
 
-    // mount -a finds the line mounted; mounting it again by hand is refused.
+    // mount -a finds the line mounted (by its source, the fsname; it would mount it again,
+    // and fail, otherwise); mounting it again by hand is refused.
     let (st, err) = mount(&["-a".as_ref(), "-T".as_ref(), fstab.as_os_str()]);
     assert!(st.success(), "mount -a ({st}):\n{err}");
     let (st, err) = mount(&["-T".as_ref(), fstab.as_os_str(), f.mnt.as_os_str()]);
