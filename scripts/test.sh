@@ -77,6 +77,15 @@ ensure_rust() {
     ensure_cmd umount mount # the test fixture's last-resort `umount -l`
 }
 
+# Tools the tests run for real: mount(8) as the helper's caller and setpriv to act as another
+# user (tests/it/helper.rs), groff to render the man pages (tests/it/cli.rs), and
+# systemd-analyze to verify the unit (tests/it/deploy.rs).
+ensure_tools() {
+    ensure_cmd setpriv util-linux
+    ensure_cmd groff groff-base
+    ensure_cmd systemd-analyze systemd
+}
+
 # The third-party POSIX test suite (tests/it/pjdfstest.rs). Honours a preset $PJDFSTEST;
 # otherwise installs the pinned version into ~/.cargo/bin unless it is already there.
 ensure_pjdfstest() {
@@ -159,6 +168,7 @@ ensure_monitoring_tools() {
 
 check_fuse
 ensure_rust
+ensure_tools
 ensure_pjdfstest
 ensure_monitoring_tools
 

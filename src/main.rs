@@ -1,4 +1,6 @@
-//! The `etlfs` command line: argument parsing, logging and exit codes.
+//! The `etlfs` command line: argument parsing, logging and exit codes. Called by the mount
+//! helper's name (`mount.fuse.etlfs`), it takes `mount(8)`'s arguments instead
+//! ([`etlfs::cli::helper`]).
 //!
 //! Exit codes: 0 clean, 1 error, 2 bad usage or configuration.
 
@@ -6,9 +8,10 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use etlfs::cli::UsageError;
 use etlfs::cli::args::{HistoryArgs, MountArgs, OneshotArgs};
+use etlfs::cli::helper::{HelperError, Invocation};
 use etlfs::cli::mount;
 use etlfs::cli::oneshot;
 use etlfs::escape::esc_chain;
@@ -37,8 +40,8 @@ enum LogFormat {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Mount over MOUNTPOINT (or serve --local DIR there) and run in the foreground until
-    /// SIGTERM/SIGINT or `umount`.
+    /// Mount over MOUNTPOINT (or serve --local DIR there) and serve it until SIGTERM/SIGINT or
+    /// `umount`, in the foreground unless --background.
     Mount(MountArgs),
     /// Print a running mount's status; exit 0 only when it is ready (usable as a probe).
     Status {
@@ -95,6 +98,21 @@ enum Command {
         /// A file, relative to the served directory.
         path: Option<PathBuf>,
     },
+    /// Print the shell completion script for SHELL (e.g. `etlfs completions bash >
+    /// /usr/share/bash-completion/completions/etlfs`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page of etlfs, or of one COMMAND (`etlfs man mount`); with --dir, write
+    /// every page into DIR.
+    Man {
+        /// A command, for its own page (`etlfs-COMMAND(1)`).
+        command: Option<String>,
+        /// Write etlfs.1 and every etlfs-COMMAND.1 into this directory.
+        #[arg(long, value_name = "DIR", conflicts_with = "command")]
+        dir: Option<PathBuf>,
+    },
 }
 
 /// A one-shot command's outcome for the exit code: a bad directory or configuration stays the
@@ -131,8 +149,26 @@ fn init_logging(format: LogFormat) {
         .init();
 }
 
+/// The command line to parse: as given, or the mount helper's, translated.
+fn command_line() -> Result<Vec<std::ffi::OsString>, ExitCode> {
+    match etlfs::cli::helper::invocation(std::env::args_os().collect(), &Cli::command()) {
+        Ok(Invocation::Run(argv)) => Ok(argv),
+        Ok(Invocation::Fake) => Err(ExitCode::SUCCESS),
+        Err(HelperError::Args(e)) => e.exit(),
+        Err(e) => {
+            init_logging(LogFormat::Human);
+            tracing::error!("{e}");
+            Err(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let argv = match command_line() {
+        Ok(argv) => argv,
+        Err(code) => return code,
+    };
+    let cli = Cli::parse_from(argv);
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Mount(args) => mount::mount(args),
@@ -163,6 +199,10 @@ fn main() -> ExitCode {
             dir.as_deref().unwrap_or(std::path::Path::new(".")),
             path.as_deref(),
         )),
+        Command::Completions { shell } => etlfs::cli::manual::completions(shell, Cli::command()),
+        Command::Man { command, dir } => {
+            etlfs::cli::manual::man(Cli::command(), command.as_deref(), dir.as_deref())
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -90,9 +90,23 @@ pub struct MountArgs {
     pub lease_period: std::time::Duration,
     /// Mount options, comma-separated, repeatable (`-o ro,noatime -o nodev`): ro, nosuid
     /// and nodev (the default) or suid and dev, noexec, sync, dirsync, noatime, nodiratime,
-    /// ...; what fstab passes for mount(8) (defaults, nofail, x-*, ...) is ignored.
+    /// allow_other (the default) or allow_root or noallow_other, ...; what fstab passes for
+    /// mount(8) (defaults, nofail, x-*, ...) is ignored.
     #[arg(short = 'o', long = "options", value_name = "OPT[,OPT...]")]
     pub options: Vec<String>,
+    /// Return once the mount is ready (mounted, bucket listing loaded), leaving etlfs serving
+    /// it in the background, as `mount(8)` expects of a mount helper. Errors before that are
+    /// printed here and set the exit code.
+    #[arg(long)]
+    pub background: bool,
+    /// Append the log to FILE instead of writing it to stderr (with --background, once the
+    /// mount is ready).
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// The source the mount table shows (default `etlfs:DIR`, DIR the served directory); the
+    /// mount helper sets it to the fstab line's source, so that `mount -a` sees it mounted.
+    #[arg(long, value_name = "NAME")]
+    pub fsname: Option<String>,
     #[command(flatten)]
     pub history: HistoryArgs,
     #[command(flatten)]

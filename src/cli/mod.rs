@@ -1,9 +1,12 @@
-//! The commands: `etlfs mount` (wiring the layers below into a served mount), the one-shot
-//! commands that compare a directory with its bucket without mounting, and `etlfs status` (the
-//! client of a mount's status server) — and what they share: the checks of their inputs, the
-//! bucket they name, and the errors that make exit code 2.
+//! The commands: `etlfs mount` (wiring the layers below into a served mount; [`helper`] is
+//! its `mount(8)` face), the one-shot commands that compare a directory with its bucket
+//! without mounting, `etlfs status` (the client of a mount's status server), and the shell
+//! completions and man pages of them all ([`manual`]) — and what they share: the checks of
+//! their inputs, the bucket they name, and the errors that make exit code 2.
 
 pub mod args;
+pub mod helper;
+pub mod manual;
 pub mod mount;
 pub mod oneshot;
 pub mod status;

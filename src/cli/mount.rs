@@ -13,10 +13,13 @@
 //!
 //! The steps with rules of their own have files of their own: taking the lease
 //! ([`lease`]), the bucket listing, waited for or late ([`listing`]), whether a start may be
-//! offline ([`offline`]), and the stop with its drain ([`shutdown`]).
+//! offline ([`offline`]), the stop with its drain ([`shutdown`]), telling a supervisor how it
+//! goes ([`notify`]) and returning once ready with `--background` ([`background`]).
 
+mod background;
 mod lease;
 mod listing;
+mod notify;
 mod offline;
 mod shutdown;
 
@@ -32,6 +35,7 @@ use anyhow::Context;
 use fuser::{Config, MountOption, SessionACL};
 use tracing::{info, warn};
 
+use self::background::{LogFile, Role, Started};
 use self::lease::LeaseStart;
 use self::listing::LateListing;
 use self::shutdown::Serving;
@@ -39,9 +43,9 @@ use crate::cli::args::MountArgs;
 use crate::cli::{DEFAULT_STATE_DIR, UsageError, check_dir, open_bucket};
 use crate::core::{Core, CoreOptions};
 use crate::engine::mirror::MirrorOptions;
-use crate::escape::esc;
+use crate::escape::{esc, esc_chain};
 use crate::fs::fuse::{EtlFs, FuseOptions};
-use crate::fs::mountopts::{Atime, MountOptions};
+use crate::fs::mountopts::{Access, Atime, MountOptions};
 use crate::fs::overlay::Policy;
 use crate::os::local::LocalDir;
 use crate::os::state::StateDir;
@@ -84,26 +88,45 @@ struct Plan {
     hidden: Option<PathBuf>,
 }
 
-/// A FUSE mount whose daemon died (SIGKILL, OOM) answers every access with `ENOTCONN` and
-/// would stop a restarted etlfs at its first `stat`. Detach it: what it covered is the
-/// directory we are about to serve again.
-fn clear_dead_mount(path: &Path) {
+/// What already covers the mount point, if it is an etlfs mount of the same source (`--fsname`,
+/// or by default any `etlfs:` one). One whose daemon died (SIGKILL, OOM) answers every access
+/// with `ENOTCONN` and would stop a restarted etlfs at its first `stat`: it is detached, since
+/// what it covered is the directory we are about to serve again. A live one is refused: etlfs
+/// would serve its own mount (as `mount -T FSTAB MNT` run twice would ask).
+fn clear_dead_mount(path: &Path, fsname: Option<&str>) -> Result<(), UsageError> {
     let Ok(abs) = std::path::absolute(path) else {
-        return;
+        return Ok(());
     };
-    // Only an etlfs mount (our FSName), and only if it does not answer: a directory listing
-    // needs the daemon (a stat may be served from the kernel's attribute cache).
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let target = mountinfo_escape(&abs.to_string_lossy());
     let ours = info.lines().any(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         let sep = f.iter().position(|x| *x == "-");
-        f.get(4) == Some(&abs.to_string_lossy().as_ref())
-            && sep.is_some_and(|s| f.get(s + 2).is_some_and(|src| src.starts_with("etlfs:")))
+        let source = sep.and_then(|s| f.get(s + 2)).copied().unwrap_or_default();
+        f.get(4) == Some(&target.as_str())
+            && sep.is_some_and(|s| f.get(s + 1).is_some_and(|t| t.starts_with("fuse")))
+            && match fsname {
+                Some(name) => source == mountinfo_escape(name),
+                None => source.starts_with("etlfs:"),
+            }
     });
-    let dead = ours
-        && matches!(std::fs::read_dir(&abs), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-    if !dead {
-        return;
+    if !ours {
+        return Ok(());
+    }
+    // A directory listing needs the daemon (a stat may be served from the kernel's attribute
+    // cache).
+    match std::fs::read_dir(&abs) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {}
+        _ => {
+            return Err(UsageError::Inaccessible {
+                what: "mount point",
+                path: abs,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::ResourceBusy,
+                    "already mounted: an etlfs mount serves it",
+                ),
+            });
+        }
     }
     warn!(mountpoint = %esc(&abs), "detaching a dead etlfs mount left by a crashed daemon");
     if let Ok(c) = CString::new(abs.as_os_str().as_bytes()) {
@@ -111,10 +134,23 @@ fn clear_dead_mount(path: &Path) {
             warn!(error = %e, "could not detach the dead mount");
         }
     }
+    Ok(())
+}
+
+/// `text` as /proc/self/mountinfo writes it: space, tab, newline and backslash as octal escapes.
+fn mountinfo_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            ' ' | '\t' | '\n' | '\\' => out.push_str(&format!("\\{:03o}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn plan(args: &MountArgs) -> Result<Plan, UsageError> {
-    clear_dead_mount(&args.mountpoint);
+    clear_dead_mount(&args.mountpoint, args.fsname.as_deref())?;
     let mountpoint = check_dir("mount point", &args.mountpoint)?;
     let local = match &args.local {
         Some(l) => check_dir("local directory", l)?,
@@ -154,14 +190,26 @@ enum Event {
     SessionEnded(std::io::Result<()>),
 }
 
-/// Runs `etlfs mount` until a signal or an external unmount. Returns `Err` with a
-/// [`UsageError`] inside for invocation problems (exit code 2).
+/// Runs `etlfs mount` until a signal or an external unmount (with `--background`: until the
+/// mount is ready, see [`background`]). Returns `Err` with a [`UsageError`] inside for
+/// invocation problems (exit code 2).
 pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     sys::tune_allocator();
     let as_of = args.as_of();
     let mut options = MountOptions::parse(&args.options).map_err(UsageError::from)?;
     // A point in time is served read-only.
     options.read_only |= as_of.is_some();
+    let log_file = args.log_file.as_deref().map(LogFile::open).transpose()?;
+    let role = Role::of(args.background);
+    match role {
+        Role::Waiter => return wait_for_daemon(),
+        Role::Daemon => background::detach_session()?,
+        Role::Foreground => {
+            if let Some(log) = &log_file {
+                log.take_over_output()?;
+            }
+        }
+    }
     let plan = plan(&args)?;
     check_fuse_device()?;
     // Bound now, served once the runtime exists: an address in use fails before any mount.
@@ -219,6 +267,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     state.clear_complete();
     // One writer per prefix: the lease first, so that a second mount is refused before it
     // shows anything or writes anything.
+    if args.lease().is_some() && as_of.is_none() {
+        notify::status("starting: taking the prefix's lease");
+    }
     let Some(LeaseStart {
         offline,
         late: late_lease,
@@ -236,6 +287,7 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     // The mount is only useful once it can show what the bucket holds: an application that
     // found an empty directory might rebuild its data and overwrite good backups. So wait for
     // the listing, retrying, until it loads or we are told to stop.
+    notify::status("starting: loading the bucket listing");
     let Some(index) = listing::first_index(&args, &rt, &bucket, &rx, offline, &status)? else {
         return Ok(());
     };
@@ -313,7 +365,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
     });
 
     let session = new_session(fs, &args, &plan, &options)?;
-    status.set_ready();
     let session = thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
@@ -321,6 +372,17 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             let _ = session_tx.send(Event::SessionEnded(res));
         })
         .context("starting the FUSE session")?;
+    // Ready once the kernel's requests are answered, not when the mount merely exists.
+    if answers(&plan.mountpoint) {
+        status.set_ready();
+        notify::ready(&plan.mountpoint);
+        if role == Role::Daemon {
+            // Serving goes on either way: a failed redirect must not leave a dead mount.
+            if let Err(e) = background::detach_output(log_file.as_ref()) {
+                warn!(error = %esc_chain(e.chain()), "could not let go of the starting command's output");
+            }
+        }
+    }
 
     shutdown::serve_until_stopped(
         &args,
@@ -341,6 +403,36 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             local: dirs.late_stop,
         },
     )
+}
+
+/// `--background`: starts the daemon and returns once it is ready; exits with its exit code
+/// if it stops before that (it has said why).
+fn wait_for_daemon() -> anyhow::Result<()> {
+    match background::start_daemon()? {
+        Started::Ready => Ok(()),
+        Started::Exited(st) => match st.code() {
+            Some(0) => anyhow::bail!("etlfs stopped before the mount was ready"),
+            Some(code) => std::process::exit(code),
+            None => anyhow::bail!("etlfs was killed before the mount was ready ({st})"),
+        },
+    }
+}
+
+/// Whether the mount at `mountpoint` answers: a `statfs` goes through the FUSE session once
+/// the kernel's `INIT` is answered. (If the session failed instead, the kernel answers with
+/// an error, or the directory underneath shows: nothing waits forever.)
+fn answers(mountpoint: &Path) -> bool {
+    match sys::answers_as_fuse(mountpoint) {
+        Ok(true) => true,
+        Ok(false) => {
+            warn!(mountpoint = %esc(mountpoint), "the mount point does not show the mount");
+            false
+        }
+        Err(e) => {
+            warn!(mountpoint = %esc(mountpoint), error = %e, "the mount does not answer");
+            false
+        }
+    }
 }
 
 /// Raises the open file limit as far as the kernel allows, and returns how many descriptors
@@ -469,8 +561,12 @@ fn new_session(
     options: &MountOptions,
 ) -> anyhow::Result<fuser::Session<EtlFs>> {
     let mut config = Config::default();
-    config.mount_options = fuser_options(&plan.local, options);
-    config.acl = SessionACL::All;
+    config.mount_options = fuser_options(args.fsname.as_deref(), &plan.local, options);
+    config.acl = match options.access {
+        Access::Everyone => SessionACL::All,
+        Access::RootAndOwner => SessionACL::RootAndOwner,
+        Access::Owner => SessionACL::Owner,
+    };
     config.n_threads = Some(args.threads.max(1));
     config.clone_fd = true;
 
@@ -492,19 +588,21 @@ fn new_session(
         threads = args.threads,
         read_only = options.read_only,
         atime = ?options.atime,
+        access = ?options.access,
         "mounted"
     );
     Ok(session)
 }
 
 /// The kernel's mount options for `-o` `options`. Always: the source shown in the mount
-/// table, `default_permissions` (the kernel checks modes, as on the disk underneath), and
-/// `nosuid`/`nodev` unless `suid`/`dev` were asked for. `strictatime` and `nodiratime` have
+/// table (`fsname`, else `etlfs:LOCAL`), `default_permissions` (the kernel checks modes, as on
+/// the disk underneath), and `nosuid`/`nodev` unless `suid`/`dev` were asked for. `strictatime` and `nodiratime` have
 /// no fuser counterpart, and nothing to do in the kernel anyway (it leaves a FUSE file's
 /// access time to the filesystem): the mount table shows the kernel's default, `relatime`.
-fn fuser_options(local: &Path, options: &MountOptions) -> Vec<MountOption> {
+fn fuser_options(fsname: Option<&str>, local: &Path, options: &MountOptions) -> Vec<MountOption> {
+    let fsname = fsname.map_or_else(|| format!("etlfs:{}", local.display()), str::to_owned);
     let mut out = vec![
-        MountOption::FSName(format!("etlfs:{}", local.display())),
+        MountOption::FSName(fsname),
         MountOption::Subtype("etlfs".into()),
         MountOption::DefaultPermissions,
     ];
@@ -549,6 +647,7 @@ fn stopped_while_waiting(signals: &mpsc::Receiver<Event>, d: std::time::Duration
     match signals.recv_timeout(d) {
         Ok(Event::Signal(sig)) => {
             info!(signal = sig, "stopping before the mount");
+            notify::stopping();
             true
         }
         Ok(Event::SessionEnded(_)) | Err(mpsc::RecvTimeoutError::Timeout) => false,

@@ -5,11 +5,13 @@
 //!
 //! Three kinds of word:
 //! - kept: `ro`/`rw`, `suid`/`nosuid`, `dev`/`nodev`, `exec`/`noexec`, `sync`/`async`,
-//!   `dirsync`, `atime`/`noatime`/`relatime`/`strictatime`, `diratime`/`nodiratime`. Of a pair
+//!   `dirsync`, `atime`/`noatime`/`relatime`/`strictatime`, `diratime`/`nodiratime`, and who
+//!   may use the mount: `allow_other`/`allow_root`/`noallow_other`. Of a pair (or the three)
 //!   the last one said wins, as with `mount(8)`;
 //! - ignored: words that only tell `mount(8)` or the boot what to do (`defaults`, `auto`,
 //!   `noauto`, `user`, `nouser`, `users`, `_netdev`, `nofail`, `x-*`, `comment=*`); `mount(8)`
-//!   hands them to a helper along with the rest, so refusing them would break fstab lines;
+//!   hands them to a helper along with the rest, so refusing them would break fstab lines.
+//!   `default_permissions` too: etlfs always asks the kernel to check modes;
 //! - anything else is refused, naming the word: a misspelt `noatine` would otherwise be
 //!   silently dropped.
 
@@ -38,6 +40,19 @@ pub enum Atime {
     Never,
 }
 
+/// Who may use the mount (FUSE lets only the user who mounted it in, unless told otherwise).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// `allow_other` (the default): every user, as on the directory underneath. Kubecost's
+    /// cost-model writes the directory as its own non-root uid, while etlfs mounts as root
+    /// (a privileged sidecar); without it the kernel would refuse the application every access.
+    Everyone,
+    /// `allow_root`: root and the user who mounted it (etlfs mounts as root, so: root only).
+    RootAndOwner,
+    /// `noallow_other`: only the user who mounted it.
+    Owner,
+}
+
 /// What the `-o` options ask of a mount. The default is what `etlfs mount` does without any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
@@ -56,6 +71,8 @@ pub struct MountOptions {
     pub atime: Atime,
     /// `nodiratime`: listing a directory never updates its access time (implied by `noatime`).
     pub nodiratime: bool,
+    /// `allow_other` (default), `allow_root` or `noallow_other`.
+    pub access: Access,
 }
 
 impl Default for MountOptions {
@@ -71,6 +88,7 @@ impl Default for MountOptions {
             dirsync: false,
             atime: Atime::Relative,
             nodiratime: false,
+            access: Access::Everyone,
         }
     }
 }
@@ -98,9 +116,20 @@ impl MountOptions {
                 "strictatime" => o.atime = Atime::Strict,
                 "nodiratime" => o.nodiratime = true,
                 "diratime" => o.nodiratime = false,
+                "allow_other" => o.access = Access::Everyone,
+                "allow_root" => o.access = Access::RootAndOwner,
+                "noallow_other" => o.access = Access::Owner,
                 // For mount(8) and the boot, not for the filesystem.
-                "" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
-                | "nofail" => {}
+                ""
+                | "defaults"
+                | "auto"
+                | "noauto"
+                | "user"
+                | "nouser"
+                | "users"
+                | "_netdev"
+                | "nofail"
+                | "default_permissions" => {}
                 w if w.starts_with("x-") || w.starts_with("comment=") => {}
                 w => return Err(UnknownOption(w.to_owned())),
             }
@@ -124,6 +153,19 @@ mod tests {
         let o = MountOptions::parse::<&str>(&[]).unwrap();
         assert_eq!(o, MountOptions::default());
         assert!(!o.suid && !o.dev && o.exec && !o.read_only);
+        assert_eq!(o.access, Access::Everyone);
+    }
+
+    #[test]
+    fn who_may_use_the_mount_and_the_last_word_wins() {
+        let access = |w: &str| MountOptions::parse(&[w]).unwrap().access;
+        assert_eq!(access("allow_root"), Access::RootAndOwner);
+        assert_eq!(access("noallow_other"), Access::Owner);
+        assert_eq!(access("noallow_other,allow_other"), Access::Everyone);
+        assert_eq!(
+            access("allow_other,default_permissions,allow_root"),
+            Access::RootAndOwner
+        );
     }
 
     #[test]

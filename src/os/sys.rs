@@ -395,6 +395,47 @@ pub fn umount(path: &CStr, detach: bool) -> io::Result<()> {
     check(unsafe { libc::umount2(path.as_ptr(), flags) }).map(drop)
 }
 
+/// The filesystem type `statfs(2)` reports for a FUSE mount (`FUSE_SUPER_MAGIC`).
+const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
+
+/// Whether `path` is the root of a FUSE filesystem that answers: `statfs(2)` on it is a request
+/// the daemon serves (after the `INIT` handshake), and reports FUSE's magic number.
+pub fn answers_as_fuse(path: &std::path::Path) -> io::Result<bool> {
+    let st = rustix::fs::statfs(path)?;
+    #[allow(clippy::unnecessary_cast)] // `f_type`'s width differs between architectures
+    Ok(st.f_type as i64 == FUSE_SUPER_MAGIC)
+}
+
+/// `setsid(2)`: a new session without a controlling terminal, so that a daemon started from
+/// a shell or by `mount(8)` is not hung up with it.
+pub fn setsid() -> io::Result<()> {
+    rustix::process::setsid().map(drop).map_err(Into::into)
+}
+
+/// Points standard output and standard error at `fd` (`dup2(2)`), letting go of whatever they
+/// were: a daemon must not keep the terminal or the pipe of the command that started it.
+pub fn redirect_output(fd: BorrowedFd<'_>) -> io::Result<()> {
+    rustix::stdio::dup2_stdout(fd)?;
+    rustix::stdio::dup2_stderr(fd)?;
+    Ok(())
+}
+
+/// The device and inode of standard error (to recognise the journal's stream, which systemd
+/// names in `JOURNAL_STREAM`).
+pub fn stderr_identity() -> io::Result<(u64, u64)> {
+    let st = rustix::fs::fstat(rustix::stdio::stderr())?;
+    Ok((st.st_dev, st.st_ino))
+}
+
+/// Sends SIGTERM to process `pid`.
+pub fn terminate(pid: u32) -> io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| io::Error::from_raw_os_error(libc::ESRCH))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).map_err(Into::into)
+}
+
 /// `struct mount_attr` of `mount_setattr(2)`.
 #[repr(C)]
 struct MountAttr {

@@ -78,3 +78,23 @@ fn every_oneshot_flag_is_documented_in_its_section() {
     }
     assert!(flags_of(&["restore"]).contains(&"--force".to_string()));
 }
+
+#[test]
+fn completions_and_man_are_documented_with_their_flags() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/doc/CONFIGURATION.md"))
+        .unwrap();
+    for cmd in ["completions", "man"] {
+        let section = command_section(&doc, cmd);
+        assert!(
+            section.contains(&format!("etlfs {cmd} ")),
+            "the synopsis of {cmd} is missing"
+        );
+        // `--log-format` is every command's, described with `mount`.
+        for flag in flags_of(&[cmd]).into_iter().filter(|f| f != "--log-format") {
+            assert!(
+                section.contains(&format!("`{flag}")) || section.contains(&format!(" {flag} ")),
+                "{cmd}: {flag} missing from its section of doc/CONFIGURATION.md"
+            );
+        }
+    }
+}

@@ -12,11 +12,13 @@
 mod common;
 
 mod availability;
+mod cli;
 mod deploy;
 mod docs;
 mod enospc;
 mod evict;
 mod fetch;
+mod helper;
 mod history;
 mod inputs;
 mod manifest;

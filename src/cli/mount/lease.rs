@@ -148,6 +148,9 @@ fn take_lease(
                     bucket.health().failure();
                 }
                 warn!(error = %e, retry_in = ?wait, "cannot take the lease yet; the mount waits for the bucket");
+                super::notify::status(
+                    "starting: waiting for the bucket to take the lease (see the log)",
+                );
                 let w = wait;
                 wait = (wait * 2).min(std::time::Duration::from_secs(30));
                 w

@@ -80,6 +80,9 @@ fn load_index(
                 warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
             }
         }
+        super::notify::status(
+            "starting: waiting for the bucket, which cannot be listed yet (see the log)",
+        );
         if stopped_while_waiting(signals, wait) {
             return Ok(None);
         }

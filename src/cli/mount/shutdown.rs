@@ -79,6 +79,7 @@ pub(super) fn serve_until_stopped(args: &MountArgs, plan: &Plan, s: Serving) -> 
         }
         Err(_) => Stop::Ended(Ok(())),
     };
+    super::notify::stopping();
     status.set_draining();
     // An offline start that has not got the lease by now will not get it.
     if let Some(late) = late_lease.take() {
