@@ -111,13 +111,15 @@ pub struct BucketConfig {
     pub extra_metadata: Vec<(String, String)>,
     /// One human line for logs: type, bucket/container/directory, endpoint — never a secret.
     pub describe: String,
+    /// The short form for messages about the bucket itself (`S3 bucket `b` at https://...`).
+    pub target: String,
+    /// Create the bucket when a request finds it missing (AZURE `storage_create_container`,
+    /// true unless set false, as in Thanos).
+    pub create_missing: bool,
     /// The URL requests go to (S3: the endpoint, with the bucket in the host when
     /// virtual-hosted; GCS: the base URL; AZURE: the account URL), `None` for FILESYSTEM.
     /// Never carries credentials.
     pub endpoint: Option<String>,
-    /// S3 storage class from `put_user_metadata: {X-Amz-Storage-Class: ...}`: set
-    /// `Attribute::StorageClass` on every put when present.
-    pub storage_class: Option<String>,
     /// Upload tuning from the file, for the uploader to honour.
     pub upload: UploadTuning,
 }
@@ -132,8 +134,9 @@ impl fmt::Debug for BucketConfig {
             .field("user_metadata", &self.user_metadata)
             .field("extra_metadata", &self.extra_metadata)
             .field("describe", &self.describe)
+            .field("target", &self.target)
             .field("endpoint", &self.endpoint)
-            .field("storage_class", &self.storage_class)
+            .field("create_missing", &self.create_missing)
             .field("upload", &self.upload)
             .finish()
     }
