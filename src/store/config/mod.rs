@@ -21,7 +21,7 @@
 //!
 //! - `schema.rs`: the two passes over the document, strict parsing, YAML 1.1 booleans;
 //! - `error.rs`: [`ConfigError`] and how every check names the file and the key;
-//! - `env.rs`: the environment snapshot the credential chains read;
+//! - `env.rs`: the environment snapshot the credential chains read, and `$(NAME)`;
 //! - `secrets.rs`: the scrubber that keeps secret values out of every message;
 //! - `duration.rs`: Go/Prometheus durations;
 //! - `client.rs`: `http_config`, timeouts and retries, shared by the providers;
@@ -189,6 +189,13 @@ pub fn filesystem(dir: &Path) -> Result<BucketConfig, ConfigError> {
 
 /// [`parse`] over an explicit environment (tests pass their own).
 fn parse_with_env(yaml: &str, source: &str, env: &Env) -> Result<BucketConfig, ConfigError> {
+    // Thanos substitutes `$(NAME)` in the whole text before parsing it (see `env.rs`).
+    let yaml = &env
+        .expand(yaml)
+        .map_err(|name| ConfigError::UnsetVariable {
+            file: source.to_string(),
+            name,
+        })?;
     let ctx = Ctx {
         file: source,
         env,
@@ -369,6 +376,28 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("config.bogus"), "{e}");
+    }
+
+    #[test]
+    fn dollar_paren_variables_are_expanded_and_an_unset_one_is_named() {
+        let yaml = "type: S3\nconfig:\n  bucket: $(BUCKET)\n  endpoint: minio:9000\n  \
+                    access_key: ak\n  secret_key: $(SECRET)\n";
+        let vars = env(&[("BUCKET", "etl-backups"), ("SECRET", SENTINEL)]);
+        let cfg = parse_with_env(yaml, FILE, &vars).unwrap();
+        assert!(cfg.describe.contains("`etl-backups`"), "{}", cfg.describe);
+        let e = parse_with_env(yaml, FILE, &env(&[("SECRET", "x")])).unwrap_err();
+        assert!(matches!(e, ConfigError::UnsetVariable { .. }), "{e}");
+        let message = e.to_string();
+        assert!(message.starts_with(FILE), "{message}");
+        assert!(
+            message.contains("unset environment variable \"BUCKET\""),
+            "{message}"
+        );
+        // A secret that came from the environment is kept out of messages like any other.
+        let broken = format!("{yaml}  bogus: 1\n");
+        let e = parse_with_env(&broken, FILE, &vars).unwrap_err();
+        assert!(e.to_string().contains("config.bogus"), "{e}");
+        assert!(!e.to_string().contains(SENTINEL), "{e}");
     }
 
     /// Every YAML example in doc/CONFIGURATION.md loads (with an empty environment).
