@@ -400,6 +400,45 @@ mod tests {
         assert!(!e.to_string().contains(SENTINEL), "{e}");
     }
 
+    /// Kubecost's documented examples (tests/fixtures/kubecost) load as they are; where a
+    /// placeholder cannot be a credential at all, with only that placeholder replaced, and the
+    /// placeholder itself is blamed by its key. (tests/it/bucket_config.rs runs them against
+    /// the test servers.)
+    #[test]
+    fn kubecost_documented_examples_load() {
+        let s3 = ok(include_str!("../../../tests/fixtures/kubecost/s3.yaml"));
+        assert!(
+            s3.describe.contains("region us-west-2")
+                && s3.describe.contains("on writes: x-amz-acl"),
+            "{}",
+            s3.describe
+        );
+        assert_eq!(s3.prefix, "");
+        ok(include_str!("../../../tests/fixtures/kubecost/storj.yaml"));
+        let azure = include_str!("../../../tests/fixtures/kubecost/azure.yaml");
+        assert!(err(azure).to_string().contains("config.storage_account"));
+        let cfg = ok(&azure
+            .replace("<STORAGE_ACCOUNT>", "kubecost")
+            .replace("<STORAGE_ACCOUNT_KEY>", SENTINEL));
+        assert!(
+            cfg.target
+                .contains("`my-bucket` at https://kubecost.blob.core.windows.net"),
+            "{}",
+            cfg.target
+        );
+        assert!(cfg.create_missing, "Thanos' default");
+        let gcs = include_str!("../../../tests/fixtures/kubecost/gcs.yaml");
+        assert!(err(gcs).to_string().contains("config.service_account"));
+        let start = gcs.find("  service_account: |-\n").unwrap();
+        let end = gcs.find("prefix:").unwrap();
+        let swapped = format!(
+            "{}  service_account: '{FAKE_GCS_SA}'\n{}",
+            &gcs[..start],
+            &gcs[end..]
+        );
+        ok(&swapped);
+    }
+
     /// Every YAML example in doc/CONFIGURATION.md loads (with an empty environment).
     #[test]
     fn documented_examples_parse() {
