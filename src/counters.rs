@@ -12,12 +12,16 @@
 //!   requests, and a failure is only recorded once `object_store`'s own request retries gave up,
 //!   so one dropped connection is not an outage. `/status` calls the mount `degraded` when
 //!   operations have been failing, with no success in between, for longer than
-//!   `--degraded-after`.
+//!   `--degraded-after`. A bucket that *refuses* us (access denied) is no blip: its reason is
+//!   kept, and `/status` says `degraded` with it at once.
 //!
-//! Nothing here allocates or locks on the recording side: these are called from upload and
-//! download tasks, and reading them (a scrape) must never slow those down.
+//! Nothing here allocates or locks on the recording side of the busy paths: these are called
+//! from upload and download tasks, and reading them (a scrape) must never slow those down. The
+//! one lock, the reason of a refusal, is taken only while the bucket refuses us (and by the
+//! first success after).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Upper bounds of the latency buckets, in seconds (a `+Inf` bucket follows).
@@ -77,6 +81,10 @@ pub struct Health {
     /// Unix ms of the first failure since the last success; 0 = not failing.
     failing_since_ms: AtomicU64,
     failures: AtomicU64,
+    /// Whether `refusal` holds a reason (read without the lock on every success).
+    refused: AtomicBool,
+    /// Why the bucket refuses our requests (access denied), since the last success.
+    refusal: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -84,6 +92,29 @@ impl Health {
     pub fn success(&self) {
         self.last_success_ms.store(now_ms(), Ordering::Relaxed);
         self.failing_since_ms.store(0, Ordering::Relaxed);
+        if self.refused.swap(false, Ordering::Relaxed) {
+            *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
+
+    /// An operation failed because the bucket refused our credentials or permissions:
+    /// a failure, with its reason kept until the next success. `true` if the bucket was not
+    /// refusing us before (the moment to say so, once).
+    pub fn refused(&self, reason: String) -> bool {
+        self.failure();
+        *self.refusal.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason);
+        !self.refused.swap(true, Ordering::Relaxed)
+    }
+
+    /// Why the bucket refuses our requests, if the last outcome was such a refusal.
+    pub fn refusal(&self) -> Option<String> {
+        if !self.refused.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.refusal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// An operation failed because the bucket could not be reached or refused it.
@@ -144,5 +175,25 @@ mod tests {
         assert_eq!(h.failing_since_ms(), 0);
         assert!(h.last_success_ms() > 0);
         assert_eq!(h.failures(), 2);
+    }
+
+    #[test]
+    fn a_refusal_is_kept_until_a_success_and_told_once() {
+        let h = Health::default();
+        assert_eq!(h.refusal(), None);
+        assert!(h.refused("403 one".into()), "the first refusal is news");
+        assert!(!h.refused("403 two".into()), "the second is not");
+        assert_eq!(h.refusal().as_deref(), Some("403 two"));
+        assert!(h.failing_since_ms() > 0);
+        h.failure();
+        assert_eq!(
+            h.refusal().as_deref(),
+            Some("403 two"),
+            "an outage keeps it"
+        );
+        h.success();
+        assert_eq!(h.refusal(), None);
+        assert!(h.refused("403 again".into()), "news again after a success");
+        assert_eq!(h.failures(), 4);
     }
 }

@@ -27,6 +27,8 @@ turns every XML request that fake-gcs-server gets wrong into JSON-API calls:
                                                    tokens
   GET/HEAD /B/O  with If-Match, If-None-Match,     passed through; the conditions (ignored by
     If-(Un)Modified-Since                            fake-gcs) are evaluated here (412 / 304)
+  any XML request to a bucket that does not exist  404 NoSuchBucket, as GCS answers (fake-gcs
+                                                   answers a bare 404, or a 500 to a listing)
   everything else (GET/HEAD/DELETE of objects,     passed through unchanged
     the JSON API /storage/v1/..., /upload/...)
 
@@ -43,7 +45,7 @@ import os
 import sys
 import urllib.parse
 
-from gcs_http import Plumbing, Upstream
+from gcs_http import Plumbing, Upstream, quote
 from gcs_multipart import Multipart
 from gcs_reads import Reads
 from gcs_writes import Writes
@@ -68,11 +70,27 @@ class Handler(Writes, Multipart, Reads, Plumbing):
         query = dict(urllib.parse.parse_qsl(u.query, keep_blank_values=True))
         return bucket, name, query
 
+    # Buckets seen to exist: the tests never delete one, so only a miss is asked again.
+    known_buckets = set()
+
+    def bucket_exists(self, bucket):
+        if bucket not in Handler.known_buckets:
+            status, _, _ = self.upstream.call("GET", f"/storage/v1/b/{quote(bucket)}")
+            if status != 200:
+                return False
+            Handler.known_buckets.add(bucket)
+        return True
+
     def handle_one(self):
         parsed = self.parse()
         if parsed is None:
             return self.forward()
         bucket, name, q = parsed
+        if not self.bucket_exists(bucket):
+            self.read_body()
+            if self.command == "HEAD":
+                return self.reply(404)
+            return self.fail(404, "NoSuchBucket", "The specified bucket does not exist.")
         m = self.command
         if name is None:
             if m == "GET" and q.get("list-type") == "2":

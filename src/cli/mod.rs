@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::escape::esc;
-use crate::store::bucket::Bucket;
+use crate::store::bucket::{Bucket, BucketError};
 use crate::store::config;
 
 /// Name of the default state directory, created inside the served directory.
@@ -64,6 +64,38 @@ pub enum UsageError {
     MountOption(#[from] crate::fs::mountopts::UnknownOption),
     #[error("{}: a point-in-time mount (--as-of) needs an empty directory to fetch into", esc(.0))]
     AsOfNotEmpty(PathBuf),
+    /// The bucket named by the configuration does not exist (and may not be created).
+    #[error(
+        "{} does not exist ({}): check its name and endpoint in the bucket configuration{}",
+        esc(.target), esc(.reply), esc(.hint)
+    )]
+    NoBucket {
+        target: String,
+        reply: String,
+        hint: String,
+    },
+}
+
+/// A request found the bucket missing: it is created where the configuration asks for that
+/// (an Azure container with `storage_create_container`, unset or true, as Thanos does), else
+/// this is a configuration error that names the bucket and where it was looked for.
+pub async fn settle_missing_bucket(bucket: &Bucket, e: &BucketError) -> Result<(), UsageError> {
+    let no_bucket = |hint: String| UsageError::NoBucket {
+        target: bucket.target().to_owned(),
+        reply: e.server_reply().unwrap_or_else(|| e.to_string()),
+        hint,
+    };
+    match bucket.create_missing().await {
+        Ok(true) => {
+            info!(bucket = %esc(bucket.target()), "created the container (storage_create_container)");
+            Ok(())
+        }
+        Ok(false) if bucket.creatable() => Err(no_bucket(
+            ", or let etlfs create it (`storage_create_container: false` forbids that)".into(),
+        )),
+        Ok(false) => Err(no_bucket(String::new())),
+        Err(c) => Err(no_bucket(format!("; creating it failed: {c}"))),
+    }
 }
 
 /// `path` as an existing directory, canonicalized; a [`UsageError`] naming `what` otherwise.
@@ -120,7 +152,9 @@ pub fn open_bucket(
         bucket_cfg.user_metadata,
         bucket_cfg.extra_metadata.clone(),
     )
-    .with_paged_listing(bucket_cfg.paged.clone());
+    .with_paged_listing(bucket_cfg.paged.clone())
+    .with_target(&bucket_cfg.target)
+    .creating_missing(bucket_cfg.create_missing);
     info!(bucket = %esc(&bucket_cfg.describe), prefix = %esc(bucket.prefix()), "bucket");
     Ok(bucket)
 }

@@ -89,6 +89,8 @@ pub enum OneshotError {
     List(#[source] BucketError),
     #[error("taking the lease: {0}")]
     Lease(#[source] BucketError),
+    #[error("reaching the bucket: {0}")]
+    Reach(#[source] BucketError),
     #[error("scanning {}: {source}", esc(.dir))]
     Scan {
         dir: PathBuf,
@@ -214,6 +216,7 @@ pub fn history(
         .enable_all()
         .build()
         .map_err(OneshotError::Runtime)?;
+    rt.block_on(first_contact(&bucket))?;
     let lines = rt.block_on(async {
         match path {
             None => {
@@ -235,6 +238,22 @@ pub fn history(
         println!("{line}");
     }
     Ok(())
+}
+
+/// A one-shot command's first request, one small read: a bucket that does not exist is
+/// created where the configuration asks for that, or is a configuration error (exit code 2)
+/// that names it; a bucket that does not answer, or refuses us, ends the command here with
+/// that one reason (exit code 1), before anything else is tried.
+async fn first_contact(bucket: &Bucket) -> Result<(), OneshotError> {
+    let probe = || bucket.get_reserved(crate::engine::lease::LEASE);
+    match probe().await {
+        Ok(_) => Ok(()),
+        Err(e) if e.refusal() == Some(crate::store::bucket::Refusal::NoBucket) => {
+            crate::cli::settle_missing_bucket(bucket, &e).await?;
+            probe().await.map(|_| ()).map_err(OneshotError::Reach)
+        }
+        Err(e) => Err(OneshotError::Reach(e)),
+    }
 }
 
 /// What a command works with, validated before anything is read or written.
@@ -260,6 +279,7 @@ impl Ctx {
             .enable_all()
             .build()
             .map_err(OneshotError::Runtime)?;
+        rt.block_on(first_contact(&bucket))?;
         Ok(Ctx {
             dir,
             local,

@@ -165,6 +165,9 @@ pub fn human(addr: &str, r: &Report) -> String {
         None => format!("ok (last answer {})", ago(&r.bucket.last_success)),
     };
     line(&mut out, format!("bucket:   {bucket}"));
+    if let Some(why) = &r.bucket.refused {
+        line(&mut out, format!("bucket:   REFUSED: {why}"));
+    }
     if let Some(why) = &r.bucket.writes_stopped {
         line(&mut out, format!("writes:   STOPPED: {why}"));
     }

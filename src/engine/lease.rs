@@ -165,6 +165,14 @@ impl LeaseError {
     pub fn is_usage(&self) -> bool {
         !matches!(self, LeaseError::Bucket(_))
     }
+
+    /// The bucket's own failure under this one, if it is one.
+    pub fn bucket_error(&self) -> Option<&BucketError> {
+        match self {
+            LeaseError::Bucket(e) | LeaseError::NoConditionalWrites { source: e, .. } => Some(e),
+            LeaseError::Held { .. } | LeaseError::Unreadable { .. } => None,
+        }
+    }
 }
 
 /// A lease this process holds.
@@ -417,9 +425,7 @@ impl Lease {
                 self.fence().raise(reason);
             }
             Err(e) => {
-                if e.is_outage() {
-                    self.bucket.health().failure();
-                }
+                self.bucket.failed(&e);
                 let since = self.lock().renewed;
                 let quiet = SystemTime::now().duration_since(since).unwrap_or_default();
                 if quiet >= self.holder.period * SELF_FENCE_PERIODS

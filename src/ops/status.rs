@@ -19,7 +19,8 @@
 //! # States
 //!
 //! `starting` until the mount is up, then `ready`; `degraded` instead of `ready` while writes to
-//! the bucket are stopped (the lease was lost or cannot be renewed: [`crate::engine::lease`]), or while
+//! the bucket are stopped (the lease was lost or cannot be renewed: [`crate::engine::lease`]),
+//! while the bucket refuses our requests (access denied, or it does not exist: at once), or while
 //! bucket operations have been failing with no success in between for longer than
 //! `--degraded-after`
 //! (see [`crate::counters::Health`]: the verdict comes from the real uploads, deletes,
@@ -260,6 +261,8 @@ impl Status {
             PHASE_STARTING => State::Starting,
             PHASE_DRAINING => State::Draining,
             _ if self.fence.reason().is_some() => State::Degraded,
+            // Access denied, or no such bucket: no blip to wait out (`counters::Health`).
+            _ if self.health.refusal().is_some() => State::Degraded,
             _ => {
                 let since = self.health.failing_since_ms();
                 let failing_for = Duration::from_millis(now_ms().saturating_sub(since));
@@ -347,6 +350,7 @@ impl Status {
                 failing_since: time_of(f.bucket_failing_since_ms),
                 failures: f.bucket_failures,
                 writes_stopped: f.writes_stopped.clone(),
+                refused: self.health.refusal(),
             },
             pending: PendingReport {
                 changes: f.pending,
@@ -458,6 +462,10 @@ pub struct BucketReport {
     /// renewed), if it does not: the state is `degraded` meanwhile.
     #[serde(default)]
     pub writes_stopped: Option<String>,
+    /// Why the bucket refuses this mount's requests (access denied, or no such bucket), while
+    /// it does: the state is `degraded` meanwhile, at once.
+    #[serde(default)]
+    pub refused: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -688,6 +696,15 @@ mod tests {
         );
         fence.lift();
         assert_eq!(s.state(), State::Ready);
+        health.refused("HTTP 403 Forbidden: AccessDenied".into());
+        assert_eq!(s.state(), State::Degraded, "a refusal degrades at once");
+        assert_eq!(
+            s.report().bucket.refused.as_deref(),
+            Some("HTTP 403 Forbidden: AccessDenied")
+        );
+        health.success();
+        assert_eq!(s.state(), State::Ready);
+        assert_eq!(s.report().bucket.refused, None);
         s.set_draining();
         s.set_ready();
         assert_eq!(s.state(), State::Draining);

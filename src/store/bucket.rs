@@ -23,7 +23,8 @@
 //!
 //! This file holds the types callers see and the [`Bucket`] itself; its operations are split
 //! by concern below it: `keys` (path ↔ key), `listing` (the walk), `reads`, `writes`,
-//! `reserved` (etlfs' own objects: lease, manifest) and `error`.
+//! `reserved` (etlfs' own objects: lease, manifest), `error` and `reply` (what a failed request
+//! said, in one line).
 
 pub mod azure_list;
 mod error;
@@ -35,6 +36,7 @@ pub mod history;
 mod keys;
 mod listing;
 mod reads;
+pub mod reply;
 pub mod requests;
 mod reserved;
 mod writes;
@@ -50,6 +52,7 @@ use object_store::ObjectStore;
 
 pub use error::{BucketError, Result};
 pub use listing::Lister;
+pub use reply::Refusal;
 pub use writes::Upload;
 
 /// Name of the per-directory marker object.
@@ -283,6 +286,10 @@ pub struct Bucket {
     paged: Option<Lister>,
     /// Shared by every clone: keys a listing skipped, each logged once.
     skipped: Arc<Mutex<HashSet<String>>>,
+    /// What the bucket is and where, for messages (`S3 bucket `b` at https://...`).
+    target: Arc<str>,
+    /// Whether a missing bucket is created ([`Bucket::create_missing`]).
+    create_missing: bool,
 }
 
 /// Files up to this size are read into memory and sent with one PUT (atomic everywhere);
@@ -318,6 +325,91 @@ impl Bucket {
             requests,
             paged: None,
             skipped: Arc::default(),
+            target: Arc::from("the bucket"),
+            create_missing: false,
+        }
+    }
+
+    /// Names the bucket in messages: what it is and where (`S3 bucket `b` at https://...`).
+    pub fn with_target(mut self, target: &str) -> Bucket {
+        self.target = Arc::from(target);
+        self
+    }
+
+    /// Lets [`Bucket::create_missing`] create the bucket (Azure's `storage_create_container`).
+    pub fn creating_missing(mut self, create: bool) -> Bucket {
+        self.create_missing = create;
+        self
+    }
+
+    /// Whether this kind of bucket can be created by etlfs (an Azure container), whether or
+    /// not the configuration lets it.
+    pub fn creatable(&self) -> bool {
+        matches!(self.paged, Some(Lister::Azure(_)))
+    }
+
+    /// What the bucket is and where, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Creates the bucket after a request found it missing, where the configuration asks for
+    /// that (an Azure container with `storage_create_container`, as Thanos does at start).
+    /// `Ok(false)`: it may not be created here.
+    pub async fn create_missing(&self) -> Result<bool> {
+        match (&self.paged, self.create_missing) {
+            (Some(Lister::Azure(lister)), true) => {
+                lister
+                    .create_container()
+                    .await
+                    .map_err(|cause| BucketError::Store {
+                        op: "create",
+                        key: self.target.to_string(),
+                        cause,
+                    })?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Records in [`Bucket::health`] an operation that failed with `e`, if the bucket is why
+    /// (it did not answer, or refused; not a path that cannot be a key, nor an absent object).
+    /// A bucket that refuses us — access denied, or it does not exist — is no passing outage:
+    /// nothing goes through until someone fixes the credentials, the permissions or the name.
+    /// So its reason is kept for `/status` (which says `degraded` at once), and the first one
+    /// of a streak is said as an error, once.
+    pub fn failed(&self, e: &BucketError) {
+        if !e.is_outage() {
+            return;
+        }
+        let Some(refusal) = e.refusal() else {
+            self.health.failure();
+            return;
+        };
+        // For /status: the request and what the server said, without the layers around it.
+        let reason = match (e, e.server_reply()) {
+            (BucketError::Store { op, key, .. }, Some(reply)) => {
+                format!("{op} {}: {reply}", crate::escape::esc(key))
+            }
+            _ => e.to_string(),
+        };
+        if !self.health.refused(reason) {
+            return;
+        }
+        match refusal {
+            Refusal::Denied => tracing::error!(
+                bucket = %crate::escape::esc(&*self.target),
+                error = %e,
+                "the bucket refuses etlfs' requests (access denied): fix the credentials or the \
+                 bucket's permissions. Nothing reaches the bucket until then; etlfs retries"
+            ),
+            Refusal::NoBucket => tracing::error!(
+                bucket = %crate::escape::esc(&*self.target),
+                error = %e,
+                "the bucket does not exist: fix its name or endpoint in the configuration, or \
+                 create it. Nothing reaches the bucket until then; etlfs retries"
+            ),
         }
     }
 

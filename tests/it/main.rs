@@ -12,6 +12,8 @@
 mod common;
 
 mod availability;
+mod bucket_config;
+mod bucket_errors;
 mod cli;
 mod deploy;
 mod docs;

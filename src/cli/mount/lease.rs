@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{Event, MountArgs, Plan, stopped_while_waiting};
-use crate::cli::UsageError;
+use crate::cli::{UsageError, settle_missing_bucket};
 use crate::os::state::StateDir;
 use crate::store::bucket::Bucket;
 
@@ -72,7 +72,21 @@ pub(super) fn start(
                     }
                     // Held: watched until it is renewed or expires, as at any start.
                     Ok(Ok(None)) => None,
-                    Ok(Err(_)) | Err(_) => Some(None),
+                    // The bucket answered that it does not exist: created (then the lease is
+                    // taken as at any start), or a configuration error.
+                    Ok(Err(e)) if is_missing(e.bucket_error()) => {
+                        if let Some(b) = e.bucket_error() {
+                            rt.block_on(settle_missing_bucket(bucket, b))?;
+                        }
+                        None
+                    }
+                    Ok(Err(e)) => {
+                        if let Some(b) = e.bucket_error() {
+                            bucket.failed(b);
+                        }
+                        Some(None)
+                    }
+                    Err(_) => Some(None),
                 }
             } else {
                 None
@@ -112,7 +126,18 @@ pub(super) fn start(
             )
             .await
         };
-        offline = !matches!(rt.block_on(probe), Ok(Ok(_)));
+        offline = match rt.block_on(probe) {
+            Ok(Ok(_)) => false,
+            Ok(Err(e)) if is_missing(Some(&e)) => {
+                rt.block_on(settle_missing_bucket(bucket, &e))?;
+                false
+            }
+            Ok(Err(e)) => {
+                bucket.failed(&e);
+                true
+            }
+            Err(_) => true,
+        };
     }
     if let Some(lease) = lease {
         let lease = Arc::new(lease);
@@ -138,16 +163,29 @@ fn take_lease(
 ) -> anyhow::Result<Option<crate::engine::lease::Lease>> {
     let mut acquire = crate::engine::lease::Acquire::new(holder, takeover);
     let mut wait = std::time::Duration::from_millis(500);
+    let mut created = false;
     loop {
         let next = match rt.block_on(acquire.attempt(bucket)) {
             Ok(Some(lease)) => return Ok(Some(lease)),
             Ok(None) => acquire.watch_interval(),
             Err(e) if e.is_usage() => return Err(UsageError::Lease(Box::new(e)).into()),
-            Err(e) => {
-                if e.is_outage() {
-                    bucket.health().failure();
+            // Created, then tried again at once; or a configuration error.
+            Err(e) if !created && is_missing(e.bucket_error()) => {
+                if let Some(b) = e.bucket_error() {
+                    rt.block_on(settle_missing_bucket(bucket, b))?;
                 }
-                warn!(error = %e, retry_in = ?wait, "cannot take the lease yet; the mount waits for the bucket");
+                created = true;
+                continue;
+            }
+            Err(e) => {
+                let refused = e.bucket_error().and_then(|b| {
+                    bucket.failed(b);
+                    b.refusal()
+                });
+                // A refusal was said once, as an error, by `failed`: no warning at each retry.
+                if refused.is_none() {
+                    warn!(error = %e, retry_in = ?wait, "cannot take the lease yet; the mount waits for the bucket");
+                }
                 super::notify::status(
                     "starting: waiting for the bucket to take the lease (see the log)",
                 );
@@ -160,6 +198,11 @@ fn take_lease(
             return Ok(None);
         }
     }
+}
+
+/// Whether the bucket answered that it does not exist.
+pub(super) fn is_missing(e: Option<&crate::store::bucket::BucketError>) -> bool {
+    e.and_then(|e| e.refusal()) == Some(crate::store::bucket::Refusal::NoBucket)
 }
 
 /// How long an offline start tries the bucket (for the lease) before it mounts without it.
@@ -204,8 +247,12 @@ async fn take_lease_later(
                 return;
             }
             Err(e) => {
-                if e.is_outage() {
-                    bucket.health().failure();
+                if let Some(b) = e.bucket_error() {
+                    // A container the configuration lets us create: the next attempt sees it.
+                    if is_missing(Some(b)) && bucket.create_missing().await.unwrap_or(false) {
+                        info!(bucket = %crate::escape::esc(bucket.target()), "created the container (storage_create_container)");
+                    }
+                    bucket.failed(b);
                 }
                 tracing::debug!(error = %e, retry_in = ?wait, "cannot take the lease yet");
                 let w = wait;

@@ -9,10 +9,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::mpsc;
 
-use anyhow::Context;
 use tracing::{info, warn};
 
+use super::lease::is_missing;
 use super::{Event, MountArgs, stopped_while_waiting};
+use crate::cli::settle_missing_bucket;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
 use crate::engine::mirror::Mirror;
@@ -34,8 +35,19 @@ pub(super) fn first_index(
 ) -> anyhow::Result<Option<Index>> {
     Ok(match args.as_of() {
         Some(t) => Some(
-            rt.block_on(crate::engine::as_of::index_at(bucket, t))
-                .context("reading the point in time")?,
+            match rt.block_on(crate::engine::as_of::index_at(bucket, t)) {
+                Ok(index) => index,
+                // Nothing to create for a point in time: a configuration error.
+                Err(e) if is_missing(Some(&e)) => {
+                    return Err(crate::cli::UsageError::NoBucket {
+                        target: bucket.target().to_owned(),
+                        reply: e.server_reply().unwrap_or_else(|| e.to_string()),
+                        hint: String::new(),
+                    }
+                    .into());
+                }
+                Err(e) => return Err(anyhow::Error::from(e).context("reading the point in time")),
+            },
         ),
         None if offline => {
             info!(
@@ -57,15 +69,25 @@ fn load_index(
     signals: &mpsc::Receiver<Event>,
 ) -> anyhow::Result<Option<Index>> {
     let mut wait = std::time::Duration::from_millis(500);
+    let mut created = false;
     loop {
         match rt.block_on(Index::load(bucket)) {
             Ok(index) => {
                 bucket.health().success();
                 return Ok(Some(index));
             }
+            // Created, then listed again at once; or a configuration error.
+            Err(e) if !created && is_missing(Some(&e)) => {
+                rt.block_on(settle_missing_bucket(bucket, &e))?;
+                created = true;
+                continue;
+            }
             Err(e) if e.is_outage() && !e.is_unlistable_key() => {
-                bucket.health().failure();
-                warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+                bucket.failed(&e);
+                // A refusal was said once, as an error, by `failed`: no warning at each retry.
+                if e.refusal().is_none() {
+                    warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet; the mount waits for it");
+                }
             }
             Err(e) if e.is_unlistable_key() => {
                 tracing::error!(
@@ -126,11 +148,14 @@ pub(super) async fn load_index_later(l: LateListing) {
                  The local files are served; files only in the bucket appear once it lists"
             ),
             Err(e) => {
-                if e.is_outage() {
-                    bucket.health().failure();
+                if is_missing(Some(&e)) && bucket.create_missing().await.unwrap_or(false) {
+                    info!(bucket = %crate::escape::esc(bucket.target()), "created the container (storage_create_container)");
                 }
-                // Said once in a while, not at every retry.
-                if wait >= std::time::Duration::from_secs(30) || wait.as_millis() == 500 {
+                bucket.failed(&e);
+                // Said once in a while, not at every retry; a refusal once, by `failed`.
+                let now_and_then =
+                    wait >= std::time::Duration::from_secs(30) || wait.as_millis() == 500;
+                if now_and_then && e.refusal().is_none() {
                     warn!(error = %e, retry_in = ?wait, "cannot list the bucket yet (started offline: serving the local files)");
                 }
             }

@@ -453,8 +453,8 @@ impl Fetcher {
                 tracing::debug!(path = %esc(path), bytes, "fetched from the bucket");
             }
             Err(e) => {
-                if matches!(e, FetchError::Bucket { source, .. } if source.is_outage()) {
-                    self.bucket.health().failure();
+                if let FetchError::Bucket { source, .. } = e {
+                    self.bucket.failed(source);
                 }
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "fetch failed; the next open tries again");

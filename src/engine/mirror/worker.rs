@@ -497,8 +497,8 @@ impl Worker {
 
     /// A failure the bucket caused counts towards `degraded` on `/status`.
     fn report_outage(&self, e: &SyncError) {
-        if matches!(e, SyncError::Bucket(b) if b.is_outage()) {
-            self.shared.bucket.health().failure();
+        if let SyncError::Bucket(b) = e {
+            self.shared.bucket.failed(b);
         }
     }
 

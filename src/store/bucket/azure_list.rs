@@ -1,12 +1,18 @@
-//! Azure's List Blobs, sent and read by etlfs itself: the one way past a blob whose name
+//! Azure's List Blobs and Create Container, sent and read by etlfs itself.
+//!
+//! The listing is the one way past a blob whose name
 //! `object_store` cannot represent. object_store rejects the whole page holding such a name,
 //! Azure's continuation markers are opaque, and its `startFrom` is not honoured everywhere
 //! (Azurite ignores it), so a listing cannot restart after the name. Read raw, every name of
 //! the page is seen; [`crate::store::bucket`] keeps those that can be keys and leaves out the rest.
 //!
-//! The request is signed by object_store's own authorizer with the store's own credentials,
-//! and sent through an object_store HTTP client with the store's client options: nothing here
-//! knows a secret or a TLS setting.
+//! The container's creation is what Thanos' `storage_create_container` (true unless set false)
+//! does at start, and object_store has no call for it.
+//!
+//! Each request is signed by object_store's own authorizer with the store's own credentials
+//! (shared key, SAS, or a bearer token of any of its credential chains), and sent through an
+//! object_store HTTP client with the store's client options: nothing here knows a secret or a
+//! TLS setting, and no signature is computed here.
 
 use chrono::{DateTime, Utc};
 use object_store::azure::{AzureAuthorizer, MicrosoftAzure};
@@ -63,6 +69,28 @@ impl AzureLister {
         })
     }
 
+    /// Creates the container (Create Container: `PUT ?restype=container`). A container that
+    /// exists already (409, created by someone else meanwhile) is no error.
+    pub async fn create_container(&self) -> object_store::Result<()> {
+        let mut url = url::Url::parse(&self.container_url).map_err(err)?;
+        url.query_pairs_mut().append_pair("restype", "container");
+        let mut request = http::Request::builder()
+            .method(http::Method::PUT)
+            .uri(url.as_str())
+            .header(http::header::CONTENT_LENGTH, "0")
+            .body(object_store::client::HttpRequestBody::empty())
+            .map_err(err)?;
+        let credential = self.store.credentials().get_credential().await?;
+        AzureAuthorizer::new(&credential, &self.account).try_authorize(&mut request)?;
+        let response = self.client.execute(request).await.map_err(err)?;
+        let status = response.status();
+        if status.is_success() || status == http::StatusCode::CONFLICT {
+            return Ok(());
+        }
+        let body = response.into_body().bytes().await.map_err(err)?;
+        Err(err(super::reply::status_text(status, &body)))
+    }
+
     /// One page below `prefix` (a raw key prefix, `/`-terminated), one level with `delimiter`.
     pub async fn page(
         &self,
@@ -96,10 +124,7 @@ impl AzureLister {
         let status = response.status();
         let body = response.into_body().bytes().await.map_err(err)?;
         if !status.is_success() {
-            return Err(err(format!(
-                "listing returned HTTP {status}: {}",
-                String::from_utf8_lossy(&body[..body.len().min(300)])
-            )));
+            return Err(err(super::reply::status_text(status, &body)));
         }
         parse(&body)
     }

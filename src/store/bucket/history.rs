@@ -64,6 +64,7 @@ use object_store::path::Path as Key;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tracing::{info, warn};
 
+use super::error::absent;
 use super::{Bucket, BucketError, FileMeta, MAX_KEY_LEN, RESERVED, Result};
 use crate::escape::esc;
 
@@ -376,7 +377,7 @@ impl Bucket {
         let key = self.key(rel)?;
         let head = match self.store.head(&key).await {
             Ok(m) => m,
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) if absent(&e) => return Ok(()),
             Err(e) => return Err(BucketError::store("head", &key)(e)),
         };
         let destructive = match change {
@@ -437,7 +438,7 @@ impl Bucket {
         match self.store.copy(&key, &hkey).await {
             Ok(()) => {}
             // Gone meanwhile: nothing left to keep.
-            Err(object_store::Error::NotFound { .. }) => return Ok(()),
+            Err(e) if absent(&e) => return Ok(()),
             Err(e) => {
                 let e = BucketError::store("keep a version of", &key)(e);
                 if e.is_permanent() {
@@ -450,7 +451,8 @@ impl Bucket {
         if !self.user_metadata {
             let (from_meta, to_meta) = (self.meta_key(rel)?, self.reserved_sidecar(&hkey));
             match self.store.copy(&from_meta, &to_meta).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Ok(()) => {}
+                Err(e) if absent(&e) => {}
                 Err(e) => return Err(BucketError::store("keep the metadata of", &from_meta)(e)),
             }
         }

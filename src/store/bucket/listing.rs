@@ -154,7 +154,7 @@ impl Bucket {
         let err = |source| BucketError::Store {
             op: "list",
             key: shown.clone(),
-            source,
+            cause: source,
         };
         let mut todo = vec![Walk::Level(root)];
         let mut inflight = futures::stream::FuturesUnordered::new();

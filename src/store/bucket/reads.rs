@@ -8,6 +8,7 @@ use bytes::Bytes;
 use object_store::path::Path as Key;
 use object_store::{Attribute, ObjectStoreExt};
 
+use super::error::absent;
 use super::{Bucket, BucketError, FileMeta, MetaRead, Result, normalize_e_tag};
 
 impl Bucket {
@@ -57,7 +58,7 @@ impl Bucket {
                 r.map_err(|source| BucketError::Store {
                     op: "get",
                     key: shown.clone(),
-                    source,
+                    cause: source,
                 })
             },
         )))
@@ -99,7 +100,7 @@ impl Bucket {
                         last_modified,
                     })
                 }
-                Err(object_store::Error::NotFound { .. }) => Ok(MetaRead {
+                Err(e) if absent(&e) => Ok(MetaRead {
                     meta: None,
                     size: None,
                     e_tag: None,

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use object_store::path::Path as Key;
 use object_store::{ObjectStoreExt, PutMode, PutOptions, PutPayload, UpdateVersion};
 
+use super::error::absent;
 use super::{
     Bucket, BucketError, Conditional, MANIFEST, ManifestObject, ObjectVersion, RESERVED, Result,
     WriteIf, normalize_e_tag,
@@ -30,7 +31,7 @@ impl Bucket {
         let key = self.reserved_key(name);
         let res = match self.store.get(&key).await {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) if absent(&e) => return Ok(None),
             Err(e) => return Err(BucketError::store("get", &key)(e)),
         };
         let version = ObjectVersion {
@@ -97,7 +98,8 @@ impl Bucket {
     pub async fn delete_reserved(&self, name: &str) -> Result<()> {
         let key = self.reserved_key(name);
         match self.store.delete(&key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(e) => Err(BucketError::store("delete", &key)(e)),
         }
     }
@@ -111,7 +113,7 @@ impl Bucket {
         let key = self.manifest_key();
         let res = match self.store.get(&key).await {
             Ok(r) => r,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) if absent(&e) => return Ok(None),
             Err(e) => return Err(BucketError::store("get", &key)(e)),
         };
         let last_modified = SystemTime::from(res.meta.last_modified);

@@ -15,6 +15,7 @@ use object_store::{
     PutPayload, WriteMultipart,
 };
 
+use super::error::absent;
 use super::{Bucket, BucketError, FileMeta, PART_SIZE, Result, history, normalize_e_tag};
 
 impl Bucket {
@@ -130,7 +131,8 @@ impl Bucket {
     pub(super) async fn delete_key(&self, key: &Key) -> Result<()> {
         self.fence.check()?;
         match self.store.delete(key).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e) if absent(&e) => Ok(()),
             Err(e) => Err(BucketError::store("delete", key)(e)),
         }
     }

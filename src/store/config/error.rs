@@ -80,6 +80,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A `$(NAME)` in the file names a variable that is not set (Thanos' words).
+    #[error(
+        "{}: found reference to unset environment variable \"{}\" (etlfs replaces `$(NAME)` \
+         with the variable's value, as Thanos does)",
+        esc(.file), esc(.name)
+    )]
+    UnsetVariable { file: String, name: String },
     /// `object_store` refused the assembled settings; `message` is scrubbed of secrets.
     #[error("{}: `{}`: cannot set up the {kind} store: {}", esc(.file), esc(.key), esc(.message))]
     Build {

@@ -46,8 +46,9 @@ pub(super) fn build_filesystem(
         user_metadata: false,
         extra_metadata: Vec::new(),
         describe: format!("FILESYSTEM directory {}", dir.display()),
+        target: format!("FILESYSTEM directory {}", dir.display()),
         endpoint: None,
-        storage_class: None,
+        create_missing: false,
         upload: UploadTuning::default(),
     })
 }

@@ -259,8 +259,9 @@ pub(super) fn build_gcs(ctx: &Ctx, mut y: GcsYaml) -> Result<BucketConfig, Confi
         user_metadata: true,
         extra_metadata: Vec::new(),
         describe,
+        target: format!("GCS bucket `{bucket}` at {base_text}"),
         endpoint: Some(base_text),
-        storage_class: None,
+        create_missing: false,
         upload,
     })
 }

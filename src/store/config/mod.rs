@@ -21,7 +21,7 @@
 //!
 //! - `schema.rs`: the two passes over the document, strict parsing, YAML 1.1 booleans;
 //! - `error.rs`: [`ConfigError`] and how every check names the file and the key;
-//! - `env.rs`: the environment snapshot the credential chains read;
+//! - `env.rs`: the environment snapshot the credential chains read, and `$(NAME)`;
 //! - `secrets.rs`: the scrubber that keeps secret values out of every message;
 //! - `duration.rs`: Go/Prometheus durations;
 //! - `client.rs`: `http_config`, timeouts and retries, shared by the providers;
@@ -111,13 +111,15 @@ pub struct BucketConfig {
     pub extra_metadata: Vec<(String, String)>,
     /// One human line for logs: type, bucket/container/directory, endpoint — never a secret.
     pub describe: String,
+    /// The short form for messages about the bucket itself (`S3 bucket `b` at https://...`).
+    pub target: String,
+    /// Create the bucket when a request finds it missing (AZURE `storage_create_container`,
+    /// true unless set false, as in Thanos).
+    pub create_missing: bool,
     /// The URL requests go to (S3: the endpoint, with the bucket in the host when
     /// virtual-hosted; GCS: the base URL; AZURE: the account URL), `None` for FILESYSTEM.
     /// Never carries credentials.
     pub endpoint: Option<String>,
-    /// S3 storage class from `put_user_metadata: {X-Amz-Storage-Class: ...}`: set
-    /// `Attribute::StorageClass` on every put when present.
-    pub storage_class: Option<String>,
     /// Upload tuning from the file, for the uploader to honour.
     pub upload: UploadTuning,
 }
@@ -132,8 +134,9 @@ impl fmt::Debug for BucketConfig {
             .field("user_metadata", &self.user_metadata)
             .field("extra_metadata", &self.extra_metadata)
             .field("describe", &self.describe)
+            .field("target", &self.target)
             .field("endpoint", &self.endpoint)
-            .field("storage_class", &self.storage_class)
+            .field("create_missing", &self.create_missing)
             .field("upload", &self.upload)
             .finish()
     }
@@ -186,6 +189,13 @@ pub fn filesystem(dir: &Path) -> Result<BucketConfig, ConfigError> {
 
 /// [`parse`] over an explicit environment (tests pass their own).
 fn parse_with_env(yaml: &str, source: &str, env: &Env) -> Result<BucketConfig, ConfigError> {
+    // Thanos substitutes `$(NAME)` in the whole text before parsing it (see `env.rs`).
+    let yaml = &env
+        .expand(yaml)
+        .map_err(|name| ConfigError::UnsetVariable {
+            file: source.to_string(),
+            name,
+        })?;
     let ctx = Ctx {
         file: source,
         env,
@@ -366,6 +376,67 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("config.bogus"), "{e}");
+    }
+
+    #[test]
+    fn dollar_paren_variables_are_expanded_and_an_unset_one_is_named() {
+        let yaml = "type: S3\nconfig:\n  bucket: $(BUCKET)\n  endpoint: minio:9000\n  \
+                    access_key: ak\n  secret_key: $(SECRET)\n";
+        let vars = env(&[("BUCKET", "etl-backups"), ("SECRET", SENTINEL)]);
+        let cfg = parse_with_env(yaml, FILE, &vars).unwrap();
+        assert!(cfg.describe.contains("`etl-backups`"), "{}", cfg.describe);
+        let e = parse_with_env(yaml, FILE, &env(&[("SECRET", "x")])).unwrap_err();
+        assert!(matches!(e, ConfigError::UnsetVariable { .. }), "{e}");
+        let message = e.to_string();
+        assert!(message.starts_with(FILE), "{message}");
+        assert!(
+            message.contains("unset environment variable \"BUCKET\""),
+            "{message}"
+        );
+        // A secret that came from the environment is kept out of messages like any other.
+        let broken = format!("{yaml}  bogus: 1\n");
+        let e = parse_with_env(&broken, FILE, &vars).unwrap_err();
+        assert!(e.to_string().contains("config.bogus"), "{e}");
+        assert!(!e.to_string().contains(SENTINEL), "{e}");
+    }
+
+    /// Kubecost's documented examples (tests/fixtures/kubecost) load as they are; where a
+    /// placeholder cannot be a credential at all, with only that placeholder replaced, and the
+    /// placeholder itself is blamed by its key. (tests/it/bucket_config.rs runs them against
+    /// the test servers.)
+    #[test]
+    fn kubecost_documented_examples_load() {
+        let s3 = ok(include_str!("../../../tests/fixtures/kubecost/s3.yaml"));
+        assert!(
+            s3.describe.contains("region us-west-2")
+                && s3.describe.contains("on writes: x-amz-acl"),
+            "{}",
+            s3.describe
+        );
+        assert_eq!(s3.prefix, "");
+        ok(include_str!("../../../tests/fixtures/kubecost/storj.yaml"));
+        let azure = include_str!("../../../tests/fixtures/kubecost/azure.yaml");
+        assert!(err(azure).to_string().contains("config.storage_account"));
+        let cfg = ok(&azure
+            .replace("<STORAGE_ACCOUNT>", "kubecost")
+            .replace("<STORAGE_ACCOUNT_KEY>", SENTINEL));
+        assert!(
+            cfg.target
+                .contains("`my-bucket` at https://kubecost.blob.core.windows.net"),
+            "{}",
+            cfg.target
+        );
+        assert!(cfg.create_missing, "Thanos' default");
+        let gcs = include_str!("../../../tests/fixtures/kubecost/gcs.yaml");
+        assert!(err(gcs).to_string().contains("config.service_account"));
+        let start = gcs.find("  service_account: |-\n").unwrap();
+        let end = gcs.find("prefix:").unwrap();
+        let swapped = format!(
+            "{}  service_account: '{FAKE_GCS_SA}'\n{}",
+            &gcs[..start],
+            &gcs[end..]
+        );
+        ok(&swapped);
     }
 
     /// Every YAML example in doc/CONFIGURATION.md loads (with an empty environment).

@@ -303,6 +303,78 @@ impl Drop for Server {
     }
 }
 
+/// A moto of the test's own that checks credentials (moto's IAM emulation, which the shared
+/// moto leaves off): one bucket is created, then every request is authenticated, and the keys
+/// of [`Server::yaml`] are unknown to it — each request is refused, `403 InvalidAccessKeyId`.
+/// Stopped on drop.
+pub struct CheckingMoto {
+    child: std::process::Child,
+    pub bucket: String,
+    pub port: u16,
+}
+
+/// Starts a [`CheckingMoto`] (moto from the servers' own installation) and waits until it
+/// answers.
+pub fn moto_checking_credentials() -> CheckingMoto {
+    let dir = env("ETLFS_TEST_SERVERS_DIR");
+    let cache = std::fs::read_to_string(format!("{dir}/cache-dir"))
+        .unwrap_or_else(|e| panic!("{dir}/cache-dir: {e}"));
+    let port = crate::common::free_port();
+    let child = Command::new(format!("{}/venv/bin/moto_server", cache.trim()))
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        // The first request (the bucket's creation below) goes unchecked, every later one is.
+        .env("INITIAL_NO_AUTH_ACTION_COUNT", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("starting moto_server");
+    let mut moto = CheckingMoto {
+        child,
+        bucket: unique_name(),
+        port,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            moto.child.try_wait().unwrap().is_none(),
+            "moto_server exited at start"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "moto_server did not listen in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, body) = http(
+        "PUT",
+        &format!("http://127.0.0.1:{port}/{}", moto.bucket),
+        &[],
+        b"",
+    );
+    assert_eq!(status, 200, "creating the bucket: {body}");
+    moto
+}
+
+impl CheckingMoto {
+    /// The same object-store.yaml as [`Server::yaml`] for S3, on this moto.
+    pub fn yaml(&self) -> String {
+        format!(
+            "type: S3\nconfig:\n  bucket: {}\n  endpoint: 127.0.0.1:{}\n  insecure: true\n  \
+             access_key: {S3_KEY}\n  secret_key: {S3_KEY}\n  region: {S3_REGION}\n  \
+             bucket_lookup_type: path\n",
+            self.bucket, self.port
+        )
+    }
+}
+
+impl Drop for CheckingMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn env(name: &str) -> String {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v,

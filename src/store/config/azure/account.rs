@@ -129,6 +129,18 @@ fn azure_account_url(
                 ),
             ));
         }
+        // The account is a DNS label here: Azure's names are 3 to 24 lowercase letters and
+        // digits. (A placeholder left in, `<STORAGE_ACCOUNT>`, is blamed on its own key.)
+        let lower_alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+        if !(3..=24).contains(&account.len()) || !account.chars().all(lower_alnum) {
+            return Err(ctx.invalid(
+                "config.storage_account",
+                format!(
+                    "`{account}` is not a storage account name (3 to 24 lowercase letters and \
+                     digits)"
+                ),
+            ));
+        }
         format!("https://{account}.{suffix}")
     };
     let url = Url::parse(&text)

@@ -21,7 +21,7 @@ use super::client::{
 };
 use super::duration::GoDuration;
 use super::error::Ctx;
-use super::schema::{Flag, flag, nonempty};
+use super::schema::{Flag, nonempty};
 use super::{BucketConfig, ConfigError, StoreKind, UploadTuning};
 use crate::store::bucket::Lister;
 use crate::store::bucket::azure_list::AzureLister;
@@ -64,14 +64,6 @@ struct PipelineYaml {
 
 /// Keys accepted without effect, each with its log line.
 fn note_ignored(ctx: &Ctx, y: &AzureYaml) {
-    // Thanos defaults to true; only an explicit `true` is worth a warning.
-    if flag(y.storage_create_container) {
-        ctx.ignored(
-            "config.storage_create_container",
-            true,
-            "object_store cannot create containers; the container must already exist",
-        );
-    }
     if nonempty(y.msi_resource.clone()).is_some() {
         ctx.ignored(
             "config.msi_resource",
@@ -185,6 +177,8 @@ pub(super) fn build_azure(ctx: &Ctx, mut y: AzureYaml) -> Result<BucketConfig, C
     } = account::resolve(ctx, connection, yaml_account, creds, endpoint)?;
     let url_text = url_text(&url);
     note_ignored(ctx, &y);
+    // Thanos' default is true: the container is created when it is missing.
+    let create_missing = y.storage_create_container.is_none_or(|f| f.0);
     let retry = retry(ctx, &y)?;
 
     let (mut opts, builder) = ambient(ctx, !matches!(auth, account::AzureAuth::Ambient));
@@ -219,8 +213,13 @@ pub(super) fn build_azure(ctx: &Ctx, mut y: AzureYaml) -> Result<BucketConfig, C
     .map_err(|e| ctx.build_error(credential_key, StoreKind::Azure, e))?;
     let describe = format!(
         "AZURE container `{container}` at {url_text} (account {account}{}; credentials: \
-         {credentials})",
-        limit_note(limit)
+         {credentials}{})",
+        limit_note(limit),
+        if create_missing {
+            "; created if missing"
+        } else {
+            ""
+        }
     );
     Ok(BucketConfig {
         kind: StoreKind::Azure,
@@ -230,8 +229,9 @@ pub(super) fn build_azure(ctx: &Ctx, mut y: AzureYaml) -> Result<BucketConfig, C
         user_metadata: true,
         extra_metadata: Vec::new(),
         describe,
+        target: format!("AZURE container `{container}` at {url_text}"),
         endpoint: Some(url_text),
-        storage_class: None,
+        create_missing,
         upload: UploadTuning::default(),
     })
 }

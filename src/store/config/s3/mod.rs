@@ -1,9 +1,10 @@
 //! S3 (and every S3-compatible store): Thanos' S3 `config` mapped onto `AmazonS3Builder`.
 //!
-//! Each key is mapped, refused (SigV2, ListObjects v1, ACL headers: effects object_store cannot
-//! reproduce and whose absence would change what ends up in the bucket or who can read it) or
-//! ignored with a log line (tracing, dual-stack, Content-MD5: transport details). Where
-//! requests go is decided in [`endpoint`], encryption in [`sse`].
+//! Each key is mapped, refused (SigV2, ListObjects v1: effects object_store cannot reproduce
+//! and whose absence would change what ends up in the bucket or who can read it) or ignored
+//! with a log line (tracing, dual-stack, Content-MD5: transport details). Where requests go is
+//! decided in [`endpoint`], encryption in [`sse`], what `put_user_metadata` sends (metadata, and
+//! headers such as a canned ACL on the writes) in [`headers`].
 //!
 //! Credentials written in the file win; without them the ambient AWS chain applies (env keys,
 //! web identity, ECS/EKS container credentials, IMDS), read from the [`Env`] snapshot with the
@@ -12,18 +13,20 @@
 //! [`Env`]: crate::store::config::env::Env
 
 mod endpoint;
+mod headers;
 mod sse;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use object_store::ClientOptions;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
+use object_store::{ClientOptions, ObjectStore};
 use serde::Deserialize;
 use tracing::info;
 use url::Url;
 
 use self::endpoint::Target;
+use self::headers::{WriteHeaders, put_metadata};
 use self::sse::SseYaml;
 use super::client::{
     HttpYaml, apply_http_config, attempts_to_retry, default_client_options, finish_store,
@@ -66,84 +69,6 @@ pub(super) struct S3Yaml {
 #[serde(deny_unknown_fields, rename = "trace")]
 struct TraceYaml {
     enable: Option<Flag>,
-}
-
-/// Standard headers minio refuses in `put_user_metadata` (`isStandardHeader`).
-const STANDARD_HEADERS: &[&str] = &[
-    "content-type",
-    "cache-control",
-    "content-encoding",
-    "content-disposition",
-    "content-language",
-    "content-length",
-    "content-md5",
-    "expires",
-];
-
-/// What `put_user_metadata` turns into.
-#[derive(Default)]
-struct UserMetadata {
-    /// Names without `x-amz-meta-` (object_store adds it).
-    metadata: Vec<(String, String)>,
-    storage_class: Option<String>,
-}
-
-fn s3_user_metadata(ctx: &Ctx, map: BTreeMap<String, String>) -> Result<UserMetadata, ConfigError> {
-    let mut metadata = Vec::new();
-    let mut storage_class = None;
-    for (name, value) in map {
-        let key = format!("config.put_user_metadata.{name}");
-        let lower = name.to_ascii_lowercase();
-        let value = value.trim().to_string();
-        if !value.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
-            return Err(ctx.invalid(
-                &key,
-                "has a value S3 cannot carry in a header (use printable ASCII)",
-            ));
-        }
-        if lower == "x-amz-storage-class" {
-            if value.is_empty() {
-                return Err(ctx.invalid(&key, "is empty"));
-            }
-            storage_class = Some(value);
-            continue;
-        }
-        if lower == "x-amz-acl" || lower.starts_with("x-amz-grant-") {
-            return Err(ctx.refused(
-                &key,
-                "object ACL headers cannot be sent by object_store; grant access with a bucket \
-                 policy, or set the bucket's Object Ownership to \"bucket owner enforced\" \
-                 (the default for new buckets) which makes `bucket-owner-full-control` \
-                 unnecessary",
-            ));
-        }
-        let meta_name = if let Some(stripped) = lower.strip_prefix("x-amz-meta-") {
-            // Keep the user's spelling after the prefix.
-            name[name.len() - stripped.len()..].to_string()
-        } else if lower.starts_with("x-amz-") {
-            return Err(ctx.refused(
-                &key,
-                "Thanos sends `x-amz-*` entries as request headers; object_store cannot add \
-                 arbitrary headers to uploads (use sse_config for encryption)",
-            ));
-        } else if STANDARD_HEADERS.contains(&lower.as_str()) {
-            return Err(ctx.refused(
-                &key,
-                "is a standard HTTP header, which Thanos (minio) refuses here too",
-            ));
-        } else {
-            name.clone()
-        };
-        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-        if meta_name.is_empty() || !meta_name.chars().all(token) {
-            return Err(ctx.invalid(&key, "is not a valid metadata (HTTP header) name"));
-        }
-        metadata.push((meta_name, value));
-    }
-    Ok(UserMetadata {
-        metadata,
-        storage_class,
-    })
 }
 
 /// Static keys from the file: `access_key`, `secret_key` and the optional `session_token`.
@@ -323,8 +248,9 @@ pub(super) fn build_s3(ctx: &Ctx, mut y: S3Yaml) -> Result<BucketConfig, ConfigE
 
     let (opts, mut builder) = ambient(ctx, keys.is_some());
     let (opts, limit) = apply_http_config(ctx, opts, y.http_config.take())?;
+    let opts = opts.with_allow_http(!target.https);
     builder = builder
-        .with_client_options(opts.with_allow_http(!target.https))
+        .with_client_options(opts.clone())
         .with_bucket_name(&bucket)
         .with_region(&target.region)
         .with_endpoint(&target.endpoint_url)
@@ -357,24 +283,51 @@ pub(super) fn build_s3(ctx: &Ctx, mut y: S3Yaml) -> Result<BucketConfig, ConfigE
         // These S3 dialects lack DeleteObjects (POST /?delete), which delete() uses since 0.13.
         builder = builder.with_disable_bulk_delete(true);
     }
-    let metadata = s3_user_metadata(ctx, y.put_user_metadata.take().unwrap_or_default())?;
+    let metadata = put_metadata(ctx, y.put_user_metadata.take().unwrap_or_default())?;
     let upload = UploadTuning {
         part_size: part_size(ctx, "config.part_size", y.part_size.unwrap_or(0)),
         single_put: flag(y.disable_multipart),
     };
-    let store = builder
-        .build()
-        .map_err(|e| ctx.build_error("config", StoreKind::S3, e))?;
+    let build = |b: AmazonS3Builder| {
+        b.build()
+            .map_err(|e| ctx.build_error("config", StoreKind::S3, e))
+    };
+    let reads = build(builder.clone())?;
+    let paged = Some(Lister::Paged(Arc::new(reads.clone())));
+    let mut header_names: Vec<&str> = metadata.headers.keys().map(|k| k.as_str()).collect();
+    header_names.sort_unstable();
+    let header_note = match header_names.as_slice() {
+        [] => String::new(),
+        names => format!("; on writes: {}", names.join(", ")),
+    };
+    let store: Arc<dyn ObjectStore> = if metadata.headers.is_empty() {
+        Arc::new(reads)
+    } else {
+        let writes =
+            build(builder.with_client_options(opts.with_default_headers(metadata.headers)))?;
+        Arc::new(WriteHeaders {
+            reads: Arc::new(reads),
+            writes: Arc::new(writes),
+        })
+    };
     Ok(BucketConfig {
         kind: StoreKind::S3,
-        paged: Some(Lister::Paged(Arc::new(store.clone()))),
+        paged,
         store: finish_store(store, limit),
         prefix: String::new(),
         user_metadata: true,
         extra_metadata: metadata.metadata,
-        describe: describe(&bucket, &target, sse_label, limit, credentials),
+        target: format!("S3 bucket `{bucket}` at {}", target.endpoint_url),
+        describe: describe(
+            &bucket,
+            &target,
+            sse_label,
+            limit,
+            credentials,
+            &header_note,
+        ),
         endpoint: Some(target.endpoint_url),
-        storage_class: metadata.storage_class,
+        create_missing: false,
         upload,
     })
 }
@@ -386,6 +339,7 @@ fn describe(
     sse_label: Option<&str>,
     limit: Option<usize>,
     credentials: &str,
+    header_note: &str,
 ) -> String {
     let Target {
         endpoint_url,
@@ -400,7 +354,7 @@ fn describe(
     let sse_note = sse_label.map(|l| format!(", {l}")).unwrap_or_default();
     format!(
         "S3 bucket `{bucket}` at {endpoint_url} ({style}, region {region}{sse_note}{}; \
-         credentials: {credentials})",
+         credentials: {credentials}{header_note})",
         limit_note(limit)
     )
 }
@@ -462,9 +416,16 @@ mod tests {
             ("session_token", s3(&format!("access_key: AKID\nsecret_key: x{SENTINEL}\nsession_token: {SENTINEL}")), Want::Ok),
             ("session_token alone", s3(&format!("session_token: {SENTINEL}")), Want::Err("config.session_token")),
             ("put_user_metadata", s3("put_user_metadata:\n  X-Amz-Storage-Class: STANDARD_IA\n  x-amz-meta-team: etl\n  owner: kubecost"), Want::Ok),
-            ("put_user_metadata acl", s3("put_user_metadata:\n  X-Amz-Acl: bucket-owner-full-control"), Want::Err("config.put_user_metadata.X-Amz-Acl")),
-            ("put_user_metadata grant", s3("put_user_metadata:\n  x-amz-grant-read: id=1"), Want::Err("config.put_user_metadata.x-amz-grant-read")),
-            ("put_user_metadata other x-amz", s3("put_user_metadata:\n  x-amz-tagging: a=b"), Want::Err("config.put_user_metadata.x-amz-tagging")),
+            ("put_user_metadata acl", s3("put_user_metadata:\n  X-Amz-Acl: bucket-owner-full-control"), Want::Ok),
+            ("put_user_metadata acl unknown", s3("put_user_metadata:\n  X-Amz-Acl: everyone"), Want::Err("config.put_user_metadata.X-Amz-Acl")),
+            ("put_user_metadata acl empty", s3("put_user_metadata:\n  X-Amz-Acl: ''"), Want::Err("config.put_user_metadata.X-Amz-Acl")),
+            ("put_user_metadata grants", s3("put_user_metadata:\n  x-amz-grant-read: id=1\n  x-amz-grant-read-acp: id=2\n  x-amz-grant-write-acp: id=3\n  x-amz-grant-full-control: 'uri=\"http://acs.amazonaws.com/groups/global/AllUsers\"'"), Want::Ok),
+            ("put_user_metadata tagging", s3("put_user_metadata:\n  x-amz-tagging: a=b"), Want::Ok),
+            ("put_user_metadata grant-write", s3("put_user_metadata:\n  x-amz-grant-write: id=1"), Want::Err("config.put_user_metadata.x-amz-grant-write")),
+            ("put_user_metadata object lock", s3("put_user_metadata:\n  x-amz-object-lock-mode: GOVERNANCE"), Want::Err("config.put_user_metadata.x-amz-object-lock-mode")),
+            ("put_user_metadata sse", s3("put_user_metadata:\n  x-amz-server-side-encryption: AES256"), Want::Err("config.put_user_metadata.x-amz-server-side-encryption")),
+            ("put_user_metadata request payer", s3("put_user_metadata:\n  x-amz-request-payer: requester"), Want::Err("config.put_user_metadata.x-amz-request-payer")),
+            ("put_user_metadata other x-amz", s3("put_user_metadata:\n  x-amz-website-redirect-location: /x"), Want::Err("config.put_user_metadata.x-amz-website-redirect-location")),
             ("put_user_metadata standard header", s3("put_user_metadata:\n  Content-Type: text/plain"), Want::Err("config.put_user_metadata.Content-Type")),
             ("put_user_metadata bad name", s3("put_user_metadata:\n  'bad name': x"), Want::Err("config.put_user_metadata.bad name")),
             ("put_user_metadata bad value", s3("put_user_metadata:\n  team: \"a\\nb\""), Want::Err("config.put_user_metadata.team")),
@@ -549,7 +510,26 @@ mod tests {
             "put_user_metadata:\n  X-Amz-Storage-Class: STANDARD_IA\n  x-amz-meta-Team: etl\n  owner: kubecost\n\
              part_size: 1048576\ndisable_multipart: true",
         ));
-        assert_eq!(cfg.storage_class.as_deref(), Some("STANDARD_IA"));
+        assert!(
+            cfg.describe.ends_with("; on writes: x-amz-storage-class)"),
+            "{}",
+            cfg.describe
+        );
+        assert!(
+            cfg.store.to_string().starts_with("AmazonS3"),
+            "{}",
+            cfg.store
+        );
+        let acl = ok(&s3(
+            "put_user_metadata:\n  X-Amz-Acl: Bucket-Owner-Full-Control\n  x-amz-tagging: a=b",
+        ));
+        assert!(
+            acl.describe
+                .ends_with("; on writes: x-amz-acl, x-amz-tagging)"),
+            "{}",
+            acl.describe
+        );
+        assert!(acl.extra_metadata.is_empty());
         assert_eq!(
             cfg.extra_metadata,
             vec![
