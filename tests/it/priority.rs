@@ -71,7 +71,7 @@ fn background_threads_yield_to_the_fuse_threads() {
     for (tid, name, nice, policy) in &background {
         assert_eq!(
             (*nice, *policy),
-            (10, 3),
+            (5, 3),
             "{name} {tid}: nice and policy (3 = SCHED_BATCH)"
         );
         assert_eq!(ionice(*tid), "best-effort: prio 7", "{name} {tid}");
