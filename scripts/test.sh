@@ -75,6 +75,9 @@ ensure_rust() {
     ensure_component fmt rustfmt
     ensure_component clippy clippy
     ensure_cmd umount mount # the test fixture's last-resort `umount -l`
+    # tests/it/perm.rs: callers with chosen groups, and POSIX ACLs.
+    ensure_cmd setpriv util-linux
+    ensure_cmd setfacl acl
 }
 
 # The third-party POSIX test suite (tests/it/pjdfstest.rs). Honours a preset $PJDFSTEST;

@@ -23,11 +23,11 @@
 //!
 //! Filesystem uid and gid (`setfsuid`/`setfsgid`), the supplementary groups (the per-thread
 //! system call: glibc's `setgroups()` changes every thread of the process), and the
-//! *filesystem* capabilities: leaving uid
-//! 0 drops them (`CAP_DAC_OVERRIDE`, `CAP_FOWNER`, ...; the kernel's rule), and a caller whose
-//! own set differs (a root without some, a program with file capabilities) gets its own. The
-//! other capabilities of etlfs stay, except for the extended attributes that depend on them
-//! (`trusted.*`, `security.*`), which get the caller's exact set ([`as_caller_exactly`]). The
+//! capabilities the filesystem consults: the *filesystem* ones (`CAP_DAC_OVERRIDE`,
+//! `CAP_FOWNER`, ...; leaving uid 0 drops them, the kernel's rule) and `CAP_SYS_RESOURCE`
+//! (reserved blocks, quotas) are the caller's own. etlfs' other capabilities stay, except for
+//! the extended attributes that depend on them (`trusted.*`, `security.*`), which get the
+//! caller's exact set ([`as_caller_exactly`]). The
 //! thread's umask becomes the caller's for a creating request, so that a default ACL of the
 //! directory, not the umask, shapes the new file's mode where the directory has one.
 //!
@@ -332,6 +332,10 @@ const FS_CAPS: CapabilitySet = CapabilitySet::CHOWN
     .union(CapabilitySet::FSETID)
     .union(CapabilitySet::MAC_OVERRIDE);
 
+/// The capabilities a caller gets as its own for every call: the filesystem ones, and
+/// `CAP_SYS_RESOURCE`, which lets a write use root's reserved blocks and pass disk quotas.
+const CALLER_CAPS: CapabilitySet = FS_CAPS.union(CapabilitySet::SYS_RESOURCE);
+
 fn gids(groups: &[u32]) -> Vec<Gid> {
     groups.iter().map(|&g| Gid::from_raw(g)).collect()
 }
@@ -395,7 +399,7 @@ impl CredsGuard {
         let wanted = if exact_caps {
             own & caller.caps
         } else {
-            (now & !FS_CAPS) | (own & caller.caps & FS_CAPS)
+            (now & !CALLER_CAPS) | (own & caller.caps & CALLER_CAPS)
         };
         if wanted != now {
             set_own_caps(CapabilitySets {

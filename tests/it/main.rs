@@ -25,6 +25,7 @@ mod model;
 mod mount;
 mod names;
 mod oneshot;
+mod perm;
 mod pjdfstest;
 mod restore;
 mod secrets;

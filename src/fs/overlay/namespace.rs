@@ -25,8 +25,15 @@ impl Overlay {
         }
         let dir = self.dir_fd(parent)?;
         // As the caller: the filesystem checks its search permission on the directory (also
-        // for a name only in the bucket, which it then does not find).
-        match self.local.lookup_as_caller(dir.as_fd(), name) {
+        // for a name only in the bucket, which it then does not find). That permission is all
+        // a lookup needs, so where everyone has it etlfs looks up as itself, sparing the
+        // switch of credentials (the negative lookup before each create, say).
+        let found = if self.open_to_all(parent) == Some(true) {
+            self.local.lookup(dir.as_fd(), name)
+        } else {
+            self.local.lookup_as_caller(dir.as_fd(), name)
+        };
+        match found {
             Ok((fd, st)) => Ok(self.entry(parent, name, fd, st)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let path = self.child_path(parent, name);
