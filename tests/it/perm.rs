@@ -315,3 +315,109 @@ fn a_bucket_only_file_is_checked_before_it_is_downloaded() {
     );
     assert!(m.stop().success());
 }
+
+/// An etlfs mount whose daemon runs in a PID namespace of its own (`unshare --pid --fork`), as
+/// in a container: it cannot identify callers outside it, so the kernel checks. Unmounted when
+/// dropped, also on failure.
+struct Contained {
+    dir: tempfile::TempDir,
+    unshare: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl Contained {
+    fn start() -> Contained {
+        let dir = tempfile::Builder::new()
+            .prefix("etlfs")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let mnt = dir.path().join("m");
+        fs::create_dir(&mnt).unwrap();
+        let log = dir.path().join("etlfs.log");
+        let unshare = Command::new("unshare")
+            // SIGTERM to unshare reaches etlfs, which stops cleanly.
+            .args([
+                "--pid",
+                "--fork",
+                "--kill-child=TERM",
+                crate::common::ETLFS,
+                "mount",
+            ])
+            .arg(&mnt)
+            .env("RUST_LOG", "info")
+            .env("ETLFS_LISTEN", "127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("unshare (util-linux) must be installed");
+        let c = Contained { dir, unshare, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !crate::common::is_mounted(&c.mnt()) {
+            assert!(
+                Instant::now() < deadline,
+                "not mounted after 60 s:\n{}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        c
+    }
+
+    fn mnt(&self) -> std::path::PathBuf {
+        self.dir.path().join("m")
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        // unshare ignores SIGTERM while it waits for its child: etlfs is told directly.
+        let id = self.unshare.id();
+        let children = fs::read_to_string(format!("/proc/{id}/task/{id}/children"));
+        for child in children.unwrap_or_default().split_whitespace() {
+            if let Some(pid) = child.parse().ok().and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while crate::common::is_mounted(&self.mnt()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if crate::common::is_mounted(&self.mnt()) {
+            let _ = Command::new("umount").arg("-l").arg(self.mnt()).status();
+        }
+        let _ = self.unshare.kill();
+        let _ = self.unshare.wait();
+    }
+}
+
+#[test]
+fn in_a_pid_namespace_of_its_own_the_kernel_checks() {
+    let c = Contained::start();
+    let mnt = c.mnt();
+    let opts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = opts
+        .lines()
+        .find(|l| l.contains(mnt.to_str().unwrap()))
+        .unwrap_or_else(|| panic!("{} not in mountinfo", mnt.display()));
+    assert!(line.contains("default_permissions"), "{line}");
+    assert!(
+        c.log().contains("permissions: checked by the kernel"),
+        "{}",
+        c.log()
+    );
+
+    // The kernel checks with all of the caller's groups; the new file is still the caller's.
+    let team = mnt.join("team");
+    fs::create_dir(&team).unwrap();
+    chown(&team, 0, 6601);
+    chmod(&team, 0o770);
+    refused(5601, 5601, &[], &mnt, "echo x > team/f");
+    allowed(5601, 5601, &[6601], &mnt, "echo x > team/f");
+    let st = fs::metadata(team.join("f")).unwrap();
+    assert_eq!((st.uid(), st.gid()), (5601, 5601));
+}
