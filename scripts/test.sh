@@ -75,6 +75,9 @@ ensure_rust() {
     ensure_component fmt rustfmt
     ensure_component clippy clippy
     ensure_cmd umount mount # the test fixture's last-resort `umount -l`
+    # tests/it/perm.rs: callers with chosen groups, and POSIX ACLs.
+    ensure_cmd setpriv util-linux
+    ensure_cmd setfacl acl
 }
 
 # Tools the tests run for real: mount(8) as the helper's caller and setpriv to act as another

@@ -364,7 +364,9 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
         parked: fs.parked_counter(),
     });
 
+    let notifier = fs.notifier_slot();
     let session = new_session(fs, &args, &plan, &options)?;
+    let _ = notifier.set(session.notifier());
     let session = thread::Builder::new()
         .name("fuse-session".into())
         .spawn(move || {
@@ -595,8 +597,10 @@ fn new_session(
 }
 
 /// The kernel's mount options for `-o` `options`. Always: the source shown in the mount
-/// table (`fsname`, else `etlfs:LOCAL`), `default_permissions` (the kernel checks modes, as on
-/// the disk underneath), and `nosuid`/`nodev` unless `suid`/`dev` were asked for. `strictatime` and `nodiratime` have
+/// table (`fsname`, else `etlfs:LOCAL`), and `nosuid`/`nodev` unless `suid`/`dev` were asked
+/// for. `default_permissions` (the kernel checks modes) only where etlfs cannot act as its
+/// callers, so that the filesystem underneath checks every request itself, ACLs included (see
+/// `os/creds.rs`). `strictatime` and `nodiratime` have
 /// no fuser counterpart, and nothing to do in the kernel anyway (it leaves a FUSE file's
 /// access time to the filesystem): the mount table shows the kernel's default, `relatime`.
 fn fuser_options(fsname: Option<&str>, local: &Path, options: &MountOptions) -> Vec<MountOption> {
@@ -604,8 +608,10 @@ fn fuser_options(fsname: Option<&str>, local: &Path, options: &MountOptions) -> 
     let mut out = vec![
         MountOption::FSName(fsname),
         MountOption::Subtype("etlfs".into()),
-        MountOption::DefaultPermissions,
     ];
+    if !crate::fs::fuse::checks_permissions() {
+        out.push(MountOption::DefaultPermissions);
+    }
     let flags = [
         (options.read_only, MountOption::RO),
         (options.suid, MountOption::Suid),

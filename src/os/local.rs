@@ -7,6 +7,10 @@
 //! application asks for can resolve outside the directory. Multi-component paths (used by the
 //! mirror and fetcher, which work on bucket keys) are resolved with `openat2(RESOLVE_BENEATH)`.
 //!
+//! A call made for an application's request (a lookup, an open, a create, a chmod, ...) runs
+//! under that application's credentials where etlfs checks permissions (see
+//! [`crate::os::creds`]): those methods say so; the rest run as etlfs.
+//!
 //! Errors are plain `io::Error`s carrying the errno: this is the syscall layer, and the overlay
 //! maps them onto its own error type.
 
@@ -16,7 +20,7 @@ use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::os::sys;
 
@@ -50,137 +54,9 @@ pub fn sha256_of(file: &File) -> io::Result<String> {
     Ok(hex::encode(hasher.finalize()))
 }
 
-/// What the overlay needs to know about a local file: a copy of `struct stat`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Stat {
-    pub dev: u64,
-    pub ino: u64,
-    pub mode: u32,
-    pub nlink: u64,
-    pub uid: u32,
-    pub gid: u32,
-    pub rdev: u64,
-    pub size: u64,
-    pub blocks: u64,
-    pub blksize: u32,
-    pub atime: SystemTime,
-    pub mtime: SystemTime,
-    pub ctime: SystemTime,
-}
-
-fn to_time(sec: i64, nsec: i64) -> SystemTime {
-    if sec >= 0 {
-        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
-    } else {
-        UNIX_EPOCH - Duration::from_secs(sec.unsigned_abs()) + Duration::from_nanos(nsec as u64)
-    }
-}
-
-impl From<libc::stat> for Stat {
-    fn from(st: libc::stat) -> Self {
-        Stat {
-            dev: st.st_dev,
-            ino: st.st_ino,
-            mode: st.st_mode,
-            nlink: st.st_nlink,
-            uid: st.st_uid,
-            gid: st.st_gid,
-            rdev: st.st_rdev,
-            size: st.st_size as u64,
-            blocks: st.st_blocks as u64,
-            blksize: st.st_blksize as u32,
-            atime: to_time(st.st_atime, st.st_atime_nsec),
-            mtime: to_time(st.st_mtime, st.st_mtime_nsec),
-            ctime: to_time(st.st_ctime, st.st_ctime_nsec),
-        }
-    }
-}
-
-impl Stat {
-    /// Stats an open file.
-    pub fn from_file(f: &File) -> io::Result<Stat> {
-        Ok(sys::fstatat(f.as_fd(), sys::EMPTY, libc::AT_EMPTY_PATH)?.into())
-    }
-
-    pub fn is_dir(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFDIR
-    }
-    pub fn is_symlink(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFLNK
-    }
-    pub fn is_file(&self) -> bool {
-        self.mode & libc::S_IFMT == libc::S_IFREG
-    }
-}
-
-/// The identity of the caller a FUSE request is made for; files are created as this user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Creds {
-    pub uid: u32,
-    pub gid: u32,
-}
-
-/// Restores this thread's filesystem ids when dropped, also on an early return.
-struct CredsGuard((libc::uid_t, libc::gid_t));
-
-impl CredsGuard {
-    fn switch(creds: Creds) -> Self {
-        CredsGuard(sys::switch_fs_ids(creds.uid, creds.gid))
-    }
-}
-
-impl Drop for CredsGuard {
-    fn drop(&mut self) {
-        sys::restore_fs_ids(self.0);
-    }
-}
-
-thread_local! {
-    static UMASK_CLEARED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Makes sure this (FUSE session) thread creates files with exactly the modes it is given.
-fn thread_umask_zero() -> io::Result<()> {
-    if !UMASK_CLEARED.get() {
-        sys::private_zero_umask()?;
-        UMASK_CLEARED.set(true);
-    }
-    Ok(())
-}
-
-/// Runs a creating operation under the caller's filesystem ids, so that ownership, set-gid
-/// inheritance and quotas come out as if the caller had done it natively.
-///
-/// The kernel has already checked permissions (we mount with `default_permissions`), using
-/// all of the caller's groups. We only learn the primary gid, so if the caller's access comes
-/// from a supplementary group the underlying filesystem refuses with `EACCES`. In that case the
-/// operation is repeated with our own (root) ids and the new entry is given to the caller.
-fn as_caller<T>(
-    creds: Creds,
-    dir: BorrowedFd<'_>,
-    name: &std::ffi::CStr,
-    op: impl Fn() -> io::Result<T>,
-) -> io::Result<T> {
-    thread_umask_zero()?;
-    let first = {
-        let _ids = CredsGuard::switch(creds);
-        op()
-    };
-    match first {
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) && sys::geteuid() == 0 => {
-            let out = op()?;
-            let dir_st = Stat::from(sys::fstatat(dir, sys::EMPTY, libc::AT_EMPTY_PATH)?);
-            let gid = if dir_st.mode & libc::S_ISGID != 0 {
-                u32::MAX
-            } else {
-                creds.gid
-            };
-            sys::fchownat(dir, name, creds.uid, gid, libc::AT_SYMLINK_NOFOLLOW)?;
-            Ok(out)
-        }
-        other => other,
-    }
-}
+pub use crate::os::creds::Creds;
+use crate::os::creds::{as_caller, as_caller_exactly, as_creator};
+pub use crate::os::stat::Stat;
 
 /// `fallocate(2)` on an open file.
 pub fn fallocate(file: &File, mode: i32, offset: u64, len: u64) -> io::Result<()> {
@@ -276,7 +152,7 @@ impl LocalDir {
         self.root_stat
     }
 
-    /// Looks up one name in `dir` without following a final symlink.
+    /// Looks up one name in `dir` without following a final symlink (as etlfs).
     pub fn lookup(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<(OwnedFd, Stat)> {
         let cname = single_component(name)?;
         let fd = sys::openat2(
@@ -290,6 +166,24 @@ impl LocalDir {
         Ok((fd, st))
     }
 
+    /// [`LocalDir::lookup`] for a caller's request: the name is resolved as the caller, so
+    /// the filesystem checks its search permission on `dir`.
+    pub fn lookup_as_caller(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &OsStr,
+    ) -> io::Result<(OwnedFd, Stat)> {
+        as_caller(|| self.lookup(dir, name))
+    }
+
+    /// `access(2)` of the inode behind `fd` for the caller (`R_OK`, `W_OK`, `X_OK`), with its
+    /// filesystem ids (`AT_EACCESS`, which are the real ids when the kernel asks for
+    /// `access(2)`).
+    pub fn access(&self, fd: BorrowedFd<'_>, mask: i32) -> io::Result<()> {
+        let name = sys::fd_name(fd);
+        as_caller(|| sys::faccessat(self.proc_fd.as_fd(), &name, mask, libc::AT_EACCESS))
+    }
+
     /// Stats a descriptor (`O_PATH` ones included).
     pub fn stat(&self, fd: BorrowedFd<'_>) -> io::Result<Stat> {
         Ok(sys::fstatat(fd, sys::EMPTY, libc::AT_EMPTY_PATH)?.into())
@@ -300,11 +194,26 @@ impl LocalDir {
     /// dropped; `O_NOFOLLOW` would refuse the `/proc/self/fd` magic link and is dropped too.
     /// `O_NOATIME` is dropped where the kernel refuses it (see [`noatime_if_allowed`]).
     pub fn reopen(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+        noatime_if_allowed(flags, |flags| self.reopen_exactly(fd, flags))
+    }
+
+    /// [`LocalDir::reopen`] without dropping a refused `O_NOATIME`.
+    fn reopen_exactly(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
         let flags = flags & !(libc::O_CREAT | libc::O_EXCL | libc::O_NOCTTY | libc::O_NOFOLLOW);
-        let name = sys::fd_name(fd);
-        noatime_if_allowed(flags, |flags| {
-            sys::openat(self.proc_fd.as_fd(), &name, flags, 0).map(File::from)
-        })
+        sys::openat(self.proc_fd.as_fd(), &sys::fd_name(fd), flags, 0).map(File::from)
+    }
+
+    /// [`LocalDir::reopen`] for a caller's open: the filesystem checks the caller's access.
+    /// An `O_NOATIME` (the mount's `noatime`) that the caller may not use, not owning the file,
+    /// is etlfs' own wish: the caller's access is checked without it, then etlfs opens with it.
+    pub fn open_as_caller(&self, fd: BorrowedFd<'_>, flags: i32) -> io::Result<File> {
+        match as_caller(|| self.reopen_exactly(fd, flags)) {
+            Err(e) if flags & libc::O_NOATIME != 0 && e.raw_os_error() == Some(libc::EPERM) => {
+                let checked = as_caller(|| self.reopen_exactly(fd, flags & !libc::O_NOATIME))?;
+                Ok(self.reopen_exactly(fd, flags).unwrap_or(checked))
+            }
+            other => other,
+        }
     }
 
     /// The file behind `fd`, opened read-only through a private bind mount of it on which
@@ -329,7 +238,7 @@ impl LocalDir {
         creds: Creds,
     ) -> io::Result<(File, OwnedFd, Stat)> {
         let cname = single_component(name)?;
-        let file = as_caller(creds, dir, &cname, || {
+        let file = as_creator(creds, dir, &cname, || {
             noatime_if_allowed(flags, |flags| {
                 sys::openat2(
                     dir,
@@ -360,7 +269,7 @@ impl LocalDir {
         creds: Creds,
     ) -> io::Result<(OwnedFd, Stat)> {
         let cname = single_component(name)?;
-        as_caller(creds, dir, &cname, || sys::mkdirat(dir, &cname, mode))?;
+        as_creator(creds, dir, &cname, || sys::mkdirat(dir, &cname, mode))?;
         self.lookup(dir, name)
     }
 
@@ -374,7 +283,7 @@ impl LocalDir {
         creds: Creds,
     ) -> io::Result<(OwnedFd, Stat)> {
         let cname = single_component(name)?;
-        as_caller(creds, dir, &cname, || sys::mknodat(dir, &cname, mode, rdev))?;
+        as_creator(creds, dir, &cname, || sys::mknodat(dir, &cname, mode, rdev))?;
         self.lookup(dir, name)
     }
 
@@ -388,22 +297,35 @@ impl LocalDir {
     ) -> io::Result<(OwnedFd, Stat)> {
         let cname = single_component(name)?;
         let ctarget = sys::cstr(target)?;
-        as_caller(creds, dir, &cname, || sys::symlinkat(&ctarget, dir, &cname))?;
+        as_creator(creds, dir, &cname, || sys::symlinkat(&ctarget, dir, &cname))?;
         self.lookup(dir, name)
     }
 
-    /// Adds a hard link `name` in `dir` to the inode behind `fd`.
+    /// Adds a hard link `name` in `dir` to the inode behind `fd`, as the caller. Through
+    /// `/proc/self/fd` (`AT_SYMLINK_FOLLOW` follows only that magic link, so a symlink itself
+    /// is linked): `AT_EMPTY_PATH` on a descriptor etlfs opened would need
+    /// `CAP_DAC_READ_SEARCH`, which a caller does not have.
     pub fn link(&self, fd: BorrowedFd<'_>, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        let cname = single_component(name)?;
-        sys::linkat(fd, sys::EMPTY, dir, &cname, libc::AT_EMPTY_PATH)
+        let (cname, from) = (single_component(name)?, sys::fd_name(fd));
+        as_caller(|| {
+            sys::linkat(
+                self.proc_fd.as_fd(),
+                &from,
+                dir,
+                &cname,
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        })
     }
 
     pub fn unlink(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        sys::unlinkat(dir, &single_component(name)?, 0)
+        let cname = single_component(name)?;
+        as_caller(|| sys::unlinkat(dir, &cname, 0))
     }
 
     pub fn rmdir(&self, dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        sys::unlinkat(dir, &single_component(name)?, libc::AT_REMOVEDIR)
+        let cname = single_component(name)?;
+        as_caller(|| sys::unlinkat(dir, &cname, libc::AT_REMOVEDIR))
     }
 
     /// `renameat2` with the kernel's flags (`RENAME_NOREPLACE`, `RENAME_EXCHANGE`, ...).
@@ -416,7 +338,7 @@ impl LocalDir {
         flags: u32,
     ) -> io::Result<()> {
         let (old, new) = (single_component(old_name)?, single_component(new_name)?);
-        sys::renameat2(old_dir, &old, new_dir, &new, flags)
+        as_caller(|| sys::renameat2(old_dir, &old, new_dir, &new, flags))
     }
 
     pub fn readlink(&self, fd: BorrowedFd<'_>) -> io::Result<Vec<u8>> {
@@ -425,7 +347,8 @@ impl LocalDir {
 
     /// `chmod` of the inode behind `fd` (not for symlinks: Linux has no symlink modes).
     pub fn set_mode(&self, fd: BorrowedFd<'_>, mode: u32) -> io::Result<()> {
-        sys::fchmodat(self.proc_fd.as_fd(), &sys::fd_name(fd), mode)
+        let name = sys::fd_name(fd);
+        as_caller(|| sys::fchmodat(self.proc_fd.as_fd(), &name, mode))
     }
 
     /// `chown` of the inode behind `fd`; `None` leaves an id unchanged.
@@ -435,13 +358,15 @@ impl LocalDir {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> io::Result<()> {
-        sys::fchownat(
-            fd,
-            sys::EMPTY,
-            uid.unwrap_or(u32::MAX),
-            gid.unwrap_or(u32::MAX),
-            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
-        )
+        as_caller(|| {
+            sys::fchownat(
+                fd,
+                sys::EMPTY,
+                uid.unwrap_or(u32::MAX),
+                gid.unwrap_or(u32::MAX),
+                libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            )
+        })
     }
 
     /// Sets access and/or modification time of the inode behind `fd`. Symlinks are reached
@@ -456,20 +381,21 @@ impl LocalDir {
     ) -> io::Result<()> {
         let (a, m) = (timespec(atime), timespec(mtime));
         match symlink_at {
-            Some((dir, name)) => sys::utimensat(
-                dir,
-                &single_component(name)?,
-                a,
-                m,
-                libc::AT_SYMLINK_NOFOLLOW,
-            ),
-            None => sys::utimensat(self.proc_fd.as_fd(), &sys::fd_name(fd), a, m, 0),
+            Some((dir, name)) => {
+                let name = single_component(name)?;
+                as_caller(|| sys::utimensat(dir, &name, a, m, libc::AT_SYMLINK_NOFOLLOW))
+            }
+            None => {
+                let name = sys::fd_name(fd);
+                as_caller(|| sys::utimensat(self.proc_fd.as_fd(), &name, a, m, 0))
+            }
         }
     }
 
-    /// Truncates (or extends) the file behind an `O_PATH` descriptor.
+    /// Truncates (or extends) the file behind an `O_PATH` descriptor, opened for writing as
+    /// the caller.
     pub fn truncate(&self, fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
-        self.reopen(fd, libc::O_WRONLY)?.set_len(size)
+        as_caller(|| self.reopen(fd, libc::O_WRONLY))?.set_len(size)
     }
 
     /// Lists a directory (without `.` and `..`). With `noatime` the listing leaves the
@@ -505,30 +431,35 @@ impl LocalDir {
         sys::fstatvfs(fd)
     }
 
+    /// Whether the inode behind `fd` has a POSIX access ACL (read as etlfs). An error other
+    /// than "none" counts as one: the answer decides whether a name may be cached for everyone.
+    pub fn has_access_acl(&self, fd: BorrowedFd<'_>) -> bool {
+        match sys::getxattr(&sys::fd_path(fd), c"system.posix_acl_access", &mut []) {
+            Ok(_) => true,
+            Err(e) => !matches!(e.raw_os_error(), Some(libc::ENODATA | libc::EOPNOTSUPP)),
+        }
+    }
+
+    /// The extended attribute `name` of the inode behind `fd`, read as the caller (these and
+    /// the other xattr calls go through `/proc/self/fd`: the `f*xattr` calls refuse `O_PATH`).
     pub fn get_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr, size: u32) -> io::Result<XattrReply> {
         let (path, cname) = (sys::fd_path(fd), sys::cstr(name)?);
-        if size == 0 {
-            return Ok(XattrReply::Size(
-                sys::getxattr(&path, &cname, &mut [])? as u32
-            ));
-        }
         let mut buf = vec![0u8; size as usize];
-        let n = sys::getxattr(&path, &cname, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        let n = xattr_as_caller(name, || sys::getxattr(&path, &cname, &mut buf))?;
+        Ok(xattr_reply(size, n, buf))
     }
 
+    /// The names of the extended attributes, as the caller (`trusted.*` ones only for a
+    /// caller with `CAP_SYS_ADMIN`).
     pub fn list_xattr(&self, fd: BorrowedFd<'_>, size: u32) -> io::Result<XattrReply> {
         let path = sys::fd_path(fd);
-        if size == 0 {
-            return Ok(XattrReply::Size(sys::listxattr(&path, &mut [])? as u32));
-        }
         let mut buf = vec![0u8; size as usize];
-        let n = sys::listxattr(&path, &mut buf)?;
-        buf.truncate(n);
-        Ok(XattrReply::Data(buf))
+        let n = as_caller_exactly(|| sys::listxattr(&path, &mut buf))?;
+        Ok(xattr_reply(size, n, buf))
     }
 
+    /// Sets an extended attribute as the caller (a POSIX ACL included: the filesystem checks
+    /// that the caller owns the file, and updates its mode).
     pub fn set_xattr(
         &self,
         fd: BorrowedFd<'_>,
@@ -536,11 +467,13 @@ impl LocalDir {
         value: &[u8],
         flags: i32,
     ) -> io::Result<()> {
-        sys::setxattr(&sys::fd_path(fd), &sys::cstr(name)?, value, flags)
+        let (path, cname) = (sys::fd_path(fd), sys::cstr(name)?);
+        xattr_as_caller(name, || sys::setxattr(&path, &cname, value, flags))
     }
 
     pub fn remove_xattr(&self, fd: BorrowedFd<'_>, name: &OsStr) -> io::Result<()> {
-        sys::removexattr(&sys::fd_path(fd), &sys::cstr(name)?)
+        let (path, cname) = (sys::fd_path(fd), sys::cstr(name)?);
+        xattr_as_caller(name, || sys::removexattr(&path, &cname))
     }
 
     /// Opens a relative, multi-component path strictly beneath the served directory: `..`
@@ -680,6 +613,26 @@ impl LocalDir {
 pub enum XattrReply {
     Size(u32),
     Data(Vec<u8>),
+}
+
+/// The reply to a getxattr/listxattr of `size` (0: only the size is asked) that gave `n`.
+fn xattr_reply(size: u32, n: usize, mut buf: Vec<u8>) -> XattrReply {
+    if size == 0 {
+        return XattrReply::Size(n as u32);
+    }
+    buf.truncate(n);
+    XattrReply::Data(buf)
+}
+
+/// Runs an xattr call as the caller: with its exact capabilities for the namespaces that
+/// depend on `CAP_SYS_ADMIN` (`trusted.*`, `security.*`), with the filesystem ones otherwise.
+fn xattr_as_caller<T>(name: &OsStr, op: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let b = name.as_bytes();
+    if b.starts_with(b"trusted.") || b.starts_with(b"security.") {
+        as_caller_exactly(op)
+    } else {
+        as_caller(op)
+    }
 }
 
 /// Runs `open(flags)`, and if `flags` hold `O_NOATIME` and the kernel refuses it, `open` again

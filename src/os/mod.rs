@@ -1,7 +1,9 @@
-//! The floor: Linux system calls (the only `unsafe` in etlfs), the directory underneath the
+//! The floor: Linux system calls (the only `unsafe` in etlfs), acting as a caller, the directory underneath the
 //! mount, and the state directory.
 
+pub mod creds;
 pub mod local;
+pub mod stat;
 pub mod state;
 pub mod sys;
 

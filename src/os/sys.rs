@@ -316,27 +316,40 @@ pub fn removexattr(path: &CStr, name: &CStr) -> io::Result<()> {
     check(unsafe { libc::removexattr(path.as_ptr(), name.as_ptr()) }).map(drop)
 }
 
-/// Sets this *thread's* filesystem uid and gid, so that files created on behalf of a FUSE
-/// request are owned by the caller and inherit set-gid directories the way the kernel would.
-/// `setfsuid`/`setfsgid` are per-thread in Linux (glibc does not broadcast them), which is what
-/// a multithreaded FUSE session needs. Returns the previous ids for [`restore_fs_ids`].
-pub fn switch_fs_ids(uid: libc::uid_t, gid: libc::gid_t) -> (libc::uid_t, libc::gid_t) {
-    // SAFETY: setfsgid/setfsuid take plain integers and cannot fail in a way that corrupts
-    // memory; they return the previous id. The gid goes first: once the fsuid is no longer
-    // root, changing the fsgid would need CAP_SETGID, which the thread still has here.
-    let old_gid = unsafe { libc::syscall(libc::SYS_setfsgid, gid) } as libc::gid_t;
-    // SAFETY: as above.
-    let old_uid = unsafe { libc::syscall(libc::SYS_setfsuid, uid) } as libc::uid_t;
-    (old_uid, old_gid)
+/// Sets this *thread's* filesystem uid (`setfsuid(2)`) and returns the previous one. The
+/// filesystem ids are per thread in Linux (the raw system call; glibc does not broadcast it),
+/// which is what a multithreaded FUSE session needs. Leaving uid 0 drops the filesystem
+/// capabilities (`CAP_DAC_OVERRIDE`, `CAP_FOWNER`, ...) from the effective set, going back
+/// raises them again from the permitted set: the kernel's own rule.
+pub fn set_fsuid(uid: libc::uid_t) -> libc::uid_t {
+    // SAFETY: setfsuid takes a plain integer and returns the previous id; it cannot corrupt
+    // memory. (It cannot fail either: a refused change leaves the id as it was.)
+    unsafe { libc::syscall(libc::SYS_setfsuid, uid) as libc::uid_t }
 }
 
-/// Restores the ids returned by [`switch_fs_ids`].
-pub fn restore_fs_ids((uid, gid): (libc::uid_t, libc::gid_t)) {
-    // SAFETY: see `switch_fs_ids`; the uid goes back first so the thread regains the
-    // capabilities it needs to set the gid.
-    unsafe { libc::syscall(libc::SYS_setfsuid, uid) };
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_setfsgid, gid) };
+/// Sets this thread's filesystem gid (`setfsgid(2)`) and returns the previous one.
+pub fn set_fsgid(gid: libc::gid_t) -> libc::gid_t {
+    // SAFETY: as for `set_fsuid`.
+    unsafe { libc::syscall(libc::SYS_setfsgid, gid) as libc::gid_t }
+}
+
+/// Sets the umask of the calling thread's filesystem context and returns the previous one
+/// (a thread that did [`private_zero_umask`] has a context of its own).
+pub fn set_umask(mask: libc::mode_t) -> libc::mode_t {
+    // SAFETY: umask takes a plain integer and cannot fail.
+    unsafe { libc::umask(mask) }
+}
+
+/// `faccessat(2)`. With `AT_EACCESS` it checks with the thread's filesystem ids (which
+/// etlfs sets to a caller's), not with the real uid.
+pub fn faccessat(
+    dir: BorrowedFd<'_>,
+    name: &CStr,
+    mode: libc::c_int,
+    flags: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `name` is NUL-terminated and `dir` is a live descriptor.
+    check(unsafe { libc::faccessat(dir.as_raw_fd(), name.as_ptr(), mode, flags) }).map(drop)
 }
 
 /// Gives the calling thread its own umask of 0, leaving the rest of the process alone.

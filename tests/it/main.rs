@@ -30,6 +30,7 @@ mod monitoring;
 mod mount;
 mod names;
 mod oneshot;
+mod perm;
 mod pjdfstest;
 mod priority;
 mod restore;

@@ -5,6 +5,11 @@
 //! [`serve`](super::Core::serve), which parks it until the download lands (see
 //! [`super::park`]); the rest (lookups, creating and removing names, I/O on open handles,
 //! directory handles) never need a download and reply at once.
+//!
+//! A request the filesystem underneath must check (one that resolves, opens, creates, removes
+//! or changes a name or file) runs its overlay call as its caller where etlfs checks
+//! permissions ([`Core::caller`](super::Core::caller), [`with_caller`]); the others (I/O on
+//! open handles, attributes, listings of an opened directory) need no check.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -19,10 +24,24 @@ use fuser::{
 };
 use tracing::info;
 
+use super::EtlFs;
 use super::passthrough::with_ttl;
 use super::reply::{creds, file_attr, fill_dir, reply_xattr, time_set};
-use super::{EtlFs, TTL};
 use crate::fs::overlay::SetAttr;
+use crate::os::creds::{Check, with_caller};
+
+/// The caller of a request, or the reply refusing it (`EACCES`) when it cannot be known.
+macro_rules! caller {
+    ($self:expr, $req:expr, $reply:expr, $op:literal) => {
+        caller!($self, $req, $reply, $op, Check::Plain, None)
+    };
+    ($self:expr, $req:expr, $reply:expr, $op:literal, $check:expr, $umask:expr) => {
+        match $self.caller($req, $check, $umask) {
+            Ok(who) => who,
+            Err(e) => return fail!($reply, $op, e),
+        }
+    };
+}
 
 impl Filesystem for EtlFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -39,6 +58,23 @@ impl Filesystem for EtlFs {
             if config.capabilities().contains(flag) {
                 let _ = config.add_capabilities(flag);
             }
+        }
+        // Where etlfs checks permissions, the umask is applied by the filesystem underneath
+        // (as the caller's), so that a directory's default ACL replaces it as natively.
+        if self.checks && config.capabilities().contains(InitFlags::FUSE_DONT_MASK) {
+            let granted = config.add_capabilities(InitFlags::FUSE_DONT_MASK).is_ok();
+            self.dont_mask.store(granted, Ordering::Relaxed);
+        }
+        if self.checks {
+            info!(
+                "permissions: checked by the filesystem underneath, each request as its caller \
+                 (uid, gid, groups, capabilities), POSIX ACLs included"
+            );
+        } else {
+            info!(
+                "permissions: checked by the kernel (default_permissions), as etlfs cannot act \
+                 as every caller (not root, or in a PID namespace of its own)"
+            );
         }
         let mut passthrough = self.passthrough.load(Ordering::Relaxed);
         if passthrough {
@@ -65,9 +101,19 @@ impl Filesystem for EtlFs {
         Ok(())
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.attr_ttl(|| self.overlay.lookup(parent.0, name), |e| e.ino) {
-            (ttl, Ok(e)) => reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0)),
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let who = caller!(self, req, reply, "lookup");
+        let got = self.attr_ttl(
+            || with_caller(who, || self.overlay.lookup(parent.0, name)),
+            |e| e.ino,
+        );
+        match got {
+            (ttl, Ok(e)) => reply.entry_with_ttls(
+                &ttl,
+                &self.entry_ttl(parent.0),
+                &file_attr(&e.attr),
+                Generation(0),
+            ),
             (_, Err(e)) => fail!(reply, "lookup", e),
         }
     }
@@ -116,14 +162,22 @@ impl Filesystem for EtlFs {
             mtime: time_set(mtime),
         };
         let (ino, fh) = (ino.0, fh.map(|f| f.0));
+        let who = caller!(self, req, reply, "setattr");
+        let before = self.open_before(ino);
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| with_ttl(c.attr_ttl(|| c.overlay.setattr(ino, fh, set), |a| a.ino)),
-            |_, res, reply| match res {
-                Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
-                Err(e) => fail!(reply, "setattr", e),
+            move |c| {
+                let set = || c.overlay.setattr(ino, fh, set);
+                with_ttl(c.attr_ttl(|| with_caller(who.clone(), set), |a| a.ino))
+            },
+            move |c, res, reply| {
+                match res {
+                    Ok((ttl, a)) => reply.attr(&ttl, &file_attr(&a)),
+                    Err(e) => fail!(reply, "setattr", e),
+                }
+                c.narrowed(ino, before);
             },
         );
     }
@@ -147,12 +201,16 @@ impl Filesystem for EtlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        match self.overlay.mknod(parent.0, name, mode, rdev, creds(req)) {
-            Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
+        let who = caller!(self, req, reply, "mknod", Check::Plain, Some(umask));
+        let mode = self.masked(mode, umask);
+        match with_caller(who, || {
+            self.overlay.mknod(parent.0, name, mode, rdev, creds(req))
+        }) {
+            Ok(e) => self.reply_entry(parent.0, &e, reply),
             Err(e) => fail!(reply, "mknod", e),
         }
     }
@@ -163,24 +221,28 @@ impl Filesystem for EtlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        match self.overlay.mkdir(parent.0, name, mode, creds(req)) {
-            Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
+        let who = caller!(self, req, reply, "mkdir", Check::Plain, Some(umask));
+        let mode = self.masked(mode, umask);
+        match with_caller(who, || self.overlay.mkdir(parent.0, name, mode, creds(req))) {
+            Ok(e) => self.reply_entry(parent.0, &e, reply),
             Err(e) => fail!(reply, "mkdir", e),
         }
     }
 
-    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.unlink(parent.0, name) {
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let who = caller!(self, req, reply, "unlink");
+        match with_caller(who, || self.overlay.unlink(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "unlink", e),
         }
     }
 
-    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.overlay.rmdir(parent.0, name) {
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let who = caller!(self, req, reply, "rmdir");
+        match with_caller(who, || self.overlay.rmdir(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => fail!(reply, "rmdir", e),
         }
@@ -194,11 +256,12 @@ impl Filesystem for EtlFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        match self
-            .overlay
-            .symlink(parent.0, link_name, target, creds(req))
-        {
-            Ok(e) => reply.entry(&TTL, &file_attr(&e.attr), Generation(0)),
+        let who = caller!(self, req, reply, "symlink");
+        match with_caller(who, || {
+            self.overlay
+                .symlink(parent.0, link_name, target, creds(req))
+        }) {
+            Ok(e) => self.reply_entry(parent.0, &e, reply),
             Err(e) => fail!(reply, "symlink", e),
         }
     }
@@ -213,18 +276,31 @@ impl Filesystem for EtlFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
+        let who = caller!(self, req, reply, "rename");
         let (name, newname) = (name.to_owned(), newname.to_owned());
+        let moved = (name.clone(), newname.clone());
         self.serve(
             req.pid(),
             false,
             reply,
             move |c| {
-                c.overlay
-                    .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                with_caller(who.clone(), || {
+                    c.overlay
+                        .rename(parent.0, &name, newparent.0, &newname, flags.bits())
+                })
             },
-            |_, res, reply| match res {
-                Ok(()) => reply.ok(),
-                Err(e) => fail!(reply, "rename", e),
+            move |c, res, reply| {
+                let done = res.is_ok();
+                match res {
+                    Ok(()) => reply.ok(),
+                    Err(e) => fail!(reply, "rename", e),
+                }
+                if done {
+                    c.moved_in(newparent.0, &moved.1);
+                    if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                        c.moved_in(parent.0, &moved.0);
+                    }
+                }
             },
         );
     }
@@ -237,30 +313,36 @@ impl Filesystem for EtlFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
+        let who = caller!(self, req, reply, "link");
         let newname = newname.to_owned();
         self.serve(
             req.pid(),
             false,
             reply,
             move |c| {
-                with_ttl(c.attr_ttl(|| c.overlay.link(ino.0, newparent.0, &newname), |e| e.ino))
+                let link = || c.overlay.link(ino.0, newparent.0, &newname);
+                with_ttl(c.attr_ttl(|| with_caller(who.clone(), link), |e| e.ino))
             },
-            |_, res, reply| match res {
-                Ok((ttl, e)) => {
-                    reply.entry_with_ttls(&ttl, &TTL, &file_attr(&e.attr), Generation(0))
-                }
+            move |c, res, reply| match res {
+                Ok((ttl, e)) => reply.entry_with_ttls(
+                    &ttl,
+                    &c.entry_ttl(newparent.0),
+                    &file_attr(&e.attr),
+                    Generation(0),
+                ),
                 Err(e) => fail!(reply, "link", e),
             },
         );
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let who = caller!(self, req, reply, "open");
         let (ino, flags) = (ino.0, flags.0);
         self.serve(
             req.pid(),
             true,
             reply,
-            move |c| c.overlay.open(ino, flags),
+            move |c| with_caller(who.clone(), || c.overlay.open(ino, flags)),
             move |c, res, reply| c.reply_open(ino, flags, res, reply),
         );
     }
@@ -348,8 +430,9 @@ impl Filesystem for EtlFs {
         }
     }
 
-    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.overlay.opendir(ino.0) {
+    fn opendir(&self, req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let who = caller!(self, req, reply, "opendir");
+        match with_caller(who, || self.overlay.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => fail!(reply, "opendir", e),
         }
@@ -433,15 +516,24 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        let who = caller!(self, req, reply, "setxattr");
+        let before = self.open_before(ino.0);
         let (name, value) = (name.to_owned(), value.to_vec());
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| c.overlay.setxattr(ino.0, &name, &value, flags),
-            |_, res, reply| match res {
-                Ok(()) => reply.ok(),
-                Err(e) => fail!(reply, "setxattr", e),
+            move |c| {
+                with_caller(who.clone(), || {
+                    c.overlay.setxattr(ino.0, &name, &value, flags)
+                })
+            },
+            move |c, res, reply| {
+                match res {
+                    Ok(()) => reply.ok(),
+                    Err(e) => fail!(reply, "setxattr", e),
+                }
+                c.narrowed(ino.0, before);
             },
         );
     }
@@ -454,12 +546,13 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        let who = caller!(self, req, reply, "getxattr");
         let name = name.to_owned();
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| c.overlay.getxattr(ino.0, &name, size),
+            move |c| with_caller(who.clone(), || c.overlay.getxattr(ino.0, &name, size)),
             |_, res, reply| match res {
                 Ok(r) => reply_xattr(reply, r),
                 Err(e) => fail!(reply, "getxattr", e),
@@ -471,11 +564,12 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        let who = caller!(self, req, reply, "listxattr");
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| c.overlay.listxattr(ino.0, size),
+            move |c| with_caller(who.clone(), || c.overlay.listxattr(ino.0, size)),
             |_, res, reply| match res {
                 Ok(r) => reply_xattr(reply, r),
                 Err(e) => fail!(reply, "listxattr", e),
@@ -487,29 +581,40 @@ impl Filesystem for EtlFs {
         if !self.xattrs {
             return reply.error(Errno::ENOSYS);
         }
+        let who = caller!(self, req, reply, "removexattr");
+        let before = self.open_before(ino.0);
         let name = name.to_owned();
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| c.overlay.removexattr(ino.0, &name),
-            |_, res, reply| match res {
-                Ok(()) => reply.ok(),
-                Err(e) => fail!(reply, "removexattr", e),
+            move |c| with_caller(who.clone(), || c.overlay.removexattr(ino.0, &name)),
+            move |c, res, reply| {
+                match res {
+                    Ok(()) => reply.ok(),
+                    Err(e) => fail!(reply, "removexattr", e),
+                }
+                c.narrowed(ino.0, before);
             },
         );
     }
 
-    fn access(&self, req: &Request, ino: INodeNo, _mask: AccessFlags, reply: ReplyEmpty) {
-        // We mount with `default_permissions`, so the kernel checks modes itself and only
-        // asks us whether the inode still exists.
+    fn access(&self, req: &Request, ino: INodeNo, mask: AccessFlags, reply: ReplyEmpty) {
+        let who = caller!(self, req, reply, "access", Check::Access, None);
+        let mask = mask.bits() & (libc::R_OK | libc::W_OK | libc::X_OK);
         self.serve(
             req.pid(),
             false,
             reply,
-            move |c| c.overlay.getattr(ino.0),
+            move |c| match &who {
+                // The filesystem checks, as the caller (a bucket-only file: from its mode).
+                Some(_) => with_caller(who.clone(), || c.overlay.access(ino.0, mask)),
+                // With `default_permissions` the kernel checked the modes itself and only
+                // asks whether the inode still exists.
+                None => c.overlay.getattr(ino.0).map(drop),
+            },
             |_, res, reply| match res {
-                Ok(_) => reply.ok(),
+                Ok(()) => reply.ok(),
                 Err(e) => fail!(reply, "access", e),
             },
         );
@@ -521,12 +626,19 @@ impl Filesystem for EtlFs {
         parent: INodeNo,
         name: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.overlay.create(parent.0, name, mode, flags, creds(req)) {
-            Ok((entry, opened)) => self.reply_created(&entry, opened, flags, reply),
+        let who = caller!(self, req, reply, "create", Check::Plain, Some(umask));
+        let mode = self.masked(mode, umask);
+        match with_caller(who, || {
+            self.overlay.create(parent.0, name, mode, flags, creds(req))
+        }) {
+            Ok((entry, opened)) => {
+                let ttl = self.entry_ttl(parent.0);
+                self.reply_created(&entry, opened, flags, ttl, reply)
+            }
             Err(e) => fail!(reply, "create", e),
         }
     }

@@ -6,6 +6,11 @@
 //! replies with its errno. A request that needs a bucket-only file is parked until the
 //! download lands, without holding a FUSE thread ([`park`]).
 //!
+//! Where etlfs checks permissions itself (no `default_permissions`, see
+//! [`crate::os::creds`]), each request that the filesystem underneath must check runs its
+//! overlay call for the request's caller ([`permissions`]), and names are cached by the kernel
+//! only where everyone may search.
+//!
 //! It also owns the kernel-facing fast path ([`passthrough`]). With FUSE passthrough (Linux ≥
 //! 6.9, real root), an opened local file is registered as the *backing file* of the FUSE file,
 //! and the kernel then serves `read`, `write` and `mmap` straight from the disk underneath
@@ -14,7 +19,7 @@
 //! keeps [`TTL`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use crate::fs::overlay::Overlay;
@@ -42,7 +47,10 @@ macro_rules! fail {
 mod callbacks;
 mod park;
 mod passthrough;
+mod permissions;
 mod reply;
+
+pub use permissions::checks_permissions;
 
 use passthrough::BackingCache;
 
@@ -79,6 +87,16 @@ pub struct Core {
     /// Requests parked until a download lands (see [`park`]); shared with `/metrics`.
     parked: Arc<AtomicU64>,
     fetch_timeout: Option<Duration>,
+    /// Whether etlfs checks permissions (mounted without `default_permissions`).
+    checks: bool,
+    /// Whether the kernel sends creating requests' modes without the umask (`FUSE_DONT_MASK`).
+    dont_mask: AtomicBool,
+    /// Whether a request with an unknown caller was refused yet (said once at `warn`).
+    refused_unknown: AtomicBool,
+    /// How to tell the kernel to drop names it cached, once the session exists.
+    notifier: Arc<OnceLock<fuser::Notifier>>,
+    /// The thread that does so (see [`permissions`]), started at its first use.
+    expirer: Mutex<Option<std::sync::mpsc::Sender<permissions::Expire>>>,
 }
 
 impl std::ops::Deref for EtlFs {
@@ -101,8 +119,19 @@ impl EtlFs {
                 xattrs: opts.xattrs,
                 parked: Arc::new(AtomicU64::new(0)),
                 fetch_timeout: opts.fetch_timeout,
+                checks: checks_permissions(),
+                dont_mask: AtomicBool::new(false),
+                refused_unknown: AtomicBool::new(false),
+                notifier: Arc::new(OnceLock::new()),
+                expirer: Mutex::new(None),
             }),
         }
+    }
+
+    /// Where the session's notifier goes once the session exists: etlfs uses it to make the
+    /// kernel drop cached names that not everyone may use any more.
+    pub fn notifier_slot(&self) -> Arc<OnceLock<fuser::Notifier>> {
+        Arc::clone(&self.notifier)
     }
 
     /// Whether FUSE passthrough is on: the requested mode until the kernel's INIT, then the

@@ -153,23 +153,25 @@ impl Core {
         }
     }
 
-    /// Replies to a create that made `entry` and opened it as `opened` with `flags`.
+    /// Replies to a create that made `entry` and opened it as `opened` with `flags`; the
+    /// kernel may cache name and attributes for `ttl` (see [`Core::entry_ttl`]).
     pub(super) fn reply_created(
         &self,
         entry: &Entry,
         opened: Opened,
         flags: i32,
+        ttl: Duration,
         reply: ReplyCreate,
     ) {
         let attr = file_attr(&entry.attr);
         let register = |f: &std::fs::File| {
             reply.open_backing(self.overlay.noatime_backing(f).as_ref().unwrap_or(f))
         };
-        // The full TTL even for a handle with write access: the kernel has not mapped it yet,
-        // and mapping it marks these attributes stale.
+        // The full validity even for a handle with write access: the kernel has not mapped it
+        // yet, and mapping it marks these attributes stale.
         match self.backing_for(entry.ino, &opened, flags, register) {
             Some(id) => reply.created_passthrough(
-                &TTL,
+                &ttl,
                 &attr,
                 Generation(0),
                 FileHandle(opened.fh),
@@ -177,7 +179,7 @@ impl Core {
                 &id,
             ),
             None => reply.created(
-                &TTL,
+                &ttl,
                 &attr,
                 Generation(0),
                 FileHandle(opened.fh),

@@ -2,12 +2,12 @@
 //! and the replies that carry several results (directory listings, xattrs).
 
 use fuser::{
-    FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyXattr,
-    Request, TimeOrNow,
+    FileAttr, FileType, Generation, INodeNo, ReplyDirectory, ReplyDirectoryPlus, ReplyEntry,
+    ReplyXattr, Request, TimeOrNow,
 };
 
-use super::Core;
-use crate::fs::overlay::{Attr, Creds, DirItem, FileKind, Ino, TimeSet, XattrReply};
+use super::{Core, TTL};
+use crate::fs::overlay::{Attr, Creds, DirItem, Entry, FileKind, Ino, TimeSet, XattrReply};
 
 fn file_type(kind: FileKind) -> FileType {
     match kind {
@@ -78,6 +78,19 @@ pub(super) fn fill_dir(items: Vec<DirItem>, mut reply: ReplyDirectory) {
 }
 
 impl Core {
+    /// Replies with an entry just made in directory `parent` (mknod, mkdir, symlink).
+    pub(super) fn reply_entry(&self, parent: Ino, e: &Entry, reply: ReplyEntry) {
+        let ttl = self.entry_ttl(parent);
+        reply.entry_with_ttls(&TTL, &ttl, &file_attr(&e.attr), Generation(0));
+    }
+
+    /// The mode of a creating request as the overlay gets it: the kernel's, whose umask the
+    /// filesystem underneath applies (as the caller's) where the kernel left it unmasked;
+    /// otherwise with the umask applied (a second time does nothing).
+    pub(super) fn masked(&self, mode: u32, umask: u32) -> u32 {
+        if self.unmasked() { mode } else { mode & !umask }
+    }
+
     /// Fills a `readdirplus` reply of directory `dir` with `items` and their attributes until
     /// it is full.
     pub(super) fn fill_dir_plus(
@@ -99,7 +112,9 @@ impl Core {
                 )
             };
             let Ok(attr) = attr else { continue };
-            // (one validity for the name and the attributes here)
+            // (one validity for the name and the attributes here; no caching of names where
+            // not everyone may search, see `entry_ttl`)
+            let ttl = ttl.min(self.entry_ttl(dir));
             let full = reply.add(
                 INodeNo(attr.ino),
                 item.next_offset,

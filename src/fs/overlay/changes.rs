@@ -13,19 +13,40 @@ use std::path::Path;
 
 use super::{Attr, Creds, Entry, Ino, Overlay, OverlayError, Result, SetAttr};
 use crate::engine::events::Intent;
+use crate::os::creds;
 
 impl Overlay {
     pub fn setattr(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
+        let res = self.set_attributes(ino, fh, set);
+        // Who may search a directory depends on its mode and owner (also after a failure:
+        // some of the changes may have been made).
+        self.inodes.search_changed(ino);
+        res
+    }
+
+    fn set_attributes(&self, ino: Ino, fh: Option<u64>, set: SetAttr) -> Result<Attr> {
         self.writable()?;
         let fd = match self.fd_of(ino) {
-            Some((None, _)) if set.size == Some(0) => self.materialize_empty(ino)?,
+            Some((None, _)) if set.size == Some(0) => {
+                // Checked before it is emptied (a truncate needs write permission).
+                self.check_remote(ino, libc::W_OK)?;
+                self.materialize_empty(ino)?
+            }
             _ => self.node_fd(ino)?,
         };
         let fd = fd.as_fd();
         if let Some(mode) = set.mode {
-            self.local
-                .set_mode(fd, mode & 0o7777)
-                .map_err(OverlayError::local("chmod"))?;
+            let mode = mode & 0o7777;
+            if self.drops_privileges(fd, mode) {
+                // What the kernel asks for when someone writes or truncates a set-uid or
+                // set-gid file (its `file_remove_privs`), in the writer's name: the writer
+                // need not own the file, and the kernel would not check it. Allowed to anyone
+                // who may write the file.
+                creds::as_daemon(|| self.local.set_mode(fd, mode))
+            } else {
+                self.local.set_mode(fd, mode)
+            }
+            .map_err(OverlayError::local("chmod"))?;
         }
         if set.uid.is_some() || set.gid.is_some() {
             self.local
@@ -73,6 +94,24 @@ impl Overlay {
             self.changed(ino, false);
         }
         self.getattr(ino)
+    }
+
+    /// Whether changing the mode of the file behind `fd` to `mode` only clears its set-uid
+    /// and set-gid bits, for a caller who may write the file: the shape of the kernel's
+    /// request when such a file is written or truncated (it sends it whenever etlfs does not
+    /// take over `handle_killpriv`, which fuser does not offer).
+    fn drops_privileges(&self, fd: std::os::fd::BorrowedFd<'_>, mode: u32) -> bool {
+        if creds::current().is_none() {
+            return false;
+        }
+        let Ok(st) = self.local.stat(fd) else {
+            return false;
+        };
+        let now = st.mode & 0o7777;
+        st.is_file()
+            && now != mode
+            && now & !(libc::S_ISUID | libc::S_ISGID) == mode
+            && self.local.access(fd, libc::W_OK).is_ok()
     }
 
     pub fn mknod(
@@ -150,12 +189,16 @@ impl Overlay {
         let path = self.child_path(parent, name);
         if let (None, Some(p), false) = (child, &path, dir) {
             if self.remote_file(p).is_some() {
+                // Not on the filesystem: it is asked about the directory alone.
+                self.check_entries(&dir_fd, "unlink")?;
                 return self.remove_remote(parent, name, p);
             }
         }
         if let (true, Some(p), Some(r)) = (dir, &path, &self.remote) {
             if r.index.has_children(p) {
-                // Files only in the bucket are in it, as far as the application can see.
+                // Files only in the bucket are in it, as far as the application can see
+                // (once it may remove names there at all).
+                self.check_entries(&dir_fd, "rmdir")?;
                 return Err(OverlayError::local("rmdir")(
                     std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
                 ));
@@ -209,16 +252,23 @@ impl Overlay {
     pub fn setxattr(&self, ino: Ino, name: &OsStr, value: &[u8], flags: i32) -> Result<()> {
         self.writable()?;
         let fd = self.node_fd(ino)?;
-        self.local
+        let res = self
+            .local
             .set_xattr(fd.as_fd(), name, value, flags)
-            .map_err(OverlayError::local("setxattr"))
+            .map_err(OverlayError::local("setxattr"));
+        // It may have been an ACL.
+        self.inodes.search_changed(ino);
+        res
     }
 
     pub fn removexattr(&self, ino: Ino, name: &OsStr) -> Result<()> {
         self.writable()?;
         let fd = self.node_fd(ino)?;
-        self.local
+        let res = self
+            .local
             .remove_xattr(fd.as_fd(), name)
-            .map_err(OverlayError::local("removexattr"))
+            .map_err(OverlayError::local("removexattr"));
+        self.inodes.search_changed(ino);
+        res
     }
 }

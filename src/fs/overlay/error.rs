@@ -48,6 +48,9 @@ pub enum OverlayError {
     /// A change asked of a read-only mount (`-o ro`).
     #[error("the mount is read-only")]
     ReadOnly,
+    /// The caller of a request could not be known, so its permissions cannot be checked.
+    #[error(transparent)]
+    Caller(crate::os::creds::CallerError),
 }
 
 impl OverlayError {
@@ -69,6 +72,7 @@ impl OverlayError {
             | OverlayError::BucketSilent(_) => libc::EIO,
             OverlayError::Interrupted => libc::EINTR,
             OverlayError::ReadOnly => libc::EROFS,
+            OverlayError::Caller(_) => libc::EACCES,
         }
     }
 

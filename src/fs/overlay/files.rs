@@ -12,6 +12,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
+use super::access::open_mask;
 use super::handle::FileHandle;
 use super::{Creds, Entry, Ino, Opened, Overlay, OverlayError, Result};
 use crate::escape::esc;
@@ -69,6 +70,9 @@ impl Overlay {
                 std::io::Error::from_raw_os_error(libc::EISDIR),
             ));
         }
+        let exec = is_exec(flags);
+        // A bucket-only file is checked before it is downloaded or emptied.
+        let mask = open_mask(flags, exec);
         let fd = match fd {
             // A descriptor looked up just before its file was evicted points at the deleted
             // inode: the file is bucket-only again.
@@ -80,18 +84,32 @@ impl Overlay {
                         .is_ok_and(|st| st.nlink == 0 && !is_dir) =>
             {
                 self.inodes.make_remote(ino);
+                self.check_remote(ino, mask)?;
                 self.hydrate(ino)?
             }
             Some(fd) => fd,
             // Bucket-only: O_TRUNC needs no download, anything else fetches the file first.
-            None if flags & libc::O_TRUNC != 0 => self.materialize_empty(ino)?,
-            None => self.hydrate(ino)?,
+            None => {
+                self.check_remote(ino, mask)?;
+                if flags & libc::O_TRUNC != 0 {
+                    self.materialize_empty(ino)?
+                } else {
+                    self.hydrate(ino)?
+                }
+            }
         };
-        let file = self
-            .local
-            .reopen(fd.as_fd(), self.local_flags(flags, is_dir))
-            .map_err(OverlayError::local("open"))?;
-        Ok(self.register_handle(ino, file, is_writable(flags), is_exec(flags)))
+        let flags = self.local_flags(flags, is_dir);
+        let file = if exec {
+            // execve needs execute permission, not read permission (a 0711 program runs):
+            // the caller's is checked, and etlfs opens the file for the kernel to read.
+            self.local
+                .access(fd.as_fd(), libc::X_OK)
+                .and_then(|()| self.local.reopen(fd.as_fd(), flags))
+        } else {
+            self.local.open_as_caller(fd.as_fd(), flags)
+        }
+        .map_err(OverlayError::local("open"))?;
+        Ok(self.register_handle(ino, file, is_writable(flags), exec))
     }
 
     pub fn create(

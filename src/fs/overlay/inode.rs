@@ -61,6 +61,17 @@ pub struct Node {
     /// Open handles by which the file is being executed: while there is one, an `O_TRUNC`
     /// open is refused with `ETXTBSY` (see `Overlay::open`).
     pub executors: u32,
+    /// For a directory: whether every user may search it, once known (see
+    /// `Overlay::open_to_all`), and a count of its changes, so that an answer worked out
+    /// while the directory changed is not kept.
+    pub search: Search,
+}
+
+/// What is known about who may search a directory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Search {
+    pub everyone: Option<bool>,
+    pub changes: u64,
 }
 
 impl Node {
@@ -144,6 +155,7 @@ impl InodeTable {
                 lookups: 1,
                 openers: 0,
                 executors: 0,
+                search: Search::default(),
             },
         );
         InodeTable {
@@ -223,6 +235,7 @@ impl InodeTable {
                         lookups: 1,
                         openers: 0,
                         executors: 0,
+                        search: Search::default(),
                     },
                 );
                 self.gained_fd(&mut t, id);
@@ -342,6 +355,7 @@ impl InodeTable {
                 lookups: 1,
                 openers: 0,
                 executors: 0,
+                search: Search::default(),
             },
         );
         id
@@ -412,6 +426,50 @@ impl InodeTable {
                 t.open_fds -= 1;
             }
         }
+    }
+
+    /// Whether a node is a directory, and what is known about who may search it; `None` if
+    /// the node is unknown.
+    pub fn search(&self, id: Ino) -> Option<(bool, Search)> {
+        self.read().nodes.get(&id).map(|n| (n.is_dir, n.search))
+    }
+
+    /// Keeps `everyone` as the answer for a directory, unless it changed since `seen`.
+    pub fn searched(&self, id: Ino, seen: Search, everyone: bool) {
+        if let Some(n) = self.write().nodes.get_mut(&id) {
+            if n.search.changes == seen.changes {
+                n.search.everyone = Some(everyone);
+            }
+        }
+    }
+
+    /// A directory's mode, owner or ACL changed: who may search it is to be found out again.
+    pub fn search_changed(&self, id: Ino) {
+        if let Some(n) = self.write().nodes.get_mut(&id) {
+            n.search = Search {
+                everyone: None,
+                changes: n.search.changes + 1,
+            };
+        }
+    }
+
+    /// The names in directory `dir` of the nodes the kernel knows (every name of a file with
+    /// several links): the names it may have cached.
+    pub fn names_in(&self, dir: Ino) -> Vec<OsString> {
+        let t = self.read();
+        let mut out = Vec::new();
+        for n in t.nodes.values() {
+            if n.parent == dir && !n.name.is_empty() {
+                out.push(n.name.clone());
+            }
+            out.extend(
+                n.links
+                    .iter()
+                    .filter(|(p, _)| *p == dir)
+                    .map(|(_, n)| n.clone()),
+            );
+        }
+        out
     }
 
     /// Drops `n` lookup references; removes the node when none remain.

@@ -9,7 +9,8 @@
 //! The requests are grouped by what they do: [`namespace`] reads names, attributes and
 //! listings; [`files`] opens, serves and releases files; [`changes`] and [`rename`] change the
 //! tree; [`remote`] makes bucket-only files local on demand; [`evict`] keeps the local disk
-//! within `--max-local-bytes`. [`nodes`] is how each of them reaches a node's local inode.
+//! within `--max-local-bytes`. [`nodes`] is how each of them reaches a node's local inode;
+//! [`access`] holds the permission checks the filesystem underneath cannot make itself.
 //!
 //! # The life of a file
 //!
@@ -37,6 +38,7 @@
 //! their own locks, held only to copy out an `Arc` of a descriptor; no system call runs with a
 //! table lock held, except bookkeeping that must be atomic with the table update.
 
+mod access;
 mod cache;
 mod changes;
 mod error;

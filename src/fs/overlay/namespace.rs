@@ -24,7 +24,16 @@ impl Overlay {
             ));
         }
         let dir = self.dir_fd(parent)?;
-        match self.local.lookup(dir.as_fd(), name) {
+        // As the caller: the filesystem checks its search permission on the directory (also
+        // for a name only in the bucket, which it then does not find). That permission is all
+        // a lookup needs, so where everyone has it etlfs looks up as itself, sparing the
+        // switch of credentials (the negative lookup before each create, say).
+        let found = if self.open_to_all(parent) == Some(true) {
+            self.local.lookup(dir.as_fd(), name)
+        } else {
+            self.local.lookup_as_caller(dir.as_fd(), name)
+        };
+        match found {
             Ok((fd, st)) => Ok(self.entry(parent, name, fd, st)),
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 let path = self.child_path(parent, name);
@@ -36,7 +45,7 @@ impl Overlay {
                         let ino = self.inodes.insert_remote(parent, name, p);
                         Ok(Entry {
                             ino,
-                            attr: self.remote_attr(ino, &f),
+                            attr: self.remote_attr(ino, parent, &f),
                         })
                     }
                     None => Err(OverlayError::local("lookup")(e)),
@@ -53,12 +62,13 @@ impl Overlay {
     pub fn getattr(&self, ino: Ino) -> Result<Attr> {
         if let Some((None, _)) = self.fd_of(ino) {
             // Bucket-only: the index knows size, mtime and mode without a download.
-            let path = self
+            let (parent, path) = self
                 .inodes
-                .path(ino)
+                .with_node(ino, |n| n.parent)
+                .zip(self.inodes.path(ino))
                 .ok_or(OverlayError::UnknownInode(ino))?;
             if let Some(f) = self.remote_file(&path) {
-                return Ok(self.remote_attr(ino, &f));
+                return Ok(self.remote_attr(ino, parent, &f));
             }
         }
         let fd = self.node_fd(ino)?;
@@ -78,9 +88,10 @@ impl Overlay {
 
     pub fn opendir(&self, ino: Ino) -> Result<u64> {
         let fd = self.dir_fd(ino)?;
+        // As the caller: the filesystem checks its read permission.
         let file = self
             .local
-            .reopen(
+            .open_as_caller(
                 fd.as_fd(),
                 self.local_flags(libc::O_RDONLY | libc::O_DIRECTORY, true),
             )

@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use super::{Attr, FETCH_ATTEMPTS, FileKind, Ino, Overlay, OverlayError, Result};
 use crate::engine::index::RemoteFile;
+use crate::os::creds;
 
 impl Overlay {
     /// The downloads an operation that failed with [`OverlayError::NeedsFetch`] waits for,
@@ -72,9 +73,10 @@ impl Overlay {
         self.remote.as_ref()?.index.file(path)
     }
 
-    pub(super) fn remote_attr(&self, ino: Ino, f: &RemoteFile) -> Attr {
-        let root = self.local.root_stat();
-        let (uid, gid) = f.restored_owner((root.uid, root.gid));
+    /// The attributes of a bucket-only file in directory `parent`: the mode and owner its
+    /// download gives it (the directory's owner where the bucket names none, or root).
+    pub(super) fn remote_attr(&self, ino: Ino, parent: Ino, f: &RemoteFile) -> Attr {
+        let (uid, gid) = f.restored_owner(self.owner_of_dir(parent));
         Attr {
             ino,
             size: f.size,
@@ -90,6 +92,16 @@ impl Overlay {
             rdev: 0,
             blksize: 4096,
         }
+    }
+
+    /// The owner of directory `dir` (of the served directory if it cannot be found).
+    fn owner_of_dir(&self, dir: Ino) -> (u32, u32) {
+        let st = self
+            .dir_fd(dir)
+            .ok()
+            .and_then(|fd| self.local.stat(fd.as_fd()).ok())
+            .unwrap_or_else(|| self.local.root_stat());
+        (st.uid, st.gid)
     }
 
     /// Gives a bucket-only node the local file that now exists at `path`.
@@ -136,15 +148,20 @@ impl Overlay {
         let Some(f) = self.remote_file(&path) else {
             return self.hydrate(ino);
         };
+        let parent = self
+            .inodes
+            .with_node(ino, |n| n.parent)
+            .ok_or(OverlayError::UnknownInode(ino))?;
         match self.local.open_beneath(
             &path,
             libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY,
             f.restored_mode(),
         ) {
             Ok(file) => {
-                let root = self.local.root_stat();
-                let (uid, gid) = f.restored_owner((root.uid, root.gid));
-                let _ = self.local.set_owner(file.as_fd(), Some(uid), Some(gid));
+                // The owner the download would give it; etlfs' doing, not the caller's.
+                let (uid, gid) = f.restored_owner(self.owner_of_dir(parent));
+                let _ =
+                    creds::as_daemon(|| self.local.set_owner(file.as_fd(), Some(uid), Some(gid)));
             }
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
             Err(e) => return Err(OverlayError::local("create")(e)),

@@ -76,7 +76,12 @@ impl Overlay {
             new_dir,
         };
         match self.plan_rename(&m)? {
-            Plan::InBucket { from, to } => self.rename_remote(&m, from, to),
+            Plan::InBucket { from, to } => {
+                // The file is not on the filesystem: it is asked about the directories alone.
+                self.check_entries(&m.old_dir, "rename")?;
+                self.check_entries(&m.new_dir, "rename")?;
+                self.rename_remote(&m, from, to)
+            }
             Plan::Local => {
                 self.journaled(rename_intents(&m), || self.rename_local(&m))?;
                 self.follow_rename(&m);
@@ -94,7 +99,10 @@ impl Overlay {
         {
             if r.index.has_children(to) {
                 // Files only in the bucket are in the directory being replaced, as far as the
-                // application can see (as for rmdir): replacing it would merge the two.
+                // application can see (as for rmdir): replacing it would merge the two. (Once
+                // the caller may change both directories at all.)
+                self.check_entries(&m.old_dir, "rename")?;
+                self.check_entries(&m.new_dir, "rename")?;
                 return Err(OverlayError::local("rename")(
                     std::io::Error::from_raw_os_error(libc::ENOTEMPTY),
                 ));
