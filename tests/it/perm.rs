@@ -242,18 +242,13 @@ fn seed(t: &bucket::Target, files: &[(&str, &[u8])], (uid, gid): (u32, u32), mod
         chmod(&p, mode);
     }
     let cfg = bucket::config_file(t);
-    let out = Command::new(crate::common::ETLFS)
-        .args(["backup", "--config"])
-        .arg(cfg.path())
-        .arg(src.path())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "etlfs backup: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::common::run([
+        "backup".as_ref(),
+        "--config".as_ref(),
+        cfg.path().as_os_str(),
+        src.path().as_os_str(),
+    ])
+    .assert_ok("etlfs backup");
 }
 
 #[test]
