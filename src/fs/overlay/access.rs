@@ -58,6 +58,20 @@ impl Overlay {
         }
     }
 
+    /// Whether the current caller owns the file behind `fd` and its owner bits allow `mask`:
+    /// then the filesystem allows it whatever else holds (an ACL's entries apply to others than
+    /// the owner; capabilities only add), so an open without `O_TRUNC` (whose truncation would
+    /// clear set-uid bits by the caller's capabilities) can be made by etlfs.
+    pub(super) fn owner_may(&self, fd: std::os::fd::BorrowedFd<'_>, mask: i32) -> bool {
+        let Some(caller) = creds::current() else {
+            return false;
+        };
+        let mask = (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u32;
+        self.local
+            .stat(fd)
+            .is_ok_and(|st| st.uid == caller.uid && (st.mode >> 6) & mask == mask)
+    }
+
     /// Refuses (`EACCES`) what the current caller may not do with `mask` to the bucket-only
     /// file `ino`, judged by the mode and owner it will have once local.
     pub(super) fn check_remote(&self, ino: Ino, mask: i32) -> Result<()> {
