@@ -15,6 +15,10 @@
 //!   therefore cached only in directories every user may search ([`Overlay::open_to_all`]:
 //!   all three execute bits, no ACL); the FUSE layer gives names elsewhere no validity, so the
 //!   kernel asks again, as the caller, each time.
+//!
+//! Where the filesystem's answer is known without asking it — a lookup in a directory everyone
+//! may search, an open by the file's owner that its owner bits allow ([`Overlay::owner_may`]) —
+//! etlfs makes the call itself and spares the switch of credentials.
 
 use std::os::fd::AsFd;
 
