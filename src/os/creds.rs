@@ -582,6 +582,52 @@ mod tests {
     }
 
     #[test]
+    fn a_switch_is_this_threads_alone_and_undone() {
+        let groups = || -> Vec<u32> {
+            rustix::process::getgroups()
+                .unwrap()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect()
+        };
+        let ids = || (sys::set_fsuid(u32::MAX), sys::set_fsgid(u32::MAX));
+        let (mine, my_ids, my_caps) = (groups(), ids(), own_caps().unwrap());
+        let caller = Caller {
+            uid: 4321,
+            gid: 8765,
+            groups: vec![4242, 4343].into(),
+            caps: CapabilitySet::empty(),
+            umask: Some(0o27),
+        };
+        let (switched_tx, switched_rx) = std::sync::mpsc::channel();
+        let (checked_tx, checked_rx) = std::sync::mpsc::channel::<()>();
+        let other = std::thread::spawn(move || {
+            let ids = || (sys::set_fsuid(u32::MAX), sys::set_fsgid(u32::MAX));
+            let guard = CredsGuard::switch(&caller, false).unwrap();
+            let caps = own_caps().unwrap().effective;
+            switched_tx.send((ids(), groups(), caps)).unwrap();
+            checked_rx.recv().unwrap();
+            drop(guard);
+            (ids(), groups(), own_caps().unwrap())
+        });
+        let (their_ids, their_groups, their_caps) = switched_rx.recv().unwrap();
+        assert_eq!(their_ids, (4321, 8765));
+        assert_eq!(their_groups, [4242, 4343]);
+        assert!(!their_caps.intersects(CALLER_CAPS), "{their_caps:?}");
+        // Meanwhile this thread is untouched.
+        assert_eq!(
+            (groups(), ids(), own_caps().unwrap()),
+            (mine.clone(), my_ids, my_caps)
+        );
+        checked_tx.send(()).unwrap();
+        let (ids_after, groups_after, caps_after) = other.join().unwrap();
+        assert_eq!(
+            (ids_after, groups_after, caps_after),
+            (my_ids, mine, my_caps)
+        );
+    }
+
+    #[test]
     fn permission_bits_follow_the_owner_group_other_rule() {
         let (r, w, x) = (libc::R_OK, libc::W_OK, libc::X_OK);
         let owner = caller(10, 20, &[], CapabilitySet::empty());

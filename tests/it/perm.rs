@@ -132,6 +132,16 @@ fn a_supplementary_group_lets_in_and_outsiders_are_refused() {
         fs::read_to_string(m.local.join("team/plan")).unwrap(),
         "the plan\nmore\n"
     );
+    // An owner gets the owner's bits, even where everyone else may more.
+    fs::write(mnt.join("mine"), b"mine\n").unwrap();
+    chown(&mnt.join("mine"), 5101, 5101);
+    chmod(&mnt.join("mine"), 0o077);
+    refused(5101, 5101, &[], &mnt, "cat mine");
+    assert_eq!(allowed(5102, 5102, &[], &mnt, "cat mine"), "mine\n");
+    chmod(&mnt.join("mine"), 0o600);
+    assert_eq!(allowed(5101, 5101, &[], &mnt, "cat mine"), "mine\n");
+    allowed(5101, 5101, &[], &mnt, "echo more >> mine");
+    refused(5102, 5102, &[], &mnt, "cat mine");
     // Removing needs write permission on the directory: the member may, the outsider not.
     refused(5102, 5102, &[], &mnt, "rm -f team/note");
     allowed(5102, 5102, &[6101], &mnt, "rm team/note");

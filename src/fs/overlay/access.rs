@@ -15,6 +15,10 @@
 //!   therefore cached only in directories every user may search ([`Overlay::open_to_all`]:
 //!   all three execute bits, no ACL); the FUSE layer gives names elsewhere no validity, so the
 //!   kernel asks again, as the caller, each time.
+//!
+//! Where the filesystem's answer is known without asking it — a lookup in a directory everyone
+//! may search, an open by the file's owner that its owner bits allow ([`Overlay::owner_may`]) —
+//! etlfs makes the call itself and spares the switch of credentials.
 
 use std::os::fd::AsFd;
 
@@ -56,6 +60,20 @@ impl Overlay {
             Some((None, _)) => self.check_remote(ino, mask),
             None => Err(OverlayError::UnknownInode(ino)),
         }
+    }
+
+    /// Whether the current caller owns the file behind `fd` and its owner bits allow `mask`:
+    /// then the filesystem allows it whatever else holds (an ACL's entries apply to others than
+    /// the owner; capabilities only add), so an open without `O_TRUNC` (whose truncation would
+    /// clear set-uid bits by the caller's capabilities) can be made by etlfs.
+    pub(super) fn owner_may(&self, fd: std::os::fd::BorrowedFd<'_>, mask: i32) -> bool {
+        let Some(caller) = creds::current() else {
+            return false;
+        };
+        let mask = (mask & (libc::R_OK | libc::W_OK | libc::X_OK)) as u32;
+        self.local
+            .stat(fd)
+            .is_ok_and(|st| st.uid == caller.uid && (st.mode >> 6) & mask == mask)
     }
 
     /// Refuses (`EACCES`) what the current caller may not do with `mask` to the bucket-only
