@@ -389,6 +389,10 @@ impl Bucket {
         };
         // For /status: the request and what the server said, without the layers around it.
         let reason = match (e, e.server_reply()) {
+            // A listing of the prefix's root has an empty key: no stray space then.
+            (BucketError::Store { op, key, .. }, Some(reply)) if key.is_empty() => {
+                format!("{op}: {reply}")
+            }
             (BucketError::Store { op, key, .. }, Some(reply)) => {
                 format!("{op} {}: {reply}", crate::escape::esc(key))
             }

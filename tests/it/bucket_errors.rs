@@ -218,6 +218,12 @@ fn a_complete_directory_is_served_degraded_while_access_is_denied() {
     fs::write(m.path("new"), b"written while refused").unwrap();
     assert_eq!(fs::read(m.path("new")).unwrap(), b"written while refused");
     assert!(common::ready(port), "degraded is still ready for traffic");
+    let page = common::http_get(port, "/").expect("the status page").body;
+    assert!(
+        page.contains("The bucket refuses this mount")
+            && page.contains("refused: list: HTTP 403 Forbidden: AuthorizationFailure"),
+        "the page names the refusal:\n{page}"
+    );
     let log = m.log()[before..].to_owned();
     assert_one_error(&log, &["access denied", "AuthorizationFailure"]);
     assert!(m.stop().success(), "{}", m.log());

@@ -103,10 +103,15 @@ fn state_note(r: &Report) -> String {
         State::Ready => String::new(),
         State::Starting => format!("Waiting for the bucket listing ({}).", r.index.listing),
         State::Draining => "Stopping: unmounted, uploading what is pending.".to_owned(),
-        State::Degraded => match (&r.bucket.writes_stopped, &r.bucket.failing_since) {
-            (Some(why), _) => format!("Writes to the bucket are stopped: {why}"),
-            (None, Some(since)) => format!("Bucket operations failing since {since}."),
-            (None, None) => "Bucket operations are failing.".to_owned(),
+        State::Degraded => match (
+            &r.bucket.refused,
+            &r.bucket.writes_stopped,
+            &r.bucket.failing_since,
+        ) {
+            (Some(why), _, _) => format!("The bucket refuses this mount's requests: {why}"),
+            (None, Some(why), _) => format!("Writes to the bucket are stopped: {why}"),
+            (None, None, Some(since)) => format!("Bucket operations failing since {since}."),
+            (None, None, None) => "Bucket operations are failing.".to_owned(),
         },
     }
 }
@@ -118,12 +123,13 @@ fn build(status: &Status) -> Page {
     let bucket = vec![
         bad_row(
             "answers",
-            match (&b.writes_stopped, &b.failing_since) {
-                (Some(_), _) => "writes stopped".to_owned(),
-                (None, Some(since)) => format!("failing since {since}"),
-                (None, None) => "ok".to_owned(),
+            match (&b.refused, &b.writes_stopped, &b.failing_since) {
+                (Some(why), _, _) => format!("refused: {why}"),
+                (None, Some(_), _) => "writes stopped".to_owned(),
+                (None, None, Some(since)) => format!("failing since {since}"),
+                (None, None, None) => "ok".to_owned(),
             },
-            b.writes_stopped.is_some() || b.failing_since.is_some(),
+            b.refused.is_some() || b.writes_stopped.is_some() || b.failing_since.is_some(),
         ),
         row("last answer", age(b.last_success.as_deref(), "never")),
         bad_row("failed operations", b.failures.to_string(), b.failures > 0),
