@@ -244,16 +244,15 @@ fn rmdir_of_a_directory_the_bucket_listed_leaves_no_trace() {
 /// deleted it, and the reconcile's walk then met the new directory and took it as in the
 /// bucket (recorded, so its marker was never written).
 ///
-/// The broken order is made likely by the bucket's shape, not by sleeps: the rename's intent
-/// lists the 24 levels below `d` (one request each) before it deletes `d`'s marker, while the
-/// reconcile has listed `d`'s level with its second request; the reconcile's listing of `y`'s
-/// 300 levels goes on after the marker is gone, and the S3 front is paused (the reconcile
-/// frozen, wherever it is) before `d` is made again. `--upload-delay 20s`, and the wait for the reconcile's end
-/// before the drain (which uploads at once), keep the new `d` from being uploaded before the
-/// reconcile has walked. With the reconcile and the rename at once, `d` has no marker after
-/// the drain (the 300 levels outlast the test's reaction many times over); kept apart, the
-/// reconcile lists before the rename or after it, the marker is there either way, and nothing
-/// depends on timing.
+/// The broken order is made likely by the bucket's shape, not by sleeps: the rename's intent lists
+/// the 24 levels below `d` (one request each) before it deletes `d`'s marker, while the reconcile
+/// has listed `d`'s level with its second request; the reconcile's listing of `y`'s 300 levels goes
+/// on after the marker is gone, and the S3 front is paused (the reconcile frozen, wherever it is)
+/// before `d` is made again. `--upload-delay 20s`, and the wait for the reconcile's end before the
+/// drain (which uploads at once), keep the new `d` from being uploaded before the reconcile has
+/// walked. With the reconcile and the rename at once, `d` has no marker after the drain (the 300
+/// levels outlast the test's reaction many times over); kept apart, the reconcile lists before the
+/// rename or after it, the marker is there either way, and nothing depends on timing.
 #[test]
 fn a_directory_made_again_after_a_rename_replayed_at_start_gets_its_marker() {
     let t = Target::Cloud(servers::s3_isolated());
