@@ -2,7 +2,8 @@
 //! stop mounts at once and serves its files, taking the lease and the listing once the bucket
 //! answers; a node that may be missing files (here: a new node) waits for the listing. Real
 //! mounts against the test's own front of the S3 and Azure servers, paused for the outage (it
-//! accepts connections and never answers: the worst kind).
+//! accepts connections and never answers: the worst kind). And a rename journaled during an
+//! outage waits for the bucket without keeping a core busy.
 
 use std::fs;
 use std::time::{Duration, Instant};
@@ -154,6 +155,61 @@ fn a_new_node_waits_for_the_listing(kind: &str) {
     assert!(fresh.stop().success(), "{}", fresh.log());
 }
 
+/// CPU time etlfs' threads have used: the first field of each `/proc/PID/task/TID/schedstat`
+/// (nanoseconds on a CPU).
+fn cpu_used(pid: u32) -> Duration {
+    let mut ns = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        // (a thread that ended meanwhile has no file any more)
+        if let Ok(text) = fs::read_to_string(task.unwrap().path().join("schedstat")) {
+            ns += text
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap();
+        }
+    }
+    Duration::from_nanos(ns)
+}
+
+/// A rename waiting out an outage keeps every upload waiting (intents go first). A file that
+/// became due meanwhile must not keep the mirror's loop busy: its due time, long past, woke the
+/// loop again and again, a whole core for as long as the outage lasted.
+fn a_rename_waiting_out_an_outage_leaves_the_cpu_idle(kind: &str) {
+    let t = isolated(kind);
+    let port = free_port();
+    let (o, _cfg) = opts(&t, port);
+    let mut m = Mounted::with(o);
+    kubecost_write(&m.path("a"), b"a").unwrap();
+    assert!(poll(60, || mirror_idle(port)), "{}", m.log());
+    t.server().stop();
+    fs::rename(m.path("a"), m.path("b")).unwrap();
+    kubecost_write(&m.path("x"), b"x").unwrap();
+    // Failed twice, the rename waits in a backoff, and `x` (100 ms of upload delay) is due.
+    assert!(
+        poll(60, || status(port)["deletes"]["failed"].as_u64() >= Some(2)),
+        "{}\n{}",
+        status(port),
+        m.log()
+    );
+    let (since, before) = (Instant::now(), cpu_used(m.pid()));
+    // A window to measure in, not a wait for anything.
+    std::thread::sleep(Duration::from_secs(5));
+    let (used, window) = (cpu_used(m.pid()) - before, since.elapsed());
+    assert!(
+        used < window / 10,
+        "etlfs used {used:?} of CPU in {window:?} of an outage\n{}",
+        m.log()
+    );
+    t.server().start();
+    assert!(poll(90, || mirror_idle(port)), "{}", m.log());
+    let snap = snapshot(&rt(), t.store().as_ref(), None);
+    let keys: Vec<&str> = snap.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["b", "x"], "{}", m.log());
+    assert!(m.stop().success(), "{}", m.log());
+}
+
 mod s3 {
     #[test]
     fn a_complete_directory_mounts_during_an_outage() {
@@ -162,6 +218,10 @@ mod s3 {
     #[test]
     fn a_new_node_waits_for_the_listing() {
         super::a_new_node_waits_for_the_listing("s3")
+    }
+    #[test]
+    fn a_rename_waiting_out_an_outage_leaves_the_cpu_idle() {
+        super::a_rename_waiting_out_an_outage_leaves_the_cpu_idle("s3")
     }
 }
 

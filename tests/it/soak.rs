@@ -13,6 +13,8 @@ use std::time::Duration;
 use crate::common::{self, bucket, servers};
 use bucket::{Target, poll, rt, wait_for};
 use common::{Mounted, Opts};
+use object_store::ObjectStoreExt;
+use object_store::path::Path as Key;
 
 /// The soak driver built with the same profile as the etlfs binary under test (`cargo test`
 /// builds the examples), or built now if it is not there.
@@ -233,4 +235,92 @@ fn rmdir_of_a_directory_the_bucket_listed_leaves_no_trace() {
     let snap = wait_for(&rt, store.as_ref(), None, 30, |s| s.is_empty());
     assert!(snap.is_empty(), "{:?}\n{}", keys(&snap), m.log());
     assert!(m.stop().success());
+}
+
+/// Found by the soak (seed 172694087: "directory bingen/assets/1h: no marker in the bucket"):
+/// a directory renamed away in an outage, etlfs SIGKILLed, and the directory made again under
+/// its old name once etlfs was back, in the next outage. At the start the journal's rename
+/// ran beside the reconcile: the reconcile had listed the old directory's marker, the rename
+/// deleted it, and the reconcile's walk then met the new directory and took it as in the
+/// bucket (recorded, so its marker was never written).
+///
+/// The broken order is made likely by the bucket's shape, not by sleeps: the rename's intent lists
+/// the 24 levels below `d` (one request each) before it deletes `d`'s marker, while the reconcile
+/// has listed `d`'s level with its second request; the reconcile's listing of `y`'s 300 levels goes
+/// on after the marker is gone, and the S3 front is paused (the reconcile frozen, wherever it is)
+/// before `d` is made again. `--upload-delay 20s`, and the wait for the reconcile's end before the
+/// drain (which uploads at once), keep the new `d` from being uploaded before the reconcile has
+/// walked. With the reconcile and the rename at once, `d` has no marker after the drain (the 300
+/// levels outlast the test's reaction many times over); kept apart, the reconcile lists before the
+/// rename or after it, the marker is there either way, and nothing depends on timing.
+#[test]
+fn a_directory_made_again_after_a_rename_replayed_at_start_gets_its_marker() {
+    let t = Target::Cloud(servers::s3_isolated());
+    let store = t.store();
+    let opts = Opts {
+        separate_local: true,
+        log_filter: Some("info,object_store=warn".into()),
+        ..Opts::default()
+    };
+    let (mut m, _cfg) = bucket::mount_on(&t, "20s", opts);
+    let deep = |top: &str, seg: &str, n: usize| {
+        let mut p = PathBuf::from(top);
+        for _ in 0..n {
+            p.push(seg);
+        }
+        p
+    };
+    let (below_d, below_y) = (deep("d", "c", 24), deep("y", "a", 300));
+    fs::create_dir_all(m.path(&below_d.to_string_lossy())).unwrap();
+    fs::create_dir_all(m.path(&below_y.to_string_lossy())).unwrap();
+    fs::write(m.path("d/f"), b"f").unwrap();
+    // The drain uploads everything at once (it does not wait for the upload delay).
+    assert!(m.stop().success(), "{}", m.log());
+    m.respawn();
+
+    let rt = rt();
+    let marker = Key::from("d/.etlfs-dir");
+    let has_marker = |rt: &tokio::runtime::Runtime| match rt.block_on(store.head(&marker)) {
+        Ok(_) => Some(true),
+        Err(object_store::Error::NotFound { .. }) => Some(false),
+        Err(_) => None,
+    };
+    assert_eq!(has_marker(&rt), Some(true), "{}", m.log());
+
+    t.server().stop();
+    fs::rename(m.path("d"), m.path("e")).unwrap();
+    m.signal(rustix::process::Signal::KILL);
+    assert!(m.wait_exit(Duration::from_secs(10)).is_some());
+    t.server().start();
+    let start = m.log().len();
+    let since_start = |m: &Mounted| m.log().get(start..).unwrap_or_default().to_owned();
+    m.respawn();
+    // The replayed rename deletes the old marker ...
+    assert!(
+        poll(120, || has_marker(&rt) == Some(false)),
+        "the rename was not carried out\n{}",
+        m.log()
+    );
+    // ... and `d` is made again in an outage, the reconcile (if it still runs) frozen.
+    t.server().pause();
+    fs::create_dir(m.path("d")).unwrap();
+    t.server().resume();
+    // The drain would upload `d` at once: first the reconcile has its say.
+    assert!(
+        poll(120, || since_start(&m)
+            .contains("reconciled the directory with the bucket")),
+        "{}",
+        m.log()
+    );
+    assert!(m.stop().success(), "{}", m.log());
+    assert!(
+        since_start(&m).contains("all changes are in the bucket"),
+        "{}",
+        m.log()
+    );
+    assert_eq!(has_marker(&rt), Some(true), "no marker for d\n{}", m.log());
+    for (key, want) in [("e/.etlfs-dir", true), ("e/f", true), ("d/f", false)] {
+        let there = rt.block_on(store.head(&Key::from(key))).is_ok();
+        assert_eq!(there, want, "{key}\n{}", m.log());
+    }
 }

@@ -6,7 +6,10 @@
 //! Intents run alone and first: the loop starts one only when no sync task is in flight, and
 //! starts no sync task while one waits, which makes "delete only what is absent locally"
 //! race-free, and means no upload of a change made after an intent reaches the objects it works
-//! on before it is carried out.
+//! on before it is carried out. The start's reconcile and the intents never overlap either: the
+//! reconcile takes a listing, then walks the local tree trusting it, and an intent that deleted
+//! a directory's marker in between (its directory was renamed away, then made again) left the
+//! new directory recorded as in the bucket, and never marked there.
 
 mod intents;
 mod sync;
@@ -306,11 +309,17 @@ impl Worker {
 
     fn next_wake(&self) -> Instant {
         let mut wake = Instant::now() + SAVE_EVERY;
-        if !self.reconciled && !self.reconcile_running {
+        // (a task running alone wakes the loop when it completes)
+        if !self.reconciled && !self.reconcile_running && !self.intent_running {
             wake = wake.min(self.reconcile_at);
         }
-        if !self.intents.is_empty() && !self.intent_running {
-            wake = wake.min(self.intent_retry_at);
+        if !self.intents.is_empty() {
+            if !self.intent_running && !self.reconcile_running {
+                wake = wake.min(self.intent_retry_at);
+            }
+            // No sync starts while an intent waits (see `dispatch`): a due path's time would
+            // wake the loop for nothing, again and again, until the intent can run.
+            return wake;
         }
         if self.inflight.len() >= self.shared.opts.concurrency {
             // Nothing can start before a sync completes, and a completion wakes the loop.
@@ -388,7 +397,13 @@ impl Worker {
     }
 
     fn dispatch(&mut self) {
-        if !self.reconciled && !self.reconcile_running && Instant::now() >= self.reconcile_at {
+        // The reconcile and the intents run one at a time: the reconcile's listing must not
+        // change under it between the listing and the walk that trusts it (see above).
+        if !self.reconciled
+            && !self.reconcile_running
+            && !self.intent_running
+            && Instant::now() >= self.reconcile_at
+        {
             self.reconcile_running = true;
             let shared = Arc::clone(&self.shared);
             self.tasks
@@ -399,7 +414,8 @@ impl Worker {
         }
         if let Some((&seq, intent)) = self.intents.iter().next() {
             let syncs_in_flight = !self.inflight.is_empty();
-            if !syncs_in_flight && Instant::now() >= self.intent_retry_at {
+            if !syncs_in_flight && !self.reconcile_running && Instant::now() >= self.intent_retry_at
+            {
                 self.intent_running = true;
                 let (shared, intent) = (Arc::clone(&self.shared), intent.clone());
                 self.tasks.spawn(async move {
