@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use crate::engine::events::ChangeSink;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
-use crate::engine::mirror::{Mirror, MirrorOptions};
+use crate::engine::mirror::{Mirror, MirrorOptions, Takeover};
 use crate::engine::recover::{LocalTree, apply_pending_intents, prepare_local_tree};
 use crate::escape::esc;
 use crate::fs::overlay::{Overlay, Policy, Remote};
@@ -60,6 +60,8 @@ pub enum CoreError {
     Local { path: PathBuf, source: io::Error },
     #[error("cancelling intents in the journal in {}: {source}", esc(.state))]
     Intents { state: PathBuf, source: io::Error },
+    #[error("reading the upload records in {}: {source}", esc(.state))]
+    Records { state: PathBuf, source: io::Error },
     #[error("opening the journal in {}: {source}", esc(.state))]
     Journal { state: PathBuf, source: io::Error },
     #[error("setting up the overlay: {0}")]
@@ -96,19 +98,35 @@ impl Core {
                 source,
             }
         })?;
+        // The index load's leftovers (listing pages, the manifest's bytes) go back to the
+        // kernel before the records come in: with 100,000 files, the index and the records
+        // side by side are a start's peak.
+        crate::os::sys::trim_heap();
+        // The records next, a record for about each file and directory the bucket has (the
+        // files of a restart): each local file's index entry goes straight to them.
+        let mut takeover = Takeover::load(Arc::clone(&state), index.len() + index.dir_count())
+            .map_err(|source| CoreError::Records {
+                state: state_path.to_path_buf(),
+                source,
+            })?;
         let LocalTree {
             files: local_files,
+            bytes,
             only_bucket_dirs,
-        } = prepare_local_tree(&overlay_local, &index, hidden);
+        } = prepare_local_tree(
+            &overlay_local,
+            &index,
+            hidden,
+            options.max_local_bytes.is_some(),
+            |path, departed| takeover.local_file(path, departed),
+        );
         index.shrink();
-        let local_bytes = Arc::new(AtomicU64::new(
-            local_files.iter().map(|(_, size)| size).sum(),
-        ));
+        let local_bytes = Arc::new(AtomicU64::new(bytes));
 
         let mirror = Mirror::start(
             bucket.clone(),
             mirror_local,
-            Arc::clone(&state),
+            takeover,
             options.hidden.clone(),
             MirrorOptions {
                 // The start-up reconcile also gives the bucket's unmarked directories their

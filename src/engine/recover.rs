@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::engine::events::Intent;
-use crate::engine::index::Index;
+use crate::engine::index::{Departed, Index};
 use crate::engine::journal::{Pending, Source};
 use crate::escape::esc;
 use crate::os::local::LocalDir;
@@ -187,8 +187,11 @@ pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: 
 
 /// The local directory as [`prepare_local_tree`] found it.
 pub struct LocalTree {
-    /// The local files and their sizes.
+    /// The local files and their sizes, when asked for (`--max-local-bytes` keeps them in
+    /// its cache; otherwise a list of 100,000 files would only add to a start's peak).
     pub files: Vec<(PathBuf, u64)>,
+    /// Bytes of the local regular files.
+    pub bytes: u64,
     /// Nothing local but the directories the bucket implies (a new node): nothing there can
     /// have changed while etlfs was down. `false` also when the walk failed.
     pub only_bucket_dirs: bool,
@@ -196,7 +199,18 @@ pub struct LocalTree {
 
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
 /// bucket-only), and files that are local are not bucket-only.
-pub fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) -> LocalTree {
+///
+/// The walk looks at one entry at a time, never collecting the tree. Each local file the
+/// index knew with its object version goes to `departed` as it leaves the index (the mirror's
+/// records take it over at once: see [`crate::engine::mirror::Takeover`]); `keep_files`
+/// collects the local files and sizes as well.
+pub fn prepare_local_tree(
+    local: &LocalDir,
+    index: &Index,
+    hidden: Option<&Path>,
+    keep_files: bool,
+    mut departed: impl FnMut(&Path, Departed),
+) -> LocalTree {
     // In order, each parent before what is below it.
     let dirs = index.dirs();
     for dir in &dirs {
@@ -210,26 +224,28 @@ pub fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>
     let dirs: HashSet<PathBuf> = dirs.into_iter().collect();
     let mut tree = LocalTree {
         files: Vec::new(),
+        bytes: 0,
         only_bucket_dirs: true,
     };
-    match local.walk(hidden) {
-        Ok(entries) => {
-            for (path, st) in entries {
-                if !st.is_dir() {
-                    index.remove(&path);
-                }
-                if !st.is_dir() || !dirs.contains(&path) {
-                    tree.only_bucket_dirs = false;
-                }
-                if st.is_file() {
-                    tree.files.push((path, st.size));
-                }
+    let walked = local.walk_each(Path::new(""), hidden, |path, st| {
+        if !st.is_dir() {
+            if let Some(d) = index.take_local(path) {
+                departed(path, d);
             }
         }
-        Err(e) => {
-            warn!(error = %e, "cannot scan the local directory");
+        if !st.is_dir() || !dirs.contains(path) {
             tree.only_bucket_dirs = false;
         }
+        if st.is_file() {
+            tree.bytes += st.size;
+            if keep_files {
+                tree.files.push((path.to_path_buf(), st.size));
+            }
+        }
+    });
+    if let Err(e) = walked {
+        warn!(error = %e, "cannot scan the local directory");
+        tree.only_bucket_dirs = false;
     }
     tree
 }
@@ -351,12 +367,65 @@ mod tests {
                 crate::engine::index::RemoteFile::test_object(p),
             );
         }
-        let tree = prepare_local_tree(&local, &index, None);
+        let tree = prepare_local_tree(&local, &index, None, true, |_, _| {});
         for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
             assert!(tmp.path().join(d).is_dir(), "{d}");
         }
         assert!(tree.files.is_empty() && tree.only_bucket_dirs);
         assert_eq!(index.len(), 3);
+    }
+
+    /// The files found local leave the index, each versioned one handed to `departed` once
+    /// (the index keeps none of them for later: no second table at a start); the tree counts
+    /// their bytes, and lists them only when asked.
+    #[test]
+    fn local_files_leave_the_index_straight_to_the_caller() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("d")).unwrap();
+        fs::write(root.join("d/local"), b"four").unwrap();
+        fs::write(root.join("plain"), b"xy").unwrap();
+        let version = crate::engine::index::Version {
+            e_tag: Some("e".into()),
+            until: None,
+        };
+        let file = crate::engine::index::RemoteFile::test_object;
+        let fill = || {
+            let index = Index::default();
+            index.insert_versioned(Path::new("d/local"), file("d/local"), Some(version.clone()));
+            index.insert(Path::new("plain"), file("plain"));
+            index.insert_versioned(
+                Path::new("d/remote"),
+                file("d/remote"),
+                Some(version.clone()),
+            );
+            index
+        };
+        let local = LocalDir::open(root).unwrap();
+        for keep_files in [false, true] {
+            let index = fill();
+            let mut handed = Vec::new();
+            let tree = prepare_local_tree(&local, &index, None, keep_files, |p, d| {
+                handed.push((p.to_path_buf(), d));
+            });
+            assert_eq!(handed.len(), 1, "{handed:?}");
+            assert_eq!(handed[0].0, Path::new("d/local"));
+            assert_eq!(handed[0].1.version, version);
+            let left: Vec<PathBuf> = index.files().into_iter().map(|(p, _)| p).collect();
+            assert_eq!(left, [PathBuf::from("d/remote")]);
+            assert_eq!(index.take_departed(Path::new("d/local")), None);
+            assert_eq!(index.drain_departed().count(), 0);
+            assert_eq!(tree.bytes, 6);
+            assert!(!tree.only_bucket_dirs);
+            let mut files = tree.files;
+            files.sort();
+            let want: Vec<(PathBuf, u64)> = if keep_files {
+                vec![("d/local".into(), 4), ("plain".into(), 2)]
+            } else {
+                vec![]
+            };
+            assert_eq!(files, want);
+        }
     }
 
     /// At a start, an intent that never ran is cancelled for good and left out of the index;

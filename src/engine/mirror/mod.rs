@@ -205,6 +205,36 @@ impl Shared {
     }
 }
 
+/// What a start hands the mirror: the upload records, loaded before the start's walk of the
+/// local directory so that the index entry of each file found local goes straight to its
+/// record ([`Takeover::local_file`]). Kept apart until then, the entries of 100,000 local
+/// files would be a second table as big as the index, held beside the records: what a
+/// restart's memory peak was made of.
+#[derive(Debug)]
+pub struct Takeover {
+    records: Records,
+    /// Local files the index vouched for that have no upload record (see [`Shared`]).
+    unrecorded: HashMap<PathBuf, crate::engine::index::Departed>,
+}
+
+impl Takeover {
+    /// Loads the upload records from the state directory, `expected` of them (the table is
+    /// made for that many at once: see [`Records::load_expecting`]).
+    pub fn load(state: Arc<StateDir>, expected: usize) -> io::Result<Takeover> {
+        Ok(Takeover {
+            records: Records::load_expecting(state, expected)?,
+            unrecorded: HashMap::new(),
+        })
+    }
+
+    /// A file found local at start that the index knew with its object version: its record
+    /// takes that version over if it describes that very object; a file without a record
+    /// keeps it for the start's reconcile, which compares the bytes.
+    pub fn local_file(&mut self, path: &Path, departed: crate::engine::index::Departed) {
+        publish::take_over(&self.records, &mut self.unrecorded, path, departed);
+    }
+}
+
 /// The write-back engine.
 #[derive(Debug)]
 pub struct Mirror {
@@ -216,19 +246,23 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens the journal and records in `state_dir` and starts the worker on `rt`. `local` must
-    /// be a descriptor of the served directory opened before the mount.
+    /// Opens the journal in the state directory the records of `takeover` came from and
+    /// starts the worker on `rt`. `local` must be a descriptor of the served directory opened
+    /// before the mount.
     pub fn start(
         bucket: Bucket,
         local: LocalDir,
-        state: Arc<StateDir>,
+        takeover: Takeover,
         skip: Option<PathBuf>,
         opts: MirrorOptions,
         index: Option<Arc<crate::engine::index::Index>>,
         rt: &tokio::runtime::Handle,
     ) -> io::Result<Arc<Mirror>> {
-        let (journal, replay) = Journal::open(&state)?;
-        let records = Records::load(state)?;
+        let Takeover {
+            records,
+            unrecorded,
+        } = takeover;
+        let (journal, replay) = Journal::open(records.state())?;
         if !replay.is_empty() {
             tracing::info!(
                 intents = replay.len(),
@@ -248,7 +282,7 @@ impl Mirror {
             index,
             links: links::Links::default(),
             done_intents: Mutex::new(None),
-            unrecorded: Mutex::new(HashMap::new()),
+            unrecorded: Mutex::new(unrecorded),
         });
         // The publisher hands the start's reconcile the files without an upload record
         // (`unrecorded`): it must have done so before the worker, whose first job is that

@@ -51,7 +51,11 @@ impl Env {
         let mirror = Mirror::start(
             bucket,
             LocalDir::open(&root).unwrap(),
-            Arc::new(crate::os::state::StateDir::open(&root.join(".etlfs")).unwrap()),
+            super::Takeover::load(
+                Arc::new(crate::os::state::StateDir::open(&root.join(".etlfs")).unwrap()),
+                0,
+            )
+            .unwrap(),
             Some(".etlfs".into()),
             opts,
             None,
