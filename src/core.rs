@@ -60,8 +60,6 @@ pub enum CoreError {
     Local { path: PathBuf, source: io::Error },
     #[error("cancelling intents in the journal in {}: {source}", esc(.state))]
     Intents { state: PathBuf, source: io::Error },
-    #[error("reading the upload records in {}: {source}", esc(.state))]
-    Records { state: PathBuf, source: io::Error },
     #[error("opening the journal in {}: {source}", esc(.state))]
     Journal { state: PathBuf, source: io::Error },
     #[error("setting up the overlay: {0}")]
@@ -98,17 +96,10 @@ impl Core {
                 source,
             }
         })?;
-        // The index load's leftovers (listing pages, the manifest's bytes) go back to the
-        // kernel before the records come in: with 100,000 files, the index and the records
-        // side by side are a start's peak.
-        crate::os::sys::trim_heap();
-        // The records next, a record for about each file and directory the bucket has (the
-        // files of a restart): each local file's index entry goes straight to them.
-        let mut takeover = Takeover::load(Arc::clone(&state), index.len() + index.dir_count())
-            .map_err(|source| CoreError::Records {
-                state: state_path.to_path_buf(),
-                source,
-            })?;
+        // Which upload records know their object version already: the index entries of
+        // those files, found local, are dropped at once, so that the index is emptied before
+        // the records are loaded (with 100,000 files, both tables full is a start's peak).
+        let takeover = Takeover::scan(Arc::clone(&state));
         let LocalTree {
             files: local_files,
             bytes,
@@ -118,9 +109,12 @@ impl Core {
             &index,
             hidden,
             options.max_local_bytes.is_some(),
-            |path, departed| takeover.local_file(path, departed),
+            |path| takeover.described(path),
         );
         index.shrink();
+        // What the load and the walk left (listing pages, the manifest's bytes, the emptied
+        // table) goes back to the kernel before the records come in.
+        crate::os::sys::trim_heap();
         let local_bytes = Arc::new(AtomicU64::new(bytes));
 
         let mirror = Mirror::start(

@@ -284,15 +284,13 @@ impl Index {
         Some(file)
     }
 
-    /// Forgets a file found local at start and hands back what it knew about its object
-    /// version, instead of keeping that for [`Index::take_departed`]: the caller gives it to
-    /// the upload records at once, so a start over 100,000 local files never holds a second
-    /// table of them beside the index's own.
-    pub fn take_local(&self, path: &Path) -> Option<Departed> {
+    /// Forgets a file without keeping what it knew about its object version (a file found
+    /// local at start whose upload record knows that already).
+    pub fn forget(&self, path: &Path) {
         let mut inner = self.write();
-        let s = inner.take(path)?;
-        inner.unlink(path);
-        s.departed(path)
+        if inner.take(path).is_some() {
+            inner.unlink(path);
+        }
     }
 
     /// Forgets a directory and everything below it (an `rmdir` the bucket has not followed
@@ -439,11 +437,6 @@ impl Index {
 
     pub fn len(&self) -> usize {
         self.read().files.len()
-    }
-
-    /// Directories with something below them (and the root, if anything is there).
-    pub fn dir_count(&self) -> usize {
-        self.read().children.len()
     }
 
     /// Adds the files of `other` (a listing loaded after the mount came up) that are not

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use tracing::{info, warn};
 
 use crate::engine::events::Intent;
-use crate::engine::index::{Departed, Index};
+use crate::engine::index::Index;
 use crate::engine::journal::{Pending, Source};
 use crate::escape::esc;
 use crate::os::local::LocalDir;
@@ -200,16 +200,16 @@ pub struct LocalTree {
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
 /// bucket-only), and files that are local are not bucket-only.
 ///
-/// The walk looks at one entry at a time, never collecting the tree. Each local file the
-/// index knew with its object version goes to `departed` as it leaves the index (the mirror's
-/// records take it over at once: see [`crate::engine::mirror::Takeover`]); `keep_files`
-/// collects the local files and sizes as well.
+/// The walk looks at one entry at a time, never collecting the tree. A local file leaves the
+/// index; what the index knew about its object version is kept for the mirror's records
+/// ([`Index::take_departed`]) unless `described` says its record knows that already (see
+/// [`crate::engine::mirror::Takeover`]). `keep_files` collects the local files and sizes.
 pub fn prepare_local_tree(
     local: &LocalDir,
     index: &Index,
     hidden: Option<&Path>,
     keep_files: bool,
-    mut departed: impl FnMut(&Path, Departed),
+    described: impl Fn(&Path) -> bool,
 ) -> LocalTree {
     // In order, each parent before what is below it.
     let dirs = index.dirs();
@@ -229,8 +229,10 @@ pub fn prepare_local_tree(
     };
     let walked = local.walk_each(Path::new(""), hidden, |path, st| {
         if !st.is_dir() {
-            if let Some(d) = index.take_local(path) {
-                departed(path, d);
+            if described(path) {
+                index.forget(path);
+            } else {
+                index.remove(path);
             }
         }
         if !st.is_dir() || !dirs.contains(path) {
@@ -367,7 +369,7 @@ mod tests {
                 crate::engine::index::RemoteFile::test_object(p),
             );
         }
-        let tree = prepare_local_tree(&local, &index, None, true, |_, _| {});
+        let tree = prepare_local_tree(&local, &index, None, true, |_| false);
         for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
             assert!(tmp.path().join(d).is_dir(), "{d}");
         }
@@ -375,52 +377,43 @@ mod tests {
         assert_eq!(index.len(), 3);
     }
 
-    /// The files found local leave the index, each versioned one handed to `departed` once
-    /// (the index keeps none of them for later: no second table at a start); the tree counts
-    /// their bytes, and lists them only when asked.
+    /// The files found local leave the index; what it knew about their object versions is
+    /// kept for the records unless `described` says a record knows it already (then nothing is
+    /// kept: no second table at a start). The tree counts their bytes, and lists them only
+    /// when asked.
     #[test]
-    fn local_files_leave_the_index_straight_to_the_caller() {
+    fn local_files_leave_the_index_and_keep_only_what_records_lack() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         fs::create_dir_all(root.join("d")).unwrap();
-        fs::write(root.join("d/local"), b"four").unwrap();
+        for f in ["d/a", "d/b"] {
+            fs::write(root.join(f), b"four").unwrap();
+        }
         fs::write(root.join("plain"), b"xy").unwrap();
         let version = crate::engine::index::Version {
             e_tag: Some("e".into()),
             until: None,
         };
         let file = crate::engine::index::RemoteFile::test_object;
-        let fill = || {
-            let index = Index::default();
-            index.insert_versioned(Path::new("d/local"), file("d/local"), Some(version.clone()));
-            index.insert(Path::new("plain"), file("plain"));
-            index.insert_versioned(
-                Path::new("d/remote"),
-                file("d/remote"),
-                Some(version.clone()),
-            );
-            index
-        };
         let local = LocalDir::open(root).unwrap();
         for keep_files in [false, true] {
-            let index = fill();
-            let mut handed = Vec::new();
-            let tree = prepare_local_tree(&local, &index, None, keep_files, |p, d| {
-                handed.push((p.to_path_buf(), d));
-            });
-            assert_eq!(handed.len(), 1, "{handed:?}");
-            assert_eq!(handed[0].0, Path::new("d/local"));
-            assert_eq!(handed[0].1.version, version);
+            let index = Index::default();
+            for p in ["d/a", "d/b", "d/remote"] {
+                index.insert_versioned(Path::new(p), file(p), Some(version.clone()));
+            }
+            index.insert(Path::new("plain"), file("plain"));
+            let tree =
+                prepare_local_tree(&local, &index, None, keep_files, |p| p == Path::new("d/a"));
             let left: Vec<PathBuf> = index.files().into_iter().map(|(p, _)| p).collect();
             assert_eq!(left, [PathBuf::from("d/remote")]);
-            assert_eq!(index.take_departed(Path::new("d/local")), None);
-            assert_eq!(index.drain_departed().count(), 0);
-            assert_eq!(tree.bytes, 6);
+            let kept: Vec<PathBuf> = index.drain_departed().map(|(p, _)| p).collect();
+            assert_eq!(kept, [PathBuf::from("d/b")]);
+            assert_eq!(tree.bytes, 10);
             assert!(!tree.only_bucket_dirs);
             let mut files = tree.files;
             files.sort();
             let want: Vec<(PathBuf, u64)> = if keep_files {
-                vec![("d/local".into(), 4), ("plain".into(), 2)]
+                vec![("d/a".into(), 4), ("d/b".into(), 4), ("plain".into(), 2)]
             } else {
                 vec![]
             };

@@ -205,33 +205,28 @@ impl Shared {
     }
 }
 
-/// What a start hands the mirror: the upload records, loaded before the start's walk of the
-/// local directory so that the index entry of each file found local goes straight to its
-/// record ([`Takeover::local_file`]). Kept apart until then, the entries of 100,000 local
-/// files would be a second table as big as the index, held beside the records: what a
-/// restart's memory peak was made of.
+/// What a start knows of the upload records before it loads them: which files' records
+/// already know the object version they left ([`Records::scan`]). The index's entry for such a
+/// file, found local, has nothing to add to its record and is dropped at once; only the
+/// others are kept for the records to take over. Kept until the records load (after the walk
+/// of the local directory), the entries of 100,000 local files would be a second table as
+/// big as the index, held beside the records: what a restart's memory peak was made of.
 #[derive(Debug)]
 pub struct Takeover {
-    records: Records,
-    /// Local files the index vouched for that have no upload record (see [`Shared`]).
-    unrecorded: HashMap<PathBuf, crate::engine::index::Departed>,
+    state: Arc<StateDir>,
+    scan: records::Scan,
 }
 
 impl Takeover {
-    /// Loads the upload records from the state directory, `expected` of them (the table is
-    /// made for that many at once: see [`Records::load_expecting`]).
-    pub fn load(state: Arc<StateDir>, expected: usize) -> io::Result<Takeover> {
-        Ok(Takeover {
-            records: Records::load_expecting(state, expected)?,
-            unrecorded: HashMap::new(),
-        })
+    /// Scans the upload records in the state directory.
+    pub fn scan(state: Arc<StateDir>) -> Takeover {
+        let scan = Records::scan(&state);
+        Takeover { state, scan }
     }
 
-    /// A file found local at start that the index knew with its object version: its record
-    /// takes that version over if it describes that very object; a file without a record
-    /// keeps it for the start's reconcile, which compares the bytes.
-    pub fn local_file(&mut self, path: &Path, departed: crate::engine::index::Departed) {
-        publish::take_over(&self.records, &mut self.unrecorded, path, departed);
+    /// Whether the record of the file at `path` knows the object version it left.
+    pub fn described(&self, path: &Path) -> bool {
+        self.scan.described.contains(&records::path_hash(path))
     }
 }
 
@@ -246,7 +241,7 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens the journal in the state directory the records of `takeover` came from and
+    /// Opens the journal and the records in the state directory `takeover` scanned and
     /// starts the worker on `rt`. `local` must be a descriptor of the served directory opened
     /// before the mount.
     pub fn start(
@@ -258,11 +253,12 @@ impl Mirror {
         index: Option<Arc<crate::engine::index::Index>>,
         rt: &tokio::runtime::Handle,
     ) -> io::Result<Arc<Mirror>> {
-        let Takeover {
-            records,
-            unrecorded,
-        } = takeover;
-        let (journal, replay) = Journal::open(records.state())?;
+        let Takeover { state, scan } = takeover;
+        let records_in_file = scan.records;
+        drop(scan);
+        let (journal, replay) = Journal::open(&state)?;
+        // Made for as many records as the file has, at once.
+        let records = Records::load_expecting(state, records_in_file)?;
         if !replay.is_empty() {
             tracing::info!(
                 intents = replay.len(),
@@ -282,7 +278,7 @@ impl Mirror {
             index,
             links: links::Links::default(),
             done_intents: Mutex::new(None),
-            unrecorded: Mutex::new(unrecorded),
+            unrecorded: Mutex::new(HashMap::new()),
         });
         // The publisher hands the start's reconcile the files without an upload record
         // (`unrecorded`): it must have done so before the worker, whose first job is that

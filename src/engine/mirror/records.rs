@@ -15,7 +15,8 @@
 //! next mount without a HEAD. Any plain [`Records::set`] forgets that, so a record can never
 //! pair one version's metadata with another's e_tag.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -226,11 +227,6 @@ impl Records {
         })
     }
 
-    /// The state directory the records live in.
-    pub fn state(&self) -> &StateDir {
-        &self.state
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<Path>, Stored>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -363,6 +359,68 @@ impl Records {
             self.dirty.store(true, Ordering::Relaxed);
         }
         res
+    }
+}
+
+/// What [`Records::scan`] found in the file.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// [`path_hash`] of each file whose record knows the object version it left.
+    pub described: HashSet<u64>,
+    /// Records in the file.
+    pub records: usize,
+}
+
+/// A 64-bit hash of a path, for [`Scan::described`]: a set of these is a tenth of a set of the
+/// paths. Two paths with one hash (about one chance in 10^9 with 100,000 records) only cost
+/// one file its takeover of the index's version (see `core.rs`).
+pub fn path_hash(path: &Path) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
+
+impl Records {
+    /// Reads the file in the state directory for which records know their object version,
+    /// without building the table (nothing, if it is missing or damaged: the load then says
+    /// so). A start over 100,000 local files uses it to drop the index's entries for them
+    /// before the records are loaded, so that the two tables are never full at once.
+    pub fn scan(state: &StateDir) -> Scan {
+        let Ok(f) = state.open_read(FILE_NAME) else {
+            return Scan::default();
+        };
+        let mut de =
+            serde_json::Deserializer::from_reader(io::BufReader::with_capacity(64 * 1024, f));
+        serde::Deserializer::deserialize_map(&mut de, ScanVisitor).unwrap_or_default()
+    }
+}
+
+/// A record as [`Records::scan`] reads it: whether it is a file's, and knows its object.
+#[derive(Deserialize)]
+struct Brief {
+    dir: bool,
+    #[serde(default)]
+    object: Option<serde::de::IgnoredAny>,
+}
+
+struct ScanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScanVisitor {
+    type Value = Scan;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of paths to upload records")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Scan, A::Error> {
+        let mut scan = Scan::default();
+        while let Some((p, b)) = m.next_entry::<PathBuf, Brief>()? {
+            scan.records += 1;
+            if !b.dir && b.object.is_some() {
+                scan.described.insert(path_hash(&p));
+            }
+        }
+        Ok(scan)
     }
 }
 
