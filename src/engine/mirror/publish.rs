@@ -21,7 +21,6 @@
 //! Failures are logged and retried at the next interval; the manifest is only a cache, so
 //! nothing else waits for it.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -96,23 +95,6 @@ pub(crate) fn adopt(records: &Records, path: &Path, departed: Departed) -> bool 
     records.adopt(path, &rec, object)
 }
 
-/// What the index knew about a file that became local: its record takes the object version
-/// over ([`adopt`]); a file without a record (no upload of ours) keeps it in `unrecorded`, for
-/// the start's reconcile to compare the bytes. Returns whether a record adopted it.
-pub(crate) fn take_over(
-    records: &Records,
-    unrecorded: &mut HashMap<PathBuf, Departed>,
-    path: &Path,
-    departed: Departed,
-) -> bool {
-    if records.get(path).is_none() {
-        unrecorded.insert(path.to_path_buf(), departed);
-        false
-    } else {
-        adopt(records, path, departed)
-    }
-}
-
 #[derive(Debug)]
 struct State {
     /// (records, index) generations the last successful write saw; `None`: write soon.
@@ -137,7 +119,12 @@ impl Publisher {
             let mut unrecorded = shared.unrecorded.lock().unwrap_or_else(|e| e.into_inner());
             for (p, d) in index.drain_departed() {
                 n += 1;
-                adopted += usize::from(take_over(&shared.records, &mut unrecorded, &p, d));
+                if shared.records.get(&p).is_none() {
+                    // No upload of ours: the reconcile compares the bytes.
+                    unrecorded.insert(p, d);
+                } else {
+                    adopted += usize::from(adopt(&shared.records, &p, d));
+                }
             }
             drop(unrecorded);
             if adopted > 0 {

@@ -562,6 +562,30 @@ mod tests {
         }
     }
 
+    /// The scan finds the files whose records know their object version, counts every
+    /// record, and finds nothing in a damaged or missing file.
+    #[test]
+    fn the_scan_finds_the_described_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(Records::scan(&state).records, 0);
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
+        r.set_with_object(Path::new("a/known"), rec(1), Some(object("e")));
+        r.set(Path::new("a/plain"), rec(2));
+        let dir_rec = Record {
+            dir: true,
+            ..rec(3)
+        };
+        r.set_with_object(Path::new("a"), dir_rec, Some(object("d")));
+        r.save().unwrap();
+        let scan = Records::scan(&state);
+        assert_eq!(scan.records, 3);
+        let want: HashSet<u64> = [path_hash(Path::new("a/known"))].into();
+        assert_eq!(scan.described, want);
+        std::fs::write(dir.path().join(FILE_NAME), b"{\"a\": [").unwrap();
+        assert!(Records::scan(&state).described.is_empty());
+    }
+
     #[test]
     fn a_damaged_file_means_start_over() {
         let dir = tempfile::tempdir().unwrap();
