@@ -15,7 +15,7 @@ use std::sync::atomic::AtomicU64;
 use crate::engine::events::ChangeSink;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
-use crate::engine::mirror::{Mirror, MirrorOptions};
+use crate::engine::mirror::{Mirror, MirrorOptions, Takeover};
 use crate::engine::recover::{LocalTree, apply_pending_intents, prepare_local_tree};
 use crate::escape::esc;
 use crate::fs::overlay::{Overlay, Policy, Remote};
@@ -96,19 +96,31 @@ impl Core {
                 source,
             }
         })?;
+        // Which upload records know their object version already: the index entries of
+        // those files, found local, are dropped at once, so that the index is emptied before
+        // the records are loaded (with 100,000 files, both tables full is a start's peak).
+        let takeover = Takeover::scan(Arc::clone(&state));
         let LocalTree {
             files: local_files,
+            bytes,
             only_bucket_dirs,
-        } = prepare_local_tree(&overlay_local, &index, hidden);
+        } = prepare_local_tree(
+            &overlay_local,
+            &index,
+            hidden,
+            options.max_local_bytes.is_some(),
+            |path| takeover.described(path),
+        );
         index.shrink();
-        let local_bytes = Arc::new(AtomicU64::new(
-            local_files.iter().map(|(_, size)| size).sum(),
-        ));
+        // What the load and the walk left (listing pages, the manifest's bytes, the emptied
+        // table) goes back to the kernel before the records come in.
+        crate::os::sys::trim_heap();
+        let local_bytes = Arc::new(AtomicU64::new(bytes));
 
         let mirror = Mirror::start(
             bucket.clone(),
             mirror_local,
-            Arc::clone(&state),
+            takeover,
             options.hidden.clone(),
             MirrorOptions {
                 // The start-up reconcile also gives the bucket's unmarked directories their

@@ -284,6 +284,15 @@ impl Index {
         Some(file)
     }
 
+    /// Forgets a file without keeping what it knew about its object version (a file found
+    /// local at start whose upload record knows that already).
+    pub fn forget(&self, path: &Path) {
+        let mut inner = self.write();
+        if inner.take(path).is_some() {
+            inner.unlink(path);
+        }
+    }
+
     /// Forgets a directory and everything below it (an `rmdir` the bucket has not followed
     /// yet: its marker, and whatever it still lists below, must not bring it back).
     pub fn remove_dir(&self, dir: &Path) {

@@ -187,8 +187,11 @@ pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: 
 
 /// The local directory as [`prepare_local_tree`] found it.
 pub struct LocalTree {
-    /// The local files and their sizes.
+    /// The local files and their sizes, when asked for (`--max-local-bytes` keeps them in
+    /// its cache; otherwise a list of 100,000 files would only add to a start's peak).
     pub files: Vec<(PathBuf, u64)>,
+    /// Bytes of the local regular files.
+    pub bytes: u64,
     /// Nothing local but the directories the bucket implies (a new node): nothing there can
     /// have changed while etlfs was down. `false` also when the walk failed.
     pub only_bucket_dirs: bool,
@@ -196,7 +199,18 @@ pub struct LocalTree {
 
 /// Before the mount: every directory the bucket implies exists locally (so only files can be
 /// bucket-only), and files that are local are not bucket-only.
-pub fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>) -> LocalTree {
+///
+/// The walk looks at one entry at a time, never collecting the tree. A local file leaves the
+/// index; what the index knew about its object version is kept for the mirror's records
+/// ([`Index::take_departed`]) unless `described` says its record knows that already (see
+/// [`crate::engine::mirror::Takeover`]). `keep_files` collects the local files and sizes.
+pub fn prepare_local_tree(
+    local: &LocalDir,
+    index: &Index,
+    hidden: Option<&Path>,
+    keep_files: bool,
+    described: impl Fn(&Path) -> bool,
+) -> LocalTree {
     // In order, each parent before what is below it.
     let dirs = index.dirs();
     for dir in &dirs {
@@ -210,26 +224,30 @@ pub fn prepare_local_tree(local: &LocalDir, index: &Index, hidden: Option<&Path>
     let dirs: HashSet<PathBuf> = dirs.into_iter().collect();
     let mut tree = LocalTree {
         files: Vec::new(),
+        bytes: 0,
         only_bucket_dirs: true,
     };
-    match local.walk(hidden) {
-        Ok(entries) => {
-            for (path, st) in entries {
-                if !st.is_dir() {
-                    index.remove(&path);
-                }
-                if !st.is_dir() || !dirs.contains(&path) {
-                    tree.only_bucket_dirs = false;
-                }
-                if st.is_file() {
-                    tree.files.push((path, st.size));
-                }
+    let walked = local.walk_each(Path::new(""), hidden, |path, st| {
+        if !st.is_dir() {
+            if described(path) {
+                index.forget(path);
+            } else {
+                index.remove(path);
             }
         }
-        Err(e) => {
-            warn!(error = %e, "cannot scan the local directory");
+        if !st.is_dir() || !dirs.contains(path) {
             tree.only_bucket_dirs = false;
         }
+        if st.is_file() {
+            tree.bytes += st.size;
+            if keep_files {
+                tree.files.push((path.to_path_buf(), st.size));
+            }
+        }
+    });
+    if let Err(e) = walked {
+        warn!(error = %e, "cannot scan the local directory");
+        tree.only_bucket_dirs = false;
     }
     tree
 }
@@ -351,12 +369,56 @@ mod tests {
                 crate::engine::index::RemoteFile::test_object(p),
             );
         }
-        let tree = prepare_local_tree(&local, &index, None);
+        let tree = prepare_local_tree(&local, &index, None, true, |_| false);
         for d in ["a/b/c/d", "a/e", "f/g/h/i/j"] {
             assert!(tmp.path().join(d).is_dir(), "{d}");
         }
         assert!(tree.files.is_empty() && tree.only_bucket_dirs);
         assert_eq!(index.len(), 3);
+    }
+
+    /// The files found local leave the index; what it knew about their object versions is
+    /// kept for the records unless `described` says a record knows it already (then nothing is
+    /// kept: no second table at a start). The tree counts their bytes, and lists them only
+    /// when asked.
+    #[test]
+    fn local_files_leave_the_index_and_keep_only_what_records_lack() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("d")).unwrap();
+        for f in ["d/a", "d/b"] {
+            fs::write(root.join(f), b"four").unwrap();
+        }
+        fs::write(root.join("plain"), b"xy").unwrap();
+        let version = crate::engine::index::Version {
+            e_tag: Some("e".into()),
+            until: None,
+        };
+        let file = crate::engine::index::RemoteFile::test_object;
+        let local = LocalDir::open(root).unwrap();
+        for keep_files in [false, true] {
+            let index = Index::default();
+            for p in ["d/a", "d/b", "d/remote"] {
+                index.insert_versioned(Path::new(p), file(p), Some(version.clone()));
+            }
+            index.insert(Path::new("plain"), file("plain"));
+            let tree =
+                prepare_local_tree(&local, &index, None, keep_files, |p| p == Path::new("d/a"));
+            let left: Vec<PathBuf> = index.files().into_iter().map(|(p, _)| p).collect();
+            assert_eq!(left, [PathBuf::from("d/remote")]);
+            let kept: Vec<PathBuf> = index.drain_departed().map(|(p, _)| p).collect();
+            assert_eq!(kept, [PathBuf::from("d/b")]);
+            assert_eq!(tree.bytes, 10);
+            assert!(!tree.only_bucket_dirs);
+            let mut files = tree.files;
+            files.sort();
+            let want: Vec<(PathBuf, u64)> = if keep_files {
+                vec![("d/a".into(), 4), ("d/b".into(), 4), ("plain".into(), 2)]
+            } else {
+                vec![]
+            };
+            assert_eq!(files, want);
+        }
     }
 
     /// At a start, an intent that never ran is cancelled for good and left out of the index;

@@ -166,7 +166,8 @@ pub(super) async fn load_index_later(l: LateListing) {
     let merged = tokio::task::spawn_blocking(move || {
         apply_intents(&loaded, &l.mirror.take_done_intents(), &l.local);
         apply_journaled_intents(&loaded, &l.state, &l.local);
-        prepare_local_tree(&l.local, &loaded, l.hidden.as_deref());
+        // (Its entries for local files go with it: `absorb` takes bucket-only files only.)
+        prepare_local_tree(&l.local, &loaded, l.hidden.as_deref(), false, |_| false);
         // No download lands and no bucket-only name is removed or renamed meanwhile.
         let added = {
             let _placing = l.fetcher.placing();

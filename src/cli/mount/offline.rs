@@ -20,9 +20,8 @@ pub(super) fn local_is_complete(state: &StateDir, local: &LocalDir, hidden: Opti
     let Some(counted) = state.complete_files() else {
         return false;
     };
-    let here = match local.walk(hidden) {
-        Ok(entries) => entries.iter().filter(|(_, st)| st.is_file()).count() as u64,
-        Err(_) => return false,
+    let Ok(here) = count_files(local, hidden) else {
+        return false;
     };
     if here < counted {
         info!(
@@ -48,13 +47,22 @@ pub(super) fn record_completeness(
     if !(offline_unlisted || (listed && index.is_empty())) {
         return;
     }
-    match local.walk(hidden) {
-        Ok(entries) => {
-            let files = entries.iter().filter(|(_, st)| st.is_file()).count() as u64;
+    match count_files(local, hidden) {
+        Ok(files) => {
             if let Err(e) = state.set_complete(files) {
                 warn!(error = %e, "could not record that the local directory is complete");
             }
         }
         Err(e) => warn!(error = %e, "cannot scan the local directory"),
     }
+}
+
+/// The regular files of the local directory, counted as the walk goes (a list of 100,000 of
+/// them would be a start's memory peak, right before the index loads).
+fn count_files(local: &LocalDir, hidden: Option<&Path>) -> std::io::Result<u64> {
+    let mut files = 0;
+    local.walk_each(Path::new(""), hidden, |_, st| {
+        files += u64::from(st.is_file())
+    })?;
+    Ok(files)
 }

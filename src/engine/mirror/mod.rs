@@ -205,6 +205,31 @@ impl Shared {
     }
 }
 
+/// What a start knows of the upload records before it loads them: which files' records
+/// already know the object version they left ([`Records::scan`]). The index's entry for such a
+/// file, found local, has nothing to add to its record and is dropped at once; only the
+/// others are kept for the records to take over. Kept until the records load (after the walk
+/// of the local directory), the entries of 100,000 local files would be a second table as
+/// big as the index, held beside the records: what a restart's memory peak was made of.
+#[derive(Debug)]
+pub struct Takeover {
+    state: Arc<StateDir>,
+    scan: records::Scan,
+}
+
+impl Takeover {
+    /// Scans the upload records in the state directory.
+    pub fn scan(state: Arc<StateDir>) -> Takeover {
+        let scan = Records::scan(&state);
+        Takeover { state, scan }
+    }
+
+    /// Whether the record of the file at `path` knows the object version it left.
+    pub fn described(&self, path: &Path) -> bool {
+        self.scan.described.contains(&records::path_hash(path))
+    }
+}
+
 /// The write-back engine.
 #[derive(Debug)]
 pub struct Mirror {
@@ -216,19 +241,24 @@ pub struct Mirror {
 }
 
 impl Mirror {
-    /// Opens the journal and records in `state_dir` and starts the worker on `rt`. `local` must
-    /// be a descriptor of the served directory opened before the mount.
+    /// Opens the journal and the records in the state directory `takeover` scanned and
+    /// starts the worker on `rt`. `local` must be a descriptor of the served directory opened
+    /// before the mount.
     pub fn start(
         bucket: Bucket,
         local: LocalDir,
-        state: Arc<StateDir>,
+        takeover: Takeover,
         skip: Option<PathBuf>,
         opts: MirrorOptions,
         index: Option<Arc<crate::engine::index::Index>>,
         rt: &tokio::runtime::Handle,
     ) -> io::Result<Arc<Mirror>> {
+        let Takeover { state, scan } = takeover;
+        let records_in_file = scan.records;
+        drop(scan);
         let (journal, replay) = Journal::open(&state)?;
-        let records = Records::load(state)?;
+        // Made for as many records as the file has, at once.
+        let records = Records::load_expecting(state, records_in_file)?;
         if !replay.is_empty() {
             tracing::info!(
                 intents = replay.len(),

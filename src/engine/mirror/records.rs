@@ -15,12 +15,14 @@
 //! next mount without a HEAD. Any plain [`Records::set`] forgets that, so a record can never
 //! pair one version's metadata with another's e_tag.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use serde::de::DeserializeSeed;
 use serde::{Deserialize, Serialize};
 
 use crate::escape::{esc, esc_display};
@@ -187,17 +189,33 @@ pub struct Records {
 
 impl Records {
     pub fn load(state: Arc<StateDir>) -> io::Result<Records> {
+        Records::load_expecting(state, 0)
+    }
+
+    /// Like [`Records::load`], with room for `expected` records made at once (for no more
+    /// than the file can hold): a table grown by doubling holds its old and its new buckets at
+    /// the same moment, half as much again as 100,000 records take, at a start's peak.
+    pub fn load_expecting(state: Arc<StateDir>, expected: usize) -> io::Result<Records> {
         let path = state.path().join(FILE_NAME);
         // Read through a buffer, one record converted at a time: the file's bytes, or a table
         // of the on-disk form, would double what 100,000 records take while loading.
         let map = match state.open_read(FILE_NAME) {
-            Ok(f) => serde_json::from_reader(io::BufReader::with_capacity(64 * 1024, f))
-                .map(|Loaded(map)| map)
-                .unwrap_or_else(|e| {
-                    // A damaged record file costs re-uploads, never data: start over.
-                    tracing::warn!(file = %esc(&path), error = %esc_display(&e), "upload records unreadable; every file will be checked against the bucket");
-                    HashMap::new()
-                }),
+            Ok(f) => {
+                let fits = f.metadata()?.len() / MIN_RECORD_BYTES;
+                let capacity = expected.min(usize::try_from(fits).unwrap_or(usize::MAX));
+                let mut de = serde_json::Deserializer::from_reader(io::BufReader::with_capacity(
+                    64 * 1024,
+                    f,
+                ));
+                Sized(capacity)
+                    .deserialize(&mut de)
+                    .and_then(|map| de.end().map(|()| map))
+                    .unwrap_or_else(|e| {
+                        // A damaged record file costs re-uploads, never data: start over.
+                        tracing::warn!(file = %esc(&path), error = %esc_display(&e), "upload records unreadable; every file will be checked against the bucket");
+                        HashMap::new()
+                    })
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => HashMap::new(),
             Err(e) => return Err(e),
         };
@@ -344,33 +362,102 @@ impl Records {
     }
 }
 
-/// Deserializes the table from the [`OnDisk`] form, one record converted at a time.
-struct Loaded(HashMap<Box<Path>, Stored>);
+/// What [`Records::scan`] found in the file.
+#[derive(Debug, Default)]
+pub struct Scan {
+    /// [`path_hash`] of each file whose record knows the object version it left.
+    pub described: HashSet<u64>,
+    /// Records in the file.
+    pub records: usize,
+}
 
-impl<'de> Deserialize<'de> for Loaded {
-    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
-        struct Entries;
-        impl<'de> serde::de::Visitor<'de> for Entries {
-            type Value = Loaded;
+/// A 64-bit hash of a path, for [`Scan::described`]: a set of these is a tenth of a set of the
+/// paths. Two paths with one hash (about one chance in 10^9 with 100,000 records) only cost
+/// one file its takeover of the index's version (see `core.rs`).
+pub fn path_hash(path: &Path) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish()
+}
 
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a map of paths to upload records")
-            }
+impl Records {
+    /// Reads the file in the state directory for which records know their object version,
+    /// without building the table (nothing, if it is missing or damaged: the load then says
+    /// so). A start over 100,000 local files uses it to drop the index's entries for them
+    /// before the records are loaded, so that the two tables are never full at once.
+    pub fn scan(state: &StateDir) -> Scan {
+        let Ok(f) = state.open_read(FILE_NAME) else {
+            return Scan::default();
+        };
+        let mut de =
+            serde_json::Deserializer::from_reader(io::BufReader::with_capacity(64 * 1024, f));
+        serde::Deserializer::deserialize_map(&mut de, ScanVisitor).unwrap_or_default()
+    }
+}
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Loaded, A::Error> {
-                let mut map = HashMap::with_capacity(m.size_hint().unwrap_or(0));
-                while let Some((p, d)) = m.next_entry::<PathBuf, OnDisk>()? {
-                    let rec = Record {
-                        id: d.id,
-                        sha256: d.sha256,
-                        dir: d.dir,
-                    };
-                    map.insert(p.into_boxed_path(), Stored::new(rec, d.object));
-                }
-                Ok(Loaded(map))
+/// A record as [`Records::scan`] reads it: whether it is a file's, and knows its object.
+#[derive(Deserialize)]
+struct Brief {
+    dir: bool,
+    #[serde(default)]
+    object: Option<serde::de::IgnoredAny>,
+}
+
+struct ScanVisitor;
+
+impl<'de> serde::de::Visitor<'de> for ScanVisitor {
+    type Value = Scan;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of paths to upload records")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Scan, A::Error> {
+        let mut scan = Scan::default();
+        while let Some((p, b)) = m.next_entry::<PathBuf, Brief>()? {
+            scan.records += 1;
+            if !b.dir && b.object.is_some() {
+                scan.described.insert(path_hash(&p));
             }
         }
-        de.deserialize_map(Entries)
+        Ok(scan)
+    }
+}
+
+/// The fewest bytes a record takes in the file (a one-byte path, zeros, no checksum), so that
+/// a file of N bytes holds at most N / this records.
+const MIN_RECORD_BYTES: u64 = 80;
+
+/// Deserializes the table from the [`OnDisk`] form, one record converted at a time, into a
+/// table made for this many records (JSON does not say how many a map has).
+struct Sized(usize);
+
+impl<'de> DeserializeSeed<'de> for Sized {
+    type Value = HashMap<Box<Path>, Stored>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<Self::Value, D::Error> {
+        de.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Sized {
+    type Value = HashMap<Box<Path>, Stored>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a map of paths to upload records")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+        let mut map = HashMap::with_capacity(m.size_hint().unwrap_or(self.0));
+        while let Some((p, d)) = m.next_entry::<PathBuf, OnDisk>()? {
+            let rec = Record {
+                id: d.id,
+                sha256: d.sha256,
+                dir: d.dir,
+            };
+            map.insert(p.into_boxed_path(), Stored::new(rec, d.object));
+        }
+        Ok(map)
     }
 }
 
@@ -426,6 +513,77 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// No record is shorter in the file than [`MIN_RECORD_BYTES`], so a load never sizes the
+    /// table for fewer records than the file holds.
+    #[test]
+    fn no_record_is_shorter_than_the_bound() {
+        let least = Record {
+            id: Identity {
+                ino: 0,
+                size: 0,
+                mtime_ns: 0,
+                ctime_ns: 0,
+                mode: 0,
+            },
+            sha256: String::new(),
+            dir: true,
+        };
+        let one = HashMap::from([("a", Stored::new(least, None).on_disk())]);
+        let bytes = serde_json::to_vec(&one).unwrap().len() as u64;
+        // (less the braces around the map, and plus the comma between two records)
+        assert!(bytes - 2 + 1 >= MIN_RECORD_BYTES, "{bytes}");
+    }
+
+    /// The table is made once, for the records expected, and never for more than the file can
+    /// hold; the records are the same whatever was expected.
+    #[test]
+    fn the_table_is_sized_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = || Arc::new(StateDir::open(dir.path()).unwrap());
+        let r = Records::load(state()).unwrap();
+        let n = 3000;
+        for i in 0..n {
+            r.set(&PathBuf::from(format!("d/f{i}")), rec(i));
+        }
+        r.save().unwrap();
+        let made_for = |n: usize| HashMap::<Box<Path>, Stored>::with_capacity(n).capacity();
+        let sized = Records::load_expecting(state(), n as usize).unwrap();
+        assert_eq!(sized.lock().capacity(), made_for(n as usize));
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        let bound = usize::try_from(len / MIN_RECORD_BYTES).unwrap();
+        let over = Records::load_expecting(state(), 1_000_000).unwrap();
+        assert!(over.lock().capacity() <= made_for(bound));
+        let grown = Records::load(state()).unwrap();
+        for loaded in [&sized, &over, &grown] {
+            assert_eq!(loaded.len(), n as usize);
+            assert_eq!(loaded.get(Path::new("d/f7")), Some(rec(7)));
+        }
+    }
+
+    /// The scan finds the files whose records know their object version, counts every
+    /// record, and finds nothing in a damaged or missing file.
+    #[test]
+    fn the_scan_finds_the_described_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        assert_eq!(Records::scan(&state).records, 0);
+        let r = Records::load(Arc::new(StateDir::open(dir.path()).unwrap())).unwrap();
+        r.set_with_object(Path::new("a/known"), rec(1), Some(object("e")));
+        r.set(Path::new("a/plain"), rec(2));
+        let dir_rec = Record {
+            dir: true,
+            ..rec(3)
+        };
+        r.set_with_object(Path::new("a"), dir_rec, Some(object("d")));
+        r.save().unwrap();
+        let scan = Records::scan(&state);
+        assert_eq!(scan.records, 3);
+        let want: HashSet<u64> = [path_hash(Path::new("a/known"))].into();
+        assert_eq!(scan.described, want);
+        std::fs::write(dir.path().join(FILE_NAME), b"{\"a\": [").unwrap();
+        assert!(Records::scan(&state).described.is_empty());
     }
 
     #[test]

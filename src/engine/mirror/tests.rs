@@ -51,7 +51,9 @@ impl Env {
         let mirror = Mirror::start(
             bucket,
             LocalDir::open(&root).unwrap(),
-            Arc::new(crate::os::state::StateDir::open(&root.join(".etlfs")).unwrap()),
+            super::Takeover::scan(Arc::new(
+                crate::os::state::StateDir::open(&root.join(".etlfs")).unwrap(),
+            )),
             Some(".etlfs".into()),
             opts,
             None,

@@ -6,6 +6,7 @@
 //! each alone, with no sync task in flight (see the parent module).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
@@ -167,15 +168,17 @@ async fn exchange(
 
 /// Start-up reconcile: which local files and directories the bucket lacks or holds stale.
 ///
-/// With 100,000 files this is a start's peak of memory, so the listing is kept only as far as
-/// the comparison needs (path, size, marker) and the local walk is looked at entry by entry,
-/// never collected.
+/// With 100,000 files it runs while the mount serves its first requests (a `find` over all of
+/// them builds the overlay's table meanwhile), so the listing is kept only as far as the
+/// comparison needs ([`Listed`]: size and marker, no path) and the local walk is looked at
+/// entry by entry, never collected.
 pub(super) async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
-    let mut in_bucket: HashMap<PathBuf, (u64, bool)> = HashMap::new();
+    // (About as many objects as records: the table is made once.)
+    let mut in_bucket = Listed::with_capacity(shared.records.len());
     shared
         .bucket
         .list_each(None, |o| {
-            in_bucket.insert(o.rel, (o.size, o.is_dir_marker));
+            in_bucket.insert(&o.rel, (o.size, o.is_dir_marker))
         })
         .await?;
     shared.bucket.health().success();
@@ -270,13 +273,44 @@ pub(super) async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
     }
     // Records of files neither here nor in the bucket (gone while the mount was down).
     for p in shared.records.paths() {
-        if !in_bucket.contains_key(p.as_path())
-            && shared.local.stat_beneath(&p).is_err_and(|e| is_gone(&e))
+        if in_bucket.get(&p).is_none() && shared.local.stat_beneath(&p).is_err_and(|e| is_gone(&e))
         {
             shared.records.remove(&p);
         }
     }
     Ok(Outcome::Touch(touch))
+}
+
+/// The bucket's listing as the reconcile needs it: each object's size and whether it is a
+/// directory marker, under a 128-bit hash of its path instead of the path (the paths were half
+/// of what the reconcile held with 100,000 objects). The hash keys are random to the process,
+/// so no bucket content can be made to share a path's hash; by chance, two of 100,000 paths
+/// share one about once in 10^29.
+struct Listed {
+    keys: (RandomState, RandomState),
+    objects: HashMap<u128, (u64, bool)>,
+}
+
+impl Listed {
+    fn with_capacity(n: usize) -> Listed {
+        Listed {
+            keys: (RandomState::new(), RandomState::new()),
+            objects: HashMap::with_capacity(n),
+        }
+    }
+
+    fn key(&self, path: &Path) -> u128 {
+        (u128::from(self.keys.0.hash_one(path)) << 64) | u128::from(self.keys.1.hash_one(path))
+    }
+
+    fn insert(&mut self, path: &Path, size_and_marker: (u64, bool)) {
+        self.objects.insert(self.key(path), size_and_marker);
+    }
+
+    /// The listed size of the object at `path`, and whether it is a directory marker.
+    fn get(&self, path: &Path) -> Option<&(u64, bool)> {
+        self.objects.get(&self.key(path))
+    }
 }
 
 /// Hex SHA-256 of the local file at `path`.
