@@ -131,7 +131,7 @@ fn kubecost_cycles_land_with_final_bytes_only(kind: &str) {
             .iter()
             .all(|n| s.get(&format!("etl/bingen/allocations/1d/{n}")) == Some(&version(n, 12)))
     };
-    let snap = wait_for(&rt, store.as_ref(), Some("etl"), 30, want);
+    let snap = wait_for(&rt, store.as_ref(), Some("etl"), 120, want);
     stop.store(true, Ordering::Relaxed);
     let seen = watcher
         .join()
@@ -170,7 +170,7 @@ fn rename_and_delete_follow(kind: &str) {
         kubecost_write(&m.path(p), d.as_bytes()).unwrap();
     }
     let rt = rt();
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| {
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| {
         ["a", "b", "dir/c", "dir/sub/d"]
             .iter()
             .all(|k| s.contains_key(*k))
@@ -192,7 +192,7 @@ fn rename_and_delete_follow(kind: &str) {
         "moved/sub/.etlfs-dir",
         "moved/sub/d",
     ];
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| {
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| {
         s.keys().map(String::as_str).collect::<Vec<_>>() == want
     });
     assert_eq!(
@@ -204,7 +204,7 @@ fn rename_and_delete_follow(kind: &str) {
     assert_eq!(snap["moved/sub/d"], b"D");
     assert_eq!(snap["a2"], b"A");
     fs::remove_dir(m.path("empty")).unwrap();
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| {
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| {
         !s.contains_key("empty/.etlfs-dir")
     });
     assert!(!snap.contains_key("empty/.etlfs-dir"));
@@ -224,7 +224,7 @@ fn preexisting_files_are_uploaded_at_first_mount(kind: &str) {
     ];
     let (mut m, _cfg) = mount(&t, &["--prefix", "etl"], files.clone());
     let rt = rt();
-    let snap = wait_for(&rt, store.as_ref(), Some("etl"), 30, |s| {
+    let snap = wait_for(&rt, store.as_ref(), Some("etl"), 120, |s| {
         files
             .iter()
             .all(|(p, d)| s.get(&format!("etl/{p}")) == Some(d))
@@ -253,7 +253,7 @@ fn filesystem_renames_back_and_forth_leave_no_staged_files() {
     kubecost_write(&m.path("d1/a"), b"x").unwrap();
     let rt = rt();
     let store = t.store();
-    let snap = wait_for(&rt, store.as_ref(), None, 30, |s| s.contains_key("d1/a"));
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| s.contains_key("d1/a"));
     assert!(snap.contains_key("d1/a"), "{}", m.log());
     for _ in 0..30 {
         fs::rename(m.path("d1/a"), m.path("d2/b")).unwrap();

@@ -574,7 +574,7 @@ fn unlink_rename_and_trunc_do_not_download() {
             && s.get(&rn2) == Some(&files[2].data)
             && s.get(&tr) == Some(&new)
     };
-    let snap = wait_for(&rt, store.as_ref(), None, 20, want);
+    let snap = wait_for(&rt, store.as_ref(), None, 120, want);
     assert!(
         want(&snap),
         "{:?}\n{}",
@@ -682,7 +682,7 @@ fn rename_then_read_during_an_upload_keeps_the_object() {
     wait_for(&rt, store.as_ref(), None, 120, |s| {
         s.get("big") == Some(&big) && !s.contains_key("d/f")
     });
-    let snap = wait_for(&rt, store.as_ref(), None, 30, want);
+    let snap = wait_for(&rt, store.as_ref(), None, 120, want);
     assert!(
         want(&snap),
         "keys while the upload was in flight: {:?}\nkeys at the end: {:?}\n{}",
