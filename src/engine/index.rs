@@ -24,7 +24,9 @@
 //! the load, entries for files that are local are dropped as soon as the overlay sees them, and
 //! the overlay updates the index when a bucket-only file is removed or renamed. What a dropped
 //! entry knew about its object version is kept until the mirror takes it
-//! ([`Index::take_departed`]), so the manifest it writes keeps covering fetched files.
+//! ([`Index::take_departed`]), so the manifest it writes keeps covering fetched files; at a
+//! start, a local file whose upload record already knows its version is simply forgotten
+//! ([`Index::forget`]), so a restart over many local files never holds a second table of them.
 //!
 //! Hostile or odd bucket content never reaches the namespace: a key whose relative path has an
 //! empty, `.` or `..` segment, or a NUL, is refused; so is a file whose name is also a
