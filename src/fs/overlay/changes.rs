@@ -75,7 +75,7 @@ impl Overlay {
                     .ok_or(OverlayError::UnknownInode(ino))?;
                 parent_fd = self.dir_fd(p)?;
                 name = n;
-                Some((parent_fd.as_fd(), name.as_os_str()))
+                Some((parent_fd.as_fd(), &*name))
             } else {
                 None
             };

@@ -50,8 +50,9 @@ pub struct Node {
     pub parked: bool,
     pub is_dir: bool,
     pub parent: Ino,
-    /// Empty once the last known name was unlinked.
-    pub name: OsString,
+    /// Empty once the last known name was unlinked. Boxed: 8 bytes less than an `OsString`
+    /// in each of 100,000 nodes.
+    pub name: Box<OsStr>,
     /// The other names of a file with several hard links, as `(parent, name)`; empty for
     /// nearly every node (no allocation then).
     pub links: Links,
@@ -63,9 +64,14 @@ pub struct Node {
     pub executors: u32,
     /// For a directory: whether every user may search it, once known (see
     /// `Overlay::open_to_all`), and a count of its changes, so that an answer worked out
-    /// while the directory changed is not kept.
-    pub search: Search,
+    /// while the directory changed is not kept. Kept as two fields rather than a [`Search`]
+    /// so that they share the node's padding: a node is 64 bytes.
+    everyone: Option<bool>,
+    search_changes: u32,
 }
+
+/// Another name of a node: `(parent, name)`.
+pub type Link = (Ino, Box<OsStr>);
 
 /// The other names of a node (see [`Node::links`]): a null pointer for the nodes without
 /// any, nearly all of them, so that each of 100,000 nodes spends 8 bytes on them, not a
@@ -73,7 +79,7 @@ pub struct Node {
 // A thin pointer is the point: a boxed slice would take 16 bytes, a `Vec` 24.
 #[allow(clippy::box_collection)]
 #[derive(Debug, Default)]
-pub struct Links(Option<Box<Vec<(Ino, OsString)>>>);
+pub struct Links(Option<Box<Vec<Link>>>);
 
 impl Links {
     pub fn is_empty(&self) -> bool {
@@ -84,11 +90,11 @@ impl Links {
         self.0 = None;
     }
 
-    pub fn push(&mut self, link: (Ino, OsString)) {
+    pub fn push(&mut self, link: Link) {
         self.0.get_or_insert_default().push(link);
     }
 
-    pub fn pop(&mut self) -> Option<(Ino, OsString)> {
+    pub fn pop(&mut self) -> Option<Link> {
         let link = self.0.as_mut()?.pop();
         if self.is_empty() {
             self.0 = None;
@@ -96,7 +102,7 @@ impl Links {
         link
     }
 
-    pub fn retain(&mut self, keep: impl FnMut(&(Ino, OsString)) -> bool) {
+    pub fn retain(&mut self, keep: impl FnMut(&Link) -> bool) {
         if let Some(v) = &mut self.0 {
             v.retain(keep);
         }
@@ -105,11 +111,11 @@ impl Links {
         }
     }
 
-    pub fn iter(&self) -> std::slice::Iter<'_, (Ino, OsString)> {
+    pub fn iter(&self) -> std::slice::Iter<'_, Link> {
         self.0.as_deref().map_or(&[][..], Vec::as_slice).iter()
     }
 
-    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, (Ino, OsString)> {
+    pub fn iter_mut(&mut self) -> std::slice::IterMut<'_, Link> {
         self.0
             .as_deref_mut()
             .map_or(&mut [][..], Vec::as_mut_slice)
@@ -121,12 +127,13 @@ impl Links {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Search {
     pub everyone: Option<bool>,
-    pub changes: u64,
+    /// Wraps: only compared for equality across one check, which takes microseconds.
+    pub changes: u32,
 }
 
 impl Node {
     fn is_primary(&self, parent: Ino, name: &OsStr) -> bool {
-        self.parent == parent && self.name == name
+        self.parent == parent && *self.name == *name
     }
 
     /// A lookup found this node as `name` in `parent`, the file having `nlink` links: that
@@ -140,13 +147,10 @@ impl Node {
         if self.is_primary(parent, name) {
             return;
         }
-        let old = (
-            self.parent,
-            std::mem::replace(&mut self.name, name.to_owned()),
-        );
+        let old = (self.parent, std::mem::replace(&mut self.name, name.into()));
         self.parent = parent;
         if several {
-            self.links.retain(|(p, n)| !(*p == parent && n == name));
+            self.links.retain(|(p, n)| !(*p == parent && **n == *name));
             if !old.1.is_empty() {
                 self.links.push(old);
             }
@@ -200,12 +204,13 @@ impl InodeTable {
                 parked: false,
                 is_dir: true,
                 parent: ROOT,
-                name: OsString::new(),
+                name: Box::default(),
                 links: Links::default(),
                 lookups: 1,
                 openers: 0,
                 executors: 0,
-                search: Search::default(),
+                everyone: None,
+                search_changes: 0,
             },
         );
         InodeTable {
@@ -280,12 +285,13 @@ impl InodeTable {
                         parked: false,
                         is_dir: st.is_dir(),
                         parent,
-                        name: name.to_owned(),
+                        name: name.into(),
                         links: Links::default(),
                         lookups: 1,
                         openers: 0,
                         executors: 0,
-                        search: Search::default(),
+                        everyone: None,
+                        search_changes: 0,
                     },
                 );
                 self.gained_fd(&mut t, id);
@@ -342,7 +348,7 @@ impl InodeTable {
             (None, false) => Slot::Remote,
             (None, true) => Slot::Parked {
                 parent: n.parent,
-                name: n.name.clone(),
+                name: n.name.clone().into(),
             },
         };
         Some((slot, n.is_dir))
@@ -385,7 +391,9 @@ impl InodeTable {
         let mut id = remote_id(path);
         loop {
             match t.nodes.get_mut(&id) {
-                Some(n) if n.fd.is_none() && !n.parked && n.parent == parent && n.name == name => {
+                Some(n)
+                    if n.fd.is_none() && !n.parked && n.parent == parent && *n.name == *name =>
+                {
                     n.lookups += 1;
                     return id;
                 }
@@ -400,12 +408,13 @@ impl InodeTable {
                 parked: false,
                 is_dir: false,
                 parent,
-                name: name.to_owned(),
+                name: name.into(),
                 links: Links::default(),
                 lookups: 1,
                 openers: 0,
                 executors: 0,
-                search: Search::default(),
+                everyone: None,
+                search_changes: 0,
             },
         );
         id
@@ -417,7 +426,7 @@ impl InodeTable {
         let mut id = remote_id(path);
         loop {
             let n = t.nodes.get(&id)?;
-            if n.parent == parent && n.name == name {
+            if n.parent == parent && *n.name == *name {
                 return Some(id);
             }
             id = SYNTHETIC_BASE + (id - SYNTHETIC_BASE + 1) % (1 << 61);
@@ -481,14 +490,20 @@ impl InodeTable {
     /// Whether a node is a directory, and what is known about who may search it; `None` if
     /// the node is unknown.
     pub fn search(&self, id: Ino) -> Option<(bool, Search)> {
-        self.read().nodes.get(&id).map(|n| (n.is_dir, n.search))
+        self.read().nodes.get(&id).map(|n| {
+            let search = Search {
+                everyone: n.everyone,
+                changes: n.search_changes,
+            };
+            (n.is_dir, search)
+        })
     }
 
     /// Keeps `everyone` as the answer for a directory, unless it changed since `seen`.
     pub fn searched(&self, id: Ino, seen: Search, everyone: bool) {
         if let Some(n) = self.write().nodes.get_mut(&id) {
-            if n.search.changes == seen.changes {
-                n.search.everyone = Some(everyone);
+            if n.search_changes == seen.changes {
+                n.everyone = Some(everyone);
             }
         }
     }
@@ -496,10 +511,8 @@ impl InodeTable {
     /// A directory's mode, owner or ACL changed: who may search it is to be found out again.
     pub fn search_changed(&self, id: Ino) {
         if let Some(n) = self.write().nodes.get_mut(&id) {
-            n.search = Search {
-                everyone: None,
-                changes: n.search.changes + 1,
-            };
+            n.everyone = None;
+            n.search_changes = n.search_changes.wrapping_add(1);
         }
     }
 
@@ -510,13 +523,13 @@ impl InodeTable {
         let mut out = Vec::new();
         for n in t.nodes.values() {
             if n.parent == dir && !n.name.is_empty() {
-                out.push(n.name.clone());
+                out.push(n.name.clone().into());
             }
             out.extend(
                 n.links
                     .iter()
                     .filter(|(p, _)| *p == dir)
-                    .map(|(_, n)| n.clone()),
+                    .map(|(_, n)| n.clone().into()),
             );
         }
         out
@@ -562,11 +575,11 @@ impl InodeTable {
         let Some(node) = t.nodes.get_mut(&id) else {
             return;
         };
-        let old = |(p, n): &(Ino, OsString)| *p == old_parent && n == old_name;
-        let new = (new_parent, new_name.to_owned());
+        let old = |(p, n): &Link| *p == old_parent && **n == *old_name;
+        let new: Link = (new_parent, new_name.into());
         // A name the rename replaced is gone (a name of this very file included).
         node.links
-            .retain(|(p, n)| !(*p == new_parent && n == new_name));
+            .retain(|(p, n)| !(*p == new_parent && **n == *new_name));
         if let Some(link) = node.links.iter_mut().find(|l| old(l)) {
             *link = new;
         } else if node.is_primary(old_parent, old_name) || node.links.is_empty() {
@@ -584,9 +597,9 @@ impl InodeTable {
         if let Some(node) = self.write().nodes.get_mut(&id) {
             if node.is_primary(parent, name) {
                 (node.parent, node.name) =
-                    node.links.pop().unwrap_or((node.parent, OsString::new()));
+                    node.links.pop().unwrap_or((node.parent, Box::default()));
             } else {
-                node.links.retain(|(p, n)| !(*p == parent && n == name));
+                node.links.retain(|(p, n)| !(*p == parent && **n == *name));
             }
         }
     }
@@ -623,13 +636,13 @@ impl InodeTable {
         if name.is_empty() {
             return None;
         }
-        let mut parts = vec![name.to_owned()];
+        let mut parts = vec![name];
         while parent != ROOT {
             let node = t.nodes.get(&parent)?;
             if node.name.is_empty() {
                 return None;
             }
-            parts.push(node.name.clone());
+            parts.push(&node.name);
             parent = node.parent;
         }
         Some(parts.iter().rev().collect())
@@ -669,11 +682,15 @@ pub fn remote_dir_entry_id(path: &Path) -> Ino {
 mod tests {
     use super::*;
 
+    fn name(s: &str) -> Box<OsStr> {
+        OsStr::new(s).into()
+    }
+
     /// The table's nodes are what a `find` over 100,000 files spends its memory on.
     #[test]
     fn a_node_stays_small() {
         assert!(
-            std::mem::size_of::<Node>() <= 88,
+            std::mem::size_of::<Node>() <= 64,
             "{}",
             std::mem::size_of::<Node>()
         );
@@ -684,19 +701,19 @@ mod tests {
     fn links_hold_nothing_when_empty() {
         let mut l = Links::default();
         assert!(l.is_empty() && l.iter().next().is_none() && l.pop().is_none());
-        l.push((2, "a".into()));
-        l.push((3, "b".into()));
+        l.push((2, name("a")));
+        l.push((3, name("b")));
         for (p, _) in l.iter_mut() {
             *p += 10;
         }
         l.retain(|(p, _)| *p == 12);
-        assert_eq!(l.iter().collect::<Vec<_>>(), [&(12, OsString::from("a"))]);
-        assert_eq!(l.pop(), Some((12, "a".into())));
+        assert_eq!(l.iter().collect::<Vec<_>>(), [&(12, name("a"))]);
+        assert_eq!(l.pop(), Some((12, name("a"))));
         assert!(l.is_empty() && l.0.is_none());
-        l.push((4, "c".into()));
+        l.push((4, name("c")));
         l.retain(|_| false);
         assert!(l.0.is_none());
-        l.push((5, "d".into()));
+        l.push((5, name("d")));
         l.clear();
         assert!(l.is_empty());
     }
