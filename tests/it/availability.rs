@@ -30,19 +30,10 @@ fn opts(t: &Target, port: u16) -> (Opts, tempfile::NamedTempFile) {
     );
     let mut cfg = tempfile::NamedTempFile::new().unwrap();
     std::io::Write::write_all(&mut cfg, yaml.as_bytes()).unwrap();
-    let opts = Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--drain-timeout".into(),
-            "5s".into(),
-        ],
-        ..Opts::default()
-    };
+    let opts = Opts::on(cfg.path())
+        .upload_delay("100ms")
+        .listen(port)
+        .args(["--drain-timeout", "5s"]);
     (opts, cfg)
 }
 

@@ -214,18 +214,12 @@ fn s3_acl_and_storage_class_reach_every_object_written() {
 
     // A new node: the listing, the reads of a lazy restore, a rename and a removal.
     let port = free_port();
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--no-prefetch".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(
+        Opts::on(cfg.path())
+            .upload_delay("100ms")
+            .arg("--no-prefetch")
+            .listen(port),
+    );
     assert_eq!(fs::read(m.path("small")).unwrap(), b"small file");
     fs::rename(m.path("small"), m.path("moved")).unwrap();
     fs::remove_file(m.path("big")).unwrap();
@@ -265,15 +259,7 @@ fn azure_creates_a_missing_container_unless_told_not_to() {
     let mut server = servers::azure();
     server.bucket = format!("{}-mount", server.bucket);
     let cfg = write_config(&server.yaml());
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-        ],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(Opts::on(cfg.path()).upload_delay("100ms"));
     fs::write(m.path("f"), b"into the new container").unwrap();
     let store = server.store();
     let rt = bucket::rt();

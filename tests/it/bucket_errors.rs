@@ -55,17 +55,7 @@ fn oneshot(cmd: &str, cfg: &tempfile::NamedTempFile) -> (i32, String) {
 }
 
 fn mount_opts(cfg: &tempfile::NamedTempFile, port: u16) -> Opts {
-    Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-        ..Opts::default()
-    }
+    Opts::on(cfg.path()).upload_delay("100ms").listen(port)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -295,9 +295,8 @@ fn no_ready_while_the_bucket_cannot_be_reached() {
     .unwrap();
     let mut notify = NotifySocket::bind();
     let mut m = Mounted::start_unmounted(Opts {
-        args: vec!["--config".into(), cfg.path().display().to_string()],
         env: vec![notify.env()],
-        ..Opts::default()
+        ..Opts::on(cfg.path())
     });
     assert!(
         notify.wait_for(120, |l| l

@@ -18,19 +18,15 @@ fn local_file_bytes(dir: &std::path::Path) -> u64 {
 
 #[test]
 fn clean_files_are_evicted_and_come_back_on_open() {
-    let mut m = Mounted::with(Opts {
-        separate_local: true,
-        args: vec![
+    let mut m = Mounted::with(
+        Opts::default()
+            .separate_local()
             // Nothing is uploaded until the test fsyncs it: the files stay dirty as long as the
             // test needs them to, however slowly it runs.
-            "--upload-delay".into(),
-            "1h".into(),
-            "--max-local-bytes".into(),
-            "250KB".into(),
-        ],
-        log_filter: Some("info,etlfs::fs::overlay=debug,etlfs::engine::fetch=debug".into()),
-        ..Opts::default()
-    });
+            .upload_delay("1h")
+            .args(["--max-local-bytes", "250KB"])
+            .log_filter("info,etlfs::fs::overlay=debug,etlfs::engine::fetch=debug"),
+    );
     let data: Vec<Vec<u8>> = (0..6u8).map(|i| vec![i; 100_000]).collect();
     for (i, d) in data.iter().enumerate() {
         fs::write(m.path(&format!("f{i}")), d).unwrap();

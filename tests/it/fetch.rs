@@ -149,17 +149,14 @@ fn seed(t: &Target, files: &[(String, Vec<u8>, SystemTime)]) {
 /// A mount of `t` over an empty directory (a new node) with a status server of its own.
 fn mount(t: &Target, args: &[&str]) -> (Mounted, tempfile::NamedTempFile, u16) {
     let port = free_port();
-    let mut all: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
-    all.extend(args.iter().map(|s| s.to_string()));
     let (m, cfg) = bucket::mount_on(
         t,
         "100ms",
-        Opts {
-            args: all,
-            separate_local: true,
-            log_filter: Some("info,etlfs::engine::fetch=debug".into()),
-            ..Opts::default()
-        },
+        Opts::default()
+            .listen(port)
+            .args(args.iter().copied())
+            .separate_local()
+            .log_filter("info,etlfs::engine::fetch=debug"),
     );
     (m, cfg, port)
 }
@@ -170,16 +167,10 @@ fn mount_over(t: &Target, dir: &Path) -> (Mounted, tempfile::NamedTempFile, u16)
     let (m, cfg) = bucket::mount_on(
         t,
         "100ms",
-        Opts {
-            args: vec![
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--local".into(),
-                dir.display().to_string(),
-            ],
-            log_filter: Some("info,etlfs::engine::fetch=debug".into()),
-            ..Opts::default()
-        },
+        Opts::default()
+            .listen(port)
+            .local(dir)
+            .log_filter("info,etlfs::engine::fetch=debug"),
     );
     (m, cfg, port)
 }

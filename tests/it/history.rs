@@ -170,19 +170,7 @@ fn restore_as_of_undoes_rewrites_truncation_deletes_and_renames(kind: &str) {
 
     // The damage, through a mount of the same directory.
     let port = common::free_port();
-    let opts = Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--local".into(),
-            dir.display().to_string(),
-        ],
-        ..Opts::default()
-    };
+    let opts = Opts::on(cfg).upload_delay("100ms").listen(port).local(&dir);
     let mut m = Mounted::with(opts);
     let store = t.store();
     let new_a = data(100, 1234);
@@ -369,19 +357,12 @@ fn a_mount_collects_garbage_in_the_background(kind: &str) {
     // Both versions were replaced more than a second ago once the mount starts.
     std::thread::sleep(Duration::from_millis(1100));
     let port = common::free_port();
-    let m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--history-retention".into(),
-            "1s".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--local".into(),
-            dir.display().to_string(),
-        ],
-        ..Opts::default()
-    });
+    let m = Mounted::with(
+        Opts::on(cfg)
+            .args(["--history-retention", "1s"])
+            .listen(port)
+            .local(&dir),
+    );
     // (A mount that uploads the file again at start keeps a new version: that one stays.)
     let gone = || {
         let now = history_keys(store.as_ref());
@@ -441,16 +422,7 @@ fn a_point_in_time_mounts_read_only_and_writes_nothing(kind: &str) {
     etlfs("backup", cfg, &[dir.to_str().unwrap()]).assert_ok("backup of the damage");
     let keys = all_keys(store.as_ref());
 
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--as-of".into(),
-            as_of.clone(),
-            "--read-only".into(),
-        ],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(Opts::on(cfg).args(["--as-of", &as_of, "--read-only"]));
     let mut served = BTreeMap::new();
     for rel in before.keys() {
         let p = m.path(rel);
@@ -481,15 +453,8 @@ fn a_point_in_time_mounts_read_only_and_writes_nothing(kind: &str) {
 
     // A directory with files in it would hide the point in time: refused.
     let (st, log) = Mounted::refused(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--as-of".into(),
-            as_of,
-            "--read-only".into(),
-        ],
         files: vec![("x".into(), b"x".to_vec())],
-        ..Opts::default()
+        ..Opts::on(cfg).args(["--as-of", &as_of, "--read-only"])
     });
     assert_eq!(st.code(), Some(2), "{log}");
     assert!(log.contains("needs an empty directory"), "{log}");
@@ -543,24 +508,15 @@ fn the_tripwire_keeps_the_versions_before_mass_damage(kind: &str) {
     etlfs("backup", cfg, &[dir.to_str().unwrap()]).assert_ok("backup");
 
     let port = common::free_port();
-    let m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--history-tripwire".into(),
-            "3".into(),
+    let m = Mounted::with(
+        Opts::on(cfg)
+            .upload_delay("100ms")
+            .args(["--history-tripwire", "3"])
             // Long enough that the trip outlasts the test, whatever its pace.
-            "--history-tripwire-window".into(),
-            "1h".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--local".into(),
-            dir.display().to_string(),
-        ],
-        ..Opts::default()
-    });
+            .args(["--history-tripwire-window", "1h"])
+            .listen(port)
+            .local(&dir),
+    );
     let holds = |want: &dyn Fn(usize) -> Vec<u8>| {
         let snap = snapshot(&rt(), store.as_ref(), None);
         (0..n).all(|i| snap.get(&name(i)) == Some(&want(i)))
@@ -762,19 +718,9 @@ fn a_kill_during_gc_loses_nothing_inside_the_retention(kind: &str) {
     });
     let live = snapshot(&rt(), store.as_ref(), None);
 
-    let opts = Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--history-interval".into(),
-            "0s".into(),
-            "--history-retention".into(),
-            "1d".into(),
-            "--local".into(),
-            dir.display().to_string(),
-        ],
-        ..Opts::default()
-    };
+    let opts = Opts::on(cfg)
+        .args(["--history-interval", "0s", "--history-retention", "1d"])
+        .local(&dir);
     let mut m = Mounted::with(opts);
     // Kill as soon as the collection has begun: wherever it is by then.
     let begun = || history_keys(store.as_ref()).len() < fresh.len() + old.len();
@@ -827,21 +773,12 @@ fn a_kill_during_a_rewrite_storm_loses_no_kept_version(kind: &str) {
     let as_of = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
     std::thread::sleep(Duration::from_millis(1100));
 
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.display().to_string(),
-            "--upload-delay".into(),
-            "50ms".into(),
-            "--history-interval".into(),
-            "0s".into(),
-            "--history-retention".into(),
-            "1d".into(),
-            "--local".into(),
-            dir.display().to_string(),
-        ],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(
+        Opts::on(cfg)
+            .upload_delay("50ms")
+            .args(["--history-interval", "0s", "--history-retention", "1d"])
+            .local(&dir),
+    );
     for r in 2..6 {
         for (rel, body) in round(r, n) {
             kubecost_write(&m.path(&rel), &body).unwrap();

@@ -44,21 +44,14 @@ fn metric(port: u16, name: &str) -> f64 {
 /// underneath kept apart (`m.local`) so the test can wipe it.
 fn mount(t: &Target) -> (Mounted, tempfile::NamedTempFile, u16) {
     let port = common::free_port();
-    let opts = Opts {
-        separate_local: true,
-        args: vec![
-            "--prefix".into(),
-            PREFIX.into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            // A killed mount whose volume is then lost leaves a lease no state directory
-            // remembers: the next start waits for it to expire (three periods).
-            "--lease-period".into(),
-            "1s".into(),
-        ],
-        log_filter: Some("info,object_store=warn".into()),
-        ..Opts::default()
-    };
+    let opts = Opts::default()
+        .separate_local()
+        .args(["--prefix", PREFIX])
+        .listen(port)
+        // A killed mount whose volume is then lost leaves a lease no state directory
+        // remembers: the next start waits for it to expire (three periods).
+        .args(["--lease-period", "1s"])
+        .log_filter("info,object_store=warn");
     let (m, cfg) = bucket::mount_on(t, "100ms", opts);
     (m, cfg, port)
 }

@@ -20,10 +20,10 @@ fn mount(
     files: Vec<(String, Vec<u8>)>,
 ) -> (Mounted, tempfile::NamedTempFile) {
     let opts = Opts {
-        args: extra.iter().map(|s| s.to_string()).collect(),
         files,
-        log_filter: Some("info,object_store=warn,etlfs::engine::mirror=debug".into()),
         ..Opts::default()
+            .args(extra.iter().copied())
+            .log_filter("info,object_store=warn,etlfs::engine::mirror=debug")
     };
     bucket::mount_on(t, "200ms", opts)
 }
@@ -50,14 +50,8 @@ crate::on_every_backend!(
 fn a_file_rewritten_without_pause_is_uploaded_within_the_max_delay(kind: &str) {
     let t = target(kind);
     let store = t.store();
-    let (mut m, _cfg) = bucket::mount_on(
-        &t,
-        "1h",
-        Opts {
-            args: vec!["--upload-max-delay".into(), "2s".into()],
-            ..Opts::default()
-        },
-    );
+    let (mut m, _cfg) =
+        bucket::mount_on(&t, "1h", Opts::default().args(["--upload-max-delay", "2s"]));
     let name = "hot";
     let rt = rt();
     let mut seen = Vec::new();
@@ -415,10 +409,7 @@ fn sigterm_drains_at_once_while_a_copy_of_the_mount_lives_elsewhere() {
         &t,
         // Nothing is uploaded before the SIGTERM: the drain has all of it to do.
         "1h",
-        Opts {
-            args: vec!["--drain-timeout".into(), "3s".into()],
-            ..Opts::default()
-        },
+        Opts::default().args(["--drain-timeout", "3s"]),
     );
     let files: Vec<(String, Vec<u8>)> = (0..10)
         .map(|i| (format!("d/f{i}"), vec![b'a' + i as u8; 5000]))

@@ -190,14 +190,7 @@ fn every_metric_the_rules_and_the_dashboard_use_is_served() {
 
     let t = bucket::target("filesystem");
     let port = common::free_port();
-    let (_m, _cfg) = bucket::mount_on(
-        &t,
-        "100ms",
-        Opts {
-            args: vec!["--listen".into(), format!("127.0.0.1:{port}")],
-            ..Opts::default()
-        },
-    );
+    let (_m, _cfg) = bucket::mount_on(&t, "100ms", Opts::default().listen(port));
     let r = common::http_get_accept(port, "/metrics", "text/plain; version=0.0.4").unwrap();
     assert_eq!(r.code, 200);
     let served: BTreeSet<String> = r

@@ -28,11 +28,10 @@ enum Mode {
 
 impl Mode {
     fn opts(self) -> Opts {
-        let mut o = Opts::default();
-        if let Mode::Daemon = self {
-            o.args.push("--no-passthrough".into());
+        match self {
+            Mode::Passthrough => Opts::default(),
+            Mode::Daemon => Opts::default().arg("--no-passthrough"),
         }
-        o
     }
 }
 
@@ -455,9 +454,7 @@ fn xattrs_refused_by_default(mode: Mode) {
 }
 
 fn xattrs_pass_through_with_the_flag(mode: Mode) {
-    let mut opts = mode.opts();
-    opts.args.push("--xattrs".into());
-    let mut m = Mounted::with(opts);
+    let mut m = Mounted::with(mode.opts().arg("--xattrs"));
     let p = m.path("f");
     fs::write(&p, b"x").unwrap();
     rustix::fs::setxattr(
@@ -836,11 +833,9 @@ fn mount_options(mnt: &Path) -> Vec<String> {
 }
 
 fn with_options(mode: Mode, options: &[&str]) -> Opts {
-    let mut opts = mode.opts();
-    for o in options {
-        opts.args.extend(["-o".to_string(), o.to_string()]);
-    }
-    opts
+    options
+        .iter()
+        .fold(mode.opts(), |opts, o| opts.args(["-o", *o]))
 }
 
 /// Every file of the FILESYSTEM bucket beside the served directory `local`, with its bytes,
@@ -1040,15 +1035,8 @@ fn mount_options_reach_the_mount_table() {
 
 #[test]
 fn an_unknown_mount_option_is_a_usage_error_naming_it() {
-    let (st, log) = Mounted::refused(Opts {
-        args: vec![
-            "-o".into(),
-            "ro,noatime".into(),
-            "-o".into(),
-            "nodev,noatine".into(),
-        ],
-        ..Opts::default()
-    });
+    let (st, log) =
+        Mounted::refused(Opts::default().args(["-o", "ro,noatime", "-o", "nodev,noatine"]));
     assert_eq!(st.code(), Some(2), "{log}");
     assert!(log.contains("unknown mount option `noatine`"), "{log}");
 }

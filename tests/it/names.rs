@@ -155,11 +155,9 @@ fn hostile_keys_and_names_reach_the_log_escaped() {
         fs::write(bucket_dir.path().join(key), format!("bucket {i}")).unwrap();
     }
     let port = common::free_port();
-    let opts = Opts {
-        args: vec!["--listen".into(), format!("127.0.0.1:{port}")],
-        log_filter: Some("info,etlfs=debug,fuser=error,object_store=warn".into()),
-        ..Opts::default()
-    };
+    let opts = Opts::default()
+        .listen(port)
+        .log_filter("info,etlfs=debug,fuser=error,object_store=warn");
     let (mut m, cfg) = bucket::mount_on(&t, "100ms", opts);
     for (i, (key, _)) in listable.iter().enumerate() {
         assert_eq!(
@@ -398,16 +396,16 @@ fn settle(port: u16, t: &Target, want: &BTreeMap<String, Vec<u8>>, log: impl Fn(
 /// is still there, and the bucket again holds exactly the names it can.
 fn unmirrorable_names_are_removed_and_renamed_as_on_disk(kind: &str, passthrough: bool) {
     let t = target(kind);
-    let port = common::free_port();
-    let mut args = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
-    if !passthrough {
-        args.push("--no-passthrough".into());
-    }
-    let opts = Opts {
-        args: args.clone(),
-        ..Opts::default()
+    let opts = |port| {
+        let opts = Opts::default().listen(port);
+        if passthrough {
+            opts
+        } else {
+            opts.arg("--no-passthrough")
+        }
     };
-    let (mut m, _cfg) = bucket::mount_on(&t, "100ms", opts);
+    let port = common::free_port();
+    let (mut m, _cfg) = bucket::mount_on(&t, "100ms", opts(port));
     let plain = tempfile::tempdir_in("/tmp").unwrap();
     let n = "n".repeat(250);
     let long: PathBuf = std::iter::once("long".to_string())
@@ -503,12 +501,7 @@ fn unmirrorable_names_are_removed_and_renamed_as_on_disk(kind: &str, passthrough
         }
     }
     let port = common::free_port();
-    args[1] = format!("127.0.0.1:{port}");
-    let opts = Opts {
-        args,
-        ..Opts::default()
-    };
-    let (mut m, _cfg2) = bucket::mount_on(&t, "100ms", opts);
+    let (mut m, _cfg2) = bucket::mount_on(&t, "100ms", opts(port));
     apply_both(
         plain.path(),
         &m.mnt,

@@ -308,10 +308,7 @@ fn mount_and_oneshot_commands_share_the_bucket() {
     write_tree(&dir, &files, &[]);
     etlfs("backup", Some(cfg.path()), &["--prefix", "etl"], &dir).assert_ok("backup");
 
-    let opts = Opts {
-        args: vec!["--prefix".into(), "etl".into()],
-        ..Opts::default()
-    };
+    let opts = Opts::default().args(["--prefix", "etl"]);
     let (mut m, _mcfg) = bucket::mount_on(&t, "100ms", opts);
     for s in &files {
         assert!(
@@ -410,19 +407,10 @@ fn the_first_mount_after_a_backup_uploads_nothing(kind: &str) {
     set_mtime(&dir.join(changed.rel), changed.mtime);
 
     let port = common::free_port();
-    let opts = Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--local".into(),
-            dir.display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-        ],
-        ..Opts::default()
-    };
+    let opts = Opts::on(cfg.path())
+        .listen(port)
+        .local(&dir)
+        .upload_delay("100ms");
     let mut m = common::Mounted::with(opts);
     assert!(
         bucket::poll(60, || m

@@ -190,11 +190,8 @@ fn execve_needs_execute_permission_and_not_read_permission() {
 
 #[test]
 fn a_posix_acl_for_a_named_user_is_honoured() {
-    let mut m = Mounted::with(Opts {
-        // ACLs are extended attributes: setting them through the mount needs --xattrs.
-        args: vec!["--xattrs".into()],
-        ..Opts::default()
-    });
+    // ACLs are extended attributes: setting them through the mount needs --xattrs.
+    let mut m = Mounted::with(Opts::default().arg("--xattrs"));
     let mnt = m.mnt.clone();
     fs::create_dir(mnt.join("private")).unwrap();
     chmod(&mnt.join("private"), 0o700);
@@ -270,11 +267,7 @@ fn a_bucket_only_file_is_checked_before_it_is_downloaded() {
     let (mut m, _cfg) = bucket::mount_on(
         &t,
         "100ms",
-        Opts {
-            args: vec!["--no-prefetch".into()],
-            separate_local: true,
-            ..Opts::default()
-        },
+        Opts::default().arg("--no-prefetch").separate_local(),
     );
     let mnt = m.mnt.clone();
     let local = |rel: &str| m.local.join(rel);

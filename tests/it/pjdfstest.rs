@@ -117,11 +117,7 @@ fn compare(etlfs_args: &[&str]) {
     let native = run_pjdfstest(&bin, native_dir.path(), "native /tmp");
     drop(native_dir);
 
-    let args = etlfs_args.iter().map(|a| a.to_string()).collect();
-    let mut m = Mounted::with(Opts {
-        args,
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(Opts::default().args(etlfs_args.iter().copied()));
     let mounted = run_pjdfstest(&bin, &m.mnt, &mode);
     // A few pjdfstest cases race with the machine's load (`open::etxtbsy` opens a binary for
     // writing right after starting it, before exec may have happened). A case that fails

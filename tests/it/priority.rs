@@ -51,10 +51,7 @@ fn ionice(tid: u32) -> String {
 #[test]
 fn background_threads_yield_to_the_fuse_threads() {
     let port = common::free_port();
-    let mut m = Mounted::with(Opts {
-        args: vec!["--listen".into(), format!("127.0.0.1:{port}")],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(Opts::default().listen(port));
     // An upload, so that the runtime has done real work (and started its blocking threads).
     std::fs::write(m.path("a"), b"some bytes").unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -38,16 +38,11 @@ const FETCHED: &str = "fetched from the bucket";
 /// A mount that restores lazily only (`--no-prefetch`, unless `extra` asks for `--prefetch`,
 /// the default): these tests watch which files an application's opens download.
 fn mount(t: &Target, separate_local: bool, extra: &[&str]) -> (Mounted, tempfile::NamedTempFile) {
-    let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    if !args.iter().any(|a| a == "--prefetch") {
-        args.push("--no-prefetch".into());
+    let mut opts = Opts::default().args(extra.iter().copied()).log_filter(LOG);
+    if !extra.contains(&"--prefetch") {
+        opts = opts.arg("--no-prefetch");
     }
-    let opts = Opts {
-        args,
-        separate_local,
-        log_filter: Some(LOG.into()),
-        ..Opts::default()
-    };
+    opts.separate_local = separate_local;
     bucket::mount_on(t, "100ms", opts)
 }
 

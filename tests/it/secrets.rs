@@ -138,20 +138,13 @@ fn s3_credentials_never_appear() {
     let cfg = write_config(&s3_yaml(&server, S3_SECRET));
     let port = common::free_port();
     let mut t = Transcript::default();
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--degraded-after".into(),
-            "1s".into(),
-        ],
-        log_filter: Some("debug".into()),
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(
+        Opts::on(cfg.path())
+            .upload_delay("100ms")
+            .listen(port)
+            .args(["--degraded-after", "1s"])
+            .log_filter("debug"),
+    );
     for i in 0..5 {
         kubecost_write(&m.path(&format!("f{i}")), b"some bytes").unwrap();
     }
@@ -257,18 +250,12 @@ fn gcs_private_key_never_appears() {
     let cfg = write_config(&yaml);
     let port = common::free_port();
     let mut t = Transcript::default();
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-        ],
-        log_filter: Some("debug".into()),
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(
+        Opts::on(cfg.path())
+            .upload_delay("100ms")
+            .listen(port)
+            .log_filter("debug"),
+    );
     kubecost_write(&m.path("f"), b"bytes").unwrap();
     assert!(
         poll(30, || get(port, "/metrics")

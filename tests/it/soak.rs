@@ -63,12 +63,10 @@ fn soak_short() {
 }
 
 fn s3_mount(t: &Target, extra: &[&str]) -> (Mounted, tempfile::NamedTempFile) {
-    let opts = Opts {
-        separate_local: true,
-        args: extra.iter().map(|s| s.to_string()).collect(),
-        log_filter: Some("info,object_store=warn".into()),
-        ..Opts::default()
-    };
+    let opts = Opts::default()
+        .separate_local()
+        .args(extra.iter().copied())
+        .log_filter("info,object_store=warn");
     bucket::mount_on(t, "100ms", opts)
 }
 
@@ -257,11 +255,9 @@ fn rmdir_of_a_directory_the_bucket_listed_leaves_no_trace() {
 fn a_directory_made_again_after_a_rename_replayed_at_start_gets_its_marker() {
     let t = Target::Cloud(servers::s3_isolated());
     let store = t.store();
-    let opts = Opts {
-        separate_local: true,
-        log_filter: Some("info,object_store=warn".into()),
-        ..Opts::default()
-    };
+    let opts = Opts::default()
+        .separate_local()
+        .log_filter("info,object_store=warn");
     let (mut m, _cfg) = bucket::mount_on(&t, "20s", opts);
     let deep = |top: &str, seg: &str, n: usize| {
         let mut p = PathBuf::from(top);

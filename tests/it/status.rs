@@ -200,14 +200,7 @@ fn raw_get_metrics_head(port: u16) -> String {
 fn metrics_in_both_formats_with_request_counters_that_follow_an_upload() {
     let t = target("s3");
     let port = common::free_port();
-    let (m, _cfg) = bucket::mount_on(
-        &t,
-        "100ms",
-        Opts {
-            args: vec!["--listen".into(), format!("127.0.0.1:{port}")],
-            ..Opts::default()
-        },
-    );
+    let (m, _cfg) = bucket::mount_on(&t, "100ms", Opts::default().listen(port));
     let fetch = |accept: &str| {
         let r = common::http_get_accept(port, "/metrics", accept).unwrap();
         assert_eq!(r.code, 200, "{}", r.body);
@@ -346,11 +339,8 @@ fn metrics_follow_uploads_deletes_and_fetches() {
     let (mut m, _cfg) = bucket::mount_on(
         &t,
         "100ms",
-        Opts {
-            // Downloads on open only (with readahead): the fetch counters move with the reads.
-            args: vec!["--listen".into(), listen.clone(), "--no-prefetch".into()],
-            ..Opts::default()
-        },
+        // Downloads on open only (with readahead): the fetch counters move with the reads.
+        Opts::default().listen(port).arg("--no-prefetch"),
     );
     assert!(
         m.log().contains(&listen),
@@ -468,21 +458,12 @@ fn degraded_during_an_outage_ready_after_and_draining_on_sigterm() {
     let cfg = fast_failing_config(&server);
     let port = common::free_port();
     let t = Target::Cloud(server);
-    let mut m = Mounted::with(Opts {
-        args: vec![
-            "--config".into(),
-            cfg.path().display().to_string(),
-            "--upload-delay".into(),
-            "100ms".into(),
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--degraded-after".into(),
-            "2s".into(),
-            "--drain-timeout".into(),
-            "10s".into(),
-        ],
-        ..Opts::default()
-    });
+    let mut m = Mounted::with(
+        Opts::on(cfg.path())
+            .upload_delay("100ms")
+            .listen(port)
+            .args(["--degraded-after", "2s", "--drain-timeout", "10s"]),
+    );
     assert_eq!(state(port), "ready");
     let ok = etlfs_status(port);
     let out = String::from_utf8_lossy(&ok.stdout);

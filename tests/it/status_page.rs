@@ -48,15 +48,9 @@ fn the_page_shows_the_status_and_hostile_names_as_text() {
     let (m, _cfg) = bucket::mount_on(
         &t,
         "100ms",
-        Opts {
-            args: vec![
-                "--listen".into(),
-                format!("127.0.0.1:{port}"),
-                "--max-local-bytes".into(),
-                "64MiB".into(),
-            ],
-            ..Opts::default()
-        },
+        Opts::default()
+            .listen(port)
+            .args(["--max-local-bytes", "64MiB"]),
     );
     for name in HOSTILE {
         kubecost_write(&m.path(name), b"precious bytes").unwrap();

@@ -82,11 +82,7 @@ fn euid_as_nobody(path: &std::path::Path) -> String {
 #[test]
 fn bucket_metadata_grants_no_privilege() {
     let t = target("s3");
-    let opts = Opts {
-        separate_local: true,
-        ..Opts::default()
-    };
-    let (mut m, _cfg) = bucket::mount_on(&t, "100ms", opts);
+    let (mut m, _cfg) = bucket::mount_on(&t, "100ms", Opts::default().separate_local());
     let opts = mount_options(&m.mnt);
     assert!(
         opts.split(',').any(|o| o == "nosuid") && opts.split(',').any(|o| o == "nodev"),
@@ -152,16 +148,10 @@ const PREFIX: &str = "etl";
 
 /// Options for a mount of `PREFIX` with a status server on a port of its own, plus `extra`.
 fn lease_opts(port: u16, extra: &[&str]) -> Opts {
-    let mut args: Vec<String> = ["--prefix", PREFIX, "--drain-timeout", "3s", "--listen"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push(format!("127.0.0.1:{port}"));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Opts {
-        args,
-        ..Opts::default()
-    }
+    Opts::default()
+        .args(["--prefix", PREFIX, "--drain-timeout", "3s"])
+        .listen(port)
+        .args(extra.iter().copied())
 }
 
 /// The lease object as JSON, if there is one.

@@ -176,15 +176,10 @@ fn files_of(root: &Path) -> BTreeMap<String, Vec<u8>> {
 fn workload(kind: &str, passthrough: bool, seed: u64) {
     let t: Target = target(kind);
     let port = common::free_port();
-    let mut args: Vec<String> = vec!["--listen".into(), format!("127.0.0.1:{port}")];
+    let mut opts = Opts::default().separate_local().listen(port);
     if !passthrough {
-        args.push("--no-passthrough".into());
+        opts = opts.arg("--no-passthrough");
     }
-    let opts = Opts {
-        separate_local: true,
-        args,
-        ..Opts::default()
-    };
     let (mut m, _cfg) = bucket::mount_on(&t, "50ms", opts);
     let reference = tempfile::tempdir().unwrap();
     for d in DIRS {

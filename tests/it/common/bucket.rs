@@ -99,14 +99,10 @@ pub fn opts_on(
     mut opts: crate::common::Opts,
 ) -> (crate::common::Opts, tempfile::NamedTempFile) {
     let cfg = config_file(t);
-    let mut args: Vec<String> = vec![
-        "--config".into(),
-        cfg.path().display().to_string(),
-        "--upload-delay".into(),
-        delay.into(),
-    ];
-    args.append(&mut opts.args);
-    opts.args = args;
+    opts.args = crate::common::Opts::on(cfg.path())
+        .upload_delay(delay)
+        .args(opts.args)
+        .args;
     (opts, cfg)
 }
 

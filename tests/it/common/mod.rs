@@ -197,6 +197,62 @@ pub struct Opts {
     pub env: Vec<(String, String)>,
 }
 
+/// The argument lists tests spell out again and again, one call a flag, in the order of the
+/// calls: `Opts::on(cfg.path()).upload_delay("100ms").listen(port).arg("--no-prefetch")` is
+/// `--config CFG --upload-delay 100ms --listen 127.0.0.1:PORT --no-prefetch`. Every method
+/// works on `Opts::default()` too (a mount without a config file, or one that
+/// [`bucket::mount_on`] gives its config); what no method covers (`files`, `env`) is set with
+/// `Opts { .., ..Opts::on(..) }`.
+impl Opts {
+    /// A mount on the bucket the object-store config file `cfg` describes: `--config cfg`.
+    pub fn on(cfg: &Path) -> Opts {
+        Opts::default()
+            .arg("--config")
+            .arg(cfg.display().to_string())
+    }
+
+    /// `--upload-delay delay`.
+    pub fn upload_delay(self, delay: &str) -> Opts {
+        self.arg("--upload-delay").arg(delay)
+    }
+
+    /// `--listen 127.0.0.1:port`: the status server on a port the test knows (see
+    /// [`free_port`]).
+    pub fn listen(self, port: u16) -> Opts {
+        self.arg("--listen").arg(format!("127.0.0.1:{port}"))
+    }
+
+    /// `--local dir`: serves a directory the test prepared (not with
+    /// [`Opts::separate_local`], which gives one of the fixture's own).
+    pub fn local(self, dir: &Path) -> Opts {
+        self.arg("--local").arg(dir.display().to_string())
+    }
+
+    /// One more argument, after those so far.
+    pub fn arg(mut self, arg: impl Into<String>) -> Opts {
+        self.args.push(arg.into());
+        self
+    }
+
+    /// More arguments, after those so far.
+    pub fn args<S: Into<String>>(mut self, args: impl IntoIterator<Item = S>) -> Opts {
+        self.args.extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// Serve a separate directory of the fixture's (`--local`) instead of mounting in place.
+    pub fn separate_local(mut self) -> Opts {
+        self.separate_local = true;
+        self
+    }
+
+    /// `RUST_LOG` for the daemon.
+    pub fn log_filter(mut self, filter: &str) -> Opts {
+        self.log_filter = Some(filter.into());
+        self
+    }
+}
+
 impl Mounted {
     /// Mounts in place over a fresh temporary directory.
     pub fn new() -> Mounted {
