@@ -320,3 +320,102 @@ fn a_directory_made_again_after_a_rename_replayed_at_start_gets_its_marker() {
         assert_eq!(there, want, "{key}\n{}", m.log());
     }
 }
+
+/// Bytes that the peer has not read yet, summed over the established TCP connections to local
+/// `port` (the paused front's side of them), and bytes not yet sent on any socket whose peer
+/// is `port` (etlfs' side): from /proc/net/tcp.
+fn front_queues(port: u16) -> (u64, u64) {
+    let text = fs::read_to_string("/proc/net/tcp").unwrap();
+    let (mut unread, mut unsent) = (0, 0);
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let port_of =
+            |addr: &str| u16::from_str_radix(addr.rsplit(':').next().unwrap(), 16).unwrap();
+        let (tx, rx) = f[4].split_once(':').unwrap();
+        let (tx, rx) = (
+            u64::from_str_radix(tx, 16).unwrap(),
+            u64::from_str_radix(rx, 16).unwrap(),
+        );
+        if port_of(f[1]) == port {
+            unread += rx;
+        } else if port_of(f[2]) == port {
+            unsent += tx;
+        }
+    }
+    (unread, unsent)
+}
+
+/// Suspected cause of the soak failure of seed 228667509 (a file moved by a directory rename,
+/// removed since, back after a SIGKILL and a restart): an upload that etlfs had sent when it
+/// was SIGKILLed reaches the bucket after the next etlfs carried out the journaled removal of
+/// its file. Nothing then remembers the removal, so the start after that lists the object as
+/// a bucket-only file: the removed file is back through the mount, and the prefetch makes it
+/// local. A directory rename makes the window likely: every file below the new name is
+/// uploaded again at once, and a removal journaled meanwhile waits for those uploads.
+///
+/// Deterministic: the first front is paused while it holds the whole PUT (its socket's unread
+/// bytes, from /proc/net/tcp), the next etlfs reaches the bucket through a second front, and
+/// the first is resumed only once the removal is carried out (the journal is empty).
+///
+/// It fails on main: the fix (the removal must outlive requests a dead etlfs still has on
+/// their way) is a design decision, see the report of the soak2 investigation.
+#[test]
+#[ignore = "known bug: a late upload of a SIGKILLed etlfs brings a removed file back"]
+fn an_upload_of_a_killed_etlfs_landing_after_the_removal_does_not_bring_the_file_back() {
+    let t = Target::Cloud(servers::s3_isolated());
+    let store = t.store();
+    let (mut m, cfg) = s3_mount(&t, &["--history-retention", "0"]);
+    fs::create_dir(m.path("d")).unwrap();
+    fs::write(m.path("d/keep"), b"keep").unwrap();
+    let rt = rt();
+    let before = ["d/.etlfs-dir", "d/keep"];
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| keys(s) == before);
+    assert_eq!(keys(&snap), before, "{}", m.log());
+
+    let port: u16 = t
+        .server()
+        .host_port()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    t.server().pause();
+    let body = vec![b'z'; 4096];
+    fs::write(m.path("d/f"), &body).unwrap();
+    assert!(
+        poll(60, || {
+            let (unread, unsent) = front_queues(port);
+            unread >= body.len() as u64 + 200 && unsent == 0
+        }),
+        "the upload never reached the front: {:?}\n{}",
+        front_queues(port),
+        m.log()
+    );
+    fs::remove_file(m.path("d/f")).unwrap();
+    m.signal(rustix::process::Signal::KILL);
+    assert!(m.wait_exit(Duration::from_secs(10)).is_some());
+
+    // The next etlfs talks to the bucket through another front; the first still holds the PUT.
+    let other = servers::s3_isolated();
+    let yaml = t.yaml().replace(t.server().host_port(), other.host_port());
+    fs::write(cfg.path(), yaml).unwrap();
+    m.respawn();
+    let journal = m.local.join(".etlfs/journal.jsonl");
+    assert!(
+        poll(120, || fs::metadata(&journal).is_ok_and(|md| md.len() == 0)),
+        "the removal was not carried out\n{}",
+        m.log()
+    );
+    t.server().resume();
+    // The first etlfs' PUT, held until now, lands after the removal.
+    assert!(
+        poll(60, || rt.block_on(store.head(&Key::from("d/f"))).is_ok()),
+        "the held upload never reached the bucket\n{}",
+        m.log()
+    );
+    assert!(m.stop().success());
+    m.respawn();
+    assert_eq!(names(&m.path("d")), ["keep"], "{}", m.log());
+    assert!(m.stop().success());
+}
