@@ -418,7 +418,7 @@ impl Index {
         if path == to {
             s.source = None;
         } else {
-            s.source = Some(to.to_path_buf().into_boxed_path());
+            s.source = Some(Box::new(to.to_path_buf()));
             inner.by_source.insert(to.to_path_buf(), (path, stamp));
         }
     }

@@ -25,7 +25,8 @@ pub(super) struct Stored {
     pub(super) owner: Option<(u32, u32)>,
     sha256: Option<CompactSha>,
     /// Where the object is, when not at the file's own path (a rename not carried out yet).
-    pub(super) source: Option<Box<Path>>,
+    /// Rare, so a thin pointer: 8 bytes in each entry, not a boxed path's 16.
+    pub(super) source: Option<Box<PathBuf>>,
     /// `None`: not known well enough to be written to a manifest (evicted, renamed, or its
     /// metadata could not be read).
     pub(super) version: Option<Known>,
@@ -112,7 +113,7 @@ impl Stored {
             mode: file.mode,
             owner: file.owner,
             sha256: file.sha256.as_deref().and_then(CompactSha::new),
-            source: (file.source != path).then(|| file.source.clone().into_boxed_path()),
+            source: (file.source != path).then(|| Box::new(file.source.clone())),
             version: version.map(Known::new),
             stamp: 0,
         }
@@ -136,7 +137,11 @@ impl Stored {
             mode: self.mode,
             sha256: self.sha256.as_ref().map(CompactSha::text),
             owner: self.owner,
-            source: self.source.as_deref().unwrap_or(path).to_path_buf(),
+            source: self
+                .source
+                .as_deref()
+                .map_or(path, PathBuf::as_path)
+                .to_path_buf(),
         }
     }
 }
@@ -224,11 +229,7 @@ impl Inner {
             self.link(&new, false);
             // The bytes stay where they are until the mirror moves them; the object under the
             // new name will be a copy, a version we have not seen.
-            s.source = Some(
-                s.source
-                    .take()
-                    .unwrap_or_else(|| p.clone().into_boxed_path()),
-            );
+            s.source = Some(s.source.take().unwrap_or_else(|| Box::new(p.clone())));
             s.version = None;
             self.put(new, s);
         }
@@ -273,6 +274,6 @@ mod tests {
     /// The table's entries are what a mount of 100,000 files spends its memory on.
     #[test]
     fn an_entry_stays_small() {
-        assert!(std::mem::size_of::<super::Stored>() <= 128);
+        assert!(std::mem::size_of::<super::Stored>() <= 120);
     }
 }
