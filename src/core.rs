@@ -3,9 +3,10 @@
 //!
 //! `etlfs mount` serves the result through FUSE; the reference model and the engine's tests
 //! drive the same result without the kernel. Anything that starts the core goes through
-//! [`Core::open`], so what a start does — the journal's pending intents applied to the listing,
-//! the bucket's directories made locally, local files dropped from the index, the mirror
-//! replaying the journal, the fetcher and the overlay wired to both — exists once.
+//! [`Core::open`], so what a start does — the last run's tombstones journaled again, the
+//! journal's pending intents applied to the listing, the bucket's directories made locally,
+//! local files dropped from the index, the mirror replaying the journal, the fetcher and the
+//! overlay wired to both — exists once.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -90,6 +91,16 @@ impl Core {
             (open_local()?, open_local()?, open_local()?);
         let hidden = options.hidden.as_deref();
         let index = Arc::new(index);
+        // The last run's tombstones become journaled removals, applied to the listing below
+        // as any other pending one.
+        match crate::engine::tombstones::replay_in(&state) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                removals = n,
+                "removing again what the last run removed shortly after its start (requests of a killed etlfs may have landed since)"
+            ),
+            Err(e) => tracing::warn!(error = %e, "cannot replay the tombstones of the last run"),
+        }
         apply_pending_intents(&index, &state, &overlay_local).map_err(|source| {
             CoreError::Intents {
                 state: state_path.to_path_buf(),

@@ -250,6 +250,16 @@ pub fn cancel_in(state: &StateDir, seqs: &[u64]) -> io::Result<()> {
     journal.lock().file.sync_data()
 }
 
+/// Journals `intents` in `state` durably, without a local operation: removals a start makes
+/// on its own account (see `engine/tombstones.rs`), carried out as any pending intent.
+pub fn append_in(state: &StateDir, intents: &[Intent]) -> io::Result<()> {
+    let (journal, _) = Journal::open(state)?;
+    for intent in intents {
+        journal.append(intent.clone())?;
+    }
+    Ok(())
+}
+
 /// The intents not done yet (with their progress), by sequence number, and the highest
 /// sequence number seen.
 type Read = (BTreeMap<u64, (Intent, u8)>, u64);

@@ -345,22 +345,17 @@ fn front_queues(port: u16) -> (u64, u64) {
     (unread, unsent)
 }
 
-/// Suspected cause of the soak failure of seed 228667509 (a file moved by a directory rename,
-/// removed since, back after a SIGKILL and a restart): an upload that etlfs had sent when it
-/// was SIGKILLed reaches the bucket after the next etlfs carried out the journaled removal of
-/// its file. Nothing then remembers the removal, so the start after that lists the object as
-/// a bucket-only file: the removed file is back through the mount, and the prefetch makes it
-/// local. A directory rename makes the window likely: every file below the new name is
-/// uploaded again at once, and a removal journaled meanwhile waits for those uploads.
+/// An upload that etlfs had sent when it was SIGKILLed reaches the bucket after the next etlfs
+/// carried out the journaled removal of its file (the likely cause of a soak failure: a file
+/// moved by a directory rename, removed since, back after a SIGKILL and a restart). The
+/// removal left a tombstone, so the start after that removes the object again instead of
+/// listing the removed file as a file only in the bucket.
 ///
 /// Deterministic: the first front is paused while it holds the whole PUT (its socket's unread
 /// bytes, from /proc/net/tcp), the next etlfs reaches the bucket through a second front, and
-/// the first is resumed only once the removal is carried out (the journal is empty).
-///
-/// It fails on main: the fix (the removal must outlive requests a dead etlfs still has on
-/// their way) is a design decision, see the report of the soak2 investigation.
+/// the first is resumed only once the removal is carried out (the journal is empty). Without
+/// the tombstones, `d` lists `f` again after the last restart.
 #[test]
-#[ignore = "known bug: a late upload of a SIGKILLed etlfs brings a removed file back"]
 fn an_upload_of_a_killed_etlfs_landing_after_the_removal_does_not_bring_the_file_back() {
     let t = Target::Cloud(servers::s3_isolated());
     let store = t.store();
@@ -417,5 +412,43 @@ fn an_upload_of_a_killed_etlfs_landing_after_the_removal_does_not_bring_the_file
     assert!(m.stop().success());
     m.respawn();
     assert_eq!(names(&m.path("d")), ["keep"], "{}", m.log());
+    let after = ["d/.etlfs-dir", "d/keep"];
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| keys(s) == after);
+    assert_eq!(keys(&snap), after, "{}", m.log());
     assert!(m.stop().success());
+}
+
+/// The tombstone of a removal never deletes what etlfs put at that name since: a file only in
+/// the bucket renamed onto a name removed just after the start keeps its object (moved there)
+/// across the next start. Without the tombstone dropped by the move, that start removes `x`.
+#[test]
+fn a_file_renamed_onto_a_removed_name_survives_the_next_start() {
+    let t = bucket::target("s3");
+    let store = t.store();
+    let (mut m, _cfg) = s3_mount(&t, &["--no-prefetch"]);
+    fs::write(m.path("x"), b"old x").unwrap();
+    fs::write(m.path("y"), b"y").unwrap();
+    let rt = rt();
+    let snap = wait_for(&rt, store.as_ref(), None, 120, |s| keys(s) == ["x", "y"]);
+    assert_eq!(keys(&snap), ["x", "y"], "{}", m.log());
+    assert!(m.stop().success());
+    // Both only in the bucket from now on.
+    fs::remove_file(m.local.join("x")).unwrap();
+    fs::remove_file(m.local.join("y")).unwrap();
+    m.respawn();
+    fs::remove_file(m.path("x")).unwrap();
+    fs::rename(m.path("y"), m.path("x")).unwrap();
+    let moved =
+        |s: &std::collections::BTreeMap<String, Vec<u8>>| keys(s) == ["x"] && s["x"] == b"y";
+    let snap = wait_for(&rt, store.as_ref(), None, 120, moved);
+    assert!(moved(&snap), "{snap:?}\n{}", m.log());
+    assert!(m.stop().success());
+
+    m.respawn();
+    assert_eq!(names(&m.mnt), ["x"], "{}", m.log());
+    assert_eq!(fs::read(m.path("x")).unwrap(), b"y", "{}", m.log());
+    // The drain returns once every replayed removal is carried out.
+    assert!(m.stop().success());
+    let snap = bucket::snapshot(&rt, store.as_ref(), None);
+    assert!(moved(&snap), "{snap:?}\n{}", m.log());
 }

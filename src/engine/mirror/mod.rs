@@ -164,6 +164,8 @@ pub(crate) struct Shared {
     pub local: LocalDir,
     pub records: Records,
     pub journal: Journal,
+    /// Removals kept across the next start, against a killed etlfs' late requests.
+    pub tombstones: crate::engine::tombstones::Tombstones,
     /// Open write handles per local inode, as the overlay counts them.
     pub writers: Arc<WriteCount>,
     /// Creating or truncating opens in flight per path ([`ChangeSink::opening_started`]).
@@ -257,6 +259,7 @@ impl Mirror {
         let records_in_file = scan.records;
         drop(scan);
         let (journal, replay) = Journal::open(&state)?;
+        let tombstones = crate::engine::tombstones::Tombstones::open(Arc::clone(&state));
         // Made for as many records as the file has, at once.
         let records = Records::load_expecting(state, records_in_file)?;
         if !replay.is_empty() {
@@ -270,6 +273,7 @@ impl Mirror {
             local,
             records,
             journal,
+            tombstones,
             writers: Arc::default(),
             creating: Mutex::new(HashMap::new()),
             skip,

@@ -51,7 +51,10 @@ pub(super) async fn run_intent(
                     && rec.id.ino == now.ino
                     && rec.id.size == now.size
                     && rec.id.mtime_ns == now.mtime_ns;
-                if same && st.is_file() && shared.bucket.copy(from, to).await.is_ok() {
+                if same && st.is_file() && {
+                    shared.tombstones.writing(to);
+                    shared.bucket.copy(from, to).await.is_ok()
+                } {
                     shared.records.set(to, Record { id: now, ..rec });
                     shared.stats.copies.fetch_add(1, Ordering::Relaxed);
                 }

@@ -51,6 +51,7 @@ pub(super) async fn sync(
         if shared.records.get(path).is_some_and(|r| r.dir) {
             return Ok(Outcome::Done);
         }
+        shared.tombstones.writing(path);
         shared.bucket.put_dir_marker(path).await?;
         shared.bucket.health().success();
         shared.records.set(
@@ -103,6 +104,7 @@ async fn upload(
         let now = crate::os::local::Stat::from_file(f)?;
         Ok(Identity::of(&now) == id && (urgent || !shared.is_busy(now.ino, path)))
     };
+    shared.tombstones.writing(path);
     let up = match upload_snapshot(&shared.bucket, &file, path, st, unchanged).await? {
         Snapshot::Uploaded(up) => up,
         Snapshot::Moved => return Ok(retry),
@@ -158,6 +160,7 @@ pub(super) async fn remove_file(shared: &Shared, path: &Path) -> Result<(), Sync
     }
     shared.bucket.delete(path).await?;
     shared.bucket.health().success();
+    shared.tombstones.removed(path, false);
     shared.records.remove(path);
     shared.stats.deletes.fetch_add(1, Ordering::Relaxed);
     Ok(())
@@ -206,6 +209,7 @@ pub(super) async fn remove_tree(
         }
     }
     if !exists_locally(shared, dir) {
+        shared.tombstones.removed(dir, true);
         shared.records.remove_tree(dir);
     }
     Ok(())
@@ -242,6 +246,7 @@ pub(super) fn awaiting(shared: &Shared) -> bool {
 /// and tells the index, which serves the file from there from now on. A source already gone
 /// means an earlier attempt finished the move.
 pub(super) async fn move_object(shared: &Shared, from: &Path, to: &Path) -> Result<(), SyncError> {
+    shared.tombstones.writing(to);
     match shared.bucket.copy(from, to).await {
         Ok(()) => shared.stats.copies.fetch_add(1, Ordering::Relaxed),
         Err(BucketError::NotFound { .. }) => 0,
