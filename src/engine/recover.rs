@@ -60,17 +60,6 @@ pub fn apply_pending_intents(
     Ok(())
 }
 
-/// The intents pending in the journal in `state`, applied to `index` (a listing that may
-/// predate them) without cancelling any: for a listing loaded once the mount runs, when those
-/// that never ran were cancelled at the start already and any journaled since is this
-/// process's own, run or about to.
-pub fn apply_journaled_intents(index: &Index, state: &StateDir, local: &LocalDir) {
-    match crate::engine::journal::pending_in(state) {
-        Ok(pending) => apply_intents(index, &pending, local),
-        Err(e) => warn!(error = %e, "cannot read the journal for the late listing"),
-    }
-}
-
 /// Applies `intents` (removals, renames and exchanges made through the mount, that ran) to
 /// `index`, a listing that may predate them: see [`apply_pending_intents`].
 pub fn apply_intents(index: &Index, intents: &[Pending], local: &LocalDir) {
