@@ -338,7 +338,6 @@ pub fn mount(args: MountArgs) -> anyhow::Result<()> {
             index: Arc::clone(&index),
             mirror: Arc::clone(&mirror),
             fetcher: Arc::clone(&fetcher),
-            state: Arc::clone(&state),
             local: dirs.late,
             hidden: plan.hidden.clone(),
             status: Arc::clone(&status),

@@ -358,7 +358,8 @@ impl Journal {
         self.lock().pending.get(&seq).map_or(0, |(_, step)| *step)
     }
 
-    /// Marks an intent as carried out (or cancelled because the local operation failed).
+    /// Marks an intent as carried out (or cancelled because the local operation failed). It
+    /// leaves [`Journal::pending_intents`] at once, even when its line cannot be written.
     pub fn done(&self, seq: u64) -> io::Result<()> {
         let mut inner = self.lock();
         if inner.pending.remove(&seq).is_none() {
@@ -374,6 +375,21 @@ impl Journal {
         let mut line = serde_json::to_vec(&Line::Done { done: seq }).map_err(io::Error::other)?;
         line.push(b'\n');
         inner.write_line(&line)
+    }
+
+    /// The intents not done yet, in order, as this process knows them: an intent leaves
+    /// this set when [`Journal::done`] is called for it, even if its `done` line could not be
+    /// written.
+    pub fn pending_intents(&self) -> Vec<Pending> {
+        self.lock()
+            .pending
+            .iter()
+            .map(|(seq, (intent, step))| Pending {
+                seq: *seq,
+                intent: intent.clone(),
+                step: *step,
+            })
+            .collect()
     }
 
     /// Intents not yet done.

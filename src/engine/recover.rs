@@ -60,17 +60,6 @@ pub fn apply_pending_intents(
     Ok(())
 }
 
-/// The intents pending in the journal in `state`, applied to `index` (a listing that may
-/// predate them) without cancelling any: for a listing loaded once the mount runs, when those
-/// that never ran were cancelled at the start already and any journaled since is this
-/// process's own, run or about to.
-pub fn apply_journaled_intents(index: &Index, state: &StateDir, local: &LocalDir) {
-    match crate::engine::journal::pending_in(state) {
-        Ok(pending) => apply_intents(index, &pending, local),
-        Err(e) => warn!(error = %e, "cannot read the journal for the late listing"),
-    }
-}
-
 /// Applies `intents` (removals, renames and exchanges made through the mount, that ran) to
 /// `index`, a listing that may predate them: see [`apply_pending_intents`].
 pub fn apply_intents(index: &Index, intents: &[Pending], local: &LocalDir) {
@@ -134,12 +123,19 @@ pub fn apply_intents(index: &Index, intents: &[Pending], local: &LocalDir) {
 ///
 /// The kernel holds the parent directories of an `unlink`, `rmdir` or `rename` until etlfs
 /// answers it, so an intent that shares one with a later intent had run (and was answered)
-/// before that one was journaled; and the mirror only ever starts on intents that ran.
-/// Otherwise the local disk tells: a rename ran unless the old name still leads to the inode
-/// the intent names (for a bucket-only file: unless the new name still leads to the local
-/// file it replaced), an exchange unless both names still lead to theirs. A removal counts as
-/// run: if it did not, its path is still there, and the bucket keeps whatever is there.
-/// A rename of an older journal says no inode, and counts as run (it is guessed at later).
+/// before that one was journaled, whatever path the renames journaled in between gave that
+/// directory; and the mirror only ever starts on intents that ran. Otherwise the local disk
+/// tells: a rename ran unless the old name still leads to the inode the intent names (for a
+/// bucket-only file: unless the new name still leads to the local file it replaced), an
+/// exchange unless both names still lead to theirs. A removal counts as run: if it did not,
+/// its path is still there, and the bucket keeps whatever is there. A rename of an older
+/// journal says no inode, and counts as run (it is guessed at later).
+///
+/// The journal's order goes first because an inode number is handed out again (ext4 does so
+/// at once): after `mv a/d b/e`, `mv b c`, `rmdir c/e`, a `mkdir a/d` may get the number the
+/// rename names, and the disk alone would cancel a rename that ran; the bucket would keep
+/// what was under `a/d`, listed at the next start as bucket-only files of the new directory.
+/// The removal, in the directory `b` under its new name, says the rename ran.
 pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: &LocalDir) -> bool {
     let p = &pending[i];
     if p.step > 0 {
@@ -156,12 +152,16 @@ pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: 
             .filter_map(|p| p.parent().map(Path::to_path_buf))
             .collect()
     };
-    let mine = parents(&p.intent);
-    if pending[i + 1..]
-        .iter()
-        .any(|later| parents(&later.intent).iter().any(|d| mine.contains(d)))
-    {
-        return true;
+    // Followed through the renames and exchanges journaled after it: a directory renamed on
+    // (or below one renamed on) is the directory the kernel held all the same.
+    let mut mine = parents(&p.intent);
+    for later in &pending[i + 1..] {
+        if parents(&later.intent).iter().any(|d| mine.contains(d)) {
+            return true;
+        }
+        for dir in &mut mine {
+            *dir = moved_by(&later.intent, dir);
+        }
     }
     let ino_at = |path: &Path| local.stat_beneath(path).ok().map(|st| st.ino);
     match &p.intent {
@@ -182,6 +182,18 @@ pub fn intent_ran(pending: &[crate::engine::journal::Pending], i: usize, local: 
         Intent::Exchange {
             a, b, a_ino, b_ino, ..
         } => !(ino_at(a) == Some(*a_ino) && ino_at(b) == Some(*b_ino)),
+    }
+}
+
+/// Where the local rename or exchange `intent` took what was at `path` (itself or below a
+/// name it moved); `path` itself if it moved nothing there.
+fn moved_by(intent: &Intent, path: &Path) -> PathBuf {
+    use crate::engine::index::moved_path;
+    match intent {
+        Intent::Rename { from, to, .. } if path.starts_with(from) => moved_path(path, from, to),
+        Intent::Exchange { a, b, .. } if path.starts_with(a) => moved_path(path, a, b),
+        Intent::Exchange { a, b, .. } if path.starts_with(b) => moved_path(path, b, a),
+        _ => path.to_path_buf(),
     }
 }
 
@@ -337,6 +349,10 @@ mod tests {
         };
         assert_eq!(ran(vec![exchange(a, b)]), [false]);
         assert_eq!(ran(vec![exchange(b, a)]), [true]);
+        // The same pair exchanged twice: both ran (the second named what the first had put
+        // there), or the second never did.
+        assert_eq!(ran(vec![exchange(a, b), exchange(b, a)]), [true, true]);
+        assert_eq!(ran(vec![exchange(b, a), exchange(a, b)]), [true, false]);
         // ... and an exchange the mirror started on ran, whatever the disk says now.
         let mut started = pending(vec![exchange(a, b)]);
         started[0].step = 2;
@@ -353,6 +369,66 @@ mod tests {
             dir: false,
         };
         assert_eq!(ran(vec![old, rm]), [true, true]);
+    }
+
+    /// A rename whose directory was then moved on with its new parent and removed, a new
+    /// directory made at its old name since with the inode number it had (ext4 hands a freed
+    /// number out again at once; here the test gives the journal the new directory's number):
+    /// the later intents say it ran, followed through the renames and exchanges between.
+    #[test]
+    fn a_rename_counts_as_run_when_a_later_intent_is_in_its_directory_renamed_on() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        // After `mv a/d b/e; mv b c; rmdir c/e; mkdir a/d`, and the same with `c` exchanged
+        // with `x` instead of renamed.
+        for d in ["a/d", "c", "x"] {
+            fs::create_dir_all(root.join(d)).unwrap();
+        }
+        let local = LocalDir::open(root).unwrap();
+        let reused = fs::symlink_metadata(root.join("a/d")).unwrap().ino();
+        let ran = |intents: Vec<Intent>| {
+            let p = pending(intents);
+            (0..p.len())
+                .map(|i| intent_ran(&p, i, &local))
+                .collect::<Vec<_>>()
+        };
+        let rmdir = |p: &str| Intent::Remove {
+            path: p.into(),
+            dir: true,
+        };
+        let moved = rename("a/d", "b/e", reused);
+        assert_eq!(
+            ran(vec![moved.clone(), rename("b", "c", 77), rmdir("c/e")]),
+            [true, true, true]
+        );
+        // Below a renamed ancestor: `mv a/d b/s/e; mv b c; rmdir c/s/e`.
+        assert_eq!(
+            ran(vec![
+                rename("a/d", "b/s/e", reused),
+                rename("b", "c", 77),
+                rmdir("c/s/e")
+            ]),
+            [true, true, true]
+        );
+        let exchange = Intent::Exchange {
+            a: "b".into(),
+            b: "x".into(),
+            a_dir: true,
+            b_dir: true,
+            a_ino: 77,
+            b_ino: 78,
+        };
+        assert_eq!(
+            ran(vec![moved.clone(), exchange, rmdir("x/e")]),
+            [true, true, true]
+        );
+        // With no later intent there, the disk decides: `a/d` leads to the inode, so the
+        // rename never ran (a removal in a new `b`, made after `b` became `c`, says nothing).
+        assert_eq!(
+            ran(vec![moved.clone(), rename("b", "c", 77), rmdir("b/e")]),
+            [false, true, true]
+        );
+        assert_eq!(ran(vec![moved, rename("b", "c", 77)]), [false, true]);
     }
 
     /// Every directory the bucket implies is made locally, however deep: a parent before its

@@ -17,9 +17,8 @@ use crate::cli::settle_missing_bucket;
 use crate::engine::fetch::Fetcher;
 use crate::engine::index::Index;
 use crate::engine::mirror::Mirror;
-use crate::engine::recover::{apply_intents, apply_journaled_intents, prepare_local_tree};
+use crate::engine::recover::{apply_intents, prepare_local_tree};
 use crate::os::local::LocalDir;
-use crate::os::state::StateDir;
 use crate::store::bucket::Bucket;
 
 /// The index the mount starts with: the bucket at `--as-of`, an empty one awaiting the
@@ -117,7 +116,6 @@ pub(super) struct LateListing {
     pub(super) index: Arc<Index>,
     pub(super) mirror: Arc<Mirror>,
     pub(super) fetcher: Arc<Fetcher>,
-    pub(super) state: Arc<StateDir>,
     pub(super) local: LocalDir,
     pub(super) hidden: Option<PathBuf>,
     pub(super) status: Arc<crate::ops::status::Status>,
@@ -164,8 +162,9 @@ pub(super) async fn load_index_later(l: LateListing) {
         wait = (wait * 2).min(std::time::Duration::from_secs(30));
     };
     let merged = tokio::task::spawn_blocking(move || {
-        apply_intents(&loaded, &l.mirror.take_done_intents(), &l.local);
-        apply_journaled_intents(&loaded, &l.state, &l.local);
+        // None is asked whether it ran: those that never ran were cancelled at the start, and
+        // any journaled since is this process's own, run or about to.
+        apply_intents(&loaded, &l.mirror.take_intents_since_recording(), &l.local);
         // (Its entries for local files go with it: `absorb` takes bucket-only files only.)
         prepare_local_tree(&l.local, &loaded, l.hidden.as_deref(), false, |_| false);
         // No download lands and no bucket-only name is removed or renamed meanwhile.

@@ -179,7 +179,8 @@ pub(crate) struct Shared {
     /// Names of files with several hard links.
     pub links: links::Links,
     /// Intents carried out since start, kept while [`Mirror::record_done_intents`] asks for
-    /// them (an offline start, until the listing it loads late is reconciled with them).
+    /// them (an offline start, until the listing it loads late is reconciled with them). Its
+    /// lock also makes marking an intent done and keeping it one step ([`Shared::intent_done`]).
     pub done_intents: Mutex<Option<Vec<crate::engine::journal::Pending>>>,
     /// Files the index knew (object version and checksum) that are local and have no upload
     /// record: written by `etlfs backup` or `etlfs restore`. Filled once, by
@@ -189,6 +190,28 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// Marks intent `seq` done in the journal and, while [`Mirror::record_done_intents`] asks
+    /// for it, keeps it, as one step under the lock of the kept intents: a late listing takes
+    /// the kept ones and the journal's pending ones under the same lock
+    /// ([`Mirror::take_intents_since_recording`]), so it finds each intent in exactly one of
+    /// the two. Were the steps apart, an intent marked done before the listing read the
+    /// journal but kept only after it took the kept list would be in neither, and the listing
+    /// merged without it (a removed file shown again, its download failing).
+    pub fn intent_done(&self, seq: u64, intent: Option<&Intent>) -> io::Result<()> {
+        let mut kept = self.done_intents.lock().unwrap_or_else(|e| e.into_inner());
+        // (It leaves the journal's pending intents even if its line is not written: kept
+        // all the same, it is still in one of the two.)
+        let marked = self.journal.done(seq);
+        if let (Some(kept), Some(intent)) = (kept.as_mut(), intent) {
+            kept.push(crate::engine::journal::Pending {
+                seq,
+                intent: intent.clone(),
+                step: 0,
+            });
+        }
+        marked
+    }
+
     /// Whether the file (local inode `ino`, at `path`) is open for writing, or being created
     /// or truncated by an open (through any name of it): its content is not a state anybody
     /// closed.
@@ -315,14 +338,20 @@ impl Mirror {
             .unwrap_or_else(|e| e.into_inner()) = Some(Vec::new());
     }
 
-    /// The intents carried out since [`Mirror::record_done_intents`]; stops keeping them.
-    pub fn take_done_intents(&self) -> Vec<crate::engine::journal::Pending> {
-        self.shared
+    /// What a listing taken since [`Mirror::record_done_intents`] may lack, in order: the
+    /// intents carried out since then, and those still pending in the journal. Stops keeping
+    /// the former. Both are read under the lock [`Shared::intent_done`] holds, so each intent
+    /// is in exactly one of them: in neither, a late listing is merged without it; in both,
+    /// an exchange is applied twice, which swaps it back.
+    pub fn take_intents_since_recording(&self) -> Vec<crate::engine::journal::Pending> {
+        let mut kept = self
+            .shared
             .done_intents
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_default()
+            .unwrap_or_else(|e| e.into_inner());
+        let mut intents = kept.take().unwrap_or_default();
+        intents.extend(self.shared.journal.pending_intents());
+        intents
     }
 
     /// Removals and renames journaled but not yet carried out in the bucket.

@@ -556,24 +556,10 @@ impl Worker {
                     Ok(out) => {
                         self.attempts.remove(&key);
                         let intent = self.intents.remove(&seq);
-                        if let Err(e) = self.shared.journal.done(seq) {
+                        if let Err(e) = self.shared.intent_done(seq, intent.as_ref()) {
                             warn!(error = %e, "could not mark a journal intent done");
                         }
                         debug!(?intent, "intent carried out");
-                        if let (Some(i), Some(done)) = (
-                            &intent,
-                            self.shared
-                                .done_intents
-                                .lock()
-                                .unwrap_or_else(|e| e.into_inner())
-                                .as_mut(),
-                        ) {
-                            done.push(crate::engine::journal::Pending {
-                                seq,
-                                intent: i.clone(),
-                                step: 0,
-                            });
-                        }
                         if let Outcome::Touch(paths) = out {
                             self.make_due_now(paths);
                         }
@@ -585,8 +571,10 @@ impl Worker {
                             .fetch_add(1, Ordering::Relaxed);
                         warn!(error = %e, "skipping an intent that can never reach the bucket");
                         self.intent_since.remove(&seq);
-                        self.intents.remove(&seq);
-                        let _ = self.shared.journal.done(seq);
+                        // The overlay made the change all the same: a late listing gets it
+                        // applied like one carried out.
+                        let intent = self.intents.remove(&seq);
+                        let _ = self.shared.intent_done(seq, intent.as_ref());
                     }
                     Err(e) => {
                         self.shared
