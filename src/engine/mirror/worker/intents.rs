@@ -212,12 +212,12 @@ pub(super) async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
                 true
             }
             (Some(r), Some((size, false))) if st.is_file() => {
-                !r.dir && r.id == Identity::of(&st) && *size == st.size
+                !r.dir && r.id == Identity::of(&st) && size == st.size
             }
             _ => false,
         };
         let candidate = match (&rec, in_bucket.get(path)) {
-            (None, Some((size, false))) if st.is_file() && *size == st.size => vouched.remove(path),
+            (None, Some((size, false))) if st.is_file() && size == st.size => vouched.remove(path),
             _ => None,
         };
         if let Some(d) = candidate {
@@ -288,11 +288,15 @@ pub(super) async fn reconcile(shared: &Shared) -> Result<Outcome, SyncError> {
 /// directory marker, under a 128-bit hash of its path instead of the path (the paths were half
 /// of what the reconcile held with 100,000 objects). The hash keys are random to the process,
 /// so no bucket content can be made to share a path's hash; by chance, two of 100,000 paths
-/// share one about once in 10^29.
+/// share one about once in 10^29. An entry is 24 bytes: the hash as two `u64`s (a `u128`
+/// would align the entry to 16, 32 bytes), the marker in the size's top bit.
 struct Listed {
     keys: (RandomState, RandomState),
-    objects: HashMap<u128, (u64, bool)>,
+    objects: HashMap<[u64; 2], u64>,
 }
+
+/// The size's top bit in [`Listed`]: a directory marker (no object is 2^63 bytes).
+const MARKER: u64 = 1 << 63;
 
 impl Listed {
     fn with_capacity(n: usize) -> Listed {
@@ -302,17 +306,19 @@ impl Listed {
         }
     }
 
-    fn key(&self, path: &Path) -> u128 {
-        (u128::from(self.keys.0.hash_one(path)) << 64) | u128::from(self.keys.1.hash_one(path))
+    fn key(&self, path: &Path) -> [u64; 2] {
+        [self.keys.0.hash_one(path), self.keys.1.hash_one(path)]
     }
 
-    fn insert(&mut self, path: &Path, size_and_marker: (u64, bool)) {
-        self.objects.insert(self.key(path), size_and_marker);
+    fn insert(&mut self, path: &Path, (size, marker): (u64, bool)) {
+        let v = if marker { MARKER } else { size & !MARKER };
+        self.objects.insert(self.key(path), v);
     }
 
     /// The listed size of the object at `path`, and whether it is a directory marker.
-    fn get(&self, path: &Path) -> Option<&(u64, bool)> {
-        self.objects.get(&self.key(path))
+    fn get(&self, path: &Path) -> Option<(u64, bool)> {
+        let v = *self.objects.get(&self.key(path))?;
+        Some((v & !MARKER, v & MARKER != 0))
     }
 }
 
@@ -320,4 +326,23 @@ impl Listed {
 fn hash_local(local: &crate::os::local::LocalDir, path: &Path) -> std::io::Result<String> {
     let fd = local.open_beneath(path, libc::O_RDONLY | libc::O_NOFOLLOW, 0)?;
     crate::os::local::sha256_of(&std::fs::File::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sizes and markers read back as listed; an entry stays 24 bytes.
+    #[test]
+    fn listed_keeps_size_and_marker() {
+        let mut l = Listed::with_capacity(3);
+        l.insert(Path::new("a"), (7, false));
+        l.insert(Path::new("d"), (0, true));
+        l.insert(Path::new("big"), ((1 << 62) + 5, false));
+        assert_eq!(l.get(Path::new("a")), Some((7, false)));
+        assert_eq!(l.get(Path::new("d")), Some((0, true)));
+        assert_eq!(l.get(Path::new("big")), Some(((1 << 62) + 5, false)));
+        assert_eq!(l.get(Path::new("b")), None);
+        assert_eq!(std::mem::size_of::<([u64; 2], u64)>(), 24);
+    }
 }
