@@ -113,8 +113,8 @@ pub enum Source {
 
 /// A path in the journal, losslessly: a JSON string when it is UTF-8, else an array of its
 /// bytes (`serde_json` refuses a `PathBuf` that is not UTF-8, which made every removal or
-/// rename of such a name fail).
-mod raw_path {
+/// rename of such a name fail). Also the tombstones' (`engine/tombstones.rs`).
+pub(crate) mod raw_path {
     use std::ffi::OsString;
     use std::os::unix::ffi::{OsStrExt, OsStringExt};
     use std::path::{Path, PathBuf};

@@ -21,47 +21,49 @@
 //! on an object there is this etlfs' own, and a replayed removal would delete it — a file only
 //! in the bucket renamed onto a removed name, or a file uploaded and then evicted.
 //!
-//! Format: `tombstones.json` in the state directory, a JSON array of `{"intent": ..., "at":
-//! seconds}` (the intent as the journal writes a removal), replaced atomically on each change.
-//! Few entries: only removals within minutes of a start.
+//! Format: `tombstones.jsonl` in the state directory, JSON lines appended as things happen —
+//! `{"intent":...,"at":seconds}` for a removal (the intent as the journal writes it) and
+//! `{"written":path}` for a write that drops the tombstones at, above and below `path` —
+//! rewritten compactly at each start. A removal's line is not synced (losing one loses only
+//! the guard); a write's line is fdatasynced before the write, since a tombstone it failed to
+//! drop would delete what etlfs wrote. Anything unreadable but a torn last line, or a failed
+//! append, drops every tombstone: none at all is the safe side.
 
 use std::collections::BTreeMap;
-use std::io;
+use std::fs::File;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tracing::warn;
 
 use crate::engine::journal::Intent;
-use crate::escape::esc;
 use crate::os::state::StateDir;
 
 /// File name inside the state directory.
-pub const FILE_NAME: &str = "tombstones.json";
+pub const FILE_NAME: &str = "tombstones.jsonl";
 
 /// How long after a start removals leave tombstones, and how long a tombstone is kept: longer
 /// than any bucket plausibly holds a request whose sender is gone.
 pub const WINDOW: Duration = Duration::from_secs(600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-struct Entry {
-    /// Always a [`Intent::Remove`].
-    intent: Intent,
-    /// When the removal was carried out, in seconds since the epoch.
-    at: u64,
+#[serde(untagged)]
+enum Line {
+    /// A tombstone: always an [`Intent::Remove`], and when it was carried out (seconds since
+    /// the epoch).
+    Removed { intent: Intent, at: u64 },
+    /// etlfs wrote at this path: the tombstones at, above and below it are gone.
+    Written {
+        #[serde(with = "crate::engine::journal::raw_path")]
+        written: PathBuf,
+    },
 }
 
-/// The tombstones of this run (see the module doc).
-#[derive(Debug)]
-pub struct Tombstones {
-    state: std::sync::Arc<StateDir>,
-    /// Removals carried out before this leave tombstones.
-    until: Instant,
-    /// Path → (is a directory, when).
-    live: Mutex<BTreeMap<PathBuf, (bool, u64)>>,
-}
+/// Path → (is a directory, when).
+type Live = BTreeMap<PathBuf, (bool, u64)>;
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -69,60 +71,127 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn read(state: &StateDir) -> io::Result<Vec<Entry>> {
-    match state.read(FILE_NAME) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-        Err(e) => Err(e),
-    }
-}
-
 fn young(at: u64, now: u64) -> bool {
     now.saturating_sub(at) < WINDOW.as_secs()
+}
+
+/// Whether a write at `path` drops the tombstone at `t`.
+fn covers(path: &Path, t: &Path) -> bool {
+    path.starts_with(t) || t.starts_with(path)
+}
+
+/// The tombstones the file holds (none if it is damaged: see the module doc).
+fn read(state: &StateDir) -> io::Result<Live> {
+    let bytes = match state.read(FILE_NAME) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Live::new()),
+        Err(e) => return Err(e),
+    };
+    let mut live = Live::new();
+    let mut lines = bytes.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice::<Line>(line) {
+            Ok(Line::Removed {
+                intent: Intent::Remove { path, dir },
+                at,
+            }) => {
+                live.insert(path, (dir, at));
+            }
+            Ok(Line::Written { written }) => live.retain(|t, _| !covers(&written, t)),
+            // A torn last line: a crash in the middle of an append.
+            Err(_) if lines.peek().is_none_or(|l| l.is_empty()) => {}
+            _ => {
+                warn!("the tombstones file is damaged; dropping every tombstone");
+                return Ok(Live::new());
+            }
+        }
+    }
+    Ok(live)
+}
+
+fn removed_line(path: &Path, dir: bool, at: u64) -> Line {
+    Line::Removed {
+        intent: Intent::Remove {
+            path: path.to_path_buf(),
+            dir,
+        },
+        at,
+    }
 }
 
 /// At a start, before the journal's pending intents are applied to the listing: journals a
 /// removal for every tombstone the last run left (durably), then keeps only the tombstones
 /// younger than [`WINDOW`]. A crash in between journals them again next time: a removal
-/// carried out twice is one removal.
+/// carried out twice is one removal. Returns how many were journaled.
 pub fn replay_in(state: &StateDir) -> io::Result<usize> {
-    let entries = read(state)?;
-    if entries.is_empty() {
-        return Ok(0);
+    let live = read(state)?;
+    if live.is_empty() {
+        return match state.remove_file(FILE_NAME) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(0),
+        };
     }
-    let intents: Vec<Intent> = entries.iter().map(|e| e.intent.clone()).collect();
+    let intents: Vec<Intent> = live
+        .iter()
+        .map(|(path, (dir, _))| Intent::Remove {
+            path: path.clone(),
+            dir: *dir,
+        })
+        .collect();
     crate::engine::journal::append_in(state, &intents)?;
     let now = now_secs();
-    let kept: Vec<&Entry> = entries.iter().filter(|e| young(e.at, now)).collect();
-    write(state, &kept)?;
-    Ok(entries.len())
+    let mut out = Vec::new();
+    for (path, (dir, at)) in &live {
+        if young(*at, now) {
+            serde_json::to_writer(&mut out, &removed_line(path, *dir, *at))
+                .map_err(io::Error::other)?;
+            out.push(b'\n');
+        }
+    }
+    state.write_atomic(FILE_NAME, &out)?;
+    Ok(intents.len())
 }
 
-fn write(state: &StateDir, entries: &[&Entry]) -> io::Result<()> {
-    let bytes = serde_json::to_vec(entries).map_err(io::Error::other)?;
-    state.write_atomic(FILE_NAME, &bytes)
+/// The tombstones of this run (see the module doc).
+#[derive(Debug)]
+pub struct Tombstones {
+    state: Arc<StateDir>,
+    /// Removals carried out before this leave tombstones.
+    until: Instant,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    live: Live,
+    /// The file, open for appending; `None` once an append failed (no more tombstones).
+    file: Option<File>,
 }
 
 impl Tombstones {
     /// The tombstones [`replay_in`] kept, for a run started now.
-    pub fn open(state: std::sync::Arc<StateDir>) -> Tombstones {
-        let live = match read(&state) {
-            Ok(entries) => entries
-                .into_iter()
-                .filter_map(|e| match e.intent {
-                    Intent::Remove { path, dir } => Some((path, (dir, e.at))),
-                    _ => None,
-                })
-                .collect(),
+    pub fn open(state: Arc<StateDir>) -> Tombstones {
+        let opened = read(&state).and_then(|live| Ok((live, state.open_append(FILE_NAME)?)));
+        let inner = match opened {
+            Ok((live, file)) => Inner {
+                live,
+                file: Some(file),
+            },
             Err(e) => {
-                warn!(error = %e, "cannot read the tombstones of the last run");
-                BTreeMap::new()
+                warn!(error = %e, "cannot open the tombstones file; removals leave none this run");
+                Inner {
+                    live: Live::new(),
+                    file: None,
+                }
             }
         };
         Tombstones {
             state,
             until: Instant::now() + WINDOW,
-            live: Mutex::new(live),
+            inner: Mutex::new(inner),
         }
     }
 
@@ -132,51 +201,70 @@ impl Tombstones {
         if Instant::now() >= self.until {
             return;
         }
-        let mut live = self.lock();
-        live.insert(path.to_path_buf(), (dir, now_secs()));
-        self.save(&live);
+        let mut inner = self.lock();
+        let at = now_secs();
+        if inner.append(&removed_line(path, dir, at), false) {
+            inner.live.insert(path.to_path_buf(), (dir, at));
+        }
+        self.give_up_if_failed(&mut inner);
     }
 
     /// The mirror is about to write the object at `path`: tombstones at it, above it (a
-    /// removed directory) and below it go first.
+    /// removed directory) and below it go first, durably.
     pub fn writing(&self, path: &Path) {
-        let mut live = self.lock();
-        if live.is_empty() {
+        let mut inner = self.lock();
+        if !inner.live.keys().any(|t| covers(path, t)) {
             return;
         }
-        let before = live.len();
-        live.retain(|t, _| !(path.starts_with(t) || t.starts_with(path)));
-        if live.len() != before {
-            self.save(&live);
+        let line = Line::Written {
+            written: path.to_path_buf(),
+        };
+        if inner.append(&line, true) {
+            inner.live.retain(|t, _| !covers(path, t));
+        }
+        self.give_up_if_failed(&mut inner);
+    }
+
+    /// After a failed append, the file may end in a partial line that the next append would
+    /// run into: remove it, and keep no tombstone for the rest of the run.
+    fn give_up_if_failed(&self, inner: &mut Inner) {
+        if inner.file.is_none() && !inner.live.is_empty() {
+            inner.live.clear();
+            if let Err(e) = self.state.remove_file(FILE_NAME) {
+                warn!(error = %e, "cannot remove the tombstones file");
+            }
         }
     }
 
-    fn save(&self, live: &BTreeMap<PathBuf, (bool, u64)>) {
-        let entries: Vec<Entry> = live
-            .iter()
-            .map(|(path, (dir, at))| Entry {
-                intent: Intent::Remove {
-                    path: path.clone(),
-                    dir: *dir,
-                },
-                at: *at,
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    /// Appends `line` (synced if `sync`); `false`, and no file any more, if that failed.
+    fn append(&mut self, line: &Line, sync: bool) -> bool {
+        let Some(file) = &mut self.file else {
+            return false;
+        };
+        let res = serde_json::to_vec(line)
+            .map_err(io::Error::other)
+            .and_then(|mut bytes| {
+                bytes.push(b'\n');
+                file.write_all(&bytes)
             })
-            .collect();
-        if let Err(e) = write(&self.state, &entries.iter().collect::<Vec<_>>()) {
-            // Losing a tombstone only loses the guard against a dead etlfs' late request.
-            warn!(error = %e, file = %esc(FILE_NAME), "cannot save the tombstones");
+            .and_then(|()| if sync { file.sync_data() } else { Ok(()) });
+        if let Err(e) = res {
+            warn!(error = %e, "cannot append to the tombstones file; removals leave none this run");
+            self.file = None;
+            return false;
         }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, (bool, u64)>> {
-        self.live.lock().unwrap_or_else(|e| e.into_inner())
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
 
     fn remove(path: &str, dir: bool) -> Intent {
@@ -199,6 +287,7 @@ mod tests {
         t.writing(Path::new("d/new/file")); // below a removed directory
         t.writing(Path::new("k")); // above a removed file
         t.writing(Path::new("a/xx")); // a sibling: not a match
+        drop(t);
 
         assert_eq!(replay_in(&state).unwrap(), 1);
         let pending: Vec<Intent> = crate::engine::journal::pending_in(&state)
@@ -209,7 +298,7 @@ mod tests {
         assert_eq!(pending, [remove("a/x", false)]);
         // Young, so kept for the next run too.
         let next = Tombstones::open(Arc::clone(&state));
-        assert_eq!(next.lock().len(), 1);
+        assert_eq!(next.lock().live.len(), 1);
     }
 
     /// Tombstones older than the window are replayed once more, then forgotten.
@@ -217,14 +306,29 @@ mod tests {
     fn old_tombstones_are_replayed_once_then_forgotten() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateDir::open(dir.path()).unwrap();
-        let old = Entry {
-            intent: remove("gone", false),
-            at: now_secs() - WINDOW.as_secs() - 1,
-        };
-        write(&state, &[&old]).unwrap();
+        let old = removed_line(Path::new("gone"), false, now_secs() - WINDOW.as_secs() - 1);
+        let mut text = serde_json::to_vec(&old).unwrap();
+        text.push(b'\n');
+        state.write_atomic(FILE_NAME, &text).unwrap();
         assert_eq!(replay_in(&state).unwrap(), 1);
         assert_eq!(crate::engine::journal::pending_in(&state).unwrap().len(), 1);
         assert!(read(&state).unwrap().is_empty());
         assert_eq!(replay_in(&state).unwrap(), 0);
+    }
+
+    /// A torn last line is ignored; damage anywhere else drops every tombstone.
+    #[test]
+    fn a_damaged_file_keeps_no_tombstone() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateDir::open(dir.path()).unwrap();
+        let mut good =
+            serde_json::to_vec(&removed_line(Path::new("a"), false, now_secs())).unwrap();
+        good.push(b'\n');
+        let torn = [&good[..], b"{\"intent\":{\"op\":\"rem"].concat();
+        state.write_atomic(FILE_NAME, &torn).unwrap();
+        assert_eq!(read(&state).unwrap().len(), 1);
+        let damaged = [b"{\"intent\":{\"op\":\"rem\n", &good[..]].concat();
+        state.write_atomic(FILE_NAME, &damaged).unwrap();
+        assert!(read(&state).unwrap().is_empty());
     }
 }

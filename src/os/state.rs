@@ -181,6 +181,11 @@ impl StateDir {
         sys::unlinkat(self.fd(), file, 0)
     }
 
+    /// Removes the state file `file`.
+    pub fn remove_file(&self, file: &str) -> io::Result<()> {
+        sys::unlinkat(self.fd(), &name(file), 0)
+    }
+
     /// Removes leftover download temporaries of earlier runs.
     pub fn clean_temps(&self) {
         let Ok(entries) = std::fs::read_dir(Path::new(
