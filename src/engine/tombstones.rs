@@ -80,6 +80,18 @@ fn covers(path: &Path, t: &Path) -> bool {
     path.starts_with(t) || t.starts_with(path)
 }
 
+/// Whether a write at `path` drops any tombstone: one at `path` or an ancestor, or one below
+/// it (those sort right after `path`, paths comparing by components). Looked up, not scanned:
+/// every upload asks, and a mass removal after a start leaves thousands.
+fn any_covered(live: &Live, path: &Path) -> bool {
+    use std::ops::Bound;
+    path.ancestors().any(|a| live.contains_key(a))
+        || live
+            .range::<Path, _>((Bound::Excluded(path), Bound::Unbounded))
+            .next()
+            .is_some_and(|(t, _)| t.starts_with(path))
+}
+
 /// The tombstones the file holds (none if it is damaged: see the module doc).
 fn read(state: &StateDir) -> io::Result<Live> {
     let bytes = match state.read(FILE_NAME) {
@@ -213,7 +225,7 @@ impl Tombstones {
     /// removed directory) and below it go first, durably.
     pub fn writing(&self, path: &Path) {
         let mut inner = self.lock();
-        if !inner.live.keys().any(|t| covers(path, t)) {
+        if !any_covered(&inner.live, path) {
             return;
         }
         let line = Line::Written {
@@ -299,6 +311,21 @@ mod tests {
         // Young, so kept for the next run too.
         let next = Tombstones::open(Arc::clone(&state));
         assert_eq!(next.lock().live.len(), 1);
+    }
+
+    /// The lookup finds what a scan would.
+    #[test]
+    fn any_covered_matches_a_scan() {
+        let live: Live = ["a/b", "a/bc/d", "x", "m/n/o"]
+            .iter()
+            .map(|p| (PathBuf::from(p), (false, 0)))
+            .collect();
+        for p in [
+            "a", "a/b", "a/b/c", "a/bb", "a/bc", "a/bc/d/e", "b", "x/y", "m", "m/n", "m/nn", "",
+        ] {
+            let scan = live.keys().any(|t| covers(Path::new(p), t));
+            assert_eq!(any_covered(&live, Path::new(p)), scan, "{p}");
+        }
     }
 
     /// Tombstones older than the window are replayed once more, then forgotten.
