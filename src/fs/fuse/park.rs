@@ -13,7 +13,10 @@
 //! A parked request ends in one of three ways:
 //! - the downloads land: the operation runs again (a file evicted again meanwhile is
 //!   downloaded again, a few times at most) and its result is the reply;
-//! - a download fails or its object is corrupt: `EIO`, as for any failed download;
+//! - a download fails or its object is corrupt: `EIO`, as for any failed download — unless
+//!   the operation, run again, needs other downloads: the file was renamed while its download
+//!   waited, and the mirror moved its object before the download read it; then it waits for
+//!   the file under its new name;
 //! - the application gives up or the bucket does: `EINTR` when the waiting thread is being
 //!   killed (fuser answers the kernel's INTERRUPT with ENOSYS, which turns interrupts off for
 //!   the mount, so instead the waiter is watched: a thread that waits in a FUSE request cannot
@@ -75,21 +78,37 @@ impl Core {
             let (mut paths, mut reply, mut done) = (paths, reply, done);
             for attempt in 1..=FETCH_ATTEMPTS {
                 let downloads = core.overlay.fetch_needed(&paths, open && attempt == 1);
-                if let Err(e) = core.wait(downloads, tid, parked).await {
-                    core.parked.fetch_sub(1, Ordering::Relaxed);
-                    return done(&core, Err(e), reply);
-                }
-                let (c, op) = (Arc::clone(&core), Arc::clone(&op));
                 let last = attempt == FETCH_ATTEMPTS;
-                let step = tokio::task::spawn_blocking(move || match op(&c) {
-                    Err(OverlayError::NeedsFetch(paths)) if !last => {
-                        Step::Again(paths, reply, done)
+                // A failed download is the answer, unless the file moved meanwhile: renamed
+                // while its download waited on the bucket, and the mirror moved its object
+                // before the download read it. The operation, run again, then names the file
+                // under its new name (or finds it gone, or local).
+                let failed = match core.wait(downloads, tid, parked).await {
+                    Ok(()) => None,
+                    Err(e @ OverlayError::Fetch(_)) if !last => Some(e),
+                    Err(e) => {
+                        core.parked.fetch_sub(1, Ordering::Relaxed);
+                        return done(&core, Err(e), reply);
                     }
-                    res => {
-                        c.parked.fetch_sub(1, Ordering::Relaxed);
-                        done(&c, res, reply);
-                        Step::Done
-                    }
+                };
+                let (c, op) = (Arc::clone(&core), Arc::clone(&op));
+                let step = tokio::task::spawn_blocking(move || {
+                    let res = match (op(&c), failed) {
+                        (Err(OverlayError::NeedsFetch(again)), None) if !last => {
+                            return Step::Again(again, reply, done);
+                        }
+                        (Err(OverlayError::NeedsFetch(again)), Some(e)) => {
+                            if again == paths {
+                                Err(e)
+                            } else {
+                                return Step::Again(again, reply, done);
+                            }
+                        }
+                        (res, _) => res,
+                    };
+                    c.parked.fetch_sub(1, Ordering::Relaxed);
+                    done(&c, res, reply);
+                    Step::Done
                 })
                 .await;
                 match step {
