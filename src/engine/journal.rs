@@ -202,6 +202,20 @@ fn reserve(file: &File, len: u64) -> u64 {
 
 impl Inner {
     /// Appends one whole line, or nothing: a partial write is cut off again.
+    /// Writes `intent`'s line under the next sequence number, which it returns (neither
+    /// synced nor counted yet).
+    fn write_intent(&mut self, intent: &Intent) -> io::Result<u64> {
+        let seq = self.next_seq;
+        let mut line = serde_json::to_vec(&Line::Intent {
+            seq,
+            intent: intent.clone(),
+        })
+        .map_err(io::Error::other)?;
+        line.push(b'\n');
+        self.write_line(&line)?;
+        Ok(seq)
+    }
+
     fn write_line(&mut self, line: &[u8]) -> io::Result<()> {
         match self.file.write_all(line) {
             Ok(()) => {
@@ -252,12 +266,16 @@ pub fn cancel_in(state: &StateDir, seqs: &[u64]) -> io::Result<()> {
 
 /// Journals `intents` in `state` durably, without a local operation: removals a start makes
 /// on its own account (see `engine/tombstones.rs`), carried out as any pending intent.
+/// All written, then synced once (a mass removal leaves thousands).
 pub fn append_in(state: &StateDir, intents: &[Intent]) -> io::Result<()> {
     let (journal, _) = Journal::open(state)?;
+    let mut inner = journal.lock();
     for intent in intents {
-        journal.append(intent.clone())?;
+        let seq = inner.write_intent(intent)?;
+        inner.next_seq += 1;
+        inner.pending.insert(seq, (intent.clone(), 0));
     }
-    Ok(())
+    inner.file.sync_data()
 }
 
 /// The intents not done yet (with their progress), by sequence number, and the highest
@@ -325,14 +343,7 @@ impl Journal {
     /// Appends an intent durably (written and `fdatasync`ed) and returns its sequence number.
     pub fn append(&self, intent: Intent) -> io::Result<u64> {
         let mut inner = self.lock();
-        let seq = inner.next_seq;
-        let mut line = serde_json::to_vec(&Line::Intent {
-            seq,
-            intent: intent.clone(),
-        })
-        .map_err(io::Error::other)?;
-        line.push(b'\n');
-        inner.write_line(&line)?;
+        let seq = inner.write_intent(&intent)?;
         inner.file.sync_data()?;
         inner.next_seq += 1;
         inner.pending.insert(seq, (intent, 0));
