@@ -93,17 +93,15 @@ impl Core {
                 };
                 let (c, op) = (Arc::clone(&core), Arc::clone(&op));
                 let step = tokio::task::spawn_blocking(move || {
+                    // (`failed` is only kept when this is not the last attempt.)
                     let res = match (op(&c), failed) {
                         (Err(OverlayError::NeedsFetch(again)), None) if !last => {
                             return Step::Again(again, reply, done);
                         }
-                        (Err(OverlayError::NeedsFetch(again)), Some(e)) => {
-                            if again == paths {
-                                Err(e)
-                            } else {
-                                return Step::Again(again, reply, done);
-                            }
+                        (Err(OverlayError::NeedsFetch(again)), Some(_)) if again != paths => {
+                            return Step::Again(again, reply, done);
                         }
+                        (Err(OverlayError::NeedsFetch(_)), Some(e)) => Err(e),
                         (res, _) => res,
                     };
                     c.parked.fetch_sub(1, Ordering::Relaxed);
